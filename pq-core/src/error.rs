@@ -1,0 +1,68 @@
+//! pq's error type.
+
+/// What can go wrong in pq. Match on the variant; the message says what to fix.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database refused a statement or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+
+    /// A schema or table name that pq will not use.
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidIdentifier {
+        /// `"schema"` or `"table"`.
+        kind: &'static str,
+        /// The name as given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A queue name that cannot be stored.
+    #[error("invalid queue name {name:?}: {reason}")]
+    InvalidQueueName {
+        /// The name as given (cut to its first 100 characters).
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// A `schedule_at` or `expected_at` that is not a valid time.
+    #[error("invalid time {input:?}: {reason}")]
+    InvalidTime {
+        /// The value as given.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A value that could not be turned into JSON (a map with non-string keys, say).
+    #[error("cannot encode the job's data as JSON: {0}")]
+    Encode(#[source] serde_json::Error),
+
+    /// A job's JSON data that does not decode into the requested type.
+    #[error("cannot decode the data of job {id}: {source}")]
+    Decode {
+        /// The job.
+        id: i64,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A migration failed; nothing of it was applied.
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        /// The migration's version.
+        version: i64,
+        /// The migration's file name.
+        name: &'static str,
+        /// The database's error.
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// `Result` with pq's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,267 @@
+//! Jobs: [`JobId`], a [`Job`] as handed out, and a [`NewJob`] about to be written.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgRow;
+use sqlx::{PgExecutor, Row};
+
+use crate::error::{Error, Result};
+use crate::sql::Statements;
+use crate::when::When;
+
+/// A job's id: the primary key of its row, unique across all queues of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<i64> for JobId {
+    fn from(id: i64) -> Self {
+        JobId(id)
+    }
+}
+
+impl From<JobId> for i64 {
+    fn from(id: JobId) -> Self {
+        id.0
+    }
+}
+
+/// A job handed out by [`get`](crate::Queue::get) or claimed by a worker.
+///
+/// Its `Display` reads like the original pq's:
+/// `<pq.Job id=77709 size=1 enqueued_at="2014-02-21T16:22:06Z" schedule_at=None expected_at=None>`.
+#[derive(Clone)]
+pub struct Job {
+    id: JobId,
+    queue: String,
+    task: Option<String>,
+    data: String,
+    attempts: u32,
+    enqueued_at: DateTime<Utc>,
+    schedule_at: Option<DateTime<Utc>>,
+    expected_at: Option<DateTime<Utc>>,
+    sql: Arc<Statements>,
+}
+
+impl Job {
+    pub(crate) fn from_row(row: &PgRow, sql: &Arc<Statements>) -> Result<Self> {
+        Ok(Self {
+            id: JobId(row.try_get("id")?),
+            queue: row.try_get("q_name")?,
+            task: row.try_get("task")?,
+            data: row.try_get("data")?,
+            attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
+            enqueued_at: row.try_get("enqueued_at")?,
+            schedule_at: row.try_get("schedule_at")?,
+            expected_at: row.try_get("expected_at")?,
+            sql: Arc::clone(sql),
+        })
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.id
+    }
+
+    /// The queue it came from.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// The task it runs, for jobs written by a `#[pq::task]` call.
+    pub fn task(&self) -> Option<&str> {
+        self.task.as_deref()
+    }
+
+    /// Its data decoded into `T`.
+    ///
+    /// ```no_run
+    /// # async fn example(queue: pq::Queue) -> Result<(), pq::Error> {
+    /// #[derive(serde::Deserialize)]
+    /// struct Apple { kind: String }
+    ///
+    /// if let Some(job) = queue.get().await? {
+    ///     let apple: Apple = job.data()?;
+    ///     println!("umm, {} apples taste good", apple.kind);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_str(&self.data).map_err(|source| Error::Decode {
+            id: self.id.0,
+            source,
+        })
+    }
+
+    /// Its data as stored: the JSON text, byte for byte.
+    pub fn raw_data(&self) -> &str {
+        &self.data
+    }
+
+    /// Its data as a JSON value.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        self.data()
+    }
+
+    /// The size of its data in bytes.
+    pub fn size(&self) -> usize {
+        self.data.len()
+    }
+
+    /// How many times it was handed to a worker, this time included (0 for plain `get`s).
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// When it was enqueued.
+    pub fn enqueued_at(&self) -> DateTime<Utc> {
+        self.enqueued_at
+    }
+
+    /// When it became ready, if it was scheduled.
+    pub fn schedule_at(&self) -> Option<DateTime<Utc>> {
+        self.schedule_at
+    }
+
+    /// Its priority: the time it was expected to be done by.
+    pub fn expected_at(&self) -> Option<DateTime<Utc>> {
+        self.expected_at
+    }
+
+    /// Replaces the job's data, in its row and in this value. Runs on `executor`: the pool, or
+    /// the transaction the job was taken in.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// let queue = pq.queue("apples");
+    /// if let Some(mut job) = queue.get().await? {
+    ///     job.update(pq.pool(), &serde_json::json!({"kind": "Cox", "eaten": true})).await?;
+    ///     assert_eq!(job.size(), job.raw_data().len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn update<'e, T: Serialize + ?Sized>(
+        &mut self,
+        executor: impl PgExecutor<'e>,
+        data: &T,
+    ) -> Result<()> {
+        let data = serde_json::to_string(data).map_err(Error::Encode)?;
+        sqlx::query(&self.sql.update_data)
+            .bind(self.id.0)
+            .bind(&data)
+            .execute(executor)
+            .await?;
+        self.data = data;
+        Ok(())
+    }
+}
+
+fn fmt_time(f: &mut fmt::Formatter<'_>, name: &str, time: Option<DateTime<Utc>>) -> fmt::Result {
+    match time {
+        Some(time) => write!(
+            f,
+            " {name}=\"{}\"",
+            time.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ),
+        None => write!(f, " {name}=None"),
+    }
+}
+
+impl fmt::Display for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<pq.Job id={} size={}", self.id, self.size())?;
+        fmt_time(f, "enqueued_at", Some(self.enqueued_at))?;
+        fmt_time(f, "schedule_at", self.schedule_at)?;
+        fmt_time(f, "expected_at", self.expected_at)?;
+        f.write_str(">")
+    }
+}
+
+impl fmt::Debug for Job {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Job")
+            .field("id", &self.id)
+            .field("queue", &self.queue)
+            .field("task", &self.task)
+            .field("data", &self.data)
+            .field("attempts", &self.attempts)
+            .field("enqueued_at", &self.enqueued_at)
+            .field("schedule_at", &self.schedule_at)
+            .field("expected_at", &self.expected_at)
+            .finish()
+    }
+}
+
+/// A job about to be written: its queue, data and times. [`Put`](crate::Put) and task calls build
+/// one; [`Enqueue`](crate::Enqueue) writes it.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub(crate) queue: String,
+    pub(crate) task: Option<String>,
+    pub(crate) data: String,
+    pub(crate) schedule_at: Option<When>,
+    pub(crate) expected_at: Option<When>,
+}
+
+impl NewJob {
+    /// A job on `queue` whose data is `data` encoded as JSON.
+    pub fn new<T: Serialize + ?Sized>(queue: &str, data: &T) -> Result<Self> {
+        Self::from_json(queue, serde_json::to_string(data).map_err(Error::Encode)?)
+    }
+
+    /// A job on `queue` whose data is this JSON text, stored as it is (the database checks
+    /// that it is JSON).
+    pub fn from_json(queue: &str, json: String) -> Result<Self> {
+        check_queue_name(queue)?;
+        Ok(Self {
+            queue: queue.to_owned(),
+            task: None,
+            data: json,
+            schedule_at: None,
+            expected_at: None,
+        })
+    }
+
+    /// Names the task that runs this job.
+    pub fn task(mut self, task: &str) -> Self {
+        self.task = Some(task.to_owned());
+        self
+    }
+
+    /// Not handed out before this time.
+    pub fn schedule_at(mut self, when: When) -> Self {
+        self.schedule_at = Some(when);
+        self
+    }
+
+    /// Handed out before jobs expected later, and before all jobs with no expectation.
+    pub fn expected_at(mut self, when: When) -> Self {
+        self.expected_at = Some(when);
+        self
+    }
+}
+
+/// Any non-empty name that PostgreSQL's `text` can hold.
+pub(crate) fn check_queue_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidQueueName {
+        name: name.chars().take(100).collect(),
+        reason,
+    })
+}

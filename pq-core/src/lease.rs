@@ -1,0 +1,190 @@
+//! Leased claims, the worker's side of the queue: claim a batch of jobs for a while, renew the
+//! lease while they run, then complete, fail or release them. Every call after the claim is
+//! fenced by the attempt it claimed, so a worker that lost its lease changes nothing.
+
+use std::time::Duration;
+
+use sqlx::Row;
+
+use crate::error::Result;
+use crate::job::{check_queue_name, Job, JobId};
+use crate::pq::Pq;
+
+/// A job's attempt as claimed: the fence for everything done to it afterwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Claim {
+    /// The job.
+    pub id: JobId,
+    /// The attempt the claim started.
+    pub attempt: u32,
+}
+
+impl Claim {
+    /// The claim of a job returned by [`Pq::claim`].
+    pub fn of(job: &Job) -> Self {
+        Self {
+            id: job.id(),
+            attempt: job.attempts(),
+        }
+    }
+}
+
+/// What to do with a job that failed an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Queue it again after this delay.
+    RetryIn(Duration),
+    /// Keep it in the `failed` state for inspection and manual re-queueing.
+    GiveUp,
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn columns(claims: &[Claim]) -> (Vec<i64>, Vec<i32>) {
+    claims
+        .iter()
+        .map(|c| (c.id.0, i32::try_from(c.attempt).unwrap_or(i32::MAX)))
+        .unzip()
+}
+
+fn ids(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<JobId>> {
+    rows.iter().map(|row| Ok(JobId(row.try_get(0)?))).collect()
+}
+
+impl Pq {
+    /// Claims up to `limit` ready jobs of `queue` in dequeue order, leased for `lease`: until
+    /// then no one else gets them; after it, unless renewed, [`rescue`](Pq::rescue) returns them
+    /// to the queue. Each claim counts an attempt.
+    pub async fn claim(&self, queue: &str, limit: u32, lease: Duration) -> Result<Vec<Job>> {
+        check_queue_name(queue)?;
+        let rows = sqlx::query(&self.sql().claim)
+            .bind(queue)
+            .bind(i64::from(limit))
+            .bind(micros(lease))
+            .fetch_all(self.pool())
+            .await?;
+        let mut jobs = rows
+            .iter()
+            .map(|row| Job::from_row(row, self.sql()))
+            .collect::<Result<Vec<_>>>()?;
+        jobs.sort_unstable_by_key(Job::id);
+        Ok(jobs)
+    }
+
+    /// Marks these claimed jobs done, in one statement: deleted, or kept in the `done` state
+    /// when `keep` is set. Returns the ids it completed; a job missing from it had lost its lease.
+    pub async fn complete<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        claims: &[Claim],
+        keep: bool,
+    ) -> Result<Vec<JobId>> {
+        let sql = self.sql();
+        let statement = if keep {
+            &sql.complete_keep
+        } else {
+            &sql.complete_delete
+        };
+        let (ids_column, attempts) = columns(claims);
+        let rows = sqlx::query(statement)
+            .bind(ids_column)
+            .bind(attempts)
+            .fetch_all(executor)
+            .await?;
+        ids(rows)
+    }
+
+    /// Records a failed attempt with its error, then queues the job again or gives it up.
+    /// Returns whether the claim still held.
+    pub async fn fail(&self, claim: Claim, error: &str, then: Failure) -> Result<bool> {
+        let (ids_column, attempts) = columns(&[claim]);
+        let retry_in = match then {
+            Failure::RetryIn(delay) => Some(micros(delay)),
+            Failure::GiveUp => None,
+        };
+        let rows = sqlx::query(&self.sql().fail)
+            .bind(ids_column)
+            .bind(attempts)
+            .bind(error)
+            .bind(retry_in)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Extends the leases of these claims to `lease` from now; returns the ids still held.
+    pub async fn renew(&self, claims: &[Claim], lease: Duration) -> Result<Vec<JobId>> {
+        let (ids_column, attempts) = columns(claims);
+        let rows = sqlx::query(&self.sql().renew)
+            .bind(ids_column)
+            .bind(attempts)
+            .bind(micros(lease))
+            .fetch_all(self.pool())
+            .await?;
+        ids(rows)
+    }
+
+    /// Gives claimed jobs back to the queue without counting the attempt (a worker that stops
+    /// before running them); returns the ids released.
+    pub async fn release(&self, claims: &[Claim]) -> Result<Vec<JobId>> {
+        let (ids_column, attempts) = columns(claims);
+        let rows = sqlx::query(&self.sql().release)
+            .bind(ids_column)
+            .bind(attempts)
+            .fetch_all(self.pool())
+            .await?;
+        ids(rows)
+    }
+
+    /// Returns up to `limit` jobs whose lease ran out (their worker died or hung) to the queue,
+    /// waking the workers of their queues; returns how many. Any process may call it; workers
+    /// do so periodically.
+    pub async fn rescue(&self, limit: u32) -> Result<u64> {
+        let sql = self.sql();
+        let queues: Vec<String> = sqlx::query_scalar(&sql.rescue)
+            .bind(i64::from(limit))
+            .bind("lease expired: the worker running this attempt was lost")
+            .fetch_all(self.pool())
+            .await?;
+        if !queues.is_empty() {
+            let mut distinct = queues.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            sqlx::query(&sql.notify)
+                .bind(&sql.channel)
+                .bind(distinct)
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(queues.len() as u64)
+    }
+
+    /// Seconds until the earliest scheduled job of `queue` is due, if any is scheduled.
+    pub async fn seconds_to_next_due(&self, queue: &str) -> Result<Option<f64>> {
+        Ok(sqlx::query_scalar(&self.sql().next_due)
+            .bind(queue)
+            .fetch_one(self.pool())
+            .await?)
+    }
+
+    /// Notifications for `queue`: woken when a job is put on it, when a rescued job returns to
+    /// it, or when notifications may have been lost. Take [`Subscription::notified`] before
+    /// looking for jobs, so that one put in between still wakes the wait.
+    pub async fn subscribe(&self, queue: &str) -> Result<Subscription> {
+        Ok(Subscription(self.listener().subscribe(queue).await?))
+    }
+}
+
+/// Wake-ups for one queue; see [`Pq::subscribe`].
+#[derive(Debug, Clone)]
+pub struct Subscription(std::sync::Arc<tokio::sync::Notify>);
+
+impl Subscription {
+    /// A future that completes at the next wake-up after it was created and enabled
+    /// (`Notified::enable`) or first polled. Spurious wake-ups happen; look again after one.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.notified()
+    }
+}

@@ -1,0 +1,28 @@
+//! pq's queue core: one PostgreSQL table holds every queue; jobs go in with
+//! [`put`](Queue::put) and come out with [`get`](Queue::get), in order of schedule and
+//! priority, with `FOR UPDATE SKIP LOCKED` so that concurrent consumers never share a job, and
+//! LISTEN/NOTIFY to wake blocked consumers at once.
+//!
+//! Use it through the `pq` crate, which re-exports everything here.
+
+mod enqueue;
+mod error;
+mod job;
+mod lease;
+mod listen;
+mod migrate;
+mod pq;
+mod queue;
+mod sql;
+mod transaction;
+mod when;
+
+pub use enqueue::{Enqueue, OnConnection};
+pub use error::{Error, Result};
+pub use job::{Job, JobId, NewJob};
+pub use lease::{Claim, Failure, Subscription};
+pub use migrate::{Migration, MIGRATIONS};
+pub use pq::{Pq, PqBuilder, DEFAULT_GET_TIMEOUT};
+pub use queue::{Put, PutMany, Queue};
+pub use transaction::Transaction;
+pub use when::{parse_duration, IntoWhen, When};

@@ -1,0 +1,444 @@
+//! [`Queue`]: put jobs in, get them out, count and clear.
+
+use std::future::{Future, IntoFuture};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_core::Stream;
+use serde::Serialize;
+use sqlx::{PgConnection, PgExecutor, Row};
+use tokio::time::Instant;
+
+use crate::error::Result;
+use crate::job::{check_queue_name, Job, JobId, NewJob};
+use crate::pq::Pq;
+use crate::sql::Statements;
+use crate::transaction::Transaction;
+use crate::when::{IntoWhen, When};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One named queue of a [`Pq`] table: a cheap handle, made by [`Pq::queue`].
+///
+/// ```no_run
+/// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+/// let queue = pq.queue("apples");
+/// queue.put(&serde_json::json!({"kind": "Cox"})).await?;
+/// queue.put(&serde_json::json!({"kind": "Arthur Turner"})).schedule_at("5m").await?;
+/// queue.put(&serde_json::json!({"kind": "Golden Delicious"})).expected_at("1m").await?;
+///
+/// while let Some(job) = queue.get().await? {
+///     println!("{job}");
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Queue {
+    pq: Pq,
+    name: Arc<str>,
+    timeout: Duration,
+}
+
+impl Queue {
+    pub(crate) fn new(pq: Pq, name: &str, timeout: Duration) -> Self {
+        Self {
+            pq,
+            name: name.into(),
+            timeout,
+        }
+    }
+
+    /// The queue's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The table handle this queue belongs to.
+    pub fn pq(&self) -> &Pq {
+        &self.pq
+    }
+
+    /// This queue with another default timeout for blocking [`get`](Queue::get)s.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Puts `data` (anything serde can write as JSON) on the queue; await the returned [`Put`]
+    /// for the new job's id, after setting `schedule_at`/`expected_at` if wanted, or run it on
+    /// an executor of your own with [`Put::execute`].
+    pub fn put<T: Serialize + ?Sized>(&self, data: &T) -> Put<'_> {
+        Put::new(
+            self.pq.sql(),
+            Target::Pool(self.pq.pool()),
+            NewJob::new(&self.name, data),
+        )
+    }
+
+    /// Puts every item of `items` in one statement and one round trip; await it for their ids,
+    /// in order.
+    ///
+    /// ```no_run
+    /// # async fn example(queue: pq::Queue) -> Result<(), pq::Error> {
+    /// let ids = queue.put_many(&[1, 2, 3]).schedule_at("1m").await?;
+    /// assert_eq!(ids.len(), 3);
+    /// # Ok(()) }
+    /// ```
+    pub fn put_many<'a, T, I>(&'a self, items: I) -> PutMany<'a>
+    where
+        T: Serialize + 'a,
+        I: IntoIterator<Item = &'a T>,
+    {
+        let jobs = items
+            .into_iter()
+            .map(|item| NewJob::new(&self.name, item))
+            .collect();
+        PutMany {
+            sql: self.pq.sql(),
+            target: Target::Pool(self.pq.pool()),
+            jobs,
+            schedule_at: None,
+            expected_at: None,
+        }
+    }
+
+    /// Takes the next ready job, waiting up to the queue's timeout (1 s by default) for one to
+    /// be put or to become due; `None` if none came. The job is marked taken when this returns.
+    pub async fn get(&self) -> Result<Option<Job>> {
+        self.get_timeout(self.timeout).await
+    }
+
+    /// Like [`get`](Queue::get), waiting up to `timeout`.
+    pub async fn get_timeout(&self, timeout: Duration) -> Result<Option<Job>> {
+        wait_for_job(self, None, timeout).await
+    }
+
+    /// Takes the next ready job if there is one, without waiting.
+    pub async fn try_get(&self) -> Result<Option<Job>> {
+        check_queue_name(&self.name)?;
+        take(self.pq.sql(), self.pq.pool(), &self.name).await
+    }
+
+    /// The jobs of this queue as an endless stream: it waits while the queue is empty, and
+    /// ends only when an error is yielded and the stream is dropped.
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// # async fn example(queue: pq::Queue) -> Result<(), pq::Error> {
+    /// let mut jobs = std::pin::pin!(queue.stream());
+    /// while let Some(job) = jobs.next().await {
+    ///     println!("{}", job?);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(&self) -> impl Stream<Item = Result<Job>> + Send + 'static {
+        futures_util::stream::unfold(self.clone(), |queue| async move {
+            loop {
+                match queue.get().await {
+                    Ok(Some(job)) => return Some((Ok(job), queue)),
+                    Ok(None) => continue,
+                    Err(e) => return Some((Err(e), queue)),
+                }
+            }
+        })
+    }
+
+    /// How many jobs are ready now (scheduled ones count once due).
+    pub async fn len(&self) -> Result<u64> {
+        let count: i64 = sqlx::query_scalar(&self.pq.sql().len)
+            .bind(&*self.name)
+            .fetch_one(self.pq.pool())
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Whether no job is ready now.
+    pub async fn is_empty(&self) -> Result<bool> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// Removes every job of this queue, whatever its state; returns how many.
+    pub async fn clear(&self) -> Result<u64> {
+        let done = sqlx::query(&self.pq.sql().clear)
+            .bind(&*self.name)
+            .execute(self.pq.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Starts a transaction on this queue: jobs taken in it return to the queue, and jobs put
+    /// in it vanish, unless it commits.
+    pub async fn begin(&self) -> Result<Transaction> {
+        Transaction::begin(self.clone()).await
+    }
+}
+
+/// Takes one ready job on `executor`, marking it taken.
+async fn take<'e>(
+    sql: &Arc<Statements>,
+    executor: impl PgExecutor<'e>,
+    queue: &str,
+) -> Result<Option<Job>> {
+    let row = sqlx::query(&sql.get)
+        .bind(queue)
+        .fetch_optional(executor)
+        .await?;
+    row.map(|row| Job::from_row(&row, sql)).transpose()
+}
+
+/// Seconds until the queue's earliest scheduled job is due, if it has one.
+async fn seconds_to_next_due<'e>(
+    sql: &Statements,
+    executor: impl PgExecutor<'e>,
+    queue: &str,
+) -> Result<Option<f64>> {
+    let seconds: Option<f64> = sqlx::query_scalar(&sql.next_due)
+        .bind(queue)
+        .fetch_one(executor)
+        .await?;
+    Ok(seconds)
+}
+
+/// The blocking get: take a job, or wait for a notification, the earliest scheduled job, or
+/// the timeout, whichever comes first. On `connection` when inside a transaction; otherwise
+/// each query borrows a pooled connection only for its own duration.
+pub(crate) async fn wait_for_job(
+    queue: &Queue,
+    mut connection: Option<&mut PgConnection>,
+    timeout: Duration,
+) -> Result<Option<Job>> {
+    check_queue_name(&queue.name)?;
+    let deadline = Instant::now() + timeout;
+    let sql = queue.pq.sql();
+    let pool = queue.pq.pool();
+    let wake = queue.pq.listener().subscribe(&queue.name).await?;
+    loop {
+        // Registered before looking, so a job put between the look and the wait still wakes us.
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+
+        let job = match connection.as_deref_mut() {
+            Some(conn) => take(sql, conn, &queue.name).await?,
+            None => take(sql, pool, &queue.name).await?,
+        };
+        if job.is_some() {
+            return Ok(job);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        let next_due = match connection.as_deref_mut() {
+            Some(conn) => seconds_to_next_due(sql, conn, &queue.name).await?,
+            None => seconds_to_next_due(sql, pool, &queue.name).await?,
+        };
+        let mut wait = deadline - now;
+        if let Some(seconds) = next_due {
+            wait = wait.min(Duration::from_secs_f64(seconds.max(0.0)));
+        }
+        tokio::select! {
+            () = notified => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// A job being put: set its times, then await it (on the queue's pool) or
+/// [`execute`](Put::execute) it on an executor of yours.
+#[must_use = "nothing is put until the Put is awaited or executed"]
+pub struct Put<'a> {
+    sql: &'a Arc<Statements>,
+    target: Target<'a>,
+    job: Result<NewJob>,
+}
+
+/// Where an awaited [`Put`] or [`PutMany`] runs.
+pub(crate) enum Target<'a> {
+    Pool(&'a sqlx::PgPool),
+    Connection(&'a mut PgConnection),
+}
+
+impl<'a> Put<'a> {
+    pub(crate) fn new(sql: &'a Arc<Statements>, target: Target<'a>, job: Result<NewJob>) -> Self {
+        Self { sql, target, job }
+    }
+
+    /// Not handed out before this time: `"5m"`, a `DateTime<Utc>`, a `Duration`...
+    pub fn schedule_at(mut self, when: impl IntoWhen) -> Self {
+        self.job = self
+            .job
+            .and_then(|job| Ok(job.schedule_at(when.into_when()?)));
+        self
+    }
+
+    /// Priority: handed out before jobs expected later, and before jobs with no expectation.
+    pub fn expected_at(mut self, when: impl IntoWhen) -> Self {
+        self.job = self
+            .job
+            .and_then(|job| Ok(job.expected_at(when.into_when()?)));
+        self
+    }
+
+    /// Writes the job on `executor`: a pool, a connection, or `&mut *tx` inside the caller's
+    /// own sqlx transaction, where the job exists only if that transaction commits.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// let mut tx = pq.pool().begin().await?;
+    /// sqlx::query("UPDATE orders SET state = 'paid' WHERE id = $1").bind(7).execute(&mut *tx).await?;
+    /// pq.queue("mail").put(&"receipt 7").execute(&mut *tx).await?;
+    /// tx.commit().await?; // the order and the job, together or not at all
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute<'e>(self, executor: impl PgExecutor<'e>) -> Result<JobId> {
+        insert(self.sql, executor, self.job?).await
+    }
+}
+
+impl<'a> IntoFuture for Put<'a> {
+    type Output = Result<JobId>;
+    type IntoFuture = BoxFuture<'a, Result<JobId>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let job = self.job?;
+            match self.target {
+                Target::Pool(pool) => insert(self.sql, pool, job).await,
+                Target::Connection(conn) => insert(self.sql, conn, job).await,
+            }
+        })
+    }
+}
+
+/// Writes one job, returning its id.
+pub(crate) async fn insert<'e>(
+    sql: &Statements,
+    executor: impl PgExecutor<'e>,
+    job: NewJob,
+) -> Result<JobId> {
+    let id: i64 = sqlx::query_scalar(&sql.put)
+        .bind(&job.queue)
+        .bind(&job.task)
+        .bind(&job.data)
+        .bind(job.schedule_at.and_then(When::at))
+        .bind(job.schedule_at.and_then(When::in_micros))
+        .bind(job.expected_at.and_then(When::at))
+        .bind(job.expected_at.and_then(When::in_micros))
+        .fetch_one(executor)
+        .await?;
+    Ok(JobId(id))
+}
+
+/// A batch of jobs being put; see [`Queue::put_many`].
+#[must_use = "nothing is put until the PutMany is awaited or executed"]
+pub struct PutMany<'a> {
+    sql: &'a Arc<Statements>,
+    target: Target<'a>,
+    jobs: Result<Vec<NewJob>>,
+    schedule_at: Option<Result<When>>,
+    expected_at: Option<Result<When>>,
+}
+
+impl<'a> PutMany<'a> {
+    /// Every job of the batch is scheduled at this time.
+    pub fn schedule_at(mut self, when: impl IntoWhen) -> Self {
+        self.schedule_at = Some(when.into_when());
+        self
+    }
+
+    /// Every job of the batch is expected at this time.
+    pub fn expected_at(mut self, when: impl IntoWhen) -> Self {
+        self.expected_at = Some(when.into_when());
+        self
+    }
+
+    /// Writes the batch on `executor`, in one statement.
+    pub async fn execute<'e>(self, executor: impl PgExecutor<'e>) -> Result<Vec<JobId>> {
+        let (sql, jobs, _) = self.prepare()?;
+        insert_many(sql, executor, &jobs).await
+    }
+
+    fn prepare(self) -> Result<(&'a Statements, Vec<NewJob>, Target<'a>)> {
+        let mut jobs = self.jobs?;
+        let schedule_at = self.schedule_at.transpose()?;
+        let expected_at = self.expected_at.transpose()?;
+        for job in &mut jobs {
+            job.schedule_at = job.schedule_at.or(schedule_at);
+            job.expected_at = job.expected_at.or(expected_at);
+        }
+        Ok((self.sql, jobs, self.target))
+    }
+}
+
+impl<'a> IntoFuture for PutMany<'a> {
+    type Output = Result<Vec<JobId>>;
+    type IntoFuture = BoxFuture<'a, Result<Vec<JobId>>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let (sql, jobs, target) = self.prepare()?;
+            match target {
+                Target::Pool(pool) => insert_many(sql, pool, &jobs).await,
+                Target::Connection(conn) => insert_many(sql, conn, &jobs).await,
+            }
+        })
+    }
+}
+
+/// Writes many jobs in one statement, returning their ids in order.
+pub(crate) async fn insert_many<'e>(
+    sql: &Statements,
+    executor: impl PgExecutor<'e>,
+    jobs: &[NewJob],
+) -> Result<Vec<JobId>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let column = |f: fn(&NewJob) -> Option<When>| jobs.iter().map(f).collect::<Vec<_>>();
+    let schedule = column(|j| j.schedule_at);
+    let expected = column(|j| j.expected_at);
+    let rows = sqlx::query(&sql.put_many)
+        .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.task.as_deref()).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.data.as_str()).collect::<Vec<_>>())
+        .bind(
+            schedule
+                .iter()
+                .map(|w| w.and_then(When::at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            schedule
+                .iter()
+                .map(|w| w.and_then(When::in_micros))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            expected
+                .iter()
+                .map(|w| w.and_then(When::at))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            expected
+                .iter()
+                .map(|w| w.and_then(When::in_micros))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(executor)
+        .await?;
+    let mut ids = rows
+        .iter()
+        .map(|row| row.try_get::<i64, _>(0).map(JobId))
+        .collect::<Result<Vec<_>, _>>()?;
+    // One statement draws its ids in row order; sorting guards against RETURNING's order,
+    // which SQL does not promise.
+    ids.sort_unstable();
+    Ok(ids)
+}

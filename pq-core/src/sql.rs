@@ -1,0 +1,325 @@
+//! Every statement pq runs, rendered once per table from validated, quoted identifiers.
+//! Values are always bound parameters; only identifiers are spliced in, here and nowhere else.
+
+use crate::error::{Error, Result};
+
+/// The dequeue order. It matches the dequeue index column for column, so a claim reads the index
+/// in order and stops after the rows it takes.
+const DEQUEUE_ORDER: &str = "schedule_at, expected_at NULLS LAST, id";
+
+/// A schema-qualified (or search-path) table name, validated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TableName {
+    pub schema: Option<String>,
+    pub table: String,
+}
+
+impl TableName {
+    /// Longest table name: derived names (`<table>_dequeue_idx`) must fit PostgreSQL's 63 bytes.
+    pub const MAX_TABLE_LEN: usize = 48;
+
+    pub fn new(schema: Option<&str>, table: &str) -> Result<Self> {
+        if let Some(schema) = schema {
+            check_identifier("schema", schema, 63)?;
+        }
+        check_identifier("table", table, Self::MAX_TABLE_LEN)?;
+        Ok(Self {
+            schema: schema.map(str::to_owned),
+            table: table.to_owned(),
+        })
+    }
+
+    /// `"schema"."table"`, or `"table"` resolved through the search path.
+    pub fn qualified(&self) -> String {
+        self.qualify(&quote(&self.table))
+    }
+
+    /// An object named after the table, `"<table>_<suffix>"`, qualified like the table.
+    pub fn qualified_derived(&self, suffix: &str) -> String {
+        self.qualify(&self.derived(suffix))
+    }
+
+    /// An object named after the table, `"<table>_<suffix>"`, unqualified.
+    pub fn derived(&self, suffix: &str) -> String {
+        quote(&format!("{}_{suffix}", self.table))
+    }
+
+    fn qualify(&self, quoted: &str) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{quoted}", quote(schema)),
+            None => quoted.to_owned(),
+        }
+    }
+
+    /// The NOTIFY channel of this table: short, and distinct for distinct tables.
+    pub fn channel(&self) -> String {
+        format!("pq_{:016x}", fnv1a(self.qualified().as_bytes()))
+    }
+
+    /// The advisory lock that serialises migrations within one schema.
+    pub fn migration_lock_key(&self) -> i64 {
+        let schema = self.schema.as_deref().unwrap_or("");
+        i64::from_ne_bytes(fnv1a(format!("pq migrate {schema}").as_bytes()).to_ne_bytes())
+    }
+}
+
+fn check_identifier(kind: &'static str, name: &str, max_len: usize) -> Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.len() > max_len {
+        if kind == "table" {
+            "it is longer than 48 bytes"
+        } else {
+            "it is longer than 63 bytes"
+        }
+    } else if name.contains('\0') {
+        "it contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidIdentifier {
+        kind,
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// Quotes an identifier for PostgreSQL: `a"b` becomes `"a""b"`.
+pub(crate) fn quote(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for PostgreSQL (only for values fixed at migration time).
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// FNV-1a, 64 bits: stable across builds and platforms, unlike `std`'s hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Fills in a migration's placeholders (see `migrations/0001_create_queue.sql`).
+pub(crate) fn render_migration(template: &str, table: &TableName) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            break;
+        };
+        let key = &after[..end];
+        let value = match key.split_once(':') {
+            None if key == "table" => table.qualified(),
+            None if key == "channel" => quote_literal(&table.channel()),
+            Some(("name", suffix)) => table.derived(suffix),
+            Some(("qualified", suffix)) => table.qualified_derived(suffix),
+            _ => panic!("unknown placeholder {{{{{key}}}}} in a migration"),
+        };
+        out.push_str(&value);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The statements of one table.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub table: TableName,
+    pub channel: String,
+    pub put: String,
+    pub put_many: String,
+    pub get: String,
+    pub next_due: String,
+    pub len: String,
+    pub clear: String,
+    pub update_data: String,
+    pub claim: String,
+    pub complete_delete: String,
+    pub complete_keep: String,
+    pub fail: String,
+    pub renew: String,
+    pub rescue: String,
+    pub notify: String,
+    pub release: String,
+    pub migrations_table: String,
+}
+
+impl Statements {
+    pub fn new(table: TableName) -> Self {
+        let t = table.qualified();
+        // `$n * interval '1 microsecond'` turns a bound delay into an interval; a NULL delay
+        // leaves the time NULL so that COALESCE falls through to the next choice.
+        let put = format!(
+            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at) \
+             VALUES ($1, $2, $3::json, \
+               COALESCE($4, statement_timestamp() + $5 * interval '1 microsecond', '-infinity'), \
+               COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond')) \
+             RETURNING id"
+        );
+        let put_many = format!(
+            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at) \
+             SELECT q, k, d::json, \
+               COALESCE(sa, statement_timestamp() + sd * interval '1 microsecond', '-infinity'), \
+               COALESCE(ea, statement_timestamp() + ed * interval '1 microsecond') \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
+                         $6::timestamptz[], $7::int8[]) AS u(q, k, d, sa, sd, ea, ed) \
+             RETURNING id"
+        );
+        let ready = format!(
+            "SELECT id FROM {t} \
+             WHERE q_name = $1 AND state = 'queued' AND schedule_at <= statement_timestamp() \
+             ORDER BY {DEQUEUE_ORDER}"
+        );
+        let get = format!(
+            "WITH next AS ({ready} LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             UPDATE {t} AS j SET state = 'done', dequeued_at = statement_timestamp(), \
+               finished_at = statement_timestamp() \
+             FROM next WHERE j.id = next.id \
+             RETURNING {}",
+            job_columns("j")
+        );
+        let claim = format!(
+            "WITH next AS ({ready} LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE {t} AS j SET state = 'running', attempts = j.attempts + 1, \
+               dequeued_at = statement_timestamp(), \
+               locked_until = statement_timestamp() + $3 * interval '1 microsecond' \
+             FROM next WHERE j.id = next.id \
+             RETURNING {}",
+            job_columns("j")
+        );
+        // Completion, failure and renewal are fenced: they touch a job only while it is still
+        // running the attempt the caller claimed, never after a rescue handed it to another.
+        let fenced = "FROM unnest($1::int8[], $2::int4[]) AS f(id, attempt) \
+             WHERE j.id = f.id AND j.attempts = f.attempt AND j.state = 'running'";
+        let complete_delete = format!(
+            "DELETE FROM {t} AS j USING unnest($1::int8[], $2::int4[]) AS f(id, attempt) \
+             WHERE j.id = f.id AND j.attempts = f.attempt AND j.state = 'running' RETURNING j.id"
+        );
+        let complete_keep = format!(
+            "UPDATE {t} AS j SET state = 'done', locked_until = NULL, \
+               finished_at = statement_timestamp() {fenced} RETURNING j.id"
+        );
+        let fail = format!(
+            "UPDATE {t} AS j SET \
+               state = CASE WHEN $4::int8 IS NULL THEN 'failed' ELSE 'queued' END, \
+               schedule_at = CASE WHEN $4::int8 IS NULL THEN j.schedule_at \
+                 ELSE statement_timestamp() + $4 * interval '1 microsecond' END, \
+               finished_at = CASE WHEN $4::int8 IS NULL THEN statement_timestamp() END, \
+               locked_until = NULL, last_error = $3, \
+               errors = COALESCE(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
+                 'attempt', j.attempts, 'error', $3::text, 'at', statement_timestamp())) \
+             {fenced} RETURNING j.id"
+        );
+        let renew = format!(
+            "UPDATE {t} AS j SET locked_until = statement_timestamp() + $3 * interval '1 microsecond' \
+             {fenced} RETURNING j.id"
+        );
+        // A job whose worker stopped renewing its lease goes back to the queue, its attempt
+        // counted. Returns the queues of the rescued jobs, to wake their workers.
+        let rescue = format!(
+            "WITH lost AS (SELECT id FROM {t} \
+               WHERE state = 'running' AND locked_until < statement_timestamp() \
+               ORDER BY locked_until LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             UPDATE {t} AS j SET state = 'queued', locked_until = NULL, \
+               last_error = $2, \
+               errors = COALESCE(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
+                 'attempt', j.attempts, 'error', $2::text, 'at', statement_timestamp())) \
+             FROM lost WHERE j.id = lost.id RETURNING j.q_name"
+        );
+        // Gives claimed jobs back untouched (a worker shutting down before it ran them): the
+        // attempt did not happen, so it is not counted.
+        let release = format!(
+            "UPDATE {t} AS j SET state = 'queued', locked_until = NULL, attempts = j.attempts - 1 \
+             {fenced} RETURNING j.id"
+        );
+        Self {
+            notify: "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q".to_owned(),
+            channel: table.channel(),
+            next_due: format!(
+                "SELECT EXTRACT(EPOCH FROM min(schedule_at) - statement_timestamp())::float8 \
+                 FROM {t} \
+                 WHERE q_name = $1 AND state = 'queued' AND schedule_at > statement_timestamp()"
+            ),
+            len: format!(
+                "SELECT count(*) FROM {t} \
+                 WHERE q_name = $1 AND state = 'queued' AND schedule_at <= statement_timestamp()"
+            ),
+            clear: format!("DELETE FROM {t} WHERE q_name = $1"),
+            update_data: format!("UPDATE {t} SET data = $2::json WHERE id = $1"),
+            migrations_table: table.qualified_derived("migrations"),
+            put,
+            put_many,
+            get,
+            claim,
+            complete_delete,
+            complete_keep,
+            fail,
+            renew,
+            rescue,
+            release,
+            table,
+        }
+    }
+}
+
+/// The columns of a job, in the order [`crate::job::Job`] decodes them, from table alias `j`.
+fn job_columns(j: &str) -> String {
+    format!(
+        "{j}.id, {j}.q_name, {j}.task, {j}.data::text AS data, {j}.attempts, {j}.enqueued_at, \
+         NULLIF({j}.schedule_at, '-infinity') AS schedule_at, {j}.expected_at"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_quoted_not_trusted() {
+        let table = TableName::new(Some("my \"schema\""), "jobs; DROP TABLE x").unwrap();
+        assert_eq!(table.qualified(), r#""my ""schema"""."jobs; DROP TABLE x""#);
+    }
+
+    #[test]
+    fn bad_identifiers_are_refused_with_the_reason() {
+        let long = "x".repeat(49);
+        for (schema, table, reason) in [
+            (None, "", "empty"),
+            (None, long.as_str(), "48 bytes"),
+            (Some(""), "queue", "empty"),
+            (None, "a\0b", "NUL"),
+        ] {
+            let err = TableName::new(schema, table).unwrap_err().to_string();
+            assert!(err.contains(reason), "{err}");
+        }
+    }
+
+    #[test]
+    fn channels_differ_per_table_and_fit_an_identifier() {
+        let a = TableName::new(Some("a"), "queue").unwrap().channel();
+        let b = TableName::new(Some("b"), "queue").unwrap().channel();
+        assert_ne!(a, b);
+        assert!(a.len() < 63);
+    }
+
+    #[test]
+    fn migrations_render_every_placeholder() {
+        let table = TableName::new(Some("s"), "q").unwrap();
+        let sql = render_migration(
+            "CREATE TABLE {{table}}; {{name:idx}} {{qualified:notify}} {{channel}}",
+            &table,
+        );
+        assert_eq!(
+            sql,
+            format!(
+                "CREATE TABLE \"s\".\"q\"; \"q_idx\" \"s\".\"q_notify\" '{}'",
+                table.channel()
+            )
+        );
+    }
+}

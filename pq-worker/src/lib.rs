@@ -1,0 +1,26 @@
+//! pq's task runtime: the [`Task`] trait that `#[pq::task]` implements, the [`Registry`] of
+//! every task linked into the program, and the [`Worker`] that runs them.
+//!
+//! Use it through the `pq` crate, which re-exports everything here.
+
+mod context;
+mod registry;
+mod task;
+
+#[doc(hidden)]
+pub mod private;
+
+pub use context::TaskContext;
+pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition};
+pub use task::{
+    Backoff, BoxFuture, IntoTaskResult, Task, TaskCall, TaskError, TaskOptions, TaskResult,
+};
+
+/// The message of a caught panic: its `&str` or `String` payload, if it has one.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}

@@ -1,0 +1,219 @@
+//! What `#[pq::task]` implements: the [`Task`] trait, a task's [`TaskOptions`], and the [`TaskCall`]
+//! that calling a task function returns.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use pq_core::{Enqueue, IntoWhen, JobId, When};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::context::TaskContext;
+
+/// A boxed, sendable future, as returned by [`Task::execute`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What running a task once yields: `Ok(())`, or the error that makes the attempt a failure.
+pub type TaskResult = Result<(), TaskError>;
+
+/// Why one attempt of a task failed, as recorded on the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskError {
+    message: String,
+}
+
+impl TaskError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+        }
+    }
+
+    /// The message recorded on the job.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// How the delay before a retry grows with the attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// Every retry waits `retry_in`.
+    Fixed,
+    /// Retry `n` waits `retry_in * 2^(n-1)`, capped at a day, with up to 25% random jitter
+    /// so that jobs that failed together do not retry together.
+    Exponential,
+}
+
+/// A task's defaults, fixed by its `#[pq::task(...)]` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskOptions {
+    /// The queue the task's jobs go to (default `"default"`).
+    pub queue: &'static str,
+    /// Delay before a new job may run (default: none, it runs as soon as a worker is free).
+    pub schedule_at: Option<Duration>,
+    /// Priority as an expected completion delay: earlier first, jobs without one last.
+    pub expected_at: Option<Duration>,
+    /// How many times a failed job is run again (default 0): `max_retries = 2` means at most 3 runs.
+    pub max_retries: u32,
+    /// The delay before a retry (default 30 s), the base of the backoff.
+    pub retry_in: Duration,
+    /// How the delay grows from one retry to the next (default [`Backoff::Fixed`]).
+    pub backoff: Backoff,
+}
+
+impl TaskOptions {
+    /// The options of a task whose attribute sets none.
+    pub const DEFAULT: TaskOptions = TaskOptions {
+        queue: "default",
+        schedule_at: None,
+        expected_at: None,
+        max_retries: 0,
+        retry_in: Duration::from_secs(30),
+        backoff: Backoff::Fixed,
+    };
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// A task: the arguments of one call of a `#[pq::task]` function, stored as the job's JSON data.
+///
+/// Implemented by the macro on the struct it generates beside the function; there is no need to
+/// implement it by hand.
+pub trait Task: Serialize + DeserializeOwned + Send + 'static {
+    /// The task's stable name, the key that ties a queued job to its handler: by default the
+    /// function's module path and name (`my_app::jobs::eat`), or the attribute's `name = "..."`.
+    /// Renaming or moving a function changes it, so give long-lived tasks an explicit `name`.
+    const NAME: &'static str;
+
+    /// The task's defaults from its attribute.
+    const OPTIONS: TaskOptions;
+
+    /// Runs the task's body with these arguments.
+    fn execute(self, ctx: TaskContext) -> BoxFuture<'static, TaskResult>;
+}
+
+/// What a task's function may return: `()` or `Result<(), E>` for any `E: Display`
+/// (`anyhow::Error`, `Box<dyn Error>`, your own error type...).
+#[diagnostic::on_unimplemented(
+    message = "a task must return `()` or `Result<(), E>` where `E: Display`, not `{Self}`",
+    label = "unsupported return type"
+)]
+pub trait IntoTaskResult {
+    /// Converts the function's return value into the attempt's outcome.
+    fn into_task_result(self) -> TaskResult;
+}
+
+impl IntoTaskResult for () {
+    fn into_task_result(self) -> TaskResult {
+        Ok(())
+    }
+}
+
+impl<E: fmt::Display> IntoTaskResult for Result<(), E> {
+    fn into_task_result(self) -> TaskResult {
+        // `{:#}` gives anyhow's whole chain of causes on one line; other types ignore the flag.
+        self.map_err(|e| TaskError::new(format!("{e:#}")))
+    }
+}
+
+/// One call of a task, ready to be enqueued: what calling a `#[pq::task]` function returns.
+///
+/// Nothing is written until [`enqueue`](TaskCall::enqueue) runs. `schedule_at`, `expected_at` and
+/// `queue` override the task's defaults for this call only.
+///
+/// ```no_run
+/// #[pq::task(queue = "apples", max_retries = 2)]
+/// async fn eat(kind: String) -> anyhow::Result<()> {
+///     println!("umm, {kind} apples taste good");
+///     Ok(())
+/// }
+///
+/// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+/// let id = eat("Cox".into()).schedule_at("1m").expected_at("2m").enqueue(&pq).await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "a task call does nothing until it is enqueued"]
+pub struct TaskCall<T: Task> {
+    args: T,
+    queue: &'static str,
+    schedule_at: Option<Result<When, pq_core::Error>>,
+    expected_at: Option<Result<When, pq_core::Error>>,
+}
+
+impl<T: Task> TaskCall<T> {
+    /// A call with these arguments and the task's defaults.
+    pub fn new(args: T) -> Self {
+        let options = T::OPTIONS;
+        Self {
+            args,
+            queue: options.queue,
+            schedule_at: options.schedule_at.map(|d| Ok(When::from(d))),
+            expected_at: options.expected_at.map(|d| Ok(When::from(d))),
+        }
+    }
+
+    /// The call's arguments.
+    pub fn args(&self) -> &T {
+        &self.args
+    }
+
+    /// Do not run before this time: a duration string (`"90s"`, `"1h30m"`), a
+    /// `chrono::DateTime<Utc>`, or a `std::time::Duration`/`chrono::Duration` from now.
+    pub fn schedule_at(mut self, when: impl IntoWhen) -> Self {
+        self.schedule_at = Some(when.into_when());
+        self
+    }
+
+    /// Priority: jobs expected earlier run first; jobs with no expectation run last.
+    pub fn expected_at(mut self, when: impl IntoWhen) -> Self {
+        self.expected_at = Some(when.into_when());
+        self
+    }
+
+    /// Sends this call to another queue than the task's default.
+    pub fn queue(mut self, queue: &'static str) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Writes the job and returns its id. `target` is a `&Pq`, a `&mut pq::Transaction`, or
+    /// `pq.on(&mut *tx)` for a caller's own sqlx transaction: the job then exists only if that
+    /// transaction commits.
+    pub async fn enqueue<'c>(self, target: impl Enqueue<'c>) -> Result<JobId, pq_core::Error> {
+        let args = serde_json::to_string(&self.args).map_err(pq_core::Error::Encode)?;
+        let mut job = pq_core::NewJob::from_json(self.queue, args)?.task(T::NAME);
+        if let Some(when) = self.schedule_at {
+            job = job.schedule_at(when?);
+        }
+        if let Some(when) = self.expected_at {
+            job = job.expected_at(when?);
+        }
+        target.enqueue(job).await
+    }
+}
+
+impl<T: Task + fmt::Debug> fmt::Debug for TaskCall<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskCall")
+            .field("task", &T::NAME)
+            .field("args", &self.args)
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,41 @@
+//! # pq
+//!
+//! A transactional job queue for PostgreSQL: one table holds every queue; typed task functions
+//! enqueue themselves when called; workers run them with retries, leases and graceful shutdown.
+//!
+//! ```no_run
+//! #[pq::task(queue = "apples", max_retries = 2, retry_in = "10s")]
+//! async fn eat(ctx: pq::TaskContext, kind: String) -> anyhow::Result<()> {
+//!     println!("job {}: umm, {kind} apples taste good", ctx.job_id());
+//!     Ok(())
+//! }
+//!
+//! # async fn example() -> Result<(), pq::Error> {
+//! let pq = pq::Pq::connect("postgres://postgres@127.0.0.1/test").await?;
+//! pq.create().await?;
+//! let id = eat("Cox".into()).enqueue(&pq).await?; // a row in PostgreSQL, nothing runs yet
+//! # Ok(()) }
+//! ```
+//!
+//! The queue API ([`Pq`], [`Queue`], [`Job`], [`Transaction`]) comes from `pq-core`, the task
+//! runtime ([`Task`], [`TaskCall`], [`TaskContext`], [`Registry`]) from `pq-worker`, and the
+//! [`task`] attribute from `pq-macros`.
+
+// Lets pq's own tests and doc tests use `#[pq::task]`, whose expansion names `::pq`.
+extern crate self as pq;
+
+pub use pq_core::*;
+pub use pq_macros::task;
+pub use pq_worker::*;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use serde;
+    pub use serde_json;
+
+    pub use pq_worker::private::{assert_argument, run_blocking};
+    pub use pq_worker::{
+        Backoff, BoxFuture, IntoTaskResult, Task, TaskDefinition, TaskOptions, TaskResult,
+    };
+}

@@ -1,0 +1,6 @@
+//! Integration tests against a real PostgreSQL (`DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`). Each test works in a schema of its own, so the
+//! suite runs in parallel. One test binary keeps link times down.
+
+mod queue;
+mod support;
