@@ -1,0 +1,447 @@
+//! The attribute's arguments: `#[pq::task(queue = "apples", max_retries = 2, ...)]`.
+
+use std::fmt;
+use std::time::Duration;
+
+use proc_macro2::{Group, TokenStream};
+use syn::parse::Parser;
+use syn::{Expr, ExprLit, ExprUnary, Lit, LitStr, Path, Token, UnOp};
+
+use crate::errors::Errors;
+
+/// The arguments as written: `None` where the task keeps the runtime's default.
+#[derive(Default)]
+pub(crate) struct TaskArgs {
+    pub(crate) queue: Option<LitStr>,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) schedule_at: Option<Duration>,
+    pub(crate) expected_at: Option<Duration>,
+    pub(crate) max_retries: Option<u32>,
+    pub(crate) retry_in: Option<Duration>,
+    pub(crate) backoff: Option<Backoff>,
+}
+
+/// `backoff = "fixed" | "exponential"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backoff {
+    Fixed,
+    Exponential,
+}
+
+/// One argument the attribute accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Key {
+    Queue,
+    Name,
+    ScheduleAt,
+    ExpectedAt,
+    MaxRetries,
+    RetryIn,
+    Backoff,
+}
+
+impl Key {
+    const ALL: [Key; 7] = [
+        Key::Queue,
+        Key::Name,
+        Key::ScheduleAt,
+        Key::ExpectedAt,
+        Key::MaxRetries,
+        Key::RetryIn,
+        Key::Backoff,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Key::Queue => "queue",
+            Key::Name => "name",
+            Key::ScheduleAt => "schedule_at",
+            Key::ExpectedAt => "expected_at",
+            Key::MaxRetries => "max_retries",
+            Key::RetryIn => "retry_in",
+            Key::Backoff => "backoff",
+        }
+    }
+
+    /// How the argument is written, to show in errors.
+    fn example(self) -> &'static str {
+        match self {
+            Key::Queue => r#"queue = "emails""#,
+            Key::Name => r#"name = "billing::charge""#,
+            Key::ScheduleAt => r#"schedule_at = "5m""#,
+            Key::ExpectedAt => r#"expected_at = "1h""#,
+            Key::MaxRetries => "max_retries = 3",
+            Key::RetryIn => r#"retry_in = "30s""#,
+            Key::Backoff => r#"backoff = "exponential""#,
+        }
+    }
+
+    fn from_path(path: &Path) -> Option<Key> {
+        let ident = path.get_ident()?;
+        Key::ALL.into_iter().find(|key| ident == key.as_str())
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TaskArgs {
+    /// Parses the attribute's arguments, recording every mistake in `errors`.
+    pub(crate) fn parse(tokens: TokenStream, errors: &mut Errors) -> TaskArgs {
+        let mut args = TaskArgs::default();
+        let mut seen = Vec::new();
+        let parser = syn::meta::parser(|meta| {
+            // Consume the value before judging the key, so that parsing goes on to the next argument.
+            let value = if meta.input.peek(Token![=]) {
+                Some(meta.value()?.parse::<Expr>()?)
+            } else {
+                if meta.input.peek(syn::token::Paren) {
+                    meta.input.parse::<Group>()?;
+                }
+                None
+            };
+            let Some(key) = Key::from_path(&meta.path) else {
+                errors.spanned(
+                    &meta.path,
+                    format!(
+                        "unknown argument `{}`; expected one of {}",
+                        path_to_string(&meta.path),
+                        valid_keys()
+                    ),
+                );
+                return Ok(());
+            };
+            if seen.contains(&key) {
+                errors.spanned(
+                    &meta.path,
+                    format!(
+                        "duplicate argument `{key}`; it is already set earlier in this attribute"
+                    ),
+                );
+                return Ok(());
+            }
+            seen.push(key);
+            match value {
+                Some(value) => args.set(key, &value, errors),
+                None => errors.spanned(
+                    &meta.path,
+                    format!("`{key}` needs a value, like `{}`", key.example()),
+                ),
+            }
+            Ok(())
+        });
+        if let Err(error) = parser.parse2(tokens) {
+            errors.push(error);
+        }
+        args
+    }
+
+    fn set(&mut self, key: Key, value: &Expr, errors: &mut Errors) {
+        match key {
+            Key::Queue => self.queue = non_empty(string(key, value, errors), "queue name", errors),
+            Key::Name => self.name = non_empty(string(key, value, errors), "task name", errors),
+            Key::ScheduleAt => self.schedule_at = duration(key, value, errors),
+            Key::ExpectedAt => self.expected_at = duration(key, value, errors),
+            Key::MaxRetries => self.max_retries = max_retries(value, errors),
+            Key::RetryIn => self.retry_in = duration(key, value, errors),
+            Key::Backoff => self.backoff = backoff(value, errors),
+        }
+    }
+}
+
+fn valid_keys() -> String {
+    let keys: Vec<_> = Key::ALL.iter().map(|key| format!("`{key}`")).collect();
+    keys.join(", ")
+}
+
+fn path_to_string(path: &Path) -> String {
+    let segments: Vec<_> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+    segments.join("::")
+}
+
+/// The literal itself, seeing through the invisible group a `macro_rules!` fragment comes in.
+fn literal(value: &Expr) -> Option<&Lit> {
+    match value {
+        Expr::Lit(ExprLit { lit, .. }) => Some(lit),
+        Expr::Group(group) => literal(&group.expr),
+        _ => None,
+    }
+}
+
+fn string(key: Key, value: &Expr, errors: &mut Errors) -> Option<LitStr> {
+    match literal(value) {
+        Some(Lit::Str(string)) => Some(string.clone()),
+        _ => {
+            errors.spanned(
+                value,
+                format!("`{key}` takes a string literal, like `{}`", key.example()),
+            );
+            None
+        }
+    }
+}
+
+fn non_empty(string: Option<LitStr>, what: &str, errors: &mut Errors) -> Option<LitStr> {
+    let string = string?;
+    if string.value().trim().is_empty() {
+        errors.spanned(&string, format!("the {what} cannot be empty"));
+        return None;
+    }
+    Some(string)
+}
+
+fn duration(key: Key, value: &Expr, errors: &mut Errors) -> Option<Duration> {
+    let string = string(key, value, errors)?;
+    let text = string.value();
+    match humantime::parse_duration(&text) {
+        Ok(duration) => Some(duration),
+        Err(error) => {
+            errors.spanned(
+                &string,
+                format!("invalid duration {text:?}: {}", explain(&text, error)),
+            );
+            None
+        }
+    }
+}
+
+/// Why `humantime` rejected `text`, and what it accepts.
+fn explain(text: &str, error: humantime::DurationError) -> String {
+    use humantime::DurationError as E;
+    const EXAMPLES: &str = r#"write a number and a unit, like "30s", "5m", "1h30m" or "2d""#;
+    match error {
+        _ if text.trim_start().starts_with('-') => "a duration cannot be negative".to_owned(),
+        E::Empty => format!("it is empty; {EXAMPLES}"),
+        E::InvalidCharacter(at) => match text.get(at..).and_then(|rest| rest.chars().next()) {
+            Some(c) => format!("unexpected character `{c}`; {EXAMPLES}"),
+            None => EXAMPLES.to_owned(),
+        },
+        E::NumberExpected(at) => match text.get(at..) {
+            Some(rest) if !rest.is_empty() => {
+                format!("expected a number before `{rest}`; {EXAMPLES}")
+            }
+            _ => format!("expected a number; {EXAMPLES}"),
+        },
+        E::UnknownUnit { unit, value, .. } if unit.is_empty() => {
+            format!("the unit is missing, like \"{value}s\" or \"{value}m\"")
+        }
+        E::UnknownUnit { unit, .. } => {
+            format!("unknown unit `{unit}`, expected one of ns, us, ms, s, m, h, d, w, M, y")
+        }
+        E::NumberOverflow => "too large, or more precise than a nanosecond".to_owned(),
+    }
+}
+
+fn max_retries(value: &Expr, errors: &mut Errors) -> Option<u32> {
+    const EXPECTED: &str = "`max_retries` takes a whole number of retries, like `max_retries = 3`";
+    let message = match (value, literal(value)) {
+        (_, Some(Lit::Int(int))) => match int.base10_parse::<u32>() {
+            Ok(max_retries) => return Some(max_retries),
+            Err(_) => format!("`max_retries` is at most {}", u32::MAX),
+        },
+        (
+            Expr::Unary(ExprUnary {
+                op: UnOp::Neg(_), ..
+            }),
+            _,
+        ) => {
+            format!("`max_retries` cannot be negative; {EXPECTED}")
+        }
+        (_, Some(Lit::Float(_))) => format!("`max_retries` must be an integer; {EXPECTED}"),
+        (_, Some(Lit::Str(_))) => format!("{EXPECTED}, not a string"),
+        _ => EXPECTED.to_owned(),
+    };
+    errors.spanned(value, message);
+    None
+}
+
+fn backoff(value: &Expr, errors: &mut Errors) -> Option<Backoff> {
+    let string = string(Key::Backoff, value, errors)?;
+    match string.value().as_str() {
+        "fixed" => Some(Backoff::Fixed),
+        "exponential" => Some(Backoff::Exponential),
+        other => {
+            errors.spanned(
+                &string,
+                format!(r#"unknown backoff {other:?}, expected "fixed" or "exponential""#),
+            );
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn parse(tokens: TokenStream) -> Result<TaskArgs, Vec<String>> {
+        let mut errors = Errors::default();
+        let args = TaskArgs::parse(tokens, &mut errors);
+        match errors.finish() {
+            Ok(()) => Ok(args),
+            Err(error) => Err(error.into_iter().map(|e| e.to_string()).collect()),
+        }
+    }
+
+    fn errors_of(tokens: TokenStream) -> Vec<String> {
+        match parse(tokens) {
+            Ok(_) => panic!("the arguments were accepted"),
+            Err(errors) => errors,
+        }
+    }
+
+    #[test]
+    fn no_arguments_keep_every_default() {
+        let args = parse(TokenStream::new()).unwrap();
+        assert!(args.queue.is_none() && args.name.is_none());
+        assert_eq!(
+            (args.schedule_at, args.expected_at, args.retry_in),
+            (None, None, None)
+        );
+        assert_eq!((args.max_retries, args.backoff), (None, None));
+    }
+
+    #[test]
+    fn every_argument_is_parsed() {
+        let args = parse(quote! {
+            queue = "apples", name = "fruit::eat", schedule_at = "1h", expected_at = "1h30m",
+            max_retries = 2, retry_in = "10s", backoff = "exponential",
+        })
+        .unwrap();
+        assert_eq!(args.queue.unwrap().value(), "apples");
+        assert_eq!(args.name.unwrap().value(), "fruit::eat");
+        assert_eq!(args.schedule_at, Some(Duration::from_secs(3600)));
+        assert_eq!(args.expected_at, Some(Duration::from_secs(5400)));
+        assert_eq!(args.max_retries, Some(2));
+        assert_eq!(args.retry_in, Some(Duration::from_secs(10)));
+        assert_eq!(args.backoff, Some(Backoff::Exponential));
+    }
+
+    #[test]
+    fn a_zero_retry_delay_is_allowed() {
+        let args = parse(quote!(retry_in = "0s", backoff = "fixed")).unwrap();
+        assert_eq!(args.retry_in, Some(Duration::ZERO));
+        assert_eq!(args.backoff, Some(Backoff::Fixed));
+    }
+
+    #[test]
+    fn an_unknown_argument_lists_the_valid_ones() {
+        assert_eq!(
+            errors_of(quote!(queues = "apples")),
+            [
+                "unknown argument `queues`; expected one of `queue`, `name`, `schedule_at`, \
+              `expected_at`, `max_retries`, `retry_in`, `backoff`"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_duplicate_is_rejected_once_and_the_first_value_kept() {
+        assert_eq!(
+            errors_of(quote!(
+                queue = "a",
+                max_retries = 1,
+                queue = "b",
+                queue = "c"
+            )),
+            [
+                "duplicate argument `queue`; it is already set earlier in this attribute",
+                "duplicate argument `queue`; it is already set earlier in this attribute",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_durations_name_the_string_and_say_why() {
+        let cases = [
+            (
+                quote!(retry_in = "10x"),
+                r#"invalid duration "10x": unknown unit `x`, expected one of ns, us, ms, s, m, h, d, w, M, y"#,
+            ),
+            (
+                quote!(retry_in = "-5s"),
+                r#"invalid duration "-5s": a duration cannot be negative"#,
+            ),
+            (
+                quote!(schedule_at = ""),
+                r#"invalid duration "": it is empty; write a number and a unit, like "30s", "5m", "1h30m" or "2d""#,
+            ),
+            (
+                quote!(expected_at = "10"),
+                r#"invalid duration "10": the unit is missing, like "10s" or "10m""#,
+            ),
+            (
+                quote!(expected_at = "1h+5m"),
+                r#"invalid duration "1h+5m": unexpected character `+`; write a number and a unit, like "30s", "5m", "1h30m" or "2d""#,
+            ),
+        ];
+        for (tokens, expected) in cases {
+            assert_eq!(errors_of(tokens), [expected]);
+        }
+    }
+
+    #[test]
+    fn max_retries_must_be_a_non_negative_integer() {
+        let cases = [
+            (quote!(max_retries = -1), "`max_retries` cannot be negative; `max_retries` takes a whole number of retries, like `max_retries = 3`"),
+            (quote!(max_retries = 1.5), "`max_retries` must be an integer; `max_retries` takes a whole number of retries, like `max_retries = 3`"),
+            (quote!(max_retries = "2"), "`max_retries` takes a whole number of retries, like `max_retries = 3`, not a string"),
+            (quote!(max_retries = 5000000000), "`max_retries` is at most 4294967295"),
+            (quote!(max_retries = RETRIES), "`max_retries` takes a whole number of retries, like `max_retries = 3`"),
+        ];
+        for (tokens, expected) in cases {
+            assert_eq!(errors_of(tokens), [expected]);
+        }
+    }
+
+    #[test]
+    fn string_arguments_reject_other_literals_and_empty_strings() {
+        assert_eq!(
+            errors_of(quote!(
+                queue = apples,
+                name = 7,
+                retry_in = 10,
+                backoff = "linear",
+                queue = ""
+            )),
+            [
+                r#"`queue` takes a string literal, like `queue = "emails"`"#,
+                r#"`name` takes a string literal, like `name = "billing::charge"`"#,
+                r#"`retry_in` takes a string literal, like `retry_in = "30s"`"#,
+                r#"unknown backoff "linear", expected "fixed" or "exponential""#,
+                "duplicate argument `queue`; it is already set earlier in this attribute",
+            ]
+        );
+        assert_eq!(
+            errors_of(quote!(name = " ")),
+            ["the task name cannot be empty"]
+        );
+    }
+
+    #[test]
+    fn every_mistake_is_reported_and_parsing_goes_on_after_each() {
+        let errors = errors_of(quote!(
+            colour = "red",
+            queue,
+            max_retries(3),
+            retry_in = "soon",
+            backoff = "fixed"
+        ));
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(errors[1].starts_with("`queue` needs a value"));
+        assert!(errors[2].starts_with("`max_retries` needs a value"));
+    }
+
+    #[test]
+    fn a_syntax_error_is_reported() {
+        assert_eq!(
+            errors_of(quote!(queue = "a" max_retries = 1)),
+            ["expected `,`"]
+        );
+    }
+}

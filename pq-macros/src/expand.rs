@@ -1,0 +1,323 @@
+//! The code `#[pq::task]` generates: the task's argument struct with its `Task` impl, the call
+//! function that builds a `TaskCall`, the registration, and a trait check per argument.
+
+use std::time::Duration;
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{Attribute, ItemFn};
+
+use crate::args::{Backoff, TaskArgs};
+use crate::errors::Errors;
+use crate::signature::{Signature, Supplied};
+
+/// The whole macro: `args` are the attribute's arguments, `item` the function it is on.
+///
+/// On any error the function is emitted unchanged beside the errors, so that the rest of the
+/// crate (and an IDE) still sees it.
+pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let args = TaskArgs::parse(args, &mut errors);
+    let function = match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(function) => function,
+        Err(_) => {
+            let error = match syn::parse2::<syn::Item>(item.clone()) {
+                Ok(other) => {
+                    syn::Error::new_spanned(other, "`#[pq::task]` applies to functions only")
+                }
+                Err(error) => error,
+            };
+            errors.push(error);
+            return with_errors(errors, item);
+        }
+    };
+    let signature = Signature::parse(&function.sig, &mut errors);
+    match errors.finish() {
+        Ok(()) => expand(&args, &function, &signature),
+        Err(error) => with_compile_error(error, item),
+    }
+}
+
+fn with_errors(errors: Errors, item: TokenStream) -> TokenStream {
+    match errors.finish() {
+        Ok(()) => item,
+        Err(error) => with_compile_error(error, item),
+    }
+}
+
+fn with_compile_error(error: syn::Error, item: TokenStream) -> TokenStream {
+    let error = error.into_compile_error();
+    quote!(#error #item)
+}
+
+/// The user's attributes, sorted by the generated items they belong on.
+#[derive(Default)]
+struct Attributes<'a> {
+    /// `#[cfg]`: on every item, so that they exist or vanish together.
+    cfg: Vec<&'a Attribute>,
+    /// Doc comments and `#[deprecated]`: on the public items, the struct and the call function.
+    docs: Vec<&'a Attribute>,
+    /// `#[allow]` and friends: on both functions, the body and the call.
+    lints: Vec<&'a Attribute>,
+    /// Everything else (`#[tracing::instrument]`, `#[inline]`...): on `run`, which holds the body.
+    body: Vec<&'a Attribute>,
+}
+
+impl<'a> Attributes<'a> {
+    fn sort(attributes: &'a [Attribute]) -> Self {
+        let mut sorted = Attributes::default();
+        for attribute in attributes {
+            let path = attribute.path();
+            let list = if path.is_ident("cfg") {
+                &mut sorted.cfg
+            } else if path.is_ident("doc") || path.is_ident("deprecated") {
+                &mut sorted.docs
+            } else if ["allow", "expect", "warn", "deny", "forbid"]
+                .iter()
+                .any(|lint| path.is_ident(lint))
+            {
+                &mut sorted.lints
+            } else {
+                &mut sorted.body
+            };
+            list.push(attribute);
+        }
+        sorted
+    }
+}
+
+fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStream {
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
+    let Attributes {
+        cfg,
+        docs,
+        lints,
+        body,
+    } = Attributes::sort(attrs);
+    let task = &sig.ident;
+    let names: Vec<_> = signature.arguments.iter().map(|a| &a.name).collect();
+    let types: Vec<_> = signature.arguments.iter().map(|a| &a.ty).collect();
+    let field_docs = names
+        .iter()
+        .map(|name| format!("The task's `{}` argument.", name.unraw()));
+
+    let run = syn::Signature {
+        ident: format_ident!("run", span = sig.ident.span()),
+        ..sig.clone()
+    };
+    let name = match &args.name {
+        Some(name) => name.to_token_stream(),
+        None => {
+            let function = sig.ident.unraw().to_string();
+            quote!(::core::concat!(::core::module_path!(), "::", #function))
+        }
+    };
+    let options = options(args);
+    let execute = execute(task, signature);
+    let location = quote_spanned! {sig.ident.span()=>
+        ::core::concat!(::core::file!(), ":", ::core::line!())
+    };
+    let argument_checks = types.iter().map(|ty| {
+        quote_spanned! {ty.span()=>
+            #(#cfg)*
+            const _: () = ::pq::__private::assert_argument::<#ty>();
+        }
+    });
+
+    quote! {
+        #(#docs)*
+        #(#cfg)*
+        #[allow(non_camel_case_types)]
+        #[derive(::pq::__private::serde::Serialize, ::pq::__private::serde::Deserialize)]
+        #[serde(crate = "::pq::__private::serde")]
+        #vis struct #task {
+            #(
+                #[doc = #field_docs]
+                pub #names: #types,
+            )*
+        }
+
+        #(#cfg)*
+        impl #task {
+            /// The task's body, to call directly (in unit tests, say) without a database.
+            #(#lints)*
+            #(#body)*
+            #vis #run #block
+        }
+
+        #(#cfg)*
+        impl ::pq::__private::Task for #task {
+            const NAME: &'static str = #name;
+            const OPTIONS: ::pq::__private::TaskOptions = #options;
+            #execute
+        }
+
+        #(#docs)*
+        #(#cfg)*
+        #(#lints)*
+        #vis fn #task(#(#names: #types),*) -> ::pq::TaskCall<#task> {
+            ::pq::TaskCall::new(#task { #(#names),* })
+        }
+
+        #(#cfg)*
+        ::pq::__private::inventory::submit! {
+            ::pq::__private::TaskDefinition::of::<#task>(#location)
+        }
+
+        #(#argument_checks)*
+    }
+}
+
+/// The `TaskOptions` constant: what the attribute sets, the runtime's defaults for the rest.
+fn options(args: &TaskArgs) -> TokenStream {
+    let mut fields = Vec::new();
+    if let Some(queue) = &args.queue {
+        fields.push(quote!(queue: #queue));
+    }
+    if let Some(schedule_at) = args.schedule_at {
+        let schedule_at = duration(schedule_at);
+        fields.push(quote!(schedule_at: ::core::option::Option::Some(#schedule_at)));
+    }
+    if let Some(expected_at) = args.expected_at {
+        let expected_at = duration(expected_at);
+        fields.push(quote!(expected_at: ::core::option::Option::Some(#expected_at)));
+    }
+    if let Some(max_retries) = args.max_retries {
+        fields.push(quote!(max_retries: #max_retries));
+    }
+    if let Some(retry_in) = args.retry_in {
+        let retry_in = duration(retry_in);
+        fields.push(quote!(retry_in: #retry_in));
+    }
+    if let Some(backoff) = args.backoff {
+        let backoff = match backoff {
+            Backoff::Fixed => quote!(::pq::__private::Backoff::Fixed),
+            Backoff::Exponential => quote!(::pq::__private::Backoff::Exponential),
+        };
+        fields.push(quote!(backoff: #backoff));
+    }
+    quote! {
+        ::pq::__private::TaskOptions { #(#fields,)* ..::pq::__private::TaskOptions::DEFAULT }
+    }
+}
+
+fn duration(duration: Duration) -> TokenStream {
+    let (secs, nanos) = (duration.as_secs(), duration.subsec_nanos());
+    quote!(::core::time::Duration::new(#secs, #nanos))
+}
+
+/// `Task::execute`: unpacks the stored arguments and runs the body, on a blocking thread for a
+/// plain function.
+fn execute(task: &syn::Ident, signature: &Signature) -> TokenStream {
+    // Hygienic, so that an argument named `ctx` does not shadow it.
+    let ctx = syn::Ident::new("ctx", Span::mixed_site());
+    let names: Vec<_> = signature.arguments.iter().map(|a| &a.name).collect();
+    let (ctx_param, ctx_arg) = match signature.supplied {
+        None => (quote!(_), None),
+        Some(Supplied::TaskContext) => (quote!(#ctx), Some(quote!(#ctx,))),
+        Some(Supplied::JobId) => (quote!(#ctx), Some(quote!(#ctx.job_id(),))),
+    };
+    let call = quote!(#task::run(#ctx_arg #(#names),*));
+    // Spanned on the return type, so that an unsupported one is reported there.
+    let output_span = signature
+        .output
+        .as_ref()
+        .map_or_else(Span::call_site, Spanned::span);
+    let into_task_result = match &signature.output {
+        Some(output) => quote_spanned! {output_span=>
+            <#output as ::pq::__private::IntoTaskResult>::into_task_result
+        },
+        None => quote!(::pq::__private::IntoTaskResult::into_task_result),
+    };
+    let run = if signature.is_async {
+        quote! {
+            ::std::boxed::Box::pin(async move { #into_task_result(#call.await) })
+        }
+    } else {
+        let body = quote_spanned!(output_span=> move || #call);
+        quote! {
+            ::std::boxed::Box::pin(::pq::__private::run_blocking(#body))
+        }
+    };
+    quote! {
+        fn execute(
+            self,
+            #ctx_param: ::pq::TaskContext,
+        ) -> ::pq::__private::BoxFuture<'static, ::pq::__private::TaskResult> {
+            let #task { #(#names),* } = self;
+            #run
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    use super::*;
+
+    fn items(tokens: TokenStream) -> Vec<syn::Item> {
+        syn::parse2::<syn::File>(tokens).unwrap().items
+    }
+
+    #[test]
+    fn a_task_becomes_a_struct_its_impls_the_call_function_and_its_registration() {
+        let items = items(task(
+            quote!(queue = "apples"),
+            quote! {
+                /// Eats.
+                pub async fn eat(ctx: pq::TaskContext, kind: String) -> anyhow::Result<()> { Ok(()) }
+            },
+        ));
+        let kinds: Vec<_> = items
+            .iter()
+            .map(|item| match item {
+                syn::Item::Struct(_) => "struct",
+                syn::Item::Impl(_) => "impl",
+                syn::Item::Fn(_) => "fn",
+                syn::Item::Macro(_) => "macro",
+                syn::Item::Const(_) => "const",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["struct", "impl", "impl", "fn", "macro", "const"]);
+    }
+
+    #[test]
+    fn on_error_the_function_is_emitted_unchanged_beside_every_error() {
+        let function = quote!(
+            fn eat(kind: &str) {}
+        );
+        let items = items(task(quote!(queue = 1, retries = 2), function.clone()));
+        let errors = items
+            .iter()
+            .filter(|item| matches!(item, syn::Item::Macro(m) if m.mac.path.segments.last().unwrap().ident == "compile_error"))
+            .count();
+        assert_eq!(errors, 3);
+        let last = items.last().unwrap();
+        assert_eq!(quote!(#last).to_string(), function.to_string());
+    }
+
+    #[test]
+    fn anything_but_a_function_is_rejected() {
+        let output = task(
+            TokenStream::new(),
+            quote!(
+                struct Eat;
+            ),
+        )
+        .to_string();
+        assert!(
+            output.contains("`#[pq::task]` applies to functions only"),
+            "{output}"
+        );
+        assert!(output.ends_with("struct Eat ;"), "{output}");
+    }
+}

@@ -1,0 +1,314 @@
+//! What a task function takes and returns.
+
+use syn::{FnArg, GenericArgument, Ident, Pat, PatType, PathArguments, ReturnType, Type};
+
+use crate::errors::Errors;
+
+/// A task function's signature, as the expansion needs it.
+pub(crate) struct Signature {
+    /// What the worker passes as the first parameter, if the function asks for anything.
+    pub(crate) supplied: Option<Supplied>,
+    /// The typed arguments, stored in the job.
+    pub(crate) arguments: Vec<Argument>,
+    /// The written return type; `None` for `()`.
+    pub(crate) output: Option<Type>,
+    /// `async fn`, or a plain function to run on a blocking thread.
+    pub(crate) is_async: bool,
+}
+
+/// A first parameter that is not stored in the job but supplied by the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Supplied {
+    /// `ctx: pq::TaskContext`.
+    TaskContext,
+    /// `job_id: pq::JobId`.
+    JobId,
+}
+
+impl Supplied {
+    /// What `ty` asks for, going by the last segment of its path, by value or behind a reference.
+    fn of(ty: &Type) -> Option<Supplied> {
+        match ty {
+            Type::Path(path) if path.qself.is_none() => {
+                let last = &path.path.segments.last()?.ident;
+                if last == "TaskContext" {
+                    Some(Supplied::TaskContext)
+                } else if last == "JobId" {
+                    Some(Supplied::JobId)
+                } else {
+                    None
+                }
+            }
+            Type::Reference(reference) => Supplied::of(&reference.elem),
+            Type::Paren(paren) => Supplied::of(&paren.elem),
+            Type::Group(group) => Supplied::of(&group.elem),
+            _ => None,
+        }
+    }
+
+    fn type_name(self) -> &'static str {
+        match self {
+            Supplied::TaskContext => "TaskContext",
+            Supplied::JobId => "JobId",
+        }
+    }
+}
+
+/// One stored argument: a field of the task's struct and a key of the job's JSON object.
+pub(crate) struct Argument {
+    pub(crate) name: Ident,
+    pub(crate) ty: Type,
+}
+
+impl Signature {
+    /// Reads `signature`, recording in `errors` everything a task cannot be.
+    pub(crate) fn parse(signature: &syn::Signature, errors: &mut Errors) -> Signature {
+        if let Some(constness) = &signature.constness {
+            errors.spanned(constness, "a task cannot be a `const fn`; remove `const`");
+        }
+        if let Some(unsafety) = &signature.unsafety {
+            errors.spanned(
+                unsafety,
+                "a task cannot be an `unsafe fn`: the worker calls it with no way to uphold \
+                 its safety contract; use an `unsafe` block inside it instead",
+            );
+        }
+        if let Some(abi) = &signature.abi {
+            errors.spanned(abi, "a task cannot have an `extern` ABI; remove it");
+        }
+        if !signature.generics.params.is_empty() {
+            errors.spanned(
+                &signature.generics,
+                "a task cannot have generic or lifetime parameters: the worker decodes its \
+                 stored arguments into one concrete type",
+            );
+        }
+        if let Some(where_clause) = &signature.generics.where_clause {
+            errors.spanned(where_clause, "a task cannot have a `where` clause");
+        }
+        if let Some(variadic) = &signature.variadic {
+            errors.spanned(variadic, "a task cannot be variadic");
+        }
+
+        let supplied = match signature.inputs.first() {
+            Some(FnArg::Typed(first)) => supplied(first, errors),
+            _ => None,
+        };
+        let arguments = signature
+            .inputs
+            .iter()
+            .skip(usize::from(supplied.is_some()))
+            .filter_map(|input| argument(input, errors))
+            .collect();
+
+        let output = match &signature.output {
+            ReturnType::Default => None,
+            ReturnType::Type(_, ty) => {
+                if let Type::ImplTrait(_) = **ty {
+                    errors.spanned(
+                        ty,
+                        "a task cannot return `impl Trait`; return `()` or `Result<(), E>` where `E: Display`",
+                    );
+                }
+                Some((**ty).clone())
+            }
+        };
+
+        Signature {
+            supplied,
+            arguments,
+            output,
+            is_async: signature.asyncness.is_some(),
+        }
+    }
+}
+
+/// What the worker supplies for a `first` parameter that asks for it.
+fn supplied(first: &PatType, errors: &mut Errors) -> Option<Supplied> {
+    let supplied = Supplied::of(&first.ty)?;
+    if let Type::Reference(_) = *first.ty {
+        errors.spanned(
+            &first.ty,
+            format!("take the `{}` by value, without `&`", supplied.type_name()),
+        );
+    }
+    Some(supplied)
+}
+
+/// A stored argument, or `None` after recording why `input` cannot be one.
+fn argument(input: &FnArg, errors: &mut Errors) -> Option<Argument> {
+    let input = match input {
+        FnArg::Typed(input) => input,
+        FnArg::Receiver(receiver) => {
+            errors.spanned(
+                receiver,
+                "a task cannot take `self`: it must be a free function, called by the worker \
+                 with nothing but its stored arguments",
+            );
+            return None;
+        }
+    };
+    let storable = if Supplied::of(&input.ty) == Some(Supplied::TaskContext) {
+        errors.spanned(
+            &input.ty,
+            "a `TaskContext` must be the task's first parameter",
+        );
+        false
+    } else if let Some(error) = unstorable(&input.ty) {
+        errors.push(error);
+        false
+    } else {
+        true
+    };
+    let name = match &*input.pat {
+        Pat::Ident(pat) if pat.subpat.is_none() => pat.ident.clone(),
+        pat => {
+            errors.spanned(
+                pat,
+                "a task's argument must be a plain name, like `count: u32`: arguments are \
+                 stored as a JSON object keyed by name",
+            );
+            return None;
+        }
+    };
+    storable.then(|| Argument {
+        name,
+        ty: (*input.ty).clone(),
+    })
+}
+
+/// Why a value of type `ty` could not be stored in a job, for the types that would otherwise
+/// fail with an error far from the user's code.
+fn unstorable(ty: &Type) -> Option<syn::Error> {
+    match ty {
+        Type::Reference(_) => Some(syn::Error::new_spanned(
+            ty,
+            "a task's argument cannot be a reference: arguments are stored as JSON and the \
+             worker decodes them into owned values; use an owned type (`String` for `&str`, \
+             `Vec<T>` for `&[T]`)",
+        )),
+        Type::ImplTrait(_) => Some(syn::Error::new_spanned(
+            ty,
+            "a task's argument cannot be `impl Trait`: the worker decodes arguments into \
+             concrete types; name the type",
+        )),
+        Type::Path(path) => path
+            .path
+            .segments
+            .iter()
+            .filter_map(|segment| match &segment.arguments {
+                PathArguments::AngleBracketed(generics) => Some(&generics.args),
+                _ => None,
+            })
+            .flatten()
+            .find_map(|argument| match argument {
+                GenericArgument::Type(ty) => unstorable(ty),
+                _ => None,
+            }),
+        Type::Tuple(tuple) => tuple.elems.iter().find_map(unstorable),
+        Type::Array(array) => unstorable(&array.elem),
+        Type::Slice(slice) => unstorable(&slice.elem),
+        Type::Paren(paren) => unstorable(&paren.elem),
+        Type::Group(group) => unstorable(&group.elem),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use syn::parse_quote;
+
+    use super::*;
+
+    fn parse(signature: syn::Signature) -> Result<Signature, Vec<String>> {
+        let mut errors = Errors::default();
+        let parsed = Signature::parse(&signature, &mut errors);
+        match errors.finish() {
+            Ok(()) => Ok(parsed),
+            Err(error) => Err(error.into_iter().map(|e| e.to_string()).collect()),
+        }
+    }
+
+    fn names(signature: &Signature) -> Vec<String> {
+        signature
+            .arguments
+            .iter()
+            .map(|a| a.name.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_first_task_context_is_supplied_and_the_rest_are_arguments() {
+        let signature = parse(parse_quote! {
+            async fn eat(ctx: pq::TaskContext, kind: String, mut count: u32) -> anyhow::Result<()>
+        })
+        .unwrap();
+        assert_eq!(signature.supplied, Some(Supplied::TaskContext));
+        assert_eq!(names(&signature), ["kind", "count"]);
+        assert!(signature.is_async);
+        assert!(signature.output.is_some());
+    }
+
+    #[test]
+    fn a_first_job_id_is_supplied() {
+        let signature = parse(parse_quote!(fn tally(id: JobId, n: i64))).unwrap();
+        assert_eq!(signature.supplied, Some(Supplied::JobId));
+        assert_eq!(names(&signature), ["n"]);
+        assert!(!signature.is_async);
+        assert!(signature.output.is_none());
+    }
+
+    #[test]
+    fn a_later_job_id_is_an_argument_like_any_other() {
+        let signature = parse(parse_quote!(fn follow(n: i64, other: pq::JobId))).unwrap();
+        assert_eq!(signature.supplied, None);
+        assert_eq!(names(&signature), ["n", "other"]);
+    }
+
+    #[test]
+    fn no_parameters_at_all() {
+        let signature = parse(parse_quote!(fn ping())).unwrap();
+        assert_eq!(signature.supplied, None);
+        assert!(signature.arguments.is_empty());
+    }
+
+    #[test]
+    fn every_unsupported_part_is_reported() {
+        let errors = parse(parse_quote! {
+            const unsafe extern "C" fn bad<T>(&self, (a, b): (i32, i32), _: u8, s: &str, v: Option<Vec<&[u8]>>, d: impl Display, c: TaskContext) -> impl Sized
+        })
+        .err()
+        .unwrap();
+        let starts: Vec<_> = errors
+            .iter()
+            .map(|e| e.split([':', ';']).next().unwrap())
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                "a task cannot be a `const fn`",
+                "a task cannot be an `unsafe fn`",
+                "a task cannot have an `extern` ABI",
+                "a task cannot have generic or lifetime parameters",
+                "a task cannot take `self`",
+                "a task's argument must be a plain name, like `count",
+                "a task's argument must be a plain name, like `count",
+                "a task's argument cannot be a reference",
+                "a task's argument cannot be a reference",
+                "a task's argument cannot be `impl Trait`",
+                "a `TaskContext` must be the task's first parameter",
+                "a task cannot return `impl Trait`",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_task_context_is_taken_by_value() {
+        assert_eq!(
+            parse(parse_quote!(fn f(ctx: &pq::TaskContext)))
+                .err()
+                .unwrap(),
+            ["take the `TaskContext` by value, without `&`"]
+        );
+    }
+}
