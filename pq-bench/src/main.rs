@@ -1,0 +1,2 @@
+//! Placeholder: the benchmark binary is being written.
+fn main() {}
