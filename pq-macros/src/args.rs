@@ -236,7 +236,7 @@ fn explain(text: &str, error: humantime::DurationError) -> String {
 }
 
 fn max_retries(value: &Expr, errors: &mut Errors) -> Option<u32> {
-    const EXPECTED: &str = "`max_retries` takes a whole number of retries, like `max_retries = 3`";
+    const EXPECTED: &str = "expected a whole number of retries, like `max_retries = 3`";
     let message = match (value, literal(value)) {
         (_, Some(Lit::Int(int))) => match int.base10_parse::<u32>() {
             Ok(max_retries) => return Some(max_retries),
@@ -250,9 +250,12 @@ fn max_retries(value: &Expr, errors: &mut Errors) -> Option<u32> {
         ) => {
             format!("`max_retries` cannot be negative; {EXPECTED}")
         }
-        (_, Some(Lit::Float(_))) => format!("`max_retries` must be an integer; {EXPECTED}"),
-        (_, Some(Lit::Str(_))) => format!("{EXPECTED}, not a string"),
-        _ => EXPECTED.to_owned(),
+        (_, Some(Lit::Float(_))) => format!("`max_retries` cannot be a fraction; {EXPECTED}"),
+        (_, Some(Lit::Str(string))) => match string.value().trim().parse::<u32>() {
+            Ok(n) => format!("`max_retries` takes a number, not a string: `max_retries = {n}`"),
+            Err(_) => format!("`max_retries` takes a number, not a string; {EXPECTED}"),
+        },
+        _ => format!("`max_retries` takes an integer literal; {EXPECTED}"),
     };
     errors.spanned(value, message);
     None
@@ -388,11 +391,12 @@ mod tests {
     #[test]
     fn max_retries_must_be_a_non_negative_integer() {
         let cases = [
-            (quote!(max_retries = -1), "`max_retries` cannot be negative; `max_retries` takes a whole number of retries, like `max_retries = 3`"),
-            (quote!(max_retries = 1.5), "`max_retries` must be an integer; `max_retries` takes a whole number of retries, like `max_retries = 3`"),
-            (quote!(max_retries = "2"), "`max_retries` takes a whole number of retries, like `max_retries = 3`, not a string"),
+            (quote!(max_retries = -1), "`max_retries` cannot be negative; expected a whole number of retries, like `max_retries = 3`"),
+            (quote!(max_retries = 1.5), "`max_retries` cannot be a fraction; expected a whole number of retries, like `max_retries = 3`"),
+            (quote!(max_retries = "2"), "`max_retries` takes a number, not a string: `max_retries = 2`"),
+            (quote!(max_retries = "two"), "`max_retries` takes a number, not a string; expected a whole number of retries, like `max_retries = 3`"),
             (quote!(max_retries = 5000000000), "`max_retries` is at most 4294967295"),
-            (quote!(max_retries = RETRIES), "`max_retries` takes a whole number of retries, like `max_retries = 3`"),
+            (quote!(max_retries = RETRIES), "`max_retries` takes an integer literal; expected a whole number of retries, like `max_retries = 3`"),
         ];
         for (tokens, expected) in cases {
             assert_eq!(errors_of(tokens), [expected]);

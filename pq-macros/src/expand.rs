@@ -104,9 +104,11 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
     let task = &sig.ident;
     let names: Vec<_> = signature.arguments.iter().map(|a| &a.name).collect();
     let types: Vec<_> = signature.arguments.iter().map(|a| &a.ty).collect();
-    let field_docs = names
-        .iter()
-        .map(|name| format!("The task's `{}` argument.", name.unraw()));
+    // Spanned on the parameter, where serde's derives report a type that is not (de)serializable.
+    let fields = names.iter().zip(&types).map(|(name, ty)| {
+        let doc = format!("The task's `{}` argument.", name.unraw());
+        quote_spanned!(name.span()=> #[doc = #doc] pub #name: #ty)
+    });
 
     let run = syn::Signature {
         ident: format_ident!("run", span = sig.ident.span()),
@@ -138,10 +140,7 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
         #[derive(::pq::__private::serde::Serialize, ::pq::__private::serde::Deserialize)]
         #[serde(crate = "::pq::__private::serde")]
         #vis struct #task {
-            #(
-                #[doc = #field_docs]
-                pub #names: #types,
-            )*
+            #(#fields,)*
         }
 
         #(#cfg)*
@@ -225,26 +224,18 @@ fn execute(task: &syn::Ident, signature: &Signature) -> TokenStream {
         Some(Supplied::JobId) => (quote!(#ctx), Some(quote!(#ctx.job_id(),))),
     };
     let call = quote!(#task::run(#ctx_arg #(#names),*));
-    // Spanned on the return type, so that an unsupported one is reported there.
-    let output_span = signature
-        .output
-        .as_ref()
-        .map_or_else(Span::call_site, Spanned::span);
+    // `<R as IntoTaskResult>` carries the return type's tokens, so that an unsupported one is
+    // reported there.
     let into_task_result = match &signature.output {
-        Some(output) => quote_spanned! {output_span=>
+        Some(output) => quote_spanned! {output.span()=>
             <#output as ::pq::__private::IntoTaskResult>::into_task_result
         },
         None => quote!(::pq::__private::IntoTaskResult::into_task_result),
     };
     let run = if signature.is_async {
-        quote! {
-            ::std::boxed::Box::pin(async move { #into_task_result(#call.await) })
-        }
+        quote!(async move { #into_task_result(#call.await) })
     } else {
-        let body = quote_spanned!(output_span=> move || #call);
-        quote! {
-            ::std::boxed::Box::pin(::pq::__private::run_blocking(#body))
-        }
+        quote!(::pq::__private::run_blocking(move || #into_task_result(#call)))
     };
     quote! {
         fn execute(
@@ -252,7 +243,7 @@ fn execute(task: &syn::Ident, signature: &Signature) -> TokenStream {
             #ctx_param: ::pq::TaskContext,
         ) -> ::pq::__private::BoxFuture<'static, ::pq::__private::TaskResult> {
             let #task { #(#names),* } = self;
-            #run
+            ::std::boxed::Box::pin(#run)
         }
     }
 }

@@ -1,0 +1,8 @@
+struct Apple;
+
+#[pq::task]
+fn eat(apple: Apple) {
+    let Apple = apple;
+}
+
+fn main() {}

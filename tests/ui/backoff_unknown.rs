@@ -1,0 +1,6 @@
+#[pq::task(backoff = "linear")]
+fn eat(kind: String) {
+    println!("{kind}");
+}
+
+fn main() {}

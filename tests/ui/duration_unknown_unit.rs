@@ -1,0 +1,6 @@
+#[pq::task(retry_in = "10x")]
+fn eat(kind: String) {
+    println!("{kind}");
+}
+
+fn main() {}

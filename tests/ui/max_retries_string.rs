@@ -1,0 +1,6 @@
+#[pq::task(max_retries = "2")]
+fn eat(kind: String) {
+    println!("{kind}");
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[pq::task]
+fn eat(kinds: Vec<&'static str>) {
+    println!("{kinds:?}");
+}
+
+fn main() {}

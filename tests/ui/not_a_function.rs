@@ -1,0 +1,4 @@
+#[pq::task]
+struct Eat;
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[pq::task(queue = "")]
+fn eat(kind: String) {
+    println!("{kind}");
+}
+
+fn main() {}

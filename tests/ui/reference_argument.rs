@@ -1,0 +1,6 @@
+#[pq::task]
+fn eat(kind: &str) {
+    println!("{kind}");
+}
+
+fn main() {}

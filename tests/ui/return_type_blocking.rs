@@ -1,0 +1,6 @@
+#[pq::task]
+fn eat(kind: String) -> Option<()> {
+    kind.is_empty().then_some(())
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[pq::task]
+fn eat(kind: String) -> impl Sized {
+    kind
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[pq::task]
+fn eat((kind, count): (String, u32)) {
+    println!("{count} {kind}");
+}
+
+fn main() {}

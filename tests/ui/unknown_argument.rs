@@ -1,0 +1,6 @@
+#[pq::task(queues = "apples")]
+fn eat(kind: String) {
+    println!("{kind}");
+}
+
+fn main() {}

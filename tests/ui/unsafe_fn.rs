@@ -1,0 +1,6 @@
+#[pq::task]
+unsafe fn eat(kind: String) {
+    println!("{kind}");
+}
+
+fn main() {}

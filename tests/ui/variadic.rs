@@ -1,0 +1,6 @@
+#[pq::task]
+fn eat(count: u32, _more: ...) {
+    println!("{count}");
+}
+
+fn main() {}

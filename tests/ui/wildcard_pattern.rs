@@ -1,0 +1,4 @@
+#[pq::task]
+fn eat(_: String) {}
+
+fn main() {}
