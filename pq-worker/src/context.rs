@@ -1,7 +1,15 @@
-//! [`TaskContext`]: what a running task knows about its job.
+//! [`TaskContext`]: what a running task knows about its job, and the job's own transaction.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use pq_core::{JobId, Pq};
+use pq_core::{Job, JobId, Pq};
+use sqlx::{PgConnection, Postgres};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+
+/// The transaction a handler may ask for, shared between its context and the worker, which
+/// commits it together with the job's completion.
+pub(crate) type JobTransaction = Arc<Mutex<Option<sqlx::Transaction<'static, Postgres>>>>;
 
 /// The job a task is running for, handed to a task function whose first parameter has this type.
 ///
@@ -19,12 +27,13 @@ use pq_core::{JobId, Pq};
 /// ```
 #[derive(Debug, Clone)]
 pub struct TaskContext {
-    pub(crate) pq: Pq,
-    pub(crate) job_id: JobId,
-    pub(crate) queue: String,
-    pub(crate) task: String,
-    pub(crate) attempt: u32,
-    pub(crate) enqueued_at: DateTime<Utc>,
+    pq: Pq,
+    job_id: JobId,
+    queue: Arc<str>,
+    task: Arc<str>,
+    attempt: u32,
+    enqueued_at: DateTime<Utc>,
+    transaction: JobTransaction,
 }
 
 impl TaskContext {
@@ -34,10 +43,23 @@ impl TaskContext {
         Self {
             pq,
             job_id,
-            queue: queue.to_owned(),
-            task: task.to_owned(),
+            queue: queue.into(),
+            task: task.into(),
             attempt: 1,
             enqueued_at: Utc::now(),
+            transaction: JobTransaction::default(),
+        }
+    }
+
+    pub(crate) fn for_job(pq: &Pq, job: &Job, task: &str) -> Self {
+        Self {
+            pq: pq.clone(),
+            job_id: job.id(),
+            queue: job.queue().into(),
+            task: task.into(),
+            attempt: job.attempts(),
+            enqueued_at: job.enqueued_at(),
+            transaction: JobTransaction::default(),
         }
     }
 
@@ -69,5 +91,35 @@ impl TaskContext {
     /// The queue handle, to enqueue follow-up tasks or use its pool.
     pub fn pq(&self) -> &Pq {
         &self.pq
+    }
+
+    /// The job's own database transaction, begun on first call. The worker commits it together
+    /// with the job's completion, so the handler's writes in it happen exactly once: they are
+    /// rolled back if the handler fails, panics, or its worker dies or loses the job's lease.
+    ///
+    /// ```no_run
+    /// #[pq::task(max_retries = 5)]
+    /// async fn pay(ctx: pq::TaskContext, order: i64) -> anyhow::Result<()> {
+    ///     let mut tx = ctx.transaction().await?;
+    ///     sqlx::query("UPDATE orders SET paid = true WHERE id = $1")
+    ///         .bind(order)
+    ///         .execute(&mut *tx)
+    ///         .await?;
+    ///     Ok(()) // committed by the worker with the job's completion
+    /// }
+    /// ```
+    pub async fn transaction(&self) -> Result<MappedMutexGuard<'_, PgConnection>, pq_core::Error> {
+        let mut slot = self.transaction.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.pq.pool().begin().await?);
+        }
+        Ok(MutexGuard::map(slot, |tx| {
+            &mut **tx.as_mut().expect("the transaction was just begun")
+        }))
+    }
+
+    /// Takes the handler's transaction, if it asked for one.
+    pub(crate) async fn take_transaction(&self) -> Option<sqlx::Transaction<'static, Postgres>> {
+        self.transaction.lock().await.take()
     }
 }

@@ -3,9 +3,15 @@
 //!
 //! Use it through the `pq` crate, which re-exports everything here.
 
+mod complete;
 mod context;
+mod execute;
+mod lease;
 mod registry;
+mod retry;
+mod shutdown;
 mod task;
+mod worker;
 
 #[doc(hidden)]
 pub mod private;
@@ -15,6 +21,7 @@ pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition};
 pub use task::{
     Backoff, BoxFuture, IntoTaskResult, Task, TaskCall, TaskError, TaskOptions, TaskResult,
 };
+pub use worker::{Worker, WorkerError};
 
 /// The message of a caught panic: its `&str` or `String` payload, if it has one.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {

@@ -4,3 +4,4 @@
 
 mod queue;
 mod support;
+mod worker;

@@ -1,0 +1,522 @@
+//! The worker: dispatch, retries, failures, panics, leases, rescue, shutdown, transactions.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use pq::{Enqueue, JobId, NewJob, Pq, TaskContext, Worker};
+
+use crate::support::TestDb;
+
+/// Runs per (table, job id), so that tests in other schemas never share a counter.
+fn runs() -> &'static Mutex<HashMap<(String, i64), u32>> {
+    static RUNS: OnceLock<Mutex<HashMap<(String, i64), u32>>> = OnceLock::new();
+    RUNS.get_or_init(Mutex::default)
+}
+
+fn record_run(ctx: &TaskContext) -> u32 {
+    let mut runs = runs().lock().unwrap();
+    let count = runs.entry((ctx.pq().table(), ctx.job_id().0)).or_default();
+    *count += 1;
+    *count
+}
+
+fn runs_of(pq: &Pq, id: JobId) -> u32 {
+    runs()
+        .lock()
+        .unwrap()
+        .get(&(pq.table(), id.0))
+        .copied()
+        .unwrap_or(0)
+}
+
+#[pq::task(queue = "work")]
+async fn succeed(ctx: TaskContext, expected_id: Option<i64>) -> anyhow::Result<()> {
+    record_run(&ctx);
+    if let Some(expected) = expected_id {
+        anyhow::ensure!(ctx.job_id().0 == expected, "got someone else's id");
+    }
+    Ok(())
+}
+
+#[pq::task(queue = "work")]
+fn tally_by_id(job_id: JobId, table: String) {
+    let mut runs = runs().lock().unwrap();
+    *runs.entry((table, job_id.0)).or_default() += 1;
+}
+
+#[pq::task(queue = "work", max_retries = 2, retry_in = "0s")]
+async fn always_fail(ctx: TaskContext) -> Result<(), String> {
+    let run = record_run(&ctx);
+    Err(format!("failure number {run}"))
+}
+
+#[pq::task(queue = "work", max_retries = 1, retry_in = "0s")]
+async fn panic_once(ctx: TaskContext) {
+    if record_run(&ctx) == 1 {
+        panic!("the first run panics");
+    }
+}
+
+#[pq::task(queue = "work", retry_in = "0s")]
+async fn sleep_for(ctx: TaskContext, millis: u64) {
+    record_run(&ctx);
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+}
+
+#[pq::task(queue = "work", max_retries = 1, retry_in = "0s")]
+async fn write_then_fail_once(ctx: TaskContext, effects: String) -> anyhow::Result<()> {
+    let run = record_run(&ctx);
+    let mut tx = ctx.transaction().await?;
+    sqlx::query(&format!("INSERT INTO {effects} (job, run) VALUES ($1, $2)"))
+        .bind(ctx.job_id().0)
+        .bind(run as i32)
+        .execute(&mut *tx)
+        .await?;
+    anyhow::ensure!(run > 1, "the first run fails after writing");
+    Ok(())
+}
+
+async fn run_burst(pq: &Pq) {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        Worker::new(pq.clone()).queues(["work"]).burst().run(),
+    )
+    .await
+    .expect("a burst worker returns once the queue is empty")
+    .expect("the worker starts");
+}
+
+struct Row {
+    state: String,
+    attempts: i32,
+    last_error: Option<String>,
+    errors: Option<serde_json::Value>,
+}
+
+async fn row(pq: &Pq, id: JobId) -> Option<Row> {
+    let row: Option<(String, i32, Option<String>, Option<serde_json::Value>)> =
+        sqlx::query_as(&format!(
+            "SELECT state, attempts, last_error, errors::text::json FROM {} WHERE id = $1",
+            pq.table()
+        ))
+        .bind(id.0)
+        .fetch_optional(pq.pool())
+        .await
+        .unwrap();
+    row.map(|(state, attempts, last_error, errors)| Row {
+        state,
+        attempts,
+        last_error,
+        errors,
+    })
+}
+
+#[tokio::test]
+async fn a_job_runs_once_with_its_own_id_and_is_then_removed() {
+    let db = TestDb::new().await;
+    let id = succeed(None).enqueue(&db.pq).await.unwrap();
+    sqlx::query(&format!(
+        "UPDATE {} SET data = json_build_object('expected_id', id)",
+        db.pq.table()
+    ))
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+    let by_id = tally_by_id(db.pq.table()).enqueue(&db.pq).await.unwrap();
+
+    run_burst(&db.pq).await;
+
+    assert_eq!(runs_of(&db.pq, id), 1);
+    assert_eq!(runs_of(&db.pq, by_id), 1);
+    assert!(row(&db.pq, id).await.is_none(), "done jobs are deleted");
+}
+
+#[tokio::test]
+async fn completed_jobs_can_be_kept_in_the_done_state() {
+    let db = TestDb::new().await;
+    let id = succeed(None).enqueue(&db.pq).await.unwrap();
+    Worker::new(db.pq.clone())
+        .queues(["work"])
+        .burst()
+        .keep_completed(true)
+        .run()
+        .await
+        .unwrap();
+    let row = row(&db.pq, id).await.expect("kept");
+    assert_eq!(row.state, "done");
+    assert_eq!(row.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_failing_job_is_retried_max_retries_times_then_kept_failed_with_its_errors() {
+    let db = TestDb::new().await;
+    let id = always_fail().enqueue(&db.pq).await.unwrap();
+
+    run_burst(&db.pq).await;
+
+    assert_eq!(runs_of(&db.pq, id), 3, "1 run + max_retries = 2");
+    let row = row(&db.pq, id).await.expect("failed jobs are kept");
+    assert_eq!(row.state, "failed");
+    assert_eq!(row.attempts, 3);
+    assert_eq!(row.last_error.as_deref(), Some("failure number 3"));
+    let errors = row.errors.unwrap();
+    let errors = errors.as_array().unwrap();
+    assert_eq!(errors.len(), 3);
+    for (i, error) in errors.iter().enumerate() {
+        assert_eq!(error["attempt"], i + 1);
+        assert_eq!(error["error"], format!("failure number {}", i + 1));
+    }
+}
+
+#[tokio::test]
+async fn a_failing_or_unknown_job_does_not_stop_the_others() {
+    let db = TestDb::new().await;
+    let failing = always_fail().enqueue(&db.pq).await.unwrap();
+    let unknown = (&db.pq)
+        .enqueue(
+            NewJob::from_json("work", "{}".into())
+                .unwrap()
+                .task("no::such::task"),
+        )
+        .await
+        .unwrap();
+    let plain = db.pq.queue("work").put(&"not a task").await.unwrap();
+    let ok: Vec<JobId> = {
+        let mut ids = Vec::new();
+        for _ in 0..5 {
+            ids.push(succeed(None).enqueue(&db.pq).await.unwrap());
+        }
+        ids
+    };
+
+    run_burst(&db.pq).await;
+
+    for id in ok {
+        assert_eq!(runs_of(&db.pq, id), 1);
+    }
+    assert_eq!(row(&db.pq, failing).await.unwrap().state, "failed");
+    let unknown = row(&db.pq, unknown).await.unwrap();
+    assert_eq!(unknown.state, "failed");
+    assert_eq!(unknown.attempts, 1, "not retried: no retry can help");
+    assert!(
+        unknown.last_error.unwrap().contains("no::such::task"),
+        "the error names the task"
+    );
+    assert!(row(&db.pq, plain)
+        .await
+        .unwrap()
+        .last_error
+        .unwrap()
+        .contains("names no task"));
+}
+
+#[tokio::test]
+async fn arguments_that_no_longer_decode_fail_with_the_task_and_the_reason() {
+    let db = TestDb::new().await;
+    let id = (&db.pq)
+        .enqueue(
+            NewJob::from_json("work", r#"{"millis": "soon"}"#.into())
+                .unwrap()
+                .task(<sleep_for as pq::Task>::NAME),
+        )
+        .await
+        .unwrap();
+    run_burst(&db.pq).await;
+    let row = row(&db.pq, id).await.unwrap();
+    assert_eq!(row.state, "failed");
+    let error = row.last_error.unwrap();
+    assert!(error.contains("sleep_for"), "{error}");
+    assert!(error.contains("invalid type"), "{error}");
+    assert_eq!(runs_of(&db.pq, id), 0);
+}
+
+#[tokio::test]
+async fn a_panic_is_caught_recorded_and_retried() {
+    let db = TestDb::new().await;
+    let id = panic_once().enqueue(&db.pq).await.unwrap();
+    let keep = Worker::new(db.pq.clone())
+        .queues(["work"])
+        .burst()
+        .keep_completed(true);
+    keep.run().await.unwrap();
+
+    assert_eq!(runs_of(&db.pq, id), 2);
+    let row = row(&db.pq, id).await.unwrap();
+    assert_eq!(row.state, "done");
+    assert_eq!(
+        row.errors.unwrap()[0]["error"],
+        "panicked: the first run panics"
+    );
+}
+
+#[pq::task(queue = "work", max_retries = 1)]
+async fn rescuable(ctx: TaskContext) {
+    record_run(&ctx);
+}
+
+/// Claims every ready job of `work` like a worker that then dies: no renewal, no completion.
+async fn claim_and_die(pq: &Pq) {
+    let claimed = pq
+        .claim("work", 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert!(!claimed.is_empty());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_died_is_rescued_and_run_again_as_a_new_attempt() {
+    let db = TestDb::new().await;
+    let id = rescuable().enqueue(&db.pq).await.unwrap();
+    claim_and_die(&db.pq).await;
+
+    assert_eq!(db.pq.rescue(100).await.unwrap(), 1);
+    Worker::new(db.pq.clone())
+        .queues(["work"])
+        .burst()
+        .keep_completed(true)
+        .run()
+        .await
+        .unwrap();
+
+    assert_eq!(runs_of(&db.pq, id), 1);
+    let row = row(&db.pq, id).await.unwrap();
+    assert_eq!(
+        (row.state.as_str(), row.attempts),
+        ("done", 2),
+        "the lost run counts"
+    );
+    let lost = &row.errors.unwrap()[0];
+    assert_eq!(lost["attempt"], 1);
+    assert!(lost["error"].as_str().unwrap().contains("lease expired"));
+}
+
+#[tokio::test]
+async fn a_worker_rescues_expired_leases_by_itself() {
+    let db = TestDb::new().await;
+    let id = rescuable().enqueue(&db.pq).await.unwrap();
+    claim_and_die(&db.pq).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        Worker::new(db.pq.clone())
+            .queues(["work"])
+            .lease(Duration::from_secs(2))
+            .shutdown_on(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    wait_until(|| runs_of(&db.pq, id) == 1).await;
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_job_lost_on_its_last_attempt_is_failed_not_run_again() {
+    let db = TestDb::new().await;
+    let id = sleep_for(0).enqueue(&db.pq).await.unwrap(); // max_retries = 0
+    claim_and_die(&db.pq).await;
+    db.pq.rescue(100).await.unwrap();
+
+    run_burst(&db.pq).await;
+
+    assert_eq!(runs_of(&db.pq, id), 0);
+    let row = row(&db.pq, id).await.unwrap();
+    assert_eq!(row.state, "failed");
+    assert!(row.last_error.unwrap().contains("was lost"));
+}
+
+#[tokio::test]
+async fn a_stale_completion_is_refused_after_a_rescue() {
+    let db = TestDb::new().await;
+    sleep_for(0).enqueue(&db.pq).await.unwrap();
+    let first = db
+        .pq
+        .claim("work", 1, Duration::from_millis(100))
+        .await
+        .unwrap();
+    let stale = pq::Claim::of(&first[0]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db.pq.rescue(10).await.unwrap(), 1);
+    let second = db
+        .pq
+        .claim("work", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(second[0].attempts(), 2);
+
+    let completed = db.pq.complete(db.pq.pool(), &[stale], false).await.unwrap();
+    assert!(
+        completed.is_empty(),
+        "the first worker's completion is fenced off"
+    );
+    assert!(!db
+        .pq
+        .fail(stale, "late", pq::Failure::GiveUp)
+        .await
+        .unwrap());
+    assert!(db
+        .pq
+        .renew(&[stale], Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+    let row = row(&db.pq, second[0].id()).await.unwrap();
+    assert_eq!((row.state.as_str(), row.attempts), ("running", 2));
+
+    let fresh = pq::Claim::of(&second[0]);
+    assert_eq!(
+        db.pq.complete(db.pq.pool(), &[fresh], false).await.unwrap(),
+        [fresh.id]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_job_keeps_its_lease_and_is_not_stolen() {
+    let db = TestDb::new().await;
+    let id = sleep_for(2500).enqueue(&db.pq).await.unwrap();
+    let other = db.another_handle().await;
+    let lease = Duration::from_millis(600);
+    let a = tokio::spawn(
+        Worker::new(db.pq.clone())
+            .queues(["work"])
+            .lease(lease)
+            .burst()
+            .run(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let b = tokio::spawn(
+        Worker::new(other)
+            .queues(["work"])
+            .lease(lease)
+            .burst()
+            .run(),
+    );
+    a.await.unwrap().unwrap();
+    b.await.unwrap().unwrap();
+    assert_eq!(runs_of(&db.pq, id), 1, "never handed to the second worker");
+    assert!(row(&db.pq, id).await.is_none());
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_jobs_finish_and_leaves_none_running() {
+    let db = TestDb::new().await;
+    let id = sleep_for(1000).enqueue(&db.pq).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        Worker::new(db.pq.clone())
+            .queues(["work"])
+            .keep_completed(true)
+            .shutdown_on(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    wait_until(|| runs_of(&db.pq, id) == 1).await;
+    stop.send(()).unwrap();
+    worker.await.unwrap().unwrap();
+    assert_eq!(row(&db.pq, id).await.unwrap().state, "done");
+}
+
+#[tokio::test]
+async fn jobs_still_running_after_the_grace_period_return_to_the_queue() {
+    let db = TestDb::new().await;
+    let id = sleep_for(60_000).enqueue(&db.pq).await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        Worker::new(db.pq.clone())
+            .queues(["work"])
+            .grace_period(Duration::from_millis(200))
+            .shutdown_on(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    wait_until(|| runs_of(&db.pq, id) == 1).await;
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(20), worker)
+        .await
+        .expect("stops after the grace period")
+        .unwrap()
+        .unwrap();
+    let row = row(&db.pq, id).await.unwrap();
+    assert_eq!((row.state.as_str(), row.attempts), ("queued", 0));
+}
+
+#[tokio::test]
+async fn a_transactional_handlers_writes_happen_once_and_not_for_failed_attempts() {
+    let db = TestDb::new().await;
+    let effects = format!("\"{}\".effects", db.schema);
+    sqlx::raw_sql(&format!("CREATE TABLE {effects} (job bigint, run int)"))
+        .execute(db.pq.pool())
+        .await
+        .unwrap();
+    let id = write_then_fail_once(effects.clone())
+        .enqueue(&db.pq)
+        .await
+        .unwrap();
+
+    run_burst(&db.pq).await;
+
+    assert_eq!(runs_of(&db.pq, id), 2);
+    let written: Vec<(i64, i32)> = sqlx::query_as(&format!("SELECT job, run FROM {effects}"))
+        .fetch_all(db.pq.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        written,
+        [(id.0, 2)],
+        "the failed first run's write was rolled back"
+    );
+    assert!(row(&db.pq, id).await.is_none(), "completed with the write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_workers_over_one_queue_run_every_job_exactly_once() {
+    let db = TestDb::new().await;
+    let table = db.pq.table();
+    let calls: Vec<_> = (0..2000).map(|_| tally_by_id(table.clone())).collect();
+    let mut ids = Vec::new();
+    for call in calls {
+        ids.push(call.enqueue(&db.pq).await.unwrap());
+    }
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let pq = db.another_handle().await;
+        workers.push(tokio::spawn(
+            Worker::new(pq)
+                .queues(["work"])
+                .concurrency(8)
+                .burst()
+                .run(),
+        ));
+    }
+    for worker in workers {
+        worker.await.unwrap().unwrap();
+    }
+    for id in ids {
+        assert_eq!(runs_of(&db.pq, id), 1, "job {id}");
+    }
+}
+
+#[tokio::test]
+async fn a_worker_without_queues_or_tasks_says_so() {
+    let db = TestDb::new().await;
+    let err = Worker::new(db.pq.clone())
+        .registry(pq::Registry::default())
+        .run()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, pq::WorkerError::NoQueues), "{err}");
+}
+
+async fn wait_until(mut condition: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 30 s");
+}
