@@ -141,8 +141,10 @@ impl TaskArgs {
 
     fn set(&mut self, key: Key, value: &Expr, errors: &mut Errors) {
         match key {
-            Key::Queue => self.queue = non_empty(string(key, value, errors), "queue name", errors),
-            Key::Name => self.name = non_empty(string(key, value, errors), "task name", errors),
+            Key::Queue => {
+                self.queue = stored_name(string(key, value, errors), "queue name", errors)
+            }
+            Key::Name => self.name = stored_name(string(key, value, errors), "task name", errors),
             Key::ScheduleAt => self.schedule_at = duration(key, value, errors),
             Key::ExpectedAt => self.expected_at = duration(key, value, errors),
             Key::MaxRetries => self.max_retries = max_retries(value, errors),
@@ -184,13 +186,19 @@ fn string(key: Key, value: &Expr, errors: &mut Errors) -> Option<LitStr> {
     }
 }
 
-fn non_empty(string: Option<LitStr>, what: &str, errors: &mut Errors) -> Option<LitStr> {
+/// A queue or task name, stored as PostgreSQL text: not blank, and without NUL.
+fn stored_name(string: Option<LitStr>, what: &str, errors: &mut Errors) -> Option<LitStr> {
     let string = string?;
-    if string.value().trim().is_empty() {
-        errors.spanned(&string, format!("the {what} cannot be empty"));
-        return None;
-    }
-    Some(string)
+    let value = string.value();
+    let problem = if value.trim().is_empty() {
+        "cannot be empty"
+    } else if value.contains('\0') {
+        "cannot contain a NUL character"
+    } else {
+        return Some(string);
+    };
+    errors.spanned(&string, format!("the {what} {problem}"));
+    None
 }
 
 fn duration(key: Key, value: &Expr, errors: &mut Errors) -> Option<Duration> {

@@ -10,30 +10,29 @@ use proc_macro::TokenStream;
 
 /// Turns a function into a task: calling it enqueues a job, and a worker runs the body.
 ///
-/// ```rust,ignore
+/// ```no_run
 /// #[pq::task(queue = "apples", max_retries = 2, retry_in = "10s")]
 /// async fn eat(ctx: pq::TaskContext, kind: String, count: u32) -> anyhow::Result<()> {
 ///     println!("job {}: eating {count} {kind}", ctx.job_id());
 ///     Ok(())
 /// }
 ///
-/// // Calling the function writes nothing yet: it returns a `pq::TaskCall`.
+/// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+/// // Calling the function writes nothing: it returns a `pq::TaskCall`, which `enqueue` writes.
 /// let id = eat("Cox".into(), 3).enqueue(&pq).await?;
-/// // Per-call overrides of the attribute's defaults.
+/// // The attribute's defaults can be overridden per call.
 /// eat("Cox".into(), 3).schedule_at("1m").expected_at("2m").enqueue(&pq).await?;
+/// # Ok(()) }
 /// ```
-///
-/// (The examples here are compiled in `tests/ui/pass_*.rs` of the `pq` crate, since this crate
-/// cannot depend on `pq`.)
 ///
 /// # Arguments
 ///
-/// Every argument is optional and is written `key = literal`, at most once each:
+/// Every argument is optional and is written `key = literal`, at most once:
 ///
 /// | Argument | Value | Default |
 /// |---|---|---|
 /// | `queue` | the queue the jobs go to, `"apples"` | `"default"` |
-/// | `name` | the task's stable name, `"billing::charge"` (see *Task names*) | the function's module path and name |
+/// | `name` | the task's stable name, `"billing::charge"` (see [Task names](#task-names)) | the function's module path and name |
 /// | `schedule_at` | a delay before a new job may run, `"1h"` | none: it runs as soon as a worker is free |
 /// | `expected_at` | priority, as an expected completion delay: earlier first, jobs without one last | none |
 /// | `max_retries` | how many times a failed job runs again, an integer: `2` means at most 3 runs | `0` |
@@ -41,64 +40,79 @@ use proc_macro::TokenStream;
 /// | `backoff` | `"fixed"` (every retry waits `retry_in`) or `"exponential"` (retry `n` waits `retry_in * 2^(n-1)`, with jitter) | `"fixed"` |
 ///
 /// Durations are strings in the format of the [`humantime`](https://docs.rs/humantime) crate,
-/// which pq also uses to parse durations at run time: a number and a unit, repeated, such as
-/// `"90s"`, `"5m"`, `"1h30m"` or `"2d"` (units `ns`, `us`, `ms`, `s`, `m`, `h`, `d`, `w`, `M`
-/// and `y`, or their long forms like `secs` and `hours`). They are checked at compile time and
-/// registered as constants.
+/// which pq also uses to parse durations at run time: numbers with units, such as `"90s"`,
+/// `"5m"`, `"1h30m"` or `"2d"` (units `ns`, `us`, `ms`, `s`, `m`, `h`, `d`, `w`, `M` and `y`,
+/// or long forms like `secs` and `hours`). They are checked at compile time and registered as
+/// constants.
 ///
 /// # The function
 ///
 /// - **Parameters.** The first parameter may be a `pq::TaskContext` (the running job: its id,
-///   attempt, queue, and the `Pq` handle to enqueue follow-ups) or a `pq::JobId`, recognised by
-///   the last segment of the type's path; the worker supplies it. Every other parameter is one of
-///   the task's arguments, stored in the job as a JSON object keyed by parameter name: each must
-///   be a plain name with an owned type that is `Serialize + DeserializeOwned + Send + 'static`
-///   (`String`, not `&str`).
-/// - **Return type.** Nothing (`()`), or `Result<(), E>` for any `E: Display` (`anyhow::Result<()>`,
-///   your own error...). An `Err` fails the attempt; the job is retried if it has retries left.
+///   attempt and queue, and the `Pq` handle to enqueue follow-ups) or a `pq::JobId`, recognised
+///   by the last segment of the type's path; the worker supplies it. Every other parameter is
+///   one of the task's arguments, stored in the job as a JSON object keyed by parameter name.
+///   Each is a plain name with an owned type that is `Serialize + DeserializeOwned + Send +
+///   'static` (`String`, not `&str`).
+/// - **Return type.** Nothing, or `Result<(), E>` for any `E: Display` (`anyhow::Result<()>`,
+///   your own error type...). An `Err` fails the attempt, and the job is retried if it has
+///   retries left.
 /// - **`async fn` or `fn`.** An `async fn` runs on the worker's runtime; a plain `fn` runs on
 ///   tokio's blocking thread pool, so it may block.
-/// - **Not supported**, each with a compile error at the offending token: generic or lifetime
+/// - **Not supported**, each a compile error at the offending token: generic or lifetime
 ///   parameters, `self`, reference or `impl Trait` arguments, patterns other than a name
 ///   (`(a, b): (i32, i32)`, `_`), variadics, and `const`, `unsafe` or `extern` functions.
 ///
-/// The function keeps its visibility, doc comments and attributes; `#[cfg]` applies to
+/// The function keeps its visibility, doc comments and attributes; a `#[cfg]` applies to
 /// everything generated.
 ///
 /// # Calling a task, and calling its body
 ///
 /// Calling `eat(kind, count)` returns a `pq::TaskCall<eat>`, which does nothing until
-/// `.enqueue(&pq)` (or `.enqueue(&mut tx)`, to enqueue within a transaction) writes the job. Its
-/// `.schedule_at(..)`, `.expected_at(..)` and `.queue(..)` override the attribute's defaults for
-/// that call.
+/// `.enqueue(..)` writes the job, through a `&Pq`, a `&mut pq::Transaction`, or `pq.on(&mut
+/// *tx)` within a transaction of your own: the job then exists only if the transaction commits.
+/// Its `.schedule_at(..)`, `.expected_at(..)` and `.queue(..)` override the attribute's defaults
+/// for that call.
 ///
-/// The body itself stays callable directly, without a database, as `eat::run`: it takes the
-/// function's own parameters, context included, and returns what the function returns.
+/// ```no_run
+/// #[pq::task]
+/// async fn send_receipt(order: i64) {}
 ///
-/// ```rust,ignore
+/// # async fn example(pq: pq::Pq) -> anyhow::Result<()> {
+/// let mut tx = pq.pool().begin().await?;
+/// // ... write the order in `tx` ...
+/// send_receipt(42).enqueue(pq.on(&mut tx)).await?;
+/// tx.commit().await?; // the receipt is sent only if the order is stored
+/// # Ok(()) }
+/// ```
+///
+/// The body stays callable directly, without a database, as `eat::run`: it takes the function's
+/// own parameters, the supplied one included, and returns what the function returns.
+///
+/// ```
 /// #[pq::task]
 /// fn tally(job_id: pq::JobId, n: i64) -> Result<(), String> {
-///     if n < 0 { Err(format!("job {job_id}: negative tally")) } else { Ok(()) }
+///     if n < 0 {
+///         return Err(format!("job {job_id}: negative tally {n}"));
+///     }
+///     Ok(())
 /// }
 ///
-/// #[test]
-/// fn a_negative_tally_fails() {
-///     assert!(tally::run(pq::JobId::from(1), -1).is_err());
-/// }
+/// assert_eq!(tally::run(pq::JobId::from(7), -1), Err("job 7: negative tally -1".into()));
 /// ```
 ///
 /// # Task names
 ///
 /// A job stores its task's name, and a worker finds the function to run by that name. The
 /// default, `concat!(module_path!(), "::", "eat")`, changes when the function is renamed or
-/// moved to another module: jobs already queued under the old name then find no task. Give
+/// moved to another module, and jobs already queued under the old name then find no task. Give
 /// long-lived tasks an explicit `name = "..."` that stays put. Two tasks with one name are
-/// reported when the worker's registry is built.
+/// reported when the worker's `pq::Registry` is built.
 ///
 /// # What it expands to
 ///
-/// For `#[pq::task(queue = "apples", max_retries = 2, retry_in = "10s")] pub async fn eat(ctx:
-/// pq::TaskContext, kind: String, count: u32) -> anyhow::Result<()> { body }`, in outline:
+/// For `#[pq::task(queue = "apples", max_retries = 2, retry_in = "10s")]` on
+/// `pub async fn eat(ctx: pq::TaskContext, kind: String, count: u32) -> anyhow::Result<()>`,
+/// in outline:
 ///
 /// ```rust,ignore
 /// /// (the function's doc comments)
@@ -106,19 +120,22 @@ use proc_macro::TokenStream;
 /// pub struct eat { pub kind: String, pub count: u32 } // the job's arguments
 ///
 /// impl eat {
-///     pub async fn run(ctx: pq::TaskContext, kind: String, count: u32) -> anyhow::Result<()> { body }
+///     pub async fn run(ctx: pq::TaskContext, kind: String, count: u32) -> anyhow::Result<()> {
+///         // the function's body
+///     }
 /// }
 ///
 /// impl pq::Task for eat {
 ///     const NAME: &'static str = concat!(module_path!(), "::", "eat");
-///     const OPTIONS: TaskOptions = TaskOptions {
+///     const OPTIONS: pq::TaskOptions = pq::TaskOptions {
 ///         queue: "apples",
 ///         max_retries: 2,
 ///         retry_in: Duration::new(10, 0),
-///         ..TaskOptions::DEFAULT
+///         ..pq::TaskOptions::DEFAULT
 ///     };
-///     fn execute(self, ctx: pq::TaskContext) -> BoxFuture<'static, TaskResult> {
+///     fn execute(self, ctx: pq::TaskContext) -> pq::BoxFuture<'static, pq::TaskResult> {
 ///         let eat { kind, count } = self;
+///         // A plain `fn` is run by `run_blocking(move || ...)` instead.
 ///         Box::pin(async move { eat::run(ctx, kind, count).await.into_task_result() })
 ///     }
 /// }
@@ -128,20 +145,25 @@ use proc_macro::TokenStream;
 ///     pq::TaskCall::new(eat { kind, count })
 /// }
 ///
-/// inventory::submit! { TaskDefinition::of::<eat>(concat!(file!(), ":", line!())) }
+/// inventory::submit! { pq::TaskDefinition::of::<eat>(concat!(file!(), ":", line!())) }
 /// ```
 ///
-/// The struct has a braced body, so it lives only in the type namespace and shares its name
-/// with the function. The generated code names only `::pq::...` paths: a crate using the
-/// attribute needs `pq` and nothing else.
+/// The struct has a braced body, so it lives in the type namespace only and shares its name
+/// with the function. The generated code names only `::pq::...` paths, so a crate using the
+/// attribute needs no dependency but `pq`.
 ///
 /// # Errors
 ///
 /// Every mistake in the attribute and the signature is reported at once, each at the token that
 /// caused it: an unknown or duplicate argument, a value of the wrong kind, a duration that does
-/// not parse, an unsupported signature. Arguments whose type cannot be stored, and unsupported
-/// return types, are reported by the compiler on that type. The function is still emitted
-/// unchanged beside the errors, so the rest of the crate keeps compiling against it.
+/// not parse, an unsupported signature. An argument type that cannot be stored and an
+/// unsupported return type are reported by the compiler, on that type. The function is still
+/// emitted unchanged beside the errors, so the rest of the crate keeps compiling against it.
+///
+/// ```compile_fail
+/// #[pq::task(retry_in = "10x")] // invalid duration "10x": unknown unit `x`, ...
+/// fn eat(kind: String) {}
+/// ```
 #[proc_macro_attribute]
 pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::task(args.into(), item.into()).into()

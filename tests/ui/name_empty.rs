@@ -1,0 +1,6 @@
+#[pq::task(name = "")]
+fn eat(kind: String) {
+    println!("{kind}");
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+#[pq::task(queue = "apples\0pears")]
+fn eat(kind: String) {
+    println!("{kind}");
+}
+
+fn main() {}

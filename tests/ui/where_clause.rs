@@ -1,0 +1,9 @@
+#[pq::task]
+fn eat(kind: String)
+where
+    String: Clone,
+{
+    println!("{kind}");
+}
+
+fn main() {}
