@@ -5,6 +5,7 @@
 //!
 //! Use it through the `pq` crate, which re-exports everything here.
 
+mod admin;
 mod enqueue;
 mod error;
 mod job;
@@ -17,6 +18,10 @@ mod sql;
 mod transaction;
 mod when;
 
+pub use admin::{
+    Admin, AttemptError, Batch, JobFilter, JobInfo, JobState, Page, ParseJobStateError, QueueStats,
+    DEFAULT_BATCH_SIZE,
+};
 pub use enqueue::{Enqueue, OnConnection};
 pub use error::{Error, Result};
 pub use job::{Job, JobId, NewJob};

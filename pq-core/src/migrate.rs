@@ -17,11 +17,18 @@ pub struct Migration {
 }
 
 /// Every migration, in the order they apply.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_create_queue.sql",
-    sql: include_str!("../../migrations/0001_create_queue.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_create_queue.sql",
+        sql: include_str!("../../migrations/0001_create_queue.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_admin_indexes.sql",
+        sql: include_str!("../../migrations/0002_admin_indexes.sql"),
+    },
+];
 
 pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {
     let mut tx = pool.begin().await?;

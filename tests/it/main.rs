@@ -2,6 +2,7 @@
 //! `postgres://postgres@127.0.0.1:5432/test`). Each test works in a schema of its own, so the
 //! suite runs in parallel. One test binary keeps link times down.
 
+mod admin;
 mod queue;
 mod support;
 mod worker;
