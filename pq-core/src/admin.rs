@@ -347,12 +347,13 @@ impl Statements {
             "SELECT EXTRACT(EPOCH FROM statement_timestamp() - min({ready_since}))::float8 \
              FROM {t} WHERE q_name = $1 AND {ready}"
         );
-        // Failed jobs go back to the queue ready at once, attempts and error history kept, and
-        // their workers are woken as the insert trigger wakes them for new jobs.
+        // Failed jobs go back to the queue ready at once with their attempts reset, since the
+        // worker gives up on a job past its task's last attempt; the error history is kept.
+        // Their workers are woken as the insert trigger wakes them for new jobs.
         let requeue = |selected: &str| {
             format!(
                 "WITH moved AS ( \
-                   UPDATE {t} AS j SET state = 'queued', schedule_at = '-infinity', \
+                   UPDATE {t} AS j SET state = 'queued', schedule_at = '-infinity', attempts = 0, \
                      finished_at = NULL, locked_until = NULL \
                    {selected} RETURNING j.id, j.q_name), \
                  woken AS ( \
@@ -522,8 +523,8 @@ impl Admin {
     }
 
     /// Queues the failed job `id` again, ready at once; `false` if there is no failed job of
-    /// this id. Its attempts and error history are kept, so a task that allows `n` retries gets
-    /// one more run before it gives up again.
+    /// this id. It starts over: its attempts are reset, so its task's retries apply again,
+    /// while its `last_error` and `errors` history are kept.
     pub async fn retry(&self, id: JobId) -> Result<bool> {
         let query = sqlx::query(&self.sql.retry_one)
             .bind(&self.sql.channel)

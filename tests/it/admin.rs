@@ -259,7 +259,7 @@ async fn list_pages_by_id_without_gaps_or_repeats() {
 }
 
 #[tokio::test]
-async fn retry_queues_a_failed_job_ready_at_once_keeping_its_history_and_wakes_workers() {
+async fn retry_queues_a_failed_job_to_start_over_keeping_its_history_and_wakes_workers() {
     let db = TestDb::new().await;
     let pq = &db.pq;
     let id = failed_job(pq, "apples", "boom").await;
@@ -277,11 +277,11 @@ async fn retry_queues_a_failed_job_ready_at_once_keeping_its_history_and_wakes_w
     assert_eq!(job.state, JobState::Ready);
     assert_eq!(job.schedule_at, None);
     assert_eq!(job.finished_at, None);
-    assert_eq!(job.attempts, 1);
+    assert_eq!(job.attempts, 0, "it starts over, with all its retries");
     assert_eq!(job.last_error.as_deref(), Some("boom"));
     assert_eq!(job.errors.len(), 1);
     let again = claim(pq, "apples", id).await;
-    assert_eq!(again.attempt, 2);
+    assert_eq!(again.attempt, 1);
 }
 
 #[tokio::test]
