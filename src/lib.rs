@@ -28,6 +28,11 @@ pub use pq_core::*;
 pub use pq_macros::task;
 pub use pq_worker::*;
 
+/// The README's examples, compiled as doc tests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[doc(hidden)]
 pub mod __private {
     pub use inventory;

@@ -6,7 +6,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use pq_core::{Enqueue, IntoWhen, JobId, When};
+use futures_util::future::Either;
+use pq_core::{Enqueue, IntoWhen, JobId, NewJob, When};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -195,16 +196,29 @@ impl<T: Task> TaskCall<T> {
     /// Writes the job and returns its id. `target` is a `&Pq`, a `&mut pq::Transaction`, or
     /// `pq.on(&mut *tx)` for a caller's own sqlx transaction: the job then exists only if that
     /// transaction commits.
-    pub async fn enqueue<'c>(self, target: impl Enqueue<'c>) -> Result<JobId, pq_core::Error> {
+    pub fn enqueue<'c>(
+        self,
+        target: impl Enqueue<'c>,
+    ) -> impl Future<Output = Result<JobId, pq_core::Error>> + Send + 'c {
+        // A plain future, not an `async fn`: a generator generic over `'c` would not be provably
+        // `Send` inside a task body (rust-lang/rust#100013), where follow-ups are enqueued.
+        match self.into_job() {
+            Ok(job) => Either::Left(target.enqueue(job)),
+            Err(error) => Either::Right(std::future::ready(Err(error))),
+        }
+    }
+
+    /// The job this call writes.
+    pub fn into_job(self) -> Result<NewJob, pq_core::Error> {
         let args = serde_json::to_string(&self.args).map_err(pq_core::Error::Encode)?;
-        let mut job = pq_core::NewJob::from_json(self.queue, args)?.task(T::NAME);
+        let mut job = NewJob::from_json(self.queue, args)?.task(T::NAME);
         if let Some(when) = self.schedule_at {
             job = job.schedule_at(when?);
         }
         if let Some(when) = self.expected_at {
             job = job.expected_at(when?);
         }
-        target.enqueue(job).await
+        Ok(job)
     }
 }
 

@@ -1,0 +1,72 @@
+//! Tasks and a worker: enqueue typed tasks by calling them, then run them, with a retry and a
+//! failure along the way.
+//!
+//! Run with `cargo run --example worker` (PostgreSQL at `DATABASE_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/test`).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::bail;
+
+/// Eats apples; runs on the `apples` queue.
+#[pq::task(queue = "apples")]
+async fn eat(ctx: pq::TaskContext, kind: String, count: u32) -> anyhow::Result<()> {
+    println!("[job {}] umm, {count} {kind} apples taste good", ctx.job_id());
+    Ok(())
+}
+
+static PICKS: AtomicU32 = AtomicU32::new(0);
+
+/// Fails on its first attempt, succeeds on the retry.
+#[pq::task(queue = "apples", max_retries = 2, retry_in = "1s")]
+async fn pick(ctx: pq::TaskContext, tree: String) -> anyhow::Result<()> {
+    if PICKS.fetch_add(1, Ordering::SeqCst) == 0 {
+        println!("[job {}] attempt {}: the ladder slipped", ctx.job_id(), ctx.attempt());
+        bail!("the ladder slipped at {tree}");
+    }
+    println!("[job {}] attempt {}: picked {tree}", ctx.job_id(), ctx.attempt());
+    // Follow-up work goes through the same handle.
+    eat(tree, 12).enqueue(ctx.pq()).await?;
+    Ok(())
+}
+
+/// Never succeeds: after its one retry it stays in the table as failed, with its errors.
+#[pq::task(queue = "apples", max_retries = 1, retry_in = "500ms")]
+fn bake(job_id: pq::JobId, pie: String) -> Result<(), String> {
+    println!("[job {job_id}] the oven is cold, no {pie} pie");
+    Err(format!("the oven is cold ({pie})"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let pq = pq::Pq::builder()
+        .schema("pq_example_worker")
+        .connect(&url)
+        .await?;
+    pq.create().await?;
+    pq.queue("apples").clear().await?;
+
+    eat("Cox".into(), 3).enqueue(&pq).await?;
+    eat("Braeburn".into(), 1).schedule_at("1s").enqueue(&pq).await?;
+    pick("the old tree".into()).enqueue(&pq).await?;
+    let bake_id = bake("apple".into()).enqueue(&pq).await?;
+
+    // Work for four seconds, long enough for the retries, then shut down gracefully. A real
+    // worker binary runs `pq::Worker::new(pq).run().await?` and stops on SIGINT or SIGTERM.
+    pq::Worker::new(pq.clone())
+        .shutdown_on(tokio::time::sleep(std::time::Duration::from_secs(4)))
+        .run()
+        .await?;
+
+    let (state, error): (String, Option<String>) = sqlx::query_as(&format!(
+        "SELECT state, last_error FROM {} WHERE id = $1",
+        pq.table()
+    ))
+    .bind(bake_id.0)
+    .fetch_one(pq.pool())
+    .await?;
+    println!("job {bake_id} is {state}: {}", error.unwrap_or_default());
+    Ok(())
+}
