@@ -28,7 +28,10 @@ async fn main() -> anyhow::Result<()> {
     let apple = |kind: &str| Apple { kind: kind.into() };
     queue.put(&apple("Cox")).await?;
     queue.put(&apple("Arthur Turner")).expected_at("1h").await?; // priority: expected sooner
-    queue.put(&apple("Golden Delicious")).expected_at("5m").await?;
+    queue
+        .put(&apple("Golden Delicious"))
+        .expected_at("5m")
+        .await?;
     queue.put(&apple("Braeburn")).schedule_at("2s").await?; // not before two seconds from now
     println!("ready now: {}", queue.len().await?);
 

@@ -11,7 +11,10 @@ use anyhow::bail;
 /// Eats apples; runs on the `apples` queue.
 #[pq::task(queue = "apples")]
 async fn eat(ctx: pq::TaskContext, kind: String, count: u32) -> anyhow::Result<()> {
-    println!("[job {}] umm, {count} {kind} apples taste good", ctx.job_id());
+    println!(
+        "[job {}] umm, {count} {kind} apples taste good",
+        ctx.job_id()
+    );
     Ok(())
 }
 
@@ -21,10 +24,18 @@ static PICKS: AtomicU32 = AtomicU32::new(0);
 #[pq::task(queue = "apples", max_retries = 2, retry_in = "1s")]
 async fn pick(ctx: pq::TaskContext, tree: String) -> anyhow::Result<()> {
     if PICKS.fetch_add(1, Ordering::SeqCst) == 0 {
-        println!("[job {}] attempt {}: the ladder slipped", ctx.job_id(), ctx.attempt());
+        println!(
+            "[job {}] attempt {}: the ladder slipped",
+            ctx.job_id(),
+            ctx.attempt()
+        );
         bail!("the ladder slipped at {tree}");
     }
-    println!("[job {}] attempt {}: picked {tree}", ctx.job_id(), ctx.attempt());
+    println!(
+        "[job {}] attempt {}: picked {tree}",
+        ctx.job_id(),
+        ctx.attempt()
+    );
     // Follow-up work goes through the same handle.
     eat(tree, 12).enqueue(ctx.pq()).await?;
     Ok(())
@@ -49,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
     pq.queue("apples").clear().await?;
 
     eat("Cox".into(), 3).enqueue(&pq).await?;
-    eat("Braeburn".into(), 1).schedule_at("1s").enqueue(&pq).await?;
+    eat("Braeburn".into(), 1)
+        .schedule_at("1s")
+        .enqueue(&pq)
+        .await?;
     pick("the old tree".into()).enqueue(&pq).await?;
     let bake_id = bake("apple".into()).enqueue(&pq).await?;
 
