@@ -13,6 +13,7 @@ mod shutdown;
 mod task;
 mod worker;
 
+pub mod metrics;
 #[doc(hidden)]
 pub mod private;
 
