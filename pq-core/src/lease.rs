@@ -69,7 +69,15 @@ impl Pq {
             .iter()
             .map(|row| Job::from_row(row, self.sql()))
             .collect::<Result<Vec<_>>>()?;
-        jobs.sort_unstable_by_key(Job::id);
+        // RETURNING promises no order: restore the dequeue order.
+        jobs.sort_unstable_by_key(|job| {
+            (
+                job.schedule_at(),
+                job.expected_at().is_none(),
+                job.expected_at(),
+                job.id(),
+            )
+        });
         Ok(jobs)
     }
 

@@ -179,7 +179,7 @@ impl Queue {
 }
 
 /// Takes one ready job on `executor`, marking it taken.
-async fn take<'e>(
+pub(crate) async fn take<'e>(
     sql: &Arc<Statements>,
     executor: impl PgExecutor<'e>,
     queue: &str,

@@ -7,8 +7,9 @@ use serde::Serialize;
 use sqlx::{PgConnection, Postgres};
 
 use crate::error::{Error, Result};
+use crate::job::check_queue_name;
 use crate::job::{Job, JobId, NewJob};
-use crate::queue::{insert, wait_for_job, Put, Queue, Target};
+use crate::queue::{insert, take, wait_for_job, Put, Queue, Target};
 
 /// A database transaction on one [`Queue`]: a job taken in it returns to the queue, and jobs
 /// put in it vanish, unless it commits. It dereferences to the connection, so the caller's own
@@ -56,7 +57,8 @@ impl Transaction {
 
     /// Takes the next ready job in this transaction, without waiting.
     pub async fn try_get(&mut self) -> Result<Option<Job>> {
-        wait_for_job(&self.queue, Some(&mut self.tx), Duration::ZERO).await
+        check_queue_name(self.queue.name())?;
+        take(self.queue.pq().sql(), &mut *self.tx, self.queue.name()).await
     }
 
     /// Puts `data` on this transaction's queue; it exists only if the transaction commits.

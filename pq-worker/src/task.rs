@@ -1,6 +1,7 @@
 //! What `#[pq::task]` implements: the [`Task`] trait, a task's [`TaskOptions`], and the [`TaskCall`]
 //! that calling a task function returns.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -152,7 +153,7 @@ impl<E: fmt::Display> IntoTaskResult for Result<(), E> {
 #[must_use = "a task call does nothing until it is enqueued"]
 pub struct TaskCall<T: Task> {
     args: T,
-    queue: &'static str,
+    queue: Cow<'static, str>,
     schedule_at: Option<Result<When, pq_core::Error>>,
     expected_at: Option<Result<When, pq_core::Error>>,
 }
@@ -163,7 +164,7 @@ impl<T: Task> TaskCall<T> {
         let options = T::OPTIONS;
         Self {
             args,
-            queue: options.queue,
+            queue: Cow::Borrowed(options.queue),
             schedule_at: options.schedule_at.map(|d| Ok(When::from(d))),
             expected_at: options.expected_at.map(|d| Ok(When::from(d))),
         }
@@ -188,8 +189,8 @@ impl<T: Task> TaskCall<T> {
     }
 
     /// Sends this call to another queue than the task's default.
-    pub fn queue(mut self, queue: &'static str) -> Self {
-        self.queue = queue;
+    pub fn queue(mut self, queue: impl Into<Cow<'static, str>>) -> Self {
+        self.queue = queue.into();
         self
     }
 
@@ -211,7 +212,7 @@ impl<T: Task> TaskCall<T> {
     /// The job this call writes.
     pub fn into_job(self) -> Result<NewJob, pq_core::Error> {
         let args = serde_json::to_string(&self.args).map_err(pq_core::Error::Encode)?;
-        let mut job = NewJob::from_json(self.queue, args)?.task(T::NAME);
+        let mut job = NewJob::from_json(&self.queue, args)?.task(T::NAME);
         if let Some(when) = self.schedule_at {
             job = job.schedule_at(when?);
         }

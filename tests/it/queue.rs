@@ -681,3 +681,20 @@ async fn count_rows(db: &TestDb) -> i64 {
         .await
         .unwrap()
 }
+
+#[tokio::test]
+async fn a_claimed_batch_comes_in_dequeue_order() {
+    let db = TestDb::new().await;
+    let queue = db.pq.queue("claims");
+    let plain = queue.put(&1).await.unwrap();
+    let late = queue.put(&2).expected_at("2h").await.unwrap();
+    let early = queue.put(&3).expected_at("1h").await.unwrap();
+    let jobs = db
+        .pq
+        .claim("claims", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let ids: Vec<_> = jobs.iter().map(|j| j.id()).collect();
+    assert_eq!(ids, [early, late, plain]);
+    assert!(jobs.iter().all(|j| j.attempts() == 1));
+}
