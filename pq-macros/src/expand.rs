@@ -174,36 +174,44 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
     }
 }
 
-/// The `TaskOptions` constant: what the attribute sets, the runtime's defaults for the rest.
+/// The `TaskOptions` constant: what the attribute sets, and the runtime's defaults for the rest.
 fn options(args: &TaskArgs) -> TokenStream {
-    let mut fields = Vec::new();
-    if let Some(queue) = &args.queue {
-        fields.push(quote!(queue: #queue));
-    }
-    if let Some(schedule_at) = args.schedule_at {
-        let schedule_at = duration(schedule_at);
-        fields.push(quote!(schedule_at: ::core::option::Option::Some(#schedule_at)));
-    }
-    if let Some(expected_at) = args.expected_at {
-        let expected_at = duration(expected_at);
-        fields.push(quote!(expected_at: ::core::option::Option::Some(#expected_at)));
-    }
-    if let Some(max_retries) = args.max_retries {
-        fields.push(quote!(max_retries: #max_retries));
-    }
-    if let Some(retry_in) = args.retry_in {
-        let retry_in = duration(retry_in);
-        fields.push(quote!(retry_in: #retry_in));
-    }
-    if let Some(backoff) = args.backoff {
-        let backoff = match backoff {
-            Backoff::Fixed => quote!(::pq::__private::Backoff::Fixed),
-            Backoff::Exponential => quote!(::pq::__private::Backoff::Exponential),
-        };
-        fields.push(quote!(backoff: #backoff));
-    }
+    let default = |field: &str| {
+        let field = syn::Ident::new(field, Span::call_site());
+        quote!(::pq::__private::TaskOptions::DEFAULT.#field)
+    };
+    let some_duration = |d: Duration| {
+        let d = duration(d);
+        quote!(::core::option::Option::Some(#d))
+    };
+    let queue = match &args.queue {
+        Some(queue) => queue.to_token_stream(),
+        None => default("queue"),
+    };
+    let schedule_at = args
+        .schedule_at
+        .map_or_else(|| default("schedule_at"), some_duration);
+    let expected_at = args
+        .expected_at
+        .map_or_else(|| default("expected_at"), some_duration);
+    let max_retries = args
+        .max_retries
+        .map_or_else(|| default("max_retries"), |n| quote!(#n));
+    let retry_in = args.retry_in.map_or_else(|| default("retry_in"), duration);
+    let backoff = match args.backoff {
+        Some(Backoff::Fixed) => quote!(::pq::__private::Backoff::Fixed),
+        Some(Backoff::Exponential) => quote!(::pq::__private::Backoff::Exponential),
+        None => default("backoff"),
+    };
     quote! {
-        ::pq::__private::TaskOptions { #(#fields,)* ..::pq::__private::TaskOptions::DEFAULT }
+        ::pq::__private::TaskOptions {
+            queue: #queue,
+            schedule_at: #schedule_at,
+            expected_at: #expected_at,
+            max_retries: #max_retries,
+            retry_in: #retry_in,
+            backoff: #backoff,
+        }
     }
 }
 

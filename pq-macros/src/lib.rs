@@ -129,9 +129,11 @@ use proc_macro::TokenStream;
 ///     const NAME: &'static str = concat!(module_path!(), "::", "eat");
 ///     const OPTIONS: pq::TaskOptions = pq::TaskOptions {
 ///         queue: "apples",
+///         schedule_at: pq::TaskOptions::DEFAULT.schedule_at, // not set: the runtime's default
+///         expected_at: pq::TaskOptions::DEFAULT.expected_at,
 ///         max_retries: 2,
 ///         retry_in: Duration::new(10, 0),
-///         ..pq::TaskOptions::DEFAULT
+///         backoff: pq::TaskOptions::DEFAULT.backoff,
 ///     };
 ///     fn execute(self, ctx: pq::TaskContext) -> pq::BoxFuture<'static, pq::TaskResult> {
 ///         let eat { kind, count } = self;
