@@ -5,4 +5,5 @@
 mod admin;
 mod queue;
 mod support;
+mod tasks;
 mod worker;
