@@ -9,6 +9,7 @@ use pq_core::{Claim, Failure, Job, Pq};
 use tracing::Instrument;
 
 use crate::context::TaskContext;
+use crate::metrics;
 use crate::registry::{Registry, TaskDefinition};
 use crate::retry::retry_delay;
 
@@ -28,6 +29,17 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
+    fn metric(&self) -> metrics::Outcome {
+        match self {
+            Outcome::Succeeded(_) | Outcome::Recorded(_) => metrics::Outcome::Succeeded,
+            Outcome::Failed {
+                then: Failure::RetryIn(_),
+                ..
+            } => metrics::Outcome::Retried,
+            Outcome::Failed { .. } => metrics::Outcome::Failed,
+        }
+    }
+
     pub fn claim(&self) -> Claim {
         match self {
             Outcome::Succeeded(claim) | Outcome::Recorded(claim) => *claim,
@@ -38,6 +50,16 @@ impl Outcome {
 
 /// Runs `job` and returns its outcome; never panics, whatever the handler does.
 pub(crate) async fn execute(pq: &Pq, registry: &Registry, job: Job) -> Outcome {
+    let task = job.task().unwrap_or_default().to_owned();
+    let queue = job.queue().to_owned();
+    metrics::job_started(&task, &queue, metrics::queue_latency(&job));
+    let started = Instant::now();
+    let outcome = dispatch(pq, registry, job).await;
+    metrics::job_finished(&task, &queue, outcome.metric(), started.elapsed());
+    outcome
+}
+
+async fn dispatch(pq: &Pq, registry: &Registry, job: Job) -> Outcome {
     let claim = Claim::of(&job);
     let Some(name) = job.task() else {
         return give_up(

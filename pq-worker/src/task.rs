@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::future::Either;
+use futures_util::TryFutureExt;
 use pq_core::{Enqueue, IntoWhen, JobId, NewJob, When};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -203,10 +204,12 @@ impl<T: Task> TaskCall<T> {
     ) -> impl Future<Output = Result<JobId, pq_core::Error>> + Send + 'c {
         // A plain future, not an `async fn`: a generator generic over `'c` would not be provably
         // `Send` inside a task body (rust-lang/rust#100013), where follow-ups are enqueued.
-        match self.into_job() {
+        let queue = self.queue.clone();
+        let written = match self.into_job() {
             Ok(job) => Either::Left(target.enqueue(job)),
             Err(error) => Either::Right(std::future::ready(Err(error))),
-        }
+        };
+        written.inspect_ok(move |_| crate::metrics::job_enqueued(T::NAME, &queue))
     }
 
     /// The job this call writes.
