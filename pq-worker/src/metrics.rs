@@ -73,7 +73,11 @@ impl Outcome {
 /// installing one, before the first job. Recording works without it.
 pub fn describe() {
     use ::metrics::{describe_counter, describe_histogram, Unit};
-    describe_counter!(JOBS_ENQUEUED, Unit::Count, "Jobs written to the queue table.");
+    describe_counter!(
+        JOBS_ENQUEUED,
+        Unit::Count,
+        "Jobs written to the queue table."
+    );
     describe_counter!(JOBS_STARTED, Unit::Count, "Attempts started by a worker.");
     describe_counter!(JOBS_SUCCEEDED, Unit::Count, "Attempts that succeeded.");
     describe_counter!(
@@ -128,7 +132,9 @@ pub fn queue_latency(job: &Job) -> Duration {
     let ready_since = job
         .schedule_at()
         .map_or(job.enqueued_at(), |at| at.max(job.enqueued_at()));
-    (Utc::now() - ready_since).to_std().unwrap_or(Duration::ZERO)
+    (Utc::now() - ready_since)
+        .to_std()
+        .unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]

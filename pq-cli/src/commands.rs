@@ -1,0 +1,484 @@
+//! What each subcommand does: one admin call (or a loop of batches), then its output.
+
+use std::io::Write;
+
+use anyhow::{bail, Context as _};
+use pq_core::{Admin, Enqueue, JobId, JobInfo, JobState, NewJob, Pq};
+use pq_worker::{Registry, TaskContext, Worker};
+use serde_json::json;
+
+use crate::args::{ids, Cli, Command, Filter, Jobs};
+use crate::output::{self, Progress, Table};
+
+/// The pool of a one-shot command: one statement at a time.
+const ADMIN_CONNECTIONS: u32 = 2;
+
+/// The longest `last_error` shown in a table.
+const ERROR_WIDTH: usize = 60;
+
+pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    // Bad arguments are reported before connecting: they are wrong whether or not the database
+    // is up.
+    if let Command::Enqueue { args, .. } = &cli.command {
+        json_object(args)?;
+    }
+    if let Command::Work { .. } = &cli.command {
+        if registry.is_empty() {
+            bail!(
+                "this program registers no task, so it has nothing to work on: `work` runs in \
+                 your application's own binary, whose main calls pq_cli::run()"
+            );
+        }
+    }
+    let connections = match &cli.command {
+        Command::Work { concurrency, .. } => concurrency.saturating_add(4).min(100),
+        _ => ADMIN_CONNECTIONS,
+    };
+    let pq = crate::connect(cli, connections).await?;
+    let admin = pq.admin();
+    let result = match &cli.command {
+        Command::Migrate => migrate(cli, &pq, out).await,
+        Command::Status => status(cli, &admin, out).await,
+        Command::Jobs(jobs) => match jobs {
+            Jobs::List {
+                filter,
+                state,
+                after,
+                limit,
+            } => list(cli, &admin, filter, *state, *after, *limit, out).await,
+            Jobs::Show { id } => show(cli, &admin, JobId(*id), out).await,
+            Jobs::Retry {
+                ids: list,
+                all: true,
+                filter,
+                batch_size,
+            } if list.is_empty() => retry_all(cli, &admin, filter, *batch_size, out).await,
+            Jobs::Retry { ids: list, .. } => act(cli, &admin, Action::Retry, &ids(list), out).await,
+            Jobs::Cancel { ids: list } => act(cli, &admin, Action::Cancel, &ids(list), out).await,
+            Jobs::Delete { ids: list } => act(cli, &admin, Action::Delete, &ids(list), out).await,
+        },
+        Command::Prune {
+            older_than,
+            batch_size,
+        } => prune(cli, &admin, *older_than, *batch_size, out).await,
+        Command::Enqueue {
+            task,
+            args,
+            queue,
+            schedule_at,
+        } => {
+            enqueue(
+                cli,
+                &pq,
+                registry,
+                task,
+                args,
+                queue.as_deref(),
+                *schedule_at,
+                out,
+            )
+            .await
+        }
+        Command::Work {
+            queues,
+            concurrency,
+            burst,
+        } => work(&pq, registry, queues, *concurrency, *burst).await,
+    };
+    result.map_err(|e| explain(e, &pq))
+}
+
+/// Adds what to do to the errors that have an obvious remedy.
+fn explain(error: anyhow::Error, pq: &Pq) -> anyhow::Error {
+    let missing_table = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<pq_core::Error>(),
+            Some(pq_core::Error::Database(sqlx::Error::Database(db)))
+                if db.code().as_deref() == Some("42P01")
+        )
+    });
+    if missing_table {
+        error.context(format!(
+            "the queue table {} does not exist: create it with `pq migrate` (check --schema and --table)",
+            pq.table()
+        ))
+    } else {
+        error
+    }
+}
+
+async fn migrate(cli: &Cli, pq: &Pq, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    pq.create()
+        .await
+        .with_context(|| format!("cannot migrate {}", pq.table()))?;
+    let versions: Vec<i64> = pq_core::MIGRATIONS.iter().map(|m| m.version).collect();
+    if cli.json {
+        output::json(out, &json!({"table": pq.table(), "migrations": versions}))
+    } else {
+        writeln!(
+            out,
+            "{} is up to date (migration {})",
+            pq.table(),
+            versions.last().copied().unwrap_or(0)
+        )?;
+        Ok(())
+    }
+}
+
+async fn status(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let stats = admin.stats().await?;
+    if cli.json {
+        return output::json(out, &stats);
+    }
+    if stats.is_empty() {
+        writeln!(out, "no jobs")?;
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "QUEUE",
+        ">READY",
+        ">SCHEDULED",
+        ">RUNNING",
+        ">FAILED",
+        ">DONE",
+        ">CANCELLED",
+        "OLDEST READY",
+    ]);
+    for queue in &stats {
+        table.row(vec![
+            queue.queue.clone(),
+            queue.ready.to_string(),
+            queue.scheduled.to_string(),
+            queue.running.to_string(),
+            queue.failed.to_string(),
+            queue.done.to_string(),
+            queue.cancelled.to_string(),
+            output::age(queue.oldest_ready),
+        ]);
+    }
+    table.print(out)?;
+    Ok(())
+}
+
+async fn list(
+    cli: &Cli,
+    admin: &Admin,
+    filter: &Filter,
+    state: Option<JobState>,
+    after: Option<i64>,
+    limit: u32,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let page = admin
+        .list(&filter.to_job_filter(state), after.map(JobId), limit)
+        .await?;
+    if cli.json {
+        return output::json(out, &page);
+    }
+    if page.jobs.is_empty() {
+        writeln!(out, "no jobs match")?;
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        ">ID",
+        "QUEUE",
+        "TASK",
+        "STATE",
+        ">ATTEMPTS",
+        "ENQUEUED",
+        "LAST ERROR",
+    ]);
+    for job in &page.jobs {
+        table.row(vec![
+            job.id.to_string(),
+            job.queue.clone(),
+            job.task.clone().unwrap_or_else(|| "-".to_owned()),
+            job.state.to_string(),
+            job.attempts.to_string(),
+            output::time(Some(job.enqueued_at)),
+            job.last_error
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), |e| output::truncate(e, ERROR_WIDTH)),
+        ]);
+    }
+    table.print(out)?;
+    if let Some(next) = page.next_after {
+        eprintln!("more jobs follow: add --after {next} for the next page");
+    }
+    Ok(())
+}
+
+async fn show(cli: &Cli, admin: &Admin, id: JobId, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let Some(job) = admin.job(id).await? else {
+        bail!("no job has id {id}");
+    };
+    if cli.json {
+        return output::json(out, &job);
+    }
+    let fields = [
+        ("id", job.id.to_string()),
+        ("queue", job.queue.clone()),
+        ("task", job.task.clone().unwrap_or_else(|| "-".to_owned())),
+        ("state", job.state.to_string()),
+        ("attempts", job.attempts.to_string()),
+        ("enqueued at", output::time(Some(job.enqueued_at))),
+        ("schedule at", output::time(job.schedule_at)),
+        ("expected at", output::time(job.expected_at)),
+        ("dequeued at", output::time(job.dequeued_at)),
+        ("locked until", output::time(job.locked_until)),
+        ("finished at", output::time(job.finished_at)),
+        (
+            "last error",
+            job.last_error.clone().unwrap_or_else(|| "-".to_owned()),
+        ),
+    ];
+    for (name, value) in fields {
+        writeln!(out, "{:<13} {value}", format!("{name}:"))?;
+    }
+    writeln!(out, "data:")?;
+    for line in serde_json::to_string_pretty(&job.data)?.lines() {
+        writeln!(out, "  {line}")?;
+    }
+    if !job.errors.is_empty() {
+        writeln!(out, "errors:")?;
+        for error in &job.errors {
+            writeln!(
+                out,
+                "  attempt {} at {}: {}",
+                error.attempt,
+                output::time(Some(error.at)),
+                error.error
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// An operation on jobs given by id.
+#[derive(Clone, Copy)]
+enum Action {
+    Retry,
+    Cancel,
+    Delete,
+}
+
+impl Action {
+    fn applies_to(self, state: JobState) -> bool {
+        match self {
+            Action::Retry => state == JobState::Failed,
+            Action::Cancel => matches!(state, JobState::Ready | JobState::Scheduled),
+            Action::Delete => state != JobState::Running,
+        }
+    }
+
+    /// Why it does not apply to a job in another state.
+    fn rule(self) -> &'static str {
+        match self {
+            Action::Retry => "only failed jobs can be retried",
+            Action::Cancel => "only ready or scheduled jobs can be cancelled",
+            Action::Delete => {
+                "a running job cannot be deleted: let it finish, or its lease run out"
+            }
+        }
+    }
+
+    fn done(self) -> &'static str {
+        match self {
+            Action::Retry => "retried",
+            Action::Cancel => "cancelled",
+            Action::Delete => "deleted",
+        }
+    }
+
+    async fn apply(self, admin: &Admin, id: JobId) -> pq_core::Result<bool> {
+        match self {
+            Action::Retry => admin.retry(id).await,
+            Action::Cancel => admin.cancel(id).await,
+            Action::Delete => admin.delete(id).await,
+        }
+    }
+}
+
+/// Applies `action` to every job of `ids`, or, if any of them is unknown or in a state it does
+/// not apply to, to none of them.
+async fn act(
+    cli: &Cli,
+    admin: &Admin,
+    action: Action,
+    ids: &[JobId],
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for &id in ids {
+        match admin.job(id).await? {
+            None => problems.push(format!("no job has id {id}")),
+            Some(JobInfo { state, .. }) if !action.applies_to(state) => {
+                problems.push(format!("job {id} is {state}: {}", action.rule()));
+            }
+            Some(_) => {}
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}; nothing was {}", problems.join("; "), action.done());
+    }
+    let mut applied = Vec::new();
+    for &id in ids {
+        // Checked just above; a worker may still have taken it since.
+        if !action.apply(admin, id).await? {
+            bail!(
+                "job {id} changed state meanwhile and was not {}; {} before it were: {applied:?}",
+                action.done(),
+                action.done()
+            );
+        }
+        applied.push(id);
+    }
+    if cli.json {
+        return output::json(out, &json!({"count": applied.len(), "ids": applied}));
+    }
+    for id in applied {
+        writeln!(out, "{} job {id}", action.done())?;
+    }
+    Ok(())
+}
+
+async fn retry_all(
+    cli: &Cli,
+    admin: &Admin,
+    filter: &Filter,
+    batch_size: u32,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let filter = filter.to_job_filter(None);
+    let mut progress = Progress::new("retried");
+    let mut total = 0;
+    let mut after = None;
+    loop {
+        let batch = admin
+            .retry_failed_batch(&filter, after, batch_size)
+            .await
+            .with_context(|| format!("stopped after retrying {total} jobs"))?;
+        total += batch.count;
+        match batch.last {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+        progress.update(total);
+    }
+    progress.finish();
+    if cli.json {
+        return output::json(out, &json!({"count": total}));
+    }
+    writeln!(out, "retried {total} failed jobs")?;
+    Ok(())
+}
+
+async fn prune(
+    cli: &Cli,
+    admin: &Admin,
+    older_than: std::time::Duration,
+    batch_size: u32,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let mut progress = Progress::new("pruned");
+    let mut total = 0;
+    loop {
+        let count = admin
+            .prune_batch(older_than, batch_size)
+            .await
+            .with_context(|| format!("stopped after pruning {total} jobs"))?;
+        total += count;
+        if count < u64::from(batch_size) {
+            break;
+        }
+        progress.update(total);
+    }
+    progress.finish();
+    if cli.json {
+        return output::json(out, &json!({"count": total}));
+    }
+    writeln!(
+        out,
+        "pruned {total} jobs that finished more than {} ago",
+        humantime::format_duration(older_than)
+    )?;
+    Ok(())
+}
+
+/// The arguments as a JSON object, or why they are not one.
+fn json_object(args: &str) -> anyhow::Result<()> {
+    let value: serde_json::Value = serde_json::from_str(args)
+        .with_context(|| format!("the task's arguments {args:?} are not valid JSON"))?;
+    if !value.is_object() {
+        bail!(
+            "the task's arguments must be a JSON object of its parameters, such as \
+             '{{\"to\": \"a@example.com\"}}', not {args}"
+        );
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn enqueue(
+    cli: &Cli,
+    pq: &Pq,
+    registry: &Registry,
+    task: &str,
+    args: &str,
+    queue: Option<&str>,
+    schedule_at: Option<pq_core::When>,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let mut default_queue = "default";
+    // A program that registers tasks knows their names and argument types; the standalone
+    // `pq` registers none and writes whatever it is given.
+    if !registry.is_empty() {
+        let Some(definition) = registry.get(task) else {
+            let mut names: Vec<_> = registry.iter().map(|t| t.name).collect();
+            names.sort_unstable();
+            bail!(
+                "no task is named `{task}` in this program; its tasks are: {}",
+                names.join(", ")
+            );
+        };
+        default_queue = definition.options.queue;
+        // The handler decodes the arguments before it returns the (not yet started) body,
+        // which is dropped unpolled: nothing runs.
+        let ctx = TaskContext::new(pq.clone(), JobId(0), task, queue.unwrap_or(default_queue));
+        if let Err(error) = (definition.handler)(ctx, args) {
+            bail!("{error}");
+        }
+    }
+    let queue = queue.unwrap_or(default_queue);
+    let mut job = NewJob::from_json(queue, args.to_owned())?.task(task);
+    if let Some(when) = schedule_at {
+        job = job.schedule_at(when);
+    }
+    let id = pq.enqueue(job).await?;
+    pq_worker::metrics::job_enqueued(task, queue);
+    if cli.json {
+        return output::json(out, &json!({"id": id, "task": task, "queue": queue}));
+    }
+    writeln!(out, "enqueued job {id}: task {task} on queue {queue}")?;
+    Ok(())
+}
+
+async fn work(
+    pq: &Pq,
+    registry: &Registry,
+    queues: &[String],
+    concurrency: u32,
+    burst: bool,
+) -> anyhow::Result<()> {
+    let mut worker = Worker::new(pq.clone())
+        .registry(registry.clone())
+        .concurrency(usize::try_from(concurrency).unwrap_or(usize::MAX));
+    if !queues.is_empty() {
+        worker = worker.queues(queues.iter().cloned());
+    }
+    if burst {
+        worker = worker.burst();
+    }
+    worker.run().await?;
+    Ok(())
+}

@@ -1,0 +1,608 @@
+//! The `pq` binary run as a real process against PostgreSQL (`DATABASE_URL`, default
+//! `postgres://postgres@127.0.0.1:5432/test`), each test on a table in a schema of its own.
+
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use pq::{Claim, Failure, JobId, JobState, Pq};
+use serde_json::{json, Value};
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A schema of its own, dropped at the end of the test; the table is created unless asked not to.
+struct Db {
+    schema: String,
+    pq: Pq,
+}
+
+impl Db {
+    async fn new() -> Db {
+        let db = Db::without_table().await;
+        db.pq.create().await.expect("create the queue table");
+        db
+    }
+
+    async fn without_table() -> Db {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let schema = format!(
+            "pq_cli_test_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let pq = Pq::builder()
+            .schema(&schema)
+            .max_connections(4)
+            .connect(&database_url())
+            .await
+            .expect("connect to the test database");
+        Db { schema, pq }
+    }
+
+    /// Runs `pq --schema <schema> ARGS...`.
+    fn pq(&self, args: &[&str]) -> Run {
+        run(&[&["--schema", &self.schema], args].concat())
+    }
+
+    async fn failed_job(&self, queue: &str, error: &str) -> JobId {
+        let id = self.pq.queue(queue).put(&json!({"n": 1})).await.unwrap();
+        let claim = self.claim(queue, id).await;
+        self.pq.fail(claim, error, Failure::GiveUp).await.unwrap();
+        id
+    }
+
+    async fn claim(&self, queue: &str, id: JobId) -> Claim {
+        let jobs = self
+            .pq
+            .claim(queue, 1, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(jobs[0].id(), id);
+        Claim::of(&jobs[0])
+    }
+
+    async fn state(&self, id: JobId) -> Option<JobState> {
+        self.pq.admin().job(id).await.unwrap().map(|j| j.state)
+    }
+
+    async fn count(&self) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.pq.table()))
+            .fetch_one(self.pq.pool())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let drop = format!(
+            "SET lock_timeout = '5s'; DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        );
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&database_url()).await {
+                    let _ = sqlx::raw_sql(&drop).execute(&mut conn).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A finished run of the binary.
+struct Run {
+    output: Output,
+}
+
+impl Run {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    /// Asserts success; returns stdout.
+    #[track_caller]
+    fn ok(&self) -> String {
+        assert!(
+            self.output.status.success(),
+            "failed with {}\nstdout: {}\nstderr: {}",
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        );
+        self.stdout()
+    }
+
+    /// Asserts success; returns stdout as JSON.
+    #[track_caller]
+    fn json(&self) -> Value {
+        let out = self.ok();
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+    }
+
+    /// Asserts failure with a message on stderr and nothing on stdout; returns stderr.
+    #[track_caller]
+    fn fails(&self) -> String {
+        assert!(
+            !self.output.status.success(),
+            "succeeded\nstdout: {}",
+            self.stdout()
+        );
+        assert_eq!(self.stdout(), "", "stderr: {}", self.stderr());
+        let err = self.stderr();
+        assert!(!err.trim().is_empty());
+        err
+    }
+}
+
+fn run(args: &[&str]) -> Run {
+    let output = Command::new(env!("CARGO_BIN_EXE_pq"))
+        .env("DATABASE_URL", database_url())
+        .env_remove("PQ_SCHEMA")
+        .env_remove("PQ_TABLE")
+        .args(args)
+        .output()
+        .expect("run the pq binary");
+    Run { output }
+}
+
+fn id(id: JobId) -> String {
+    id.to_string()
+}
+
+#[tokio::test]
+async fn migrate_creates_the_table_and_can_run_again() {
+    let db = Db::without_table().await;
+
+    let first = db.pq(&["migrate"]).ok();
+    let again = db.pq(&["migrate", "--json"]).json();
+
+    assert!(first.contains("is up to date"), "{first}");
+    assert_eq!(again["migrations"], json!([1, 2]));
+    assert_eq!(db.count().await, 0);
+}
+
+#[tokio::test]
+async fn status_shows_each_queue_counted_by_state_in_aligned_columns() {
+    let db = Db::new().await;
+    db.failed_job("apples", "boom").await;
+    db.pq.queue("apples").put(&1).await.unwrap();
+    db.pq.queue("apples").put(&2).await.unwrap();
+    db.pq
+        .queue("pears")
+        .put(&3)
+        .schedule_at("1h")
+        .await
+        .unwrap();
+
+    let table = db.pq(&["status"]).ok();
+    let json = db.pq(&["status", "--json"]).json();
+
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "QUEUE",
+            "READY",
+            "SCHEDULED",
+            "RUNNING",
+            "FAILED",
+            "DONE",
+            "CANCELLED",
+            "OLDEST",
+            "READY"
+        ]
+    );
+    let apples: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(&apples[..7], ["apples", "2", "0", "0", "1", "0", "0"]);
+    // Right-aligned counts end where their headers end.
+    let end_of = |line: &str, word: &str| line.find(word).unwrap() + word.len();
+    assert_eq!(
+        end_of(lines[0], "READY"),
+        lines[1].find(" 2 ").unwrap() + 2,
+        "{table}"
+    );
+    assert!(lines[2].starts_with("pears "), "{table}");
+    assert_eq!(json[0]["queue"], "apples");
+    assert_eq!(json[0]["ready"], 2);
+    assert_eq!(json[0]["failed"], 1);
+    assert!(json[0]["oldest_ready_seconds"].is_number());
+    assert_eq!(json[1]["scheduled"], 1);
+    assert_eq!(json[1]["oldest_ready_seconds"], Value::Null);
+}
+
+#[tokio::test]
+async fn status_of_an_empty_table_says_so() {
+    let db = Db::new().await;
+
+    assert_eq!(db.pq(&["status"]).ok(), "no jobs\n");
+    assert_eq!(db.pq(&["status", "--json"]).json(), json!([]));
+}
+
+#[tokio::test]
+async fn a_missing_table_is_reported_with_how_to_create_it() {
+    let db = Db::without_table().await;
+
+    let err = db.pq(&["status"]).fails();
+
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(err.contains("pq migrate"), "{err}");
+}
+
+#[tokio::test]
+async fn jobs_list_filters_and_pages_by_id() {
+    let db = Db::new().await;
+    let mut failed = Vec::new();
+    for _ in 0..3 {
+        failed.push(db.failed_job("mail", "connection refused").await);
+    }
+    db.pq.queue("mail").put(&1).await.unwrap();
+
+    let first = db.pq(&["jobs", "list", "--state", "failed", "--limit", "2"]);
+    let table = first.ok();
+    let next = db
+        .pq(&[
+            "jobs",
+            "list",
+            "--state",
+            "failed",
+            "--limit",
+            "2",
+            "--after",
+            &id(failed[1]),
+            "--json",
+        ])
+        .json();
+
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].contains("ID") && lines[0].contains("LAST ERROR"));
+    assert!(lines[1].contains("mail") && lines[1].contains("failed"));
+    assert!(lines[1].contains("connection refused"), "{table}");
+    assert!(
+        first.stderr().contains(&format!("--after {}", failed[1])),
+        "{}",
+        first.stderr()
+    );
+    assert_eq!(next["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(next["jobs"][0]["id"], failed[2].0);
+    assert_eq!(next["next_after"], Value::Null);
+    let ready = db
+        .pq(&["jobs", "list", "--state", "ready", "--json"])
+        .json();
+    assert_eq!(ready["jobs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn jobs_list_refuses_an_unknown_state() {
+    let db = Db::new().await;
+
+    let err = db.pq(&["jobs", "list", "--state", "lost"]).fails();
+
+    assert!(err.contains("expected one of ready, scheduled"), "{err}");
+}
+
+#[tokio::test]
+async fn jobs_show_prints_every_column_and_the_error_history() {
+    let db = Db::new().await;
+    let job = db.failed_job("mail", "connection refused").await;
+
+    let shown = db.pq(&["jobs", "show", &id(job)]).ok();
+    let json = db.pq(&["jobs", "show", &id(job), "--json"]).json();
+
+    assert!(shown.contains(&format!("id:           {job}")), "{shown}");
+    assert!(shown.contains("state:        failed"), "{shown}");
+    assert!(
+        shown.contains("last error:   connection refused"),
+        "{shown}"
+    );
+    assert!(shown.contains("\"n\": 1"), "{shown}");
+    assert!(shown.contains("attempt 1 at "), "{shown}");
+    assert_eq!(json["state"], "failed");
+    assert_eq!(json["attempts"], 1);
+    assert_eq!(json["errors"][0]["error"], "connection refused");
+}
+
+#[tokio::test]
+async fn an_unknown_job_id_fails_with_a_message_and_changes_nothing() {
+    let db = Db::new().await;
+    let known = db.failed_job("mail", "boom").await;
+    let unknown = id(JobId(known.0 + 1000));
+
+    for command in ["show", "retry", "cancel", "delete"] {
+        let err = db.pq(&["jobs", command, &unknown]).fails();
+        assert!(
+            err.contains(&format!("no job has id {unknown}")),
+            "{command}: {err}"
+        );
+    }
+    let err = db.pq(&["jobs", "retry", &id(known), &unknown]).fails();
+    assert!(err.contains("nothing was retried"), "{err}");
+
+    assert_eq!(db.state(known).await, Some(JobState::Failed));
+    assert_eq!(db.count().await, 1);
+}
+
+#[tokio::test]
+async fn jobs_retry_queues_failed_jobs_again() {
+    let db = Db::new().await;
+    let a = db.failed_job("mail", "boom").await;
+    let b = db.failed_job("mail", "boom").await;
+
+    let out = db.pq(&["jobs", "retry", &id(a)]).ok();
+    let json = db.pq(&["jobs", "retry", &id(b), "--json"]).json();
+
+    assert_eq!(out, format!("retried job {a}\n"));
+    assert_eq!(json, json!({"count": 1, "ids": [b.0]}));
+    assert_eq!(db.state(a).await, Some(JobState::Ready));
+    assert_eq!(db.state(b).await, Some(JobState::Ready));
+}
+
+#[tokio::test]
+async fn jobs_retry_refuses_jobs_that_did_not_fail_and_changes_nothing() {
+    let db = Db::new().await;
+    let failed = db.failed_job("mail", "boom").await;
+    let ready = db.pq.queue("mail").put(&1).await.unwrap();
+
+    let err = db.pq(&["jobs", "retry", &id(failed), &id(ready)]).fails();
+
+    assert!(
+        err.contains(&format!(
+            "job {ready} is ready: only failed jobs can be retried"
+        )),
+        "{err}"
+    );
+    assert_eq!(db.state(failed).await, Some(JobState::Failed));
+}
+
+#[tokio::test]
+async fn jobs_retry_all_requeues_every_match_in_batches() {
+    let db = Db::new().await;
+    for _ in 0..5 {
+        db.failed_job("mail", "boom").await;
+    }
+    let other = db.failed_job("sms", "boom").await;
+
+    let run = db.pq(&[
+        "jobs",
+        "retry",
+        "--all",
+        "--queue",
+        "mail",
+        "--batch-size",
+        "2",
+    ]);
+    let again = db.pq(&["jobs", "retry", "--all", "--json"]).json();
+
+    assert_eq!(run.ok(), "retried 5 failed jobs\n");
+    assert!(
+        run.stderr().contains("retried 2 jobs so far"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(again, json!({"count": 1}));
+    assert_eq!(db.state(other).await, Some(JobState::Ready));
+}
+
+#[tokio::test]
+async fn jobs_retry_needs_ids_or_all() {
+    let db = Db::new().await;
+
+    let err = db.pq(&["jobs", "retry"]).fails();
+
+    assert!(err.contains("--all"), "{err}");
+}
+
+#[tokio::test]
+async fn jobs_cancel_stops_queued_jobs_but_not_running_ones() {
+    let db = Db::new().await;
+    let running = db.pq.queue("mail").put(&1).await.unwrap();
+    db.claim("mail", running).await;
+    let scheduled = db.pq.queue("mail").put(&2).schedule_at("1h").await.unwrap();
+
+    let err = db.pq(&["jobs", "cancel", &id(running)]).fails();
+    let out = db.pq(&["jobs", "cancel", &id(scheduled)]).ok();
+
+    assert!(
+        err.contains(&format!(
+            "job {running} is running: only ready or scheduled jobs can be cancelled"
+        )),
+        "{err}"
+    );
+    assert_eq!(out, format!("cancelled job {scheduled}\n"));
+    assert_eq!(db.state(running).await, Some(JobState::Running));
+    assert_eq!(db.state(scheduled).await, Some(JobState::Cancelled));
+}
+
+#[tokio::test]
+async fn jobs_delete_removes_jobs_but_not_running_ones() {
+    let db = Db::new().await;
+    let running = db.pq.queue("mail").put(&1).await.unwrap();
+    db.claim("mail", running).await;
+    let failed = db.failed_job("sms", "boom").await;
+
+    let err = db
+        .pq(&["jobs", "delete", &id(running), &id(failed)])
+        .fails();
+    assert!(err.contains("a running job cannot be deleted"), "{err}");
+    assert_eq!(db.count().await, 2, "nothing was deleted");
+
+    let json = db.pq(&["jobs", "delete", &id(failed), "--json"]).json();
+    assert_eq!(json, json!({"count": 1, "ids": [failed.0]}));
+    assert_eq!(db.state(failed).await, None);
+}
+
+#[tokio::test]
+async fn prune_deletes_jobs_that_finished_long_enough_ago() {
+    let db = Db::new().await;
+    let mut old = Vec::new();
+    for _ in 0..3 {
+        old.push(db.failed_job("mail", "boom").await);
+    }
+    let recent = db.failed_job("mail", "boom").await;
+    sqlx::query(&format!(
+        "UPDATE {} SET finished_at = now() - interval '8 days' WHERE id = ANY($1)",
+        db.pq.table()
+    ))
+    .bind(old.iter().map(|id| id.0).collect::<Vec<_>>())
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+
+    let run = db.pq(&["prune", "--older-than", "7d", "--batch-size", "2"]);
+    let again = db.pq(&["prune", "--older-than", "7d", "--json"]).json();
+
+    assert_eq!(
+        run.ok(),
+        "pruned 3 jobs that finished more than 7days ago\n"
+    );
+    assert!(
+        run.stderr().contains("pruned 2 jobs so far"),
+        "{}",
+        run.stderr()
+    );
+    assert_eq!(again, json!({"count": 0}));
+    assert_eq!(db.state(recent).await, Some(JobState::Failed));
+    assert_eq!(db.count().await, 1);
+}
+
+#[tokio::test]
+async fn prune_refuses_a_malformed_age() {
+    let db = Db::new().await;
+    db.failed_job("mail", "boom").await;
+
+    let err = db.pq(&["prune", "--older-than", "7x"]).fails();
+
+    assert!(err.contains("7d, 12h or 90m"), "{err}");
+    assert_eq!(db.count().await, 1);
+}
+
+#[tokio::test]
+async fn enqueue_writes_a_job_of_the_task_with_its_arguments() {
+    let db = Db::new().await;
+
+    let out = db
+        .pq(&["enqueue", "app::send_mail", r#"{"to": "a@example.com"}"#])
+        .ok();
+    let json = db
+        .pq(&[
+            "enqueue",
+            "app::send_mail",
+            "{}",
+            "--queue",
+            "mail",
+            "--schedule-at",
+            "5m",
+            "--json",
+        ])
+        .json();
+
+    let first = db
+        .pq
+        .admin()
+        .list(&pq::JobFilter::new(), None, 10)
+        .await
+        .unwrap();
+    let (now, later) = (&first.jobs[0], &first.jobs[1]);
+    assert_eq!(
+        out,
+        format!(
+            "enqueued job {}: task app::send_mail on queue default\n",
+            now.id
+        )
+    );
+    assert_eq!(now.task.as_deref(), Some("app::send_mail"));
+    assert_eq!(now.data, json!({"to": "a@example.com"}));
+    assert_eq!(now.state, JobState::Ready);
+    assert_eq!(json["id"], later.id.0);
+    assert_eq!(later.queue, "mail");
+    assert_eq!(later.state, JobState::Scheduled);
+}
+
+#[tokio::test]
+async fn enqueue_refuses_arguments_that_are_not_a_json_object_and_writes_nothing() {
+    let db = Db::new().await;
+
+    let malformed = db.pq(&["enqueue", "app::send_mail", "{to: a}"]).fails();
+    let array = db.pq(&["enqueue", "app::send_mail", "[1, 2]"]).fails();
+
+    assert!(malformed.contains("are not valid JSON"), "{malformed}");
+    assert!(array.contains("must be a JSON object"), "{array}");
+    assert_eq!(db.count().await, 0);
+}
+
+#[tokio::test]
+async fn a_database_that_is_down_is_reported_quickly() {
+    let started = Instant::now();
+
+    let err = run(&[
+        "--database-url",
+        "postgres://postgres:secret@127.0.0.1:1/test",
+        "status",
+    ])
+    .fails();
+
+    assert!(
+        err.contains("cannot connect to the database at postgres://postgres:***@127.0.0.1:1/test"),
+        "{err}"
+    );
+    assert!(!err.contains("secret"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+}
+
+#[tokio::test]
+async fn a_missing_database_url_says_how_to_give_one() {
+    let output = Command::new(env!("CARGO_BIN_EXE_pq"))
+        .env_remove("DATABASE_URL")
+        .arg("status")
+        .output()
+        .unwrap();
+    let run = Run { output };
+
+    let err = run.fails();
+
+    assert!(
+        err.contains("set DATABASE_URL or pass --database-url"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn work_in_the_standalone_tool_explains_where_it_runs() {
+    let db = Db::new().await;
+
+    let err = db.pq(&["work"]).fails();
+    let help = run(&["--help"]).ok();
+
+    assert!(err.contains("registers no task"), "{err}");
+    assert!(!help.contains("work"), "{help}");
+    assert!(help.contains("enqueue"), "{help}");
+}
+
+#[tokio::test]
+async fn an_invalid_table_name_is_refused_before_connecting() {
+    let err = run(&[
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/test",
+        "--table",
+        "",
+        "status",
+    ])
+    .fails();
+
+    assert_eq!(err, "pq: invalid table name \"\": it is empty\n");
+}
