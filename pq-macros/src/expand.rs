@@ -57,8 +57,11 @@ fn with_compile_error(error: syn::Error, item: TokenStream) -> TokenStream {
 struct Attributes<'a> {
     /// `#[cfg]`: on every item, so that they exist or vanish together.
     cfg: Vec<&'a Attribute>,
-    /// Doc comments and `#[deprecated]`: on the public items, the struct and the call function.
+    /// Doc comments: on the struct and the call function, the items in the crate's docs.
     docs: Vec<&'a Attribute>,
+    /// `#[deprecated]`: on the call function only, which callers use; the generated impls and
+    /// registration use the struct, which would warn on itself.
+    deprecated: Vec<&'a Attribute>,
     /// `#[allow]` and friends: on both functions, the body and the call.
     lints: Vec<&'a Attribute>,
     /// Everything else (`#[tracing::instrument]`, `#[inline]`...): on `run`, which holds the body.
@@ -72,8 +75,10 @@ impl<'a> Attributes<'a> {
             let path = attribute.path();
             let list = if path.is_ident("cfg") {
                 &mut sorted.cfg
-            } else if path.is_ident("doc") || path.is_ident("deprecated") {
+            } else if path.is_ident("doc") {
                 &mut sorted.docs
+            } else if path.is_ident("deprecated") {
+                &mut sorted.deprecated
             } else if ["allow", "expect", "warn", "deny", "forbid"]
                 .iter()
                 .any(|lint| path.is_ident(lint))
@@ -98,6 +103,7 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
     let Attributes {
         cfg,
         docs,
+        deprecated,
         lints,
         body,
     } = Attributes::sort(attrs);
@@ -160,6 +166,7 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
 
         #(#docs)*
         #(#cfg)*
+        #(#deprecated)*
         #(#lints)*
         #vis fn #task(#(#names: #types),*) -> ::pq::TaskCall<#task> {
             ::pq::TaskCall::new(#task { #(#names),* })
@@ -318,5 +325,47 @@ mod tests {
             "{output}"
         );
         assert!(output.ends_with("struct Eat ;"), "{output}");
+    }
+
+    #[test]
+    fn each_attribute_goes_where_it_applies() {
+        let items = items(task(
+            TokenStream::new(),
+            quote! {
+                /// Eats.
+                #[cfg(feature = "apples")]
+                #[deprecated]
+                #[allow(clippy::too_many_arguments)]
+                #[tracing::instrument]
+                fn eat(kind: String) {}
+            },
+        ));
+        let attributes = |attrs: &[Attribute]| -> Vec<String> {
+            attrs
+                .iter()
+                .map(|a| a.path().to_token_stream().to_string().replace(' ', ""))
+                .collect()
+        };
+        let (mut on_struct, mut on_run, mut on_call) = (None, None, None);
+        for item in &items {
+            match item {
+                syn::Item::Struct(s) => on_struct = Some(attributes(&s.attrs)),
+                syn::Item::Fn(f) => on_call = Some(attributes(&f.attrs)),
+                syn::Item::Impl(i) if i.trait_.is_none() => match &i.items[0] {
+                    syn::ImplItem::Fn(run) => on_run = Some(attributes(&run.attrs)),
+                    _ => unreachable!(),
+                },
+                syn::Item::Impl(i) => assert_eq!(attributes(&i.attrs), ["cfg"]),
+                syn::Item::Macro(m) => assert_eq!(attributes(&m.attrs), ["cfg"]),
+                syn::Item::Const(c) => assert_eq!(attributes(&c.attrs), ["cfg"]),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            on_struct.unwrap(),
+            ["doc", "cfg", "allow", "derive", "serde"]
+        );
+        assert_eq!(on_run.unwrap(), ["doc", "allow", "tracing::instrument"]);
+        assert_eq!(on_call.unwrap(), ["doc", "cfg", "deprecated", "allow"]);
     }
 }

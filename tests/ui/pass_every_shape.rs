@@ -1,5 +1,7 @@
 //! Every supported shape of task compiles: arguments, supplied parameters, return types,
-//! async and plain functions, visibility, attributes and `cfg`.
+//! async and plain functions, visibility, attributes and `cfg`, without a warning.
+
+#![deny(warnings)]
 
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +59,13 @@ async fn follow_up(job_id: pq::JobId, previous: pq::JobId) {
     println!("{job_id} follows {previous}");
 }
 
+/// Deprecation warns the callers of the call function, not the generated code.
+#[deprecated = "eat apples instead"]
+#[pq::task]
+fn old_eat(kind: String) {
+    let _ = kind;
+}
+
 #[cfg(any())]
 #[pq::task]
 fn never_compiled(x: NoSuchType) {}
@@ -106,6 +115,8 @@ fn main() {
     let _ = shadows("a".into(), "b".into(), 1);
     let _ = follow_up(pq::JobId::from(7));
     let _ = nested::inside(1);
+    #[allow(deprecated)]
+    let _ = old_eat("Cox".into());
 
     // The bodies stay callable without a database.
     tally::run(pq::JobId::from(1), 2);
@@ -113,7 +124,7 @@ fn main() {
     nested::inside::run(1).unwrap();
 
     let registry = pq::Registry::from_inventory().expect("no duplicate names");
-    assert_eq!(registry.len(), 7);
+    assert_eq!(registry.len(), 8);
     assert_eq!(
         registry.get("fruit::weigh").unwrap().options.retry_in,
         std::time::Duration::ZERO

@@ -2,6 +2,8 @@
 //! blocking thread, handing it the context or the job id it asks for. No database is needed:
 //! the handle connects lazily and is never used.
 
+#![deny(warnings)]
+
 use std::sync::atomic::{AtomicI64, Ordering};
 
 static LAST_SEEN: AtomicI64 = AtomicI64::new(0);
