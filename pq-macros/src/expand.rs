@@ -247,10 +247,15 @@ fn execute(task: &syn::Ident, signature: &Signature) -> TokenStream {
         },
         None => quote!(::pq::__private::IntoTaskResult::into_task_result),
     };
-    let run = if signature.is_async {
-        quote!(async move { #into_task_result(#call.await) })
+    let run = if let Some(asyncness) = &signature.asyncness {
+        // Spanned on the function's `async`, where a body that is not `Send` is reported.
+        quote_spanned! {asyncness.span=>
+            ::std::boxed::Box::pin(async move { #into_task_result(#call.await) })
+        }
     } else {
-        quote!(::pq::__private::run_blocking(move || #into_task_result(#call)))
+        quote! {
+            ::std::boxed::Box::pin(::pq::__private::run_blocking(move || #into_task_result(#call)))
+        }
     };
     quote! {
         fn execute(
@@ -258,7 +263,7 @@ fn execute(task: &syn::Ident, signature: &Signature) -> TokenStream {
             #ctx_param: ::pq::TaskContext,
         ) -> ::pq::__private::BoxFuture<'static, ::pq::__private::TaskResult> {
             let #task { #(#names),* } = self;
-            ::std::boxed::Box::pin(#run)
+            #run
         }
     }
 }

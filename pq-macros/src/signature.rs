@@ -1,6 +1,6 @@
 //! What a task function takes and returns.
 
-use syn::{FnArg, GenericArgument, Ident, Pat, PatType, PathArguments, ReturnType, Type};
+use syn::{FnArg, GenericArgument, Ident, Pat, PatType, PathArguments, ReturnType, Token, Type};
 
 use crate::errors::Errors;
 
@@ -12,8 +12,8 @@ pub(crate) struct Signature {
     pub(crate) arguments: Vec<Argument>,
     /// The written return type; `None` for `()`.
     pub(crate) output: Option<Type>,
-    /// `async fn`, or a plain function to run on a blocking thread.
-    pub(crate) is_async: bool,
+    /// The `async` of an `async fn`; `None` for a plain function, run on a blocking thread.
+    pub(crate) asyncness: Option<Token![async]>,
 }
 
 /// A first parameter that is not stored in the job but supplied by the worker.
@@ -118,7 +118,7 @@ impl Signature {
             supplied,
             arguments,
             output,
-            is_async: signature.asyncness.is_some(),
+            asyncness: signature.asyncness,
         }
     }
 }
@@ -245,7 +245,7 @@ mod tests {
         .unwrap();
         assert_eq!(signature.supplied, Some(Supplied::TaskContext));
         assert_eq!(names(&signature), ["kind", "count"]);
-        assert!(signature.is_async);
+        assert!(signature.asyncness.is_some());
         assert!(signature.output.is_some());
     }
 
@@ -254,7 +254,7 @@ mod tests {
         let signature = parse(parse_quote!(fn tally(id: JobId, n: i64))).unwrap();
         assert_eq!(signature.supplied, Some(Supplied::JobId));
         assert_eq!(names(&signature), ["n"]);
-        assert!(!signature.is_async);
+        assert!(signature.asyncness.is_none());
         assert!(signature.output.is_none());
     }
 
