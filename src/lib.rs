@@ -28,6 +28,21 @@ pub use pq_core::*;
 pub use pq_macros::task;
 pub use pq_worker::*;
 
+/// The `pq` command-line tool's commands, to embed in your own binary, which then also offers
+/// `work` with its own registered tasks. Needs the `cli` feature.
+///
+/// ```no_run
+/// #[pq::task]
+/// async fn eat(kind: String) {}
+///
+/// #[tokio::main]
+/// async fn main() -> anyhow::Result<()> {
+///     pq::cli::run().await // `my-app status`, `my-app jobs list --state failed`, `my-app work`...
+/// }
+/// ```
+#[cfg(feature = "cli")]
+pub use pq_cli as cli;
+
 /// The README's examples, compiled as doc tests so that they stay true.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use anyhow::{bail, Context as _};
 use pq_core::{Admin, Enqueue, JobId, JobInfo, JobState, NewJob, Pq};
-use pq_worker::{Registry, TaskContext, Worker};
+use pq_worker::{Registry, Worker};
 use serde_json::json;
 
 use crate::args::{ids, Cli, Command, Filter, Jobs};
@@ -442,10 +442,7 @@ async fn enqueue(
             );
         };
         default_queue = definition.options.queue;
-        // The handler decodes the arguments before it returns the (not yet started) body,
-        // which is dropped unpolled: nothing runs.
-        let ctx = TaskContext::new(pq.clone(), JobId(0), task, queue.unwrap_or(default_queue));
-        if let Err(error) = (definition.handler)(ctx, args) {
+        if let Err(error) = (definition.check_arguments)(args) {
             bail!("{error}");
         }
     }

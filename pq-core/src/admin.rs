@@ -156,7 +156,7 @@ pub struct JobInfo {
 impl JobInfo {
     fn from_row(row: &PgRow) -> Result<Self> {
         let id: i64 = row.try_get("id")?;
-        let decode = |source| Error::Decode { id, source };
+        let decode = |error| Error::Decode { id, error };
         let data: String = row.try_get("data")?;
         let state: String = row.try_get("state")?;
         let errors: Option<String> = row.try_get("errors")?;

@@ -1,11 +1,14 @@
 //! pq's error type.
+//!
+//! Each message is complete on its own, cause included, so printing it with `{}` says it all;
+//! only [`Error::Database`] also exposes sqlx's error as its source.
 
 /// What can go wrong in pq. Match on the variant; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The database refused a statement or could not be reached.
-    #[error("database error: {0}")]
+    #[error(transparent)]
     Database(#[from] sqlx::Error),
 
     /// A schema or table name that pq will not use.
@@ -39,28 +42,26 @@ pub enum Error {
 
     /// A value that could not be turned into JSON (a map with non-string keys, say).
     #[error("cannot encode the job's data as JSON: {0}")]
-    Encode(#[source] serde_json::Error),
+    Encode(serde_json::Error),
 
     /// A job's JSON data that does not decode into the requested type.
-    #[error("cannot decode the data of job {id}: {source}")]
+    #[error("cannot decode the data of job {id}: {error}")]
     Decode {
         /// The job.
         id: i64,
         /// What serde said.
-        #[source]
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
 
     /// A migration failed; nothing of it was applied.
-    #[error("migration {version} ({name}) failed: {source}")]
+    #[error("migration {version} ({name}) failed: {error}")]
     Migration {
         /// The migration's version.
         version: i64,
         /// The migration's file name.
         name: &'static str,
         /// The database's error.
-        #[source]
-        source: sqlx::Error,
+        error: sqlx::Error,
     },
 }
 

@@ -97,9 +97,9 @@ impl Job {
     /// # Ok(()) }
     /// ```
     pub fn data<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_str(&self.data).map_err(|source| Error::Decode {
+        serde_json::from_str(&self.data).map_err(|error| Error::Decode {
             id: self.id.0,
-            source,
+            error,
         })
     }
 

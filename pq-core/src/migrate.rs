@@ -62,10 +62,10 @@ pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {
         let rendered = render_migration(migration.sql, &sql.table);
         tx.execute(&*rendered)
             .await
-            .map_err(|source| Error::Migration {
+            .map_err(|error| Error::Migration {
                 version: migration.version,
                 name: migration.name,
-                source,
+                error,
             })?;
         tx.execute(
             sqlx::query(&format!(

@@ -19,6 +19,8 @@ pub struct TaskDefinition {
     pub location: &'static str,
     /// Decodes the arguments and runs the body.
     pub handler: Handler,
+    /// Checks that JSON arguments decode for this task, without running it.
+    pub check_arguments: fn(&str) -> Result<(), TaskError>,
 }
 
 impl TaskDefinition {
@@ -29,21 +31,29 @@ impl TaskDefinition {
             options: T::OPTIONS,
             location,
             handler: handle::<T>,
+            check_arguments: check_arguments::<T>,
         }
     }
+}
+
+fn decode<T: Task>(args: &str) -> Result<T, TaskError> {
+    serde_json::from_str(args).map_err(|e| {
+        TaskError::new(format!(
+            "cannot decode the arguments of task `{}`: {e}",
+            T::NAME
+        ))
+    })
 }
 
 fn handle<T: Task>(
     ctx: TaskContext,
     args: &str,
 ) -> Result<BoxFuture<'static, TaskResult>, TaskError> {
-    let args: T = serde_json::from_str(args).map_err(|e| {
-        TaskError::new(format!(
-            "cannot decode the arguments of task `{}`: {e}",
-            T::NAME
-        ))
-    })?;
-    Ok(args.execute(ctx))
+    Ok(decode::<T>(args)?.execute(ctx))
+}
+
+fn check_arguments<T: Task>(args: &str) -> Result<(), TaskError> {
+    decode::<T>(args).map(drop)
 }
 
 inventory::collect!(TaskDefinition);
