@@ -38,8 +38,14 @@ pub enum Failure {
     GiveUp,
 }
 
+/// The longest lease or retry delay pq hands to PostgreSQL: as good as never. Without a bound,
+/// `statement_timestamp()` plus `Duration::MAX` is out of PostgreSQL's range, the statement fails
+/// on every try, and a worker retrying it stalls (pq-faults' bad input found both a lease that
+/// never claimed and a `retry_in` that stopped a worker recording outcomes).
+const MAX_DELAY: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
+
 fn micros(duration: Duration) -> i64 {
-    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+    i64::try_from(duration.min(MAX_DELAY).as_micros()).unwrap_or(i64::MAX)
 }
 
 fn columns(claims: &[Claim]) -> (Vec<i64>, Vec<i32>) {
@@ -107,6 +113,8 @@ impl Pq {
     /// Records a failed attempt with its error, then queues the job again or gives it up.
     /// Returns whether the claim still held.
     pub async fn fail(&self, claim: Claim, error: &str, then: Failure) -> Result<bool> {
+        // PostgreSQL's text cannot hold NUL: a message with one would be refused on every try.
+        let error = error.replace('\0', "\\0");
         let (ids_column, attempts) = columns(&[claim]);
         let retry_in = match then {
             Failure::RetryIn(delay) => Some(micros(delay)),
@@ -115,7 +123,7 @@ impl Pq {
         let rows = sqlx::query(&self.sql().fail)
             .bind(ids_column)
             .bind(attempts)
-            .bind(error)
+            .bind(&error)
             .bind(retry_in)
             .fetch_all(self.pool())
             .await?;

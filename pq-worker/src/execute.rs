@@ -48,18 +48,25 @@ impl Outcome {
     }
 }
 
-/// Runs `job` and returns its outcome; never panics, whatever the handler does.
-pub(crate) async fn execute(pq: &Pq, registry: &Registry, job: Job) -> Outcome {
+/// Runs `job` and returns its outcome; never panics, whatever the handler does. A job whose
+/// handler used its transaction is completed there, deleted or kept `done` as `keep_completed`
+/// says, like every other job.
+pub(crate) async fn execute(
+    pq: &Pq,
+    registry: &Registry,
+    job: Job,
+    keep_completed: bool,
+) -> Outcome {
     let task = job.task().unwrap_or_default().to_owned();
     let queue = job.queue().to_owned();
     metrics::job_started(&task, &queue, metrics::queue_latency(&job));
     let started = Instant::now();
-    let outcome = dispatch(pq, registry, job).await;
+    let outcome = dispatch(pq, registry, job, keep_completed).await;
     metrics::job_finished(&task, &queue, outcome.metric(), started.elapsed());
     outcome
 }
 
-async fn dispatch(pq: &Pq, registry: &Registry, job: Job) -> Outcome {
+async fn dispatch(pq: &Pq, registry: &Registry, job: Job, keep_completed: bool) -> Outcome {
     let claim = Claim::of(&job);
     let Some(name) = job.task() else {
         return give_up(
@@ -81,10 +88,18 @@ async fn dispatch(pq: &Pq, registry: &Registry, job: Job) -> Outcome {
         queue = job.queue(),
         attempt = claim.attempt,
     );
-    run(pq, definition, job, claim).instrument(span).await
+    run(pq, definition, job, claim, keep_completed)
+        .instrument(span)
+        .await
 }
 
-async fn run(pq: &Pq, definition: &TaskDefinition, job: Job, claim: Claim) -> Outcome {
+async fn run(
+    pq: &Pq,
+    definition: &TaskDefinition,
+    job: Job,
+    claim: Claim,
+    keep_completed: bool,
+) -> Outcome {
     let options = definition.options;
     let runs = options.max_retries.saturating_add(1);
     if claim.attempt > runs {
@@ -118,7 +133,7 @@ async fn run(pq: &Pq, definition: &TaskDefinition, job: Job, claim: Claim) -> Ou
                 tracing::debug!(?elapsed, "pq: job succeeded");
                 Outcome::Succeeded(claim)
             }
-            Some(tx) => commit_with_completion(pq, tx, claim, elapsed).await,
+            Some(tx) => commit_with_completion(pq, tx, claim, keep_completed, elapsed).await,
         },
         Err(error) => {
             // The handler's own writes, if any, are rolled back with its transaction.
@@ -139,9 +154,10 @@ async fn commit_with_completion(
     pq: &Pq,
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     claim: Claim,
+    keep_completed: bool,
     elapsed: Duration,
 ) -> Outcome {
-    let completed = pq.complete(&mut *tx, &[claim], false).await;
+    let completed = pq.complete(&mut *tx, &[claim], keep_completed).await;
     let committed = match completed {
         Ok(ids) if ids.contains(&claim.id) => tx.commit().await.map_err(pq_core::Error::from),
         Ok(_) => {

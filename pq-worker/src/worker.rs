@@ -107,9 +107,14 @@ impl Worker {
 
     /// How long a claimed job stays reserved for this worker without renewal (default 30 s). The
     /// worker renews every third of it, so a job may run longer; if the worker dies, its jobs
-    /// return to the queue this long after its last renewal.
+    /// return to the queue this long after its last renewal. At least 300 ms, at most a year.
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease.max(Duration::from_millis(300));
+        // Bounded above so that the renewal and rescue timers (a third and half of it) stay
+        // within what a clock can add: `Duration::MAX` would make them panic.
+        self.lease = lease.clamp(
+            Duration::from_millis(300),
+            Duration::from_secs(365 * 86_400),
+        );
         self
     }
 
@@ -357,8 +362,9 @@ impl Run {
         let pq = self.pq.clone();
         let registry = Arc::clone(&self.registry);
         let outcomes = outcomes.clone();
+        let keep_completed = self.keep_completed;
         jobs.spawn(async move {
-            let outcome = execute(&pq, &registry, job).await;
+            let outcome = execute(&pq, &registry, job, keep_completed).await;
             drop(permit);
             // The completer outlives every job task, so the send fails only at a hard stop,
             // and then the claim stays in flight and is released.
