@@ -251,6 +251,16 @@ impl NewJob {
     }
 }
 
+impl NewJob {
+    /// Refuses what the database would choke on: delays beyond [`crate::when::MAX_DELAY`].
+    pub(crate) fn check(&self) -> Result<()> {
+        for when in [self.schedule_at, self.expected_at].into_iter().flatten() {
+            when.checked()?;
+        }
+        Ok(())
+    }
+}
+
 /// Any non-empty name that PostgreSQL's `text` can hold.
 pub(crate) fn check_queue_name(name: &str) -> Result<()> {
     let reason = if name.is_empty() {

@@ -30,4 +30,4 @@ pub use migrate::{Migration, MIGRATIONS};
 pub use pq::{Pq, PqBuilder, DEFAULT_GET_TIMEOUT};
 pub use queue::{Put, PutMany, Queue};
 pub use transaction::Transaction;
-pub use when::{parse_duration, IntoWhen, When};
+pub use when::{parse_duration, IntoWhen, When, MAX_DELAY};

@@ -322,6 +322,7 @@ pub(crate) async fn insert<'e>(
     executor: impl PgExecutor<'e>,
     job: NewJob,
 ) -> Result<JobId> {
+    job.check()?;
     let id: i64 = sqlx::query_scalar(&sql.put)
         .bind(&job.queue)
         .bind(&job.task)
@@ -399,6 +400,9 @@ pub(crate) async fn insert_many<'e>(
 ) -> Result<Vec<JobId>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
+    }
+    for job in jobs {
+        job.check()?;
     }
     let column = |f: fn(&NewJob) -> Option<When>| jobs.iter().map(f).collect::<Vec<_>>();
     let schedule = column(|j| j.schedule_at);

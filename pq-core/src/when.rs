@@ -28,7 +28,22 @@ pub enum When {
     In(std::time::Duration),
 }
 
+/// The longest delay pq accepts: a thousand years. Longer ones are surely mistakes, and would
+/// overflow PostgreSQL's timestamps.
+pub const MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(1000 * 365 * 24 * 3600);
+
 impl When {
+    /// This moment, or [`Error::InvalidTime`] if it is a delay longer than [`MAX_DELAY`].
+    pub(crate) fn checked(self) -> Result<Self> {
+        match self {
+            When::In(delay) if delay > MAX_DELAY => Err(Error::InvalidTime {
+                input: format!("{delay:?}"),
+                reason: "a delay cannot be longer than a thousand years".into(),
+            }),
+            when => Ok(when),
+        }
+    }
+
     /// The absolute time, if this is one.
     pub(crate) fn at(self) -> Option<DateTime<Utc>> {
         match self {

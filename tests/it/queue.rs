@@ -698,3 +698,23 @@ async fn a_claimed_batch_comes_in_dequeue_order() {
     assert_eq!(ids, [early, late, plain]);
     assert!(jobs.iter().all(|j| j.attempts() == 1));
 }
+
+#[tokio::test]
+async fn an_absurd_delay_is_refused_before_it_reaches_the_database() {
+    let db = TestDb::new().await;
+    let queue = db.pq.queue("absurd");
+    let forever = Duration::from_secs(u64::MAX);
+    for err in [
+        queue.put(&1).schedule_at(forever).await.unwrap_err(),
+        queue.put(&1).expected_at("2000y").await.unwrap_err(),
+        queue
+            .put_many(&[1, 2])
+            .schedule_at(forever)
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(matches!(err, pq::Error::InvalidTime { .. }), "{err}");
+        assert!(err.to_string().contains("thousand years"), "{err}");
+    }
+    assert_eq!(count_rows(&db).await, 0);
+}
