@@ -205,6 +205,16 @@ fn duration(key: Key, value: &Expr, errors: &mut Errors) -> Option<Duration> {
     let string = string(key, value, errors)?;
     let text = string.value();
     match humantime::parse_duration(&text) {
+        // pq-core's `MAX_DELAY`: longer delays overflow PostgreSQL's timestamps.
+        Ok(duration) if duration > Duration::from_secs(1000 * 365 * 24 * 3600) => {
+            errors.spanned(
+                &string,
+                format!(
+                    "invalid duration {text:?}: a duration cannot be longer than a thousand years"
+                ),
+            );
+            None
+        }
         Ok(duration) => Some(duration),
         Err(error) => {
             errors.spanned(

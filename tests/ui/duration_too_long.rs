@@ -1,0 +1,6 @@
+#[pq::task(retry_in = "2000y")]
+fn eat(kind: String) {
+    println!("{kind}");
+}
+
+fn main() {}
