@@ -9,6 +9,7 @@ use sqlx::Row;
 use crate::error::Result;
 use crate::job::{check_queue_name, Job, JobId};
 use crate::pq::Pq;
+use crate::when::MAX_DELAY;
 
 /// A job's attempt as claimed: the fence for everything done to it afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,12 +39,10 @@ pub enum Failure {
     GiveUp,
 }
 
-/// The longest lease or retry delay pq hands to PostgreSQL: as good as never. Without a bound,
-/// `statement_timestamp()` plus `Duration::MAX` is out of PostgreSQL's range, the statement fails
-/// on every try, and a worker retrying it stalls (pq-faults' bad input found both a lease that
-/// never claimed and a `retry_in` that stopped a worker recording outcomes).
-const MAX_DELAY: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
-
+/// A lease or retry delay in microseconds, at most [`MAX_DELAY`]: as good as never. Without the
+/// bound, `statement_timestamp()` plus `Duration::MAX` is out of PostgreSQL's range, the
+/// statement fails on every try, and a worker retrying it stalls (pq-faults' bad input found
+/// both a lease that never claimed and a retry delay that stopped a worker recording outcomes).
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.min(MAX_DELAY).as_micros()).unwrap_or(i64::MAX)
 }

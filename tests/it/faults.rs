@@ -36,8 +36,9 @@ async fn fail_with(message: String) -> Result<(), String> {
     Err(message)
 }
 
-#[pq::task(queue = "faults", max_retries = 1, retry_in = "1000000y")]
-async fn retry_in_a_million_years() -> Result<(), String> {
+/// Nearly the longest `retry_in` the attribute allows (a thousand years, `pq::MAX_DELAY`).
+#[pq::task(queue = "faults", max_retries = 1, retry_in = "999y")]
+async fn retry_in_centuries() -> Result<(), String> {
     Err("the first run fails".into())
 }
 
@@ -135,10 +136,10 @@ async fn an_error_message_with_a_nul_is_recorded_and_the_worker_carries_on() {
 }
 
 #[tokio::test]
-async fn an_absurd_retry_delay_puts_the_retry_off_and_blocks_nothing() {
+async fn a_retry_centuries_away_is_put_off_and_blocks_nothing() {
     let db = TestDb::new().await;
     let effects = effects_table(&db).await;
-    let far = retry_in_a_million_years().enqueue(&db.pq).await.unwrap();
+    let far = retry_in_centuries().enqueue(&db.pq).await.unwrap();
     let ok = record_in_transaction(effects.clone())
         .enqueue(&db.pq)
         .await
@@ -181,6 +182,11 @@ async fn absurd_and_negative_times_are_refused_and_write_nothing() {
             .await,
         call()
             .schedule_at("99999999999999999999y")
+            .enqueue(&db.pq)
+            .await,
+        call().schedule_at(Duration::MAX).enqueue(&db.pq).await,
+        call()
+            .expected_at(Duration::from_secs(300_000 * 365 * 86_400))
             .enqueue(&db.pq)
             .await,
     ];
