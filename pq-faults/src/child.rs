@@ -1,0 +1,150 @@
+//! The processes the suite starts: `pq-faults worker` runs a `pq::Worker` over the suite's
+//! tasks; `pq-faults producer` enqueues jobs and writes a ledger of what it enqueued.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use pq::{Pq, Worker};
+
+use crate::flags::Flags;
+use crate::rng::Rng;
+use crate::tasks;
+
+/// Keys of producer `p` are `p * KEY_SPACE + seq`: unique across producers.
+pub const KEY_SPACE: i64 = 1_000_000_000;
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// Logs pq's warnings and errors (and the worker's start and stop) to stderr, which the suite
+/// sends to a log file per process.
+fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// `pq-faults worker --url U --schema S [--concurrency 8] [--lease-ms 30000] [--poll-ms 5000]
+/// [--grace-ms 30000] [--keep-completed] [--queue Q]...`: works until SIGTERM or SIGINT and
+/// exits 0 once every job it took has finished or been returned.
+pub fn worker(args: &[String]) -> Result<()> {
+    let flags = Flags::parse(args, &["keep-completed"])?;
+    flags.only(&[
+        "url",
+        "schema",
+        "concurrency",
+        "lease-ms",
+        "poll-ms",
+        "grace-ms",
+        "keep-completed",
+        "queue",
+    ])?;
+    let url = flags.required("url")?.to_owned();
+    let schema = flags.parsed("schema", tasks::SCHEMA.to_owned())?;
+    let concurrency: usize = flags.parsed("concurrency", 8)?;
+    let millis = |key, default| flags.parsed(key, default).map(Duration::from_millis);
+    let lease = millis("lease-ms", 30_000)?;
+    let poll = millis("poll-ms", 5_000)?;
+    let grace = millis("grace-ms", 30_000)?;
+    let mut queues = flags.all("queue").to_vec();
+    if queues.is_empty() {
+        queues.push(tasks::QUEUE.to_owned());
+    }
+    log_to_stderr();
+    tasks::use_schema(&schema);
+    runtime()?.block_on(async move {
+        // Lazy: a worker started while the database is down waits for it instead of exiting.
+        let pq = Pq::builder()
+            .schema(&schema)
+            .max_connections(u32::try_from(concurrency).unwrap_or(64) + 4)
+            .connect_lazy(&url)?;
+        Worker::new(pq)
+            .queues(queues)
+            .concurrency(concurrency)
+            .lease(lease)
+            .poll_interval(poll)
+            .grace_period(grace)
+            .keep_completed(flags.is_set("keep-completed"))
+            .run()
+            .await?;
+        eprintln!("pq-faults worker {}: exited cleanly", std::process::id());
+        Ok(())
+    })
+}
+
+/// `pq-faults producer --url U --schema S --producer P --jobs N --ledger FILE [--rate R]
+/// [--work-ms M] [--deadline-s D]`: enqueues up to N jobs, alternately `transactional` and
+/// `plain`, R a second (0: as fast as it can), each with a random work time up to M ms. Every
+/// call is written to the ledger: `ok KEY JOB_ID MICROS` or `err KEY MICROS MESSAGE`. A failed
+/// call is not retried (its key is "uncertain": the job may exist if the failure came after
+/// the commit); the producer moves on to the next key after a short pause.
+pub fn producer(args: &[String]) -> Result<()> {
+    let flags = Flags::parse(args, &[])?;
+    flags.only(&[
+        "url",
+        "schema",
+        "producer",
+        "jobs",
+        "ledger",
+        "rate",
+        "work-ms",
+        "deadline-s",
+    ])?;
+    let url = flags.required("url")?.to_owned();
+    let schema = flags.parsed("schema", tasks::SCHEMA.to_owned())?;
+    let producer: i64 = flags.parsed("producer", 0)?;
+    let jobs: i64 = flags.parsed("jobs", 1000)?;
+    let ledger = PathBuf::from(flags.required("ledger")?);
+    let rate: f64 = flags.parsed("rate", 0.0)?;
+    let work_ms: u32 = flags.parsed("work-ms", 0)?;
+    let deadline = Duration::from_secs(flags.parsed("deadline-s", 600)?);
+    log_to_stderr();
+    runtime()?.block_on(async move {
+        let pq = Pq::builder()
+            .schema(&schema)
+            .max_connections(2)
+            .connect_lazy(&url)?;
+        let file = std::fs::File::create(&ledger)
+            .with_context(|| format!("cannot create {}", ledger.display()))?;
+        let mut ledger = std::io::BufWriter::new(file);
+        let mut rng = Rng::new(producer as u64 ^ u64::from(std::process::id()));
+        let start = Instant::now();
+        for seq in 0..jobs {
+            if rate > 0.0 {
+                let due = start + Duration::from_secs_f64(seq as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            if start.elapsed() > deadline {
+                eprintln!("producer {producer}: deadline reached after {seq} jobs");
+                break;
+            }
+            let key = producer * KEY_SPACE + seq;
+            let work = rng.below(u64::from(work_ms) + 1) as u32;
+            let called = Instant::now();
+            let result = if seq % 2 == 0 {
+                tasks::transactional(key, work).enqueue(&pq).await
+            } else {
+                tasks::plain(key, work).enqueue(&pq).await
+            };
+            let micros = called.elapsed().as_micros();
+            match result {
+                Ok(id) => writeln!(ledger, "ok {key} {id} {micros}")?,
+                Err(error) => {
+                    let message = error.to_string().replace('\n', " ");
+                    writeln!(ledger, "err {key} {micros} {message}")?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        ledger.flush()?;
+        Ok(())
+    })
+}

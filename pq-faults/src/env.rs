@@ -1,0 +1,175 @@
+//! A scenario's surroundings: its own PostgreSQL server with the queue and effects tables, the
+//! processes it starts, and the waits every scenario needs.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use pq::Pq;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::account::{Accounting, Duplicates, Ledger};
+use crate::procs::{Fleet, Proc};
+use crate::report::Report;
+use crate::server::Server;
+use crate::tasks;
+
+pub struct Env {
+    pub server: Server,
+    /// The suite's own connections: counting, disturbing, checking.
+    pub db: PgPool,
+    pub pq: Pq,
+    pub fleet: Fleet,
+    pub logs: PathBuf,
+    /// The queue table, quoted and qualified.
+    pub table: String,
+    pub effects: String,
+}
+
+impl Env {
+    /// Starts a server for scenario `name`, creates the tables, and logs into `logs`.
+    pub async fn start(name: &str, logs: &Path) -> Result<Env> {
+        std::fs::create_dir_all(logs)?;
+        let server = Server::start(name).await?;
+        let url = server.url();
+        let db = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await?;
+        let pq = Pq::builder()
+            .schema(tasks::SCHEMA)
+            .max_connections(4)
+            .connect(&url)
+            .await?;
+        pq.create().await?;
+        sqlx::query(&tasks::create_effects(tasks::SCHEMA))
+            .execute(&db)
+            .await?;
+        tasks::use_schema(tasks::SCHEMA);
+        Ok(Env {
+            fleet: Fleet::new(&url, tasks::SCHEMA, logs)?,
+            table: pq.table(),
+            effects: tasks::effects_table(tasks::SCHEMA),
+            server,
+            db,
+            pq,
+            logs: logs.to_owned(),
+        })
+    }
+
+    /// How many jobs match `condition` (SQL over the queue table's columns).
+    pub async fn count(&self, condition: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {} WHERE {condition}",
+            self.table
+        ))
+        .fetch_one(&self.db)
+        .await?)
+    }
+
+    /// Waits for every producer to finish (at most `timeout`) and reads their ledgers. Returns
+    /// the ledger and the deepest the queue got meanwhile.
+    pub async fn wait_producers(
+        &self,
+        producers: &mut [Proc],
+        timeout: Duration,
+    ) -> Result<(Ledger, i64)> {
+        let deadline = Instant::now() + timeout;
+        let mut deepest = 0;
+        loop {
+            if producers.iter_mut().all(|p| p.exited().is_some()) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("producers still running after {timeout:?}");
+            }
+            if let Ok(depth) = self.count("state = 'queued'").await {
+                deepest = deepest.max(depth);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let mut ledger = Ledger::default();
+        for producer in producers.iter_mut() {
+            let status = producer.wait(Duration::from_secs(1)).await?;
+            if !status.success() {
+                bail!(
+                    "{} exited with {status}; see {}",
+                    producer.name,
+                    self.logs.display()
+                );
+            }
+            if let Some(path) = &producer.ledger {
+                ledger.read(path)?;
+            }
+        }
+        Ok((ledger, deepest))
+    }
+
+    /// Waits until no job is queued or running (at most `timeout`), riding out database errors.
+    pub async fn wait_drained(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(0) = self.count("state IN ('queued', 'running')").await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let left = self.count("state IN ('queued', 'running')").await.ok();
+                bail!("jobs still queued or running after {timeout:?}: {left:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Sends SIGTERM to every worker and waits for each to exit; each must exit 0 within its
+    /// grace period (plus slack). Returns the slowest exit.
+    pub async fn stop_workers(
+        &self,
+        workers: &mut Vec<Proc>,
+        report: &mut Report,
+    ) -> Result<Duration> {
+        let started = Instant::now();
+        for worker in workers.iter() {
+            worker.signal("TERM")?;
+        }
+        let mut slowest = Duration::ZERO;
+        for worker in workers.iter_mut() {
+            let status = worker.wait(Duration::from_secs(60)).await?;
+            slowest = slowest.max(started.elapsed());
+            report.check(
+                status.success(),
+                format!(
+                    "{} (pid {}) exited with {status} after SIGTERM",
+                    worker.name, worker.pid
+                ),
+            );
+        }
+        workers.clear();
+        Ok(slowest)
+    }
+
+    /// The final accounting, added to `report`. `kept`: the workers kept completed jobs.
+    pub async fn account(
+        &self,
+        ledger: &Ledger,
+        interrupted: &HashSet<u32>,
+        duplicates: Duplicates,
+        kept: bool,
+        report: &mut Report,
+    ) -> Result<Accounting> {
+        let account = Accounting::take(
+            &self.db,
+            &self.table,
+            &self.effects,
+            ledger,
+            interrupted,
+            duplicates,
+            kept,
+        )
+        .await?;
+        account.report(report, duplicates);
+        Ok(account)
+    }
+}

@@ -1,0 +1,241 @@
+//! A throwaway PostgreSQL server: `initdb` into a temporary folder, started on a free port of
+//! 127.0.0.1, stopped and deleted when dropped, also when a scenario fails or panics. Scenarios
+//! that stop, restart or disturb the database do it to this server, never to a shared one.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::process::Command;
+
+/// Where PostgreSQL's binaries are: `$PQ_FAULTS_PG_BIN`, else the newest
+/// `/usr/lib/postgresql/<version>/bin` (Debian's layout, which `.ci/ensure-postgres` installs).
+fn binaries() -> Result<PathBuf> {
+    if let Ok(dir) = std::env::var("PQ_FAULTS_PG_BIN") {
+        return Ok(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("no /usr/lib/postgresql: install PostgreSQL (bash .ci/ensure-postgres) or set PQ_FAULTS_PG_BIN")?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    match versions.pop() {
+        Some((_, bin)) => Ok(bin),
+        None => bail!("no PostgreSQL with initdb under /usr/lib/postgresql; set PQ_FAULTS_PG_BIN"),
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Whether this process runs as root, where initdb refuses to run and `runuser` is needed.
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+/// What differs from PostgreSQL's default configuration, printed with every scenario.
+///
+/// `synchronous_commit=off`: a commit returns before its WAL record is flushed. With the
+/// default, this machine's disk (a few ms a flush) caps the whole load at about 300 commits a
+/// second. It changes nothing the suite proves: commits are still atomic and visible at once,
+/// and no scenario crashes the server (a restart is `pg_ctl stop -m fast`, which flushes), so no
+/// acknowledged commit is ever lost here. fsync stays on.
+pub const SETTINGS: &str = "listen_addresses=127.0.0.1 synchronous_commit=off";
+
+/// One PostgreSQL server of our own.
+pub struct Server {
+    root: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    running: bool,
+}
+
+impl Server {
+    /// Creates a cluster in a fresh folder under the system's temporary folder and starts it.
+    /// Configuration is PostgreSQL's default except for [`SETTINGS`], and initdb runs with
+    /// `--no-sync` (the new cluster's files are not flushed to disk; nothing depends on that).
+    pub async fn start(label: &str) -> Result<Server> {
+        let root = std::env::temp_dir().join(format!("pq-faults-{}-{label}", std::process::id()));
+        if root.exists() {
+            std::fs::remove_dir_all(&root)?;
+        }
+        std::fs::create_dir_all(&root)?;
+        let mut server = Server {
+            root,
+            bin: binaries()?,
+            port: 0,
+            as_postgres: is_root(),
+            running: false,
+        };
+        if server.as_postgres {
+            run(Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&server.root))
+            .await?;
+        }
+        let data = server.data();
+        server
+            .run_pg(
+                "initdb",
+                &[
+                    "-D",
+                    path_str(&data)?,
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+            )
+            .await
+            .context("initdb")?;
+        // Another program may take the port between our look and the server's bind: try again.
+        let mut last = None;
+        for _ in 0..3 {
+            server.port = free_port()?;
+            match server.start_again().await {
+                Ok(()) => return Ok(server),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.expect("tried at least once"))
+    }
+
+    fn data(&self) -> PathBuf {
+        self.root.join("data")
+    }
+
+    /// The connection URL of the `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the stopped server again, on the same port.
+    pub async fn start_again(&mut self) -> Result<()> {
+        let mut options = format!("-p {} -k {}", self.port, path_str(&self.root)?);
+        for setting in SETTINGS.split(' ') {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
+        let data = self.data();
+        let log = self.root.join("postgres.log");
+        self.run_pg(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-l",
+                path_str(&log)?,
+                "-o",
+                &options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        )
+        .await
+        .with_context(|| format!("pg_ctl start; see {}", log.display()))?;
+        self.running = true;
+        Ok(())
+    }
+
+    /// Stops the server the way an operator restarting it does (`pg_ctl stop -m fast`: sessions
+    /// are disconnected, open transactions roll back, then a clean shutdown).
+    pub async fn stop(&mut self) -> Result<()> {
+        let data = self.data();
+        self.run_pg(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "60",
+                "stop",
+            ],
+        )
+        .await?;
+        self.running = false;
+        Ok(())
+    }
+
+    async fn run_pg(&self, program: &str, args: &[&str]) -> Result<()> {
+        let program = self.bin.join(program);
+        let mut command = if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        };
+        // The postgres user may not be allowed into the caller's folder.
+        command.args(args).current_dir(&self.root);
+        run(&mut command).await
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.running {
+            let program = self.bin.join("pg_ctl");
+            let data = self.data();
+            let mut command = if self.as_postgres {
+                let mut command = std::process::Command::new("runuser");
+                command.args(["-u", "postgres", "--"]).arg(program);
+                command
+            } else {
+                std::process::Command::new(program)
+            };
+            let _ = command
+                .arg("-D")
+                .arg(&data)
+                .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+                .current_dir(&self.root)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn path_str(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+async fn run(command: &mut Command) -> Result<()> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        command.stdin(Stdio::null()).kill_on_drop(true).output(),
+    )
+    .await
+    .context("timed out after 120 s")??;
+    if !output.status.success() {
+        bail!(
+            "{:?} failed ({}): {}{}",
+            command.as_std().get_program(),
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The suite's tasks. Each run that succeeds leaves one row in `effects`, so that counting rows
+//! per job tells how often its work happened: `plain` writes with a statement of its own (at
+//! least once), `transactional` writes in the job's transaction (exactly once).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use pq::TaskContext;
+
+/// The queue every task of the suite uses by default.
+pub const QUEUE: &str = "faults";
+
+/// The schema that holds the queue table and the effects table.
+pub const SCHEMA: &str = "faults";
+
+/// Creates the effects table, next to the queue table.
+pub fn create_effects(schema: &str) -> String {
+    format!(
+        "CREATE TABLE {} ( \
+           key bigint NOT NULL, job_id bigint NOT NULL, attempt int NOT NULL, pid int NOT NULL, \
+           kind text NOT NULL, enqueued_at timestamptz NOT NULL, note text, \
+           at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        effects_table(schema)
+    )
+}
+
+/// `"schema".effects`.
+pub fn effects_table(schema: &str) -> String {
+    format!("\"{}\".effects", schema.replace('"', "\"\""))
+}
+
+static RECORD: OnceLock<String> = OnceLock::new();
+
+/// Makes the tasks of this process write their effects into `schema`'s effects table.
+pub fn use_schema(schema: &str) {
+    let _ = RECORD.set(format!(
+        "INSERT INTO {} (key, job_id, attempt, pid, kind, enqueued_at, note) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        effects_table(schema)
+    ));
+}
+
+fn record<'q>(
+    ctx: &TaskContext,
+    key: i64,
+    kind: &'q str,
+    note: Option<String>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let sql = RECORD
+        .get()
+        .expect("use_schema is called before the worker runs");
+    sqlx::query(sql)
+        .bind(key)
+        .bind(ctx.job_id().0)
+        .bind(i32::try_from(ctx.attempt()).unwrap_or(i32::MAX))
+        .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
+        .bind(kind)
+        .bind(ctx.enqueued_at())
+        .bind(note)
+}
+
+/// Pretends to work for a while, so that jobs are in flight when a fault strikes.
+async fn work(millis: u32) {
+    if millis > 0 {
+        tokio::time::sleep(Duration::from_millis(millis.into())).await;
+    }
+}
+
+// `max_retries = 25`: a job that was running at several kills or outages still completes; one
+// lost on its last attempt would be failed, and counted as such.
+
+/// Works, then records its effect with a statement of its own: if the worker dies between that
+/// statement and the job's completion, the job runs again and the effect happens twice.
+#[pq::task(
+    queue = "faults",
+    name = "faults::plain",
+    max_retries = 25,
+    retry_in = "0s"
+)]
+pub async fn plain(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::Result<()> {
+    work(work_ms).await;
+    record(&ctx, key, "plain", None)
+        .execute(ctx.pq().pool())
+        .await?;
+    Ok(())
+}
+
+/// Works, then records its effect in the job's own transaction, which the worker commits with
+/// the job's completion: exactly once, whatever happens.
+#[pq::task(
+    queue = "faults",
+    name = "faults::transactional",
+    max_retries = 25,
+    retry_in = "0s"
+)]
+pub async fn transactional(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::Result<()> {
+    work(work_ms).await;
+    let mut tx = ctx.transaction().await?;
+    record(&ctx, key, "transactional", None)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Checks that the text it got is the one the enqueuer meant (`len` bytes, with or without a
+/// NUL), then records its effect in the job's transaction. One run only: a bad input fails once.
+#[pq::task(queue = "faults", name = "faults::text")]
+pub async fn text(
+    ctx: TaskContext,
+    key: i64,
+    text: String,
+    len: usize,
+    nul: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        text.len() == len,
+        "got {} bytes, expected {len}",
+        text.len()
+    );
+    anyhow::ensure!(text.contains('\0') == nul, "the NUL did not round-trip");
+    let mut tx = ctx.transaction().await?;
+    record(&ctx, key, "text", Some(format!("{len} bytes")))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Fails with `message`: bad input for the error column, which is text.
+#[pq::task(queue = "faults", name = "faults::fail")]
+pub async fn fail(message: String) -> Result<(), String> {
+    Err(message)
+}
