@@ -22,7 +22,7 @@ pub struct Ledger {
     pub slowest_ok: Duration,
     /// The slowest failed enqueue call: how fast an enqueue fails while the database is away.
     pub slowest_error: Duration,
-    /// A few of the errors, to show.
+    /// A few of the errors, each different, to show.
     pub error_samples: Vec<String>,
     /// Jobs meant to fail, with a piece of the error they must fail with.
     pub expected_failures: HashMap<i64, String>,
@@ -56,9 +56,9 @@ impl Ledger {
                     let micros = number()?;
                     self.uncertain.insert(key);
                     self.slowest_error = self.slowest_error.max(micros_to_duration(micros));
-                    if self.error_samples.len() < 3 {
-                        self.error_samples
-                            .push(fields.next().unwrap_or("").chars().take(160).collect());
+                    let message: String = fields.next().unwrap_or("").chars().take(160).collect();
+                    if self.error_samples.len() < 3 && !self.error_samples.contains(&message) {
+                        self.error_samples.push(message);
                     }
                 }
                 _ => anyhow::bail!("bad ledger line {line:?}"),

@@ -55,11 +55,16 @@ pub async fn restart(profile: &Profile, _seed: u64, logs: &Path) -> Result<Repor
         );
     }
     env.wait_drained(Duration::from_secs(120)).await?;
+    let listening = wait_for_listeners(&env, 4, Duration::from_secs(20)).await?;
     env.stop_workers(&mut workers, &mut report).await?;
     report.line(format!(
-        "database stopped with {running} jobs running, down {:.1} s, started again",
+        "database stopped with {running} jobs running, down {:.1} s, started again; afterwards {listening} of 4 workers LISTEN again",
         downtime.as_secs_f64()
     ));
+    report.check(
+        listening == 4,
+        format!("every worker LISTENs again ({listening} of 4)"),
+    );
     enqueue_failures(&ledger, &mut report);
     report.check(
         !ledger.uncertain.is_empty(),
@@ -160,16 +165,14 @@ fn check_alive(workers: &mut [Proc], report: &mut Report) {
 
 fn enqueue_failures(ledger: &Ledger, report: &mut Report) {
     report.line(format!(
-        "{} enqueue calls failed meanwhile, the slowest after {} ms (slowest success {} ms){}",
+        "{} enqueue calls failed meanwhile, the slowest after {} ms (slowest success {} ms)",
         ledger.uncertain.len(),
         ledger.slowest_error.as_millis(),
         ledger.slowest_ok.as_millis(),
-        ledger
-            .error_samples
-            .first()
-            .map(|e| format!(": {e}"))
-            .unwrap_or_default()
     ));
+    for error in &ledger.error_samples {
+        report.line(format!("  enqueue error: {error}"));
+    }
     // The pool gives up acquiring a connection after 5 s: "fail fast rather than hang".
     report.check(
         ledger.slowest_error < Duration::from_secs(7),
