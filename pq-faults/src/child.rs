@@ -15,7 +15,22 @@ use crate::tasks;
 /// Keys of producer `p` are `p * KEY_SPACE + seq`: unique across producers.
 pub const KEY_SPACE: i64 = 1_000_000_000;
 
+/// Exits this process when its standard input closes: the suite holds the other end, so a
+/// suite that died (even by SIGKILL) leaves no worker retrying against a server that is gone.
+/// A hard exit, like a crash: the suite's own signals (SIGTERM, SIGKILL) are what it tests.
+fn exit_with_the_suite() {
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        eprintln!(
+            "pq-faults child {}: the suite is gone, exiting",
+            std::process::id()
+        );
+        std::process::exit(3);
+    });
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
+    exit_with_the_suite();
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -63,6 +63,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Completes on SIGINT or SIGTERM, naming it.
+async fn interruption() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
 fn suite(args: &[String]) -> Result<ExitCode> {
     let flags = Flags::parse(args, &["keep-logs"])?;
     flags.only(&["profile", "scenario", "seed", "keep-logs"])?;
@@ -90,6 +105,7 @@ fn suite(args: &[String]) -> Result<ExitCode> {
     let keep_logs = flags.is_set("keep-logs");
     let logs = std::env::temp_dir().join(format!("pq-faults-logs-{}", std::process::id()));
 
+    server::reap_orphans();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -112,27 +128,23 @@ fn suite(args: &[String]) -> Result<ExitCode> {
         println!("\n== {name}: {what}");
         let scenario_logs: PathBuf = logs.join(name);
         let began = Instant::now();
-        let report = runtime.block_on(async {
-            let outcome = tokio::time::timeout(
-                profile.scenario_timeout,
-                run(&profile, seed, &scenario_logs),
-            )
-            .await;
-            match outcome {
-                Ok(Ok(report)) => report,
-                Ok(Err(error)) => {
-                    let mut report = Report::default();
-                    report.check(false, format!("{error:#}"));
-                    report
-                }
-                Err(_) => {
-                    let mut report = Report::default();
-                    report.check(
-                        false,
-                        format!("did not finish within {:?}", profile.scenario_timeout),
-                    );
-                    report
-                }
+        let (report, interrupted) = runtime.block_on(async {
+            let failure = |message: String| {
+                let mut report = Report::default();
+                report.check(false, message);
+                report
+            };
+            tokio::select! {
+                outcome = tokio::time::timeout(
+                    profile.scenario_timeout,
+                    run(&profile, seed, &scenario_logs),
+                ) => (match outcome {
+                    Ok(Ok(report)) => report,
+                    Ok(Err(error)) => failure(format!("{error:#}")),
+                    Err(_) => failure(format!("did not finish within {:?}", profile.scenario_timeout)),
+                }, false),
+                // Dropping the scenario's future runs its guards: processes killed, server stopped.
+                signal = interruption() => (failure(format!("interrupted by {signal}")), true),
             }
         });
         for line in &report.lines {
@@ -154,6 +166,9 @@ fn suite(args: &[String]) -> Result<ExitCode> {
                 "FAIL {name} ({secs:.1} s); logs in {}",
                 scenario_logs.display()
             );
+        }
+        if interrupted {
+            break;
         }
     }
     let _ = std::fs::remove_dir(&logs); // only if every scenario's logs were removed

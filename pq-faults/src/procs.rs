@@ -134,7 +134,8 @@ impl Fleet {
         args.extend(["--schema".to_owned(), self.schema.clone()]);
         let child = Command::new(&self.exe)
             .args(&args)
-            .stdin(Stdio::null())
+            // Held open by `child` and closed when it is dropped: the child exits then.
+            .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)

@@ -194,25 +194,62 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         if self.running {
-            let program = self.bin.join("pg_ctl");
-            let data = self.data();
-            let mut command = if self.as_postgres {
-                let mut command = std::process::Command::new("runuser");
-                command.args(["-u", "postgres", "--"]).arg(program);
-                command
-            } else {
-                std::process::Command::new(program)
-            };
-            let _ = command
-                .arg("-D")
-                .arg(&data)
-                .args(["-m", "immediate", "-w", "-t", "30", "stop"])
-                .current_dir(&self.root)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            stop_now(&self.bin, &self.root, self.as_postgres);
         }
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// `pg_ctl stop -m immediate` on the cluster in `root`, waiting for it, ignoring failures.
+fn stop_now(bin: &Path, root: &Path, as_postgres: bool) {
+    let program = bin.join("pg_ctl");
+    let mut command = if as_postgres {
+        let mut command = std::process::Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        std::process::Command::new(program)
+    };
+    let _ = command
+        .arg("-D")
+        .arg(root.join("data"))
+        .args(["-m", "immediate", "-w", "-t", "30", "stop"])
+        .current_dir(root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Stops and deletes the servers of earlier runs of the suite that died without cleaning up
+/// (killed with SIGKILL, say): folders `pq-faults-<pid>-<scenario>` whose process is gone.
+pub fn reap_orphans() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let Ok(bin) = binaries() else {
+        return;
+    };
+    let as_postgres = is_root();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("pq-faults-")) else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue; // pq-faults-logs-<pid>: kept on purpose
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let root = entry.path();
+        if root.join("data").join("postmaster.pid").exists() {
+            stop_now(&bin, &root, as_postgres);
+        }
+        println!(
+            "pq-faults: removed {} left by a run that died",
+            root.display()
+        );
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use pq::{Enqueue, NewJob, Pq};
 
-use super::{start_producers, start_workers, Profile};
+use super::{allowance, start_producers, start_workers, Profile};
 use crate::account::{Duplicates, Ledger};
 use crate::child::KEY_SPACE;
 use crate::env::Env;
@@ -266,11 +266,11 @@ pub async fn bad_input(profile: &Profile, _seed: u64, logs: &Path) -> Result<Rep
     check_injection(&env, &mut report).await?;
 
     let (produced, _) = env
-        .wait_producers(&mut producers, Duration::from_secs(120))
+        .wait_producers(&mut producers, allowance(profile.good_jobs))
         .await?;
     ledger.ok.extend(produced.ok);
     ledger.uncertain.extend(produced.uncertain);
-    env.wait_drained(Duration::from_secs(120)).await?;
+    env.wait_drained(allowance(profile.good_jobs)).await?;
     env.stop_workers(&mut workers, &mut report).await?;
     let big_effect: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {} WHERE note = $1",

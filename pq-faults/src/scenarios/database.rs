@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use super::{start_producers, start_workers, Profile};
+use super::{allowance, start_producers, start_workers, Profile};
 use crate::account::{Duplicates, Ledger};
 use crate::child::KEY_SPACE;
 use crate::env::Env;
@@ -45,7 +45,7 @@ pub async fn restart(profile: &Profile, _seed: u64, logs: &Path) -> Result<Repor
     let (ledger, _) = env
         .wait_producers(
             &mut producers,
-            profile.outage_spread + Duration::from_secs(120),
+            profile.outage_spread + allowance(profile.outage_jobs),
         )
         .await?;
     for worker in &mut workers {
@@ -54,7 +54,7 @@ pub async fn restart(profile: &Profile, _seed: u64, logs: &Path) -> Result<Repor
             format!("{} exited while the database was away", worker.name),
         );
     }
-    env.wait_drained(Duration::from_secs(120)).await?;
+    env.wait_drained(allowance(profile.outage_jobs)).await?;
     let listening = wait_for_listeners(&env, 4, Duration::from_secs(20)).await?;
     env.stop_workers(&mut workers, &mut report).await?;
     report.line(format!(
@@ -119,10 +119,10 @@ pub async fn terminate(profile: &Profile, _seed: u64, logs: &Path) -> Result<Rep
     let (mut ledger, _) = env
         .wait_producers(
             &mut producers,
-            profile.outage_spread + Duration::from_secs(120),
+            profile.outage_spread + allowance(profile.outage_jobs),
         )
         .await?;
-    env.wait_drained(Duration::from_secs(120)).await?;
+    env.wait_drained(allowance(profile.outage_jobs)).await?;
     enqueue_failures(&ledger, &mut report);
 
     let listening = wait_for_listeners(&env, 4, Duration::from_secs(20)).await?;

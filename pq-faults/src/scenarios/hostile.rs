@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use sqlx::Connection;
 
-use super::{start_producers, start_workers, Profile};
+use super::{allowance, start_producers, start_workers, Profile};
 use crate::account::{Duplicates, Ledger};
 use crate::child::KEY_SPACE;
 use crate::env::Env;
@@ -42,9 +42,10 @@ pub async fn long_transaction(profile: &Profile, _seed: u64, logs: &Path) -> Res
         0,
     )?;
     let (ledger, deepest) = env
-        .wait_producers(&mut producers, Duration::from_secs(180))
+        .wait_producers(&mut producers, allowance(profile.long_transaction_jobs))
         .await?;
-    env.wait_drained(Duration::from_secs(180)).await?;
+    env.wait_drained(allowance(profile.long_transaction_jobs))
+        .await?;
     let drained = started.elapsed();
     env.stop_workers(&mut workers, &mut report).await?;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
-use super::{start_producers, start_workers, Profile};
+use super::{allowance, start_producers, start_workers, Profile};
 use crate::account::Duplicates;
 use crate::env::Env;
 use crate::procs::WorkerOptions;
@@ -26,10 +26,10 @@ pub async fn load(profile: &Profile, _seed: u64, logs: &Path) -> Result<Report> 
     let mut workers = start_workers(&mut env, 4, &options)?;
     let mut producers = start_producers(&mut env, 2, profile.load_jobs, Duration::ZERO, 0)?;
     let (ledger, deepest) = env
-        .wait_producers(&mut producers, Duration::from_secs(180))
+        .wait_producers(&mut producers, allowance(profile.load_jobs))
         .await?;
     let produced = started.elapsed();
-    env.wait_drained(Duration::from_secs(180)).await?;
+    env.wait_drained(allowance(profile.load_jobs)).await?;
     let drained = started.elapsed();
     env.stop_workers(&mut workers, &mut report).await?;
     report.line(format!(
@@ -92,10 +92,10 @@ pub async fn crashes(profile: &Profile, seed: u64, logs: &Path) -> Result<Report
         workers.push(env.fleet.worker(&options)?);
     }
     let (ledger, _) = env
-        .wait_producers(&mut producers, Duration::from_secs(60))
+        .wait_producers(&mut producers, allowance(profile.crash_jobs))
         .await?;
     let running_at_end = env.count("state = 'running'").await?;
-    env.wait_drained(Duration::from_secs(120)).await?;
+    env.wait_drained(allowance(profile.crash_jobs)).await?;
     let drained = started.elapsed();
     env.stop_workers(&mut workers, &mut report).await?;
     report.line(format!(

@@ -137,6 +137,12 @@ impl Profile {
     }
 }
 
+/// How long enqueueing or draining `jobs` may take: a minute, plus 200 jobs a second (a third
+/// of what this machine does in a debug build). Each scenario's own timeout bounds it too.
+fn allowance(jobs: u64) -> Duration {
+    Duration::from_secs(60 + jobs / 200)
+}
+
 /// Starts `n` workers.
 fn start_workers(env: &mut Env, n: usize, options: &WorkerOptions) -> Result<Vec<Proc>> {
     (0..n).map(|_| env.fleet.worker(options)).collect()

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{start_producers, start_workers, Profile};
+use super::{allowance, start_producers, start_workers, Profile};
 use crate::account::Duplicates;
 use crate::env::Env;
 use crate::procs::WorkerOptions;
@@ -67,9 +67,9 @@ pub async fn shutdown(profile: &Profile, _seed: u64, logs: &Path) -> Result<Repo
     report.check(in_flight_total > 0, "jobs were running at the signals");
     let mut workers = start_workers(&mut env, 4, &options)?;
     let (ledger, _) = env
-        .wait_producers(&mut producers, Duration::from_secs(120))
+        .wait_producers(&mut producers, allowance(profile.shutdown_jobs))
         .await?;
-    env.wait_drained(Duration::from_secs(120)).await?;
+    env.wait_drained(allowance(profile.shutdown_jobs)).await?;
     env.stop_workers(&mut workers, &mut report).await?;
     env.account(
         &ledger,
