@@ -109,11 +109,20 @@ impl Env {
     }
 
     /// Waits until no job is queued or running (at most `timeout`), riding out database errors.
+    /// Gives up early when no job has finished for a minute: workers that cannot claim (a
+    /// broken statement, say) only log, and would otherwise keep a run waiting for nothing.
     pub async fn wait_drained(&self, timeout: Duration) -> Result<()> {
+        const STALL: Duration = Duration::from_secs(60);
         let deadline = Instant::now() + timeout;
+        let (mut fewest, mut progressed) = (i64::MAX, Instant::now());
         loop {
-            if let Ok(0) = self.count("state IN ('queued', 'running')").await {
-                return Ok(());
+            match self.count("state IN ('queued', 'running')").await {
+                Ok(0) => return Ok(()),
+                Ok(left) if left < fewest => (fewest, progressed) = (left, Instant::now()),
+                Ok(left) if progressed.elapsed() > STALL => bail!(
+                    "stalled: {left} jobs queued or running and none finished for {STALL:?}; see the workers' logs"
+                ),
+                _ => {}
             }
             if Instant::now() > deadline {
                 let left = self.count("state IN ('queued', 'running')").await.ok();
