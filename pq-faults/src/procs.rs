@@ -7,7 +7,7 @@ use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use tokio::process::{Child, Command};
+use tokio::process::{Child, ChildStdin, Command};
 
 /// How a worker process is configured (see `child::worker`).
 #[derive(Debug, Clone)]
@@ -60,6 +60,9 @@ pub struct Proc {
     pub ledger: Option<PathBuf>,
     pub log: PathBuf,
     child: Child,
+    /// The child's stdin, open while this handle lives: the child exits when it closes. Kept
+    /// apart from `child`, whose `wait` would close it (and so stop a child mid-shutdown).
+    _stdin: Option<ChildStdin>,
 }
 
 impl Fleet {
@@ -132,9 +135,8 @@ impl Fleet {
         let log = std::fs::File::create(&log_path)?;
         args.extend(["--url".to_owned(), self.url.clone()]);
         args.extend(["--schema".to_owned(), self.schema.clone()]);
-        let child = Command::new(&self.exe)
+        let mut child = Command::new(&self.exe)
             .args(&args)
-            // Held open by `child` and closed when it is dropped: the child exits then.
             .stdin(Stdio::piped())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -147,6 +149,7 @@ impl Fleet {
             pid,
             ledger,
             log: log_path,
+            _stdin: child.stdin.take(),
             child,
         })
     }
