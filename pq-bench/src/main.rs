@@ -1,2 +1,409 @@
-//! Placeholder: the benchmark binary is being written.
-fn main() {}
+//! pq's benchmark: each pq figure beside the raw SQL that bounds it, measured in the same run
+//! on the same database, in one table. See BENCHMARKS.md.
+//!
+//! Run with `cargo run --release -p pq-bench -- --jobs 100000` (PostgreSQL at `DATABASE_URL`,
+//! by default `postgres://postgres@127.0.0.1:5432/test`); `--quick` is the smoke test.
+
+mod baseline;
+mod measure;
+mod report;
+mod tasks;
+mod workload;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::baseline::{RawTable, DRAIN_BATCH};
+use crate::measure::{median, Measured, TableState};
+use crate::report::{Latency, Report, Row};
+use crate::workload::PqTable;
+
+#[derive(Parser)]
+#[command(about = "pq against PostgreSQL's own limit: every figure beside its raw SQL baseline")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A worker process of the drain figures; the benchmark starts these itself.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        schema: String,
+        #[arg(long)]
+        concurrency: usize,
+    },
+}
+
+#[derive(Args)]
+struct Bench {
+    /// The database to measure; the benchmark works in a fresh schema and drops it afterwards.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/test"
+    )]
+    url: String,
+    /// Jobs per figure.
+    #[arg(long, default_value_t = 100_000)]
+    jobs: u64,
+    /// Jobs a worker process runs at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Runs of each figure; the table shows the median.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Jobs of the latency figure.
+    #[arg(long, default_value_t = 500)]
+    latency_jobs: u32,
+    /// The smoke test: 5,000 jobs a figure, 200 latency jobs, one run; under a minute. Exits
+    /// non-zero if a job is lost, as every profile does.
+    #[arg(long)]
+    quick: bool,
+    /// Also drain while another session holds a transaction open, so vacuum cannot reclaim.
+    #[arg(long)]
+    hold_tx: bool,
+    /// Also drain this many jobs through one table in rounds of --jobs, to show any slowdown
+    /// from bloat (e.g. 1000000).
+    #[arg(long, value_name = "JOBS")]
+    endurance: Option<u64>,
+    /// Keep the benchmark's schema afterwards.
+    #[arg(long)]
+    keep: bool,
+    /// Only these figures (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Figure>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Figure {
+    /// Enqueue one job per transaction, 1 and 8 producers.
+    Single,
+    /// Enqueue in batches of 1,000.
+    Batch,
+    /// Drains, with 1 and 2 worker processes (and with a transaction held, under --hold-tx).
+    Drain,
+    /// Enqueue-to-start latency.
+    Latency,
+}
+
+impl Bench {
+    fn runs(&self, figure: Figure) -> bool {
+        self.only.is_empty() || self.only.contains(&figure)
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Some(Command::Worker {
+            url,
+            schema,
+            concurrency,
+        }) => runtime.block_on(workload::worker_process(&url, &schema, concurrency)),
+        None => runtime.block_on(run(cli.bench)),
+    }
+}
+
+async fn run(mut bench: Bench) -> Result<()> {
+    if bench.quick {
+        bench.jobs = 5_000;
+        bench.latency_jobs = 200;
+        bench.runs = 1;
+    }
+    let admin = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&bench.url)
+        .await
+        .with_context(|| format!("connect to {}", bench.url))?;
+    println!("{}\n", machine(&admin, &bench).await?);
+
+    let schema = format!(
+        "pq_bench_{}_{}",
+        std::process::id(),
+        SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs()
+    );
+    sqlx::raw_sql(&format!("CREATE SCHEMA \"{schema}\""))
+        .execute(&admin)
+        .await?;
+    let outcome = figures(&admin, &bench, &schema).await;
+    if !bench.keep {
+        sqlx::raw_sql(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .execute(&admin)
+            .await?;
+    }
+    println!("{}", outcome?.render());
+    Ok(())
+}
+
+/// Every figure, each run `bench.runs` times, raw and pq in turn.
+async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> {
+    // The load's connections carry a name of their own; see `measure::load_url`.
+    let load_url = measure::load_url(&bench.url);
+    let raw = RawTable::create(admin, &load_url, schema).await?;
+    let pq = PqTable::create(&load_url, schema).await?;
+    let jobs = bench.jobs;
+    let runs = bench.runs.max(1);
+    let mut report = Report {
+        rows: Vec::new(),
+        latency: None,
+        tables: Vec::new(),
+        notes: Vec::new(),
+    };
+
+    for producers in [1, 8].into_iter().filter(|_| bench.runs(Figure::Single)) {
+        let (mut raw_runs, mut pq_runs) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            raw_runs.push(raw.insert_single(admin, producers, jobs).await?);
+            pq_runs.push(pq.enqueue_single(admin, producers, jobs, false).await?);
+        }
+        let raw_single = median(raw_runs).context("no run")?;
+        report.rows.push(Row {
+            figure: format!("enqueue, 1 job per transaction, {producers} producer(s)"),
+            pq: median(pq_runs).context("no run")?,
+            raw: Some((
+                format!("single-row INSERT, {producers} client(s)"),
+                raw_single,
+            )),
+        });
+        if producers == 8 {
+            let waiting = repeat(runs, || pq.enqueue_single(admin, 8, jobs, true)).await?;
+            report.rows.push(Row {
+                figure: "enqueue, 1 job per transaction, 8 producers, a consumer waiting".into(),
+                pq: waiting,
+                raw: Some(("single-row INSERT, 8 clients".into(), raw_single)),
+            });
+        }
+    }
+
+    if bench.runs(Figure::Batch) {
+        const BATCH: u64 = 1_000;
+        let (mut raw_runs, mut pq_runs) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            raw_runs.push(raw.insert_batches(admin, BATCH, jobs).await?);
+            pq_runs.push(pq.enqueue_batches(admin, BATCH, jobs).await?);
+        }
+        report.rows.push(Row {
+            figure: format!("enqueue, batches of {BATCH} (`put_many`)"),
+            pq: median(pq_runs).context("no run")?,
+            raw: Some((
+                format!("multi-row INSERT of {BATCH}"),
+                median(raw_runs).context("no run")?,
+            )),
+        });
+    }
+    if bench.runs(Figure::Drain) {
+        drains(admin, bench, &raw, &pq, &mut report).await?;
+    }
+    if bench.runs(Figure::Latency) {
+        let latencies = pq
+            .latency(admin, bench.latency_jobs, bench.concurrency)
+            .await?;
+        report.latency = Latency::of(&latencies);
+    }
+    if let Some(total) = bench.endurance {
+        report
+            .notes
+            .push(endurance(&pq, admin, bench, total).await?);
+    }
+    Ok(report)
+}
+
+/// The drains: raw, pq with 1 and 2 worker processes, and under --hold-tx the same with a
+/// transaction held open.
+async fn drains(
+    admin: &PgPool,
+    bench: &Bench,
+    raw: &RawTable,
+    pq: &PqTable,
+    report: &mut Report,
+) -> Result<()> {
+    let (jobs, runs) = (bench.jobs, bench.runs.max(1));
+
+    let raw_drain_name = format!("DELETE … SKIP LOCKED LIMIT {DRAIN_BATCH}, 2 clients");
+    let mut raw_runs = Vec::new();
+    for _ in 0..runs {
+        raw.fill(admin, jobs).await?;
+        raw_runs.push(raw.drain(admin, 2, jobs).await?);
+    }
+    let raw_drain = median(raw_runs).context("no run")?;
+    report.tables.push((
+        format!("raw drain ({})", raw.name),
+        measure::table_state(admin, &raw.name).await?,
+    ));
+    let mut normal_drain = None;
+    for processes in [1, 2] {
+        let (drain, state) = drain(pq, admin, bench, processes, runs).await?;
+        normal_drain.get_or_insert(drain);
+        report.rows.push(Row {
+            figure: format!(
+                "drain, {processes} worker process(es) × concurrency {}",
+                bench.concurrency
+            ),
+            pq: drain,
+            raw: Some((raw_drain_name.clone(), raw_drain)),
+        });
+        report
+            .tables
+            .push((format!("pq drain, {processes} process(es)"), state));
+    }
+
+    if bench.hold_tx {
+        let holder = hold_transaction(&bench.url).await?;
+        let mut raw_runs = Vec::new();
+        for _ in 0..runs {
+            raw.fill(admin, jobs).await?;
+            raw_runs.push(raw.drain(admin, 2, jobs).await?);
+        }
+        let raw_held = median(raw_runs).context("no run")?;
+        report.tables.push((
+            "raw drain, a transaction held open".into(),
+            measure::table_state(admin, &raw.name).await?,
+        ));
+        let (held, state) = drain(pq, admin, bench, 1, runs).await?;
+        holder.close().await?;
+        report.rows.push(Row {
+            figure: format!(
+                "drain, 1 worker process × concurrency {}, a transaction held open",
+                bench.concurrency
+            ),
+            pq: held,
+            raw: Some((format!("{raw_drain_name}, same held transaction"), raw_held)),
+        });
+        report
+            .tables
+            .push(("pq drain, a transaction held open".into(), state));
+        if let Some(normal) = normal_drain {
+            report.notes.push(format!(
+                "A transaction held open: pq drains at {:.0}% of its normal rate; raw SQL at {:.0}% of its own.",
+                100.0 * held.rate() / normal.rate(),
+                100.0 * raw_held.rate() / raw_drain.rate()
+            ));
+        }
+    }
+
+    Ok(())
+}
+
+/// pq's drain, the median of `runs`, with the table as the median run left it.
+async fn drain(
+    pq: &PqTable,
+    admin: &PgPool,
+    bench: &Bench,
+    processes: usize,
+    runs: usize,
+) -> Result<(Measured, TableState)> {
+    let mut outcomes = Vec::new();
+    for _ in 0..runs {
+        pq.fill(admin, bench.jobs).await?;
+        outcomes.push(
+            pq.drain(admin, processes, bench.concurrency, bench.jobs)
+                .await?,
+        );
+    }
+    outcomes.sort_by(|a, b| a.0.rate().total_cmp(&b.0.rate()));
+    outcomes
+        .get((outcomes.len() - 1) / 2)
+        .copied()
+        .context("no run")
+}
+
+async fn repeat<F, Fut>(runs: usize, mut figure: F) -> Result<Measured>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Measured>>,
+{
+    let mut outcomes = Vec::new();
+    for _ in 0..runs {
+        outcomes.push(figure().await?);
+    }
+    median(outcomes).context("no run")
+}
+
+/// `total` jobs through one table, `bench.jobs` at a time: filled, then drained by one worker
+/// process, never vacuumed by hand. Returns a table of the rounds.
+async fn endurance(pq: &PqTable, admin: &PgPool, bench: &Bench, total: u64) -> Result<String> {
+    let rounds = total.div_ceil(bench.jobs).max(1);
+    let mut out = format!(
+        "Endurance: {total} jobs through one table in rounds of {}, one worker process × concurrency {}, no manual VACUUM.\n\n\
+         | jobs so far | drain jobs/s | vs round 1 | table size | index size | dead tuples |\n|---:|---:|---:|---:|---:|---:|\n",
+        bench.jobs, bench.concurrency
+    );
+    pq.truncate(admin).await?;
+    let mut first = None;
+    for round in 1..=rounds {
+        pq.add(admin, bench.jobs).await?;
+        let (drained, state) = pq.drain(admin, 1, bench.concurrency, bench.jobs).await?;
+        let first = *first.get_or_insert(drained.rate());
+        out.push_str(&format!(
+            "| {} | {:.1}k | {:.0}% | {:.1} MiB | {:.1} MiB | {} |\n",
+            round * bench.jobs,
+            drained.rate() / 1e3,
+            100.0 * drained.rate() / first,
+            state.table_bytes as f64 / 1048576.0,
+            state.index_bytes as f64 / 1048576.0,
+            state.dead_tuples
+        ));
+    }
+    Ok(out)
+}
+
+/// A session idle in a transaction that holds an xid, so that vacuum keeps every row version
+/// deleted after it began.
+async fn hold_transaction(url: &str) -> Result<PgConnection> {
+    let mut conn = PgConnection::connect(url).await?;
+    sqlx::raw_sql("BEGIN; SELECT pg_current_xact_id();")
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+/// The machine and the settings of the run, for the record.
+async fn machine(admin: &PgPool, bench: &Bench) -> Result<String> {
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let kib: u64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(format!("{:.1} GiB", kib as f64 / 1048576.0))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let version: String = sqlx::query_scalar("SHOW server_version")
+        .fetch_one(admin)
+        .await?;
+    let settings: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, setting FROM pg_settings WHERE name IN \
+         ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size') ORDER BY name",
+    )
+    .fetch_all(admin)
+    .await?;
+    let settings: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Ok(format!(
+        "pq-bench: {} jobs a figure, {} run(s) (median), worker concurrency {}\n\
+         machine: {cores} cores, {memory}; PostgreSQL {version} ({})",
+        bench.jobs,
+        bench.runs.max(1),
+        bench.concurrency,
+        settings.join(", ")
+    ))
+}

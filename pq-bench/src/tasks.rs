@@ -1,0 +1,36 @@
+//! The benchmark's tasks: a no-op for the drains, and a probe that reports when its handler
+//! starts, for the latency figure.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+/// The queue every benchmark job goes to (the tasks' `queue = "bench"`).
+pub const QUEUE: &str = "bench";
+
+/// The no-op task's stable name, as the drains' fills write it.
+pub const NOOP: &str = "pq_bench::noop";
+
+/// How many no-op jobs this process ran.
+pub static HANDLED: AtomicU64 = AtomicU64::new(0);
+
+/// Where the probe reports `(n, when its handler started)`; set by the latency figure.
+pub static STARTED: OnceLock<UnboundedSender<(u32, Instant)>> = OnceLock::new();
+
+/// Does nothing but count itself.
+#[pq::task(name = "pq_bench::noop", queue = "bench")]
+pub async fn noop(n: u32) {
+    let _ = n;
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Reports the instant its handler started.
+#[pq::task(name = "pq_bench::probe", queue = "bench")]
+pub async fn probe(n: u32) {
+    let now = Instant::now();
+    if let Some(started) = STARTED.get() {
+        let _ = started.send((n, now));
+    }
+}

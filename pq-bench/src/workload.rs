@@ -1,0 +1,348 @@
+//! pq's side of each figure, through pq's public API: task calls, `put_many`, and
+//! `pq::Worker` processes.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use pq::Pq;
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::Notify;
+
+use crate::baseline::shares;
+use crate::measure::{table_state, Measured, Probe, TableState};
+use crate::tasks::{self, NOOP, QUEUE};
+
+/// pq's table in the benchmark's schema.
+pub struct PqTable {
+    url: String,
+    schema: String,
+    pub name: String,
+}
+
+impl PqTable {
+    /// Creates pq's table in `schema` with pq's own migrations.
+    pub async fn create(url: &str, schema: &str) -> Result<PqTable> {
+        let pq = connect(url, schema, 1).await?;
+        pq.create().await?;
+        let name = pq.table();
+        pq.pool().close().await;
+        Ok(PqTable {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+            name,
+        })
+    }
+
+    pub async fn truncate(&self, admin: &PgPool) -> Result<()> {
+        sqlx::raw_sql(&format!("TRUNCATE {}", self.name))
+            .execute(admin)
+            .await?;
+        Ok(())
+    }
+
+    /// `jobs` task calls enqueued one per transaction by `producers` concurrent tasks sharing
+    /// one `Pq` (a pool of `producers` connections). With `waiter`, a consumer blocks on another
+    /// queue of the table meanwhile, as an idle worker would.
+    pub async fn enqueue_single(
+        &self,
+        admin: &PgPool,
+        producers: usize,
+        jobs: u64,
+        waiter: bool,
+    ) -> Result<Measured> {
+        self.truncate(admin).await?;
+        let pq = connect(&self.url, &self.schema, producers).await?;
+        let waiting = if waiter {
+            let queue = pq.queue("idle").with_timeout(Duration::from_secs(3600));
+            let handle = tokio::spawn(async move { queue.get().await });
+            // Long enough for its LISTEN and its first look.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(handle)
+        } else {
+            None
+        };
+        let probe = Probe::start(admin).await?;
+        let mut handles = Vec::new();
+        let mut first = 0;
+        for share in shares(jobs, producers) {
+            let pq = pq.clone();
+            let range = first..first + share;
+            first += share;
+            handles.push(tokio::spawn(async move {
+                for n in range {
+                    tasks::noop(u32::try_from(n)?).enqueue(&pq).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for handle in handles {
+            handle.await??;
+        }
+        let stopped = probe.stop();
+        if let Some(waiting) = waiting {
+            waiting.abort();
+        }
+        close(pq).await;
+        let measured = stopped.finish(admin, jobs).await?;
+        self.expect_ready(admin, jobs).await?;
+        Ok(measured)
+    }
+
+    /// `jobs` jobs put in batches of `batch` with `Queue::put_many`, one producer.
+    pub async fn enqueue_batches(&self, admin: &PgPool, batch: u64, jobs: u64) -> Result<Measured> {
+        #[derive(serde::Serialize)]
+        struct Args {
+            n: u64,
+        }
+        self.truncate(admin).await?;
+        let pq = connect(&self.url, &self.schema, 1).await?;
+        let queue = pq.queue(QUEUE);
+        let probe = Probe::start(admin).await?;
+        let mut done = 0;
+        while done < jobs {
+            let size = batch.min(jobs - done);
+            let items: Vec<Args> = (done..done + size).map(|n| Args { n }).collect();
+            queue.put_many(&items).await?;
+            done += size;
+        }
+        let stopped = probe.stop();
+        close(pq).await;
+        let measured = stopped.finish(admin, jobs).await?;
+        self.expect_ready(admin, jobs).await?;
+        Ok(measured)
+    }
+
+    /// Writes `jobs` ready no-op jobs in one statement, as a batch put would (not timed).
+    pub async fn fill(&self, admin: &PgPool, jobs: u64) -> Result<()> {
+        self.truncate(admin).await?;
+        self.add(admin, jobs).await?;
+        sqlx::raw_sql(&format!("ANALYZE {}", self.name))
+            .execute(admin)
+            .await?;
+        Ok(())
+    }
+
+    /// Adds `jobs` ready no-op jobs to whatever the table holds.
+    pub async fn add(&self, admin: &PgPool, jobs: u64) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO {} (q_name, task, data) \
+             SELECT $1, $2, format('{{\"n\":%s}}', g)::json FROM generate_series(1, $3) AS g",
+            self.name
+        ))
+        .bind(QUEUE)
+        .bind(NOOP)
+        .bind(i64::try_from(jobs)?)
+        .execute(admin)
+        .await?;
+        Ok(())
+    }
+
+    /// Works the `jobs` filled jobs to empty with `processes` worker processes (this binary's
+    /// `worker` command), each running `concurrency` jobs at once. The clock starts once every
+    /// process is connected and stops when the last one returns.
+    pub async fn drain(
+        &self,
+        admin: &PgPool,
+        processes: usize,
+        concurrency: usize,
+        jobs: u64,
+    ) -> Result<(Measured, TableState)> {
+        let mut workers = Vec::new();
+        for _ in 0..processes {
+            workers.push(WorkerProcess::spawn(&self.url, &self.schema, concurrency).await?);
+        }
+        let probe = Probe::start(admin).await?;
+        for worker in &mut workers {
+            worker.go().await?;
+        }
+        // A worker retries a failing statement forever, silently here: a drain slower than
+        // 1,000 jobs a second is taken for a stall.
+        let limit = Duration::from_secs(60 + jobs / 1_000);
+        let handled = tokio::time::timeout(limit, async {
+            let mut handled = 0;
+            for worker in workers {
+                handled += worker.wait().await?;
+            }
+            anyhow::Ok(handled)
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("the drain stalled: not done after {limit:?}"))??;
+        let stopped = probe.stop();
+        let measured = stopped.finish(admin, jobs).await?;
+        let state = table_state(admin, &self.name).await?;
+        ensure!(
+            handled == jobs && state.rows == 0,
+            "drain lost jobs: {handled} of {jobs} run, {} left in the table",
+            state.rows
+        );
+        Ok((measured, state))
+    }
+
+    /// Enqueue-to-handler-start latency with an idle worker, over `samples` jobs put one at a
+    /// time, a few milliseconds apart so that the worker is idle each time. In milliseconds,
+    /// sorted.
+    pub async fn latency(
+        &self,
+        admin: &PgPool,
+        samples: u32,
+        concurrency: usize,
+    ) -> Result<Vec<f64>> {
+        self.truncate(admin).await?;
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        if tasks::STARTED.set(started_tx).is_err() {
+            bail!("the latency figure runs once per process");
+        }
+        let pq = connect(&self.url, &self.schema, 4).await?;
+        let stop = Arc::new(Notify::new());
+        let worker = {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(
+                pq::Worker::new(pq.clone())
+                    .queues([QUEUE])
+                    .concurrency(concurrency)
+                    .shutdown_on(async move { stop.notified().await })
+                    .run(),
+            )
+        };
+        // Let it start, find nothing, and wait.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut latencies = Vec::new();
+        for n in 0..samples {
+            let put = Instant::now();
+            tasks::probe(n).enqueue(&pq).await?;
+            let started_at = loop {
+                let (id, at) = tokio::time::timeout(Duration::from_secs(10), started.recv())
+                    .await
+                    .context("a probe job did not start within 10 s")?
+                    .context("the probe channel closed")?;
+                if id == n {
+                    break at;
+                }
+            };
+            latencies.push(started_at.duration_since(put).as_secs_f64() * 1e3);
+            // 5 to 15 ms apart, never in step with a timer.
+            tokio::time::sleep(Duration::from_micros(5_000 + u64::from(n * 7_919 % 10_000))).await;
+        }
+        stop.notify_one();
+        worker.await??;
+        close(pq).await;
+        latencies.sort_by(f64::total_cmp);
+        Ok(latencies)
+    }
+
+    async fn expect_ready(&self, admin: &PgPool, expected: u64) -> Result<()> {
+        let rows: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {} WHERE state = 'queued'",
+            self.name
+        ))
+        .fetch_one(admin)
+        .await?;
+        ensure!(
+            u64::try_from(rows)? == expected,
+            "{}: {rows} queued jobs, expected {expected}",
+            self.name
+        );
+        Ok(())
+    }
+}
+
+/// A `Pq` on the benchmark's schema with a pool of `connections`.
+pub async fn connect(url: &str, schema: &str, connections: usize) -> Result<Pq> {
+    Ok(Pq::builder()
+        .schema(schema)
+        .max_connections(u32::try_from(connections)?)
+        .connect(url)
+        .await?)
+}
+
+/// Closes the pool, so that its backends exit and report their statistics.
+async fn close(pq: Pq) {
+    pq.pool().close().await;
+}
+
+/// A child `pq-bench worker` process: connected, then waiting for `go`.
+struct WorkerProcess {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<tokio::process::ChildStdout>,
+}
+
+impl WorkerProcess {
+    async fn spawn(url: &str, schema: &str, concurrency: usize) -> Result<WorkerProcess> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["worker", "--url", url, "--schema", schema])
+            .args(["--concurrency", &concurrency.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start a worker process")?;
+        let stdin = child.stdin.take().context("the worker's stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("the worker's stdout")?);
+        let mut worker = WorkerProcess {
+            child,
+            stdin,
+            stdout,
+        };
+        let line = worker.line().await?;
+        ensure!(
+            line == "ready",
+            "the worker process said {line:?}, not ready"
+        );
+        Ok(worker)
+    }
+
+    async fn go(&mut self) -> Result<()> {
+        self.stdin.write_all(b"go\n").await?;
+        self.stdin.flush().await?;
+        Ok(())
+    }
+
+    /// Waits for the process to finish; returns how many jobs it ran.
+    async fn wait(mut self) -> Result<u64> {
+        let line = self.line().await?;
+        let status = self.child.wait().await?;
+        ensure!(status.success(), "the worker process failed: {status}");
+        let handled = line
+            .strip_prefix("handled ")
+            .with_context(|| format!("the worker process said {line:?}"))?;
+        Ok(handled.parse()?)
+    }
+
+    async fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).await?;
+        Ok(line.trim_end().to_owned())
+    }
+}
+
+/// The `worker` command: connect, say `ready`, wait for `go`, work the queue to empty in burst
+/// mode, say how many jobs were run.
+pub async fn worker_process(url: &str, schema: &str, concurrency: usize) -> Result<()> {
+    let pq = Pq::builder().schema(schema).connect(url).await?;
+    let mut stdout = tokio::io::stdout();
+    stdout.write_all(b"ready\n").await?;
+    stdout.flush().await?;
+    let mut go = String::new();
+    BufReader::new(tokio::io::stdin())
+        .read_line(&mut go)
+        .await?;
+    ensure!(go.trim_end() == "go", "expected go, got {go:?}");
+    pq::Worker::new(pq.clone())
+        .queues([QUEUE])
+        .concurrency(concurrency)
+        .burst()
+        .run()
+        .await?;
+    let handled = tasks::HANDLED.load(std::sync::atomic::Ordering::Relaxed);
+    stdout
+        .write_all(format!("handled {handled}\n").as_bytes())
+        .await?;
+    stdout.flush().await?;
+    pq.pool().close().await;
+    Ok(())
+}
