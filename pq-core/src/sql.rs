@@ -183,22 +183,31 @@ impl Statements {
              RETURNING {}",
             job_columns("j")
         );
+        // The claimed ids come back as one array, so that the update finds its rows by primary
+        // key whatever the limit: a join to the locking scan is planned for an unknown `LIMIT $2`
+        // once the plan is cached, and that plan hashes the whole table for every claim.
         let claim = format!(
-            "WITH next AS ({ready} LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             UPDATE {t} AS j SET state = 'running', attempts = j.attempts + 1, \
+            "UPDATE {t} AS j SET state = 'running', attempts = j.attempts + 1, \
                dequeued_at = statement_timestamp(), \
                locked_until = statement_timestamp() + $3 * interval '1 microsecond' \
-             FROM next WHERE j.id = next.id \
+             WHERE j.id = ANY (ARRAY({ready} LIMIT $2 FOR UPDATE SKIP LOCKED)) \
              RETURNING {}",
             job_columns("j")
         );
         // Completion, failure and renewal are fenced: they touch a job only while it is still
         // running the attempt the caller claimed, never after a rescue handed it to another.
+        //
+        // `COALESCE(j.state = 'running', false)` is `j.state = 'running'` in a form the planner
+        // cannot estimate from the table's statistics. Those are taken while hardly any job
+        // runs, so read literally the test looks like it matches no row, and the planner then
+        // scans every running job (or the whole table) once per id of the batch: seconds for a
+        // batch of a thousand. Left opaque, each id is looked up by primary key.
         let fenced = "FROM unnest($1::int8[], $2::int4[]) AS f(id, attempt) \
-             WHERE j.id = f.id AND j.attempts = f.attempt AND j.state = 'running'";
+             WHERE j.id = f.id AND j.attempts = f.attempt AND COALESCE(j.state = 'running', false)";
         let complete_delete = format!(
             "DELETE FROM {t} AS j USING unnest($1::int8[], $2::int4[]) AS f(id, attempt) \
-             WHERE j.id = f.id AND j.attempts = f.attempt AND j.state = 'running' RETURNING j.id"
+             WHERE j.id = f.id AND j.attempts = f.attempt AND COALESCE(j.state = 'running', false) \
+             RETURNING j.id"
         );
         let complete_keep = format!(
             "UPDATE {t} AS j SET state = 'done', locked_until = NULL, \
