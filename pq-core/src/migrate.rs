@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_admin_indexes.sql",
         sql: include_str!("../../migrations/0002_admin_indexes.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_notify_only_waiters.sql",
+        sql: include_str!("../../migrations/0003_notify_only_waiters.sql"),
+    },
 ];
 
 pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {

@@ -61,6 +61,22 @@ impl TableName {
         let schema = self.schema.as_deref().unwrap_or("");
         i64::from_ne_bytes(fnv1a(format!("pq migrate {schema}").as_bytes()).to_ne_bytes())
     }
+
+    /// A dollar-quote tag that occurs in neither name, to quote function bodies that name
+    /// the table: `$$` would end early in a table named `a$$b`.
+    pub fn dollar_quote(&self) -> String {
+        let names = [self.schema.as_deref().unwrap_or(""), &self.table];
+        (0..)
+            .map(|n| format!("$pq{n}$"))
+            .find(|tag| names.iter().all(|name| !name.contains(tag.as_str())))
+            .expect("some tag is free")
+    }
+
+    /// The advisory lock that orders inserts and waiting consumers (see
+    /// `migrations/0003_notify_only_waiters.sql`).
+    pub fn wait_lock_key(&self) -> i64 {
+        i64::from_ne_bytes(fnv1a(format!("pq wait {}", self.qualified()).as_bytes()).to_ne_bytes())
+    }
 }
 
 fn check_identifier(kind: &'static str, name: &str, max_len: usize) -> Result<()> {
@@ -115,8 +131,11 @@ pub(crate) fn render_migration(template: &str, table: &TableName) -> String {
         let value = match key.split_once(':') {
             None if key == "table" => table.qualified(),
             None if key == "channel" => quote_literal(&table.channel()),
+            None if key == "wait_lock" => table.wait_lock_key().to_string(),
+            None if key == "dollar" => table.dollar_quote(),
             Some(("name", suffix)) => table.derived(suffix),
             Some(("qualified", suffix)) => table.qualified_derived(suffix),
+            Some(("literal", suffix)) => quote_literal(&table.qualified_derived(suffix)),
             _ => panic!("unknown placeholder {{{{{key}}}}} in a migration"),
         };
         out.push_str(&value);
@@ -249,11 +268,9 @@ impl Statements {
         Self {
             notify: "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q".to_owned(),
             channel: table.channel(),
-            next_due: format!(
-                "SELECT EXTRACT(EPOCH FROM min(schedule_at) - statement_timestamp())::float8 \
-                 FROM {t} \
-                 WHERE q_name = $1 AND state = 'queued' AND schedule_at > statement_timestamp()"
-            ),
+            // Run by a consumer about to wait: registers it, so that inserts notify, and
+            // says how long it may wait (see `migrations/0003_notify_only_waiters.sql`).
+            next_due: format!("SELECT {}($1)", table.qualified_derived("wait")),
             len: format!(
                 "SELECT count(*) FROM {t} \
                  WHERE q_name = $1 AND state = 'queued' AND schedule_at <= statement_timestamp()"
@@ -320,15 +337,20 @@ mod tests {
     fn migrations_render_every_placeholder() {
         let table = TableName::new(Some("s"), "q").unwrap();
         let sql = render_migration(
-            "CREATE TABLE {{table}}; {{name:idx}} {{qualified:notify}} {{channel}}",
+            "CREATE TABLE {{table}}; {{name:idx}} {{qualified:notify}} {{channel}} \
+             {{literal:waiting}} {{wait_lock}} {{dollar}}",
             &table,
         );
         assert_eq!(
             sql,
             format!(
-                "CREATE TABLE \"s\".\"q\"; \"q_idx\" \"s\".\"q_notify\" '{}'",
-                table.channel()
+                "CREATE TABLE \"s\".\"q\"; \"q_idx\" \"s\".\"q_notify\" '{}' \
+                 '\"s\".\"q_waiting\"' {} $pq0$",
+                table.channel(),
+                table.wait_lock_key()
             )
         );
+        let awkward = TableName::new(Some("a$pq0$b"), "q").unwrap();
+        assert_eq!(render_migration("{{dollar}}", &awkward), "$pq1$");
     }
 }
