@@ -33,6 +33,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_notify_only_waiters.sql",
         sql: include_str!("../../migrations/0003_notify_only_waiters.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_dequeue_from_a_cursor.sql",
+        sql: include_str!("../../migrations/0004_dequeue_from_a_cursor.sql"),
+    },
 ];
 
 pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {
