@@ -67,3 +67,31 @@ pub enum Error {
 
 /// `Result` with pq's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether the same call may succeed later: the database was unreachable, restarting, out
+    /// of connections, or the transaction lost a conflict. Other errors (a missing table, data
+    /// the database refuses) would repeat on every try.
+    pub fn is_transient(&self) -> bool {
+        let Error::Database(error) = self else {
+            return false;
+        };
+        match error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLSTATE classes 08 (connection), 53 (resources), 57 (operator intervention, as
+            // in a shutdown), and the conflicts a retry resolves.
+            sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+                ["08", "53", "57"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+                    || ["40001", "40P01", "55P03"].contains(&code.as_ref())
+            }),
+            _ => false,
+        }
+    }
+}

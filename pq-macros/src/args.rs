@@ -204,7 +204,7 @@ fn stored_name(string: Option<LitStr>, what: &str, errors: &mut Errors) -> Optio
 fn duration(key: Key, value: &Expr, errors: &mut Errors) -> Option<Duration> {
     let string = string(key, value, errors)?;
     let text = string.value();
-    match humantime::parse_duration(&text) {
+    match humantime::parse_duration(text.trim()) {
         // pq-core's `MAX_DELAY`: longer delays overflow PostgreSQL's timestamps.
         Ok(duration) if duration > Duration::from_secs(1000 * 365 * 24 * 3600) => {
             errors.spanned(

@@ -60,7 +60,7 @@ impl Completer {
                     .complete(self.pq.pool(), &succeeded, self.keep_completed)
             })
             .await;
-            if completed.len() < succeeded.len() {
+            if let Some(completed) = completed.filter(|c| c.len() < succeeded.len()) {
                 tracing::warn!(
                     lost = succeeded.len() - completed.len(),
                     "pq: some jobs finished after their lease was lost; another worker runs them again"
@@ -71,7 +71,7 @@ impl Completer {
             if let Outcome::Failed { claim, error, then } = outcome {
                 let held =
                     retrying("record a failure", || self.pq.fail(*claim, error, *then)).await;
-                if !held {
+                if held == Some(false) {
                     tracing::warn!(
                         job_id = claim.id.0,
                         "pq: a failure came after the job's lease was lost"
@@ -82,8 +82,11 @@ impl Completer {
     }
 }
 
-/// Runs `statement` until the database accepts it, backing off up to 30 s between tries.
-async fn retrying<T, F, Fut>(what: &str, mut statement: F) -> T
+/// Runs `statement` until the database accepts it, backing off up to 30 s between tries while
+/// the error is transient. Any other error would repeat forever and stall the worker, so it is
+/// logged and the outcome dropped: the job's lease then runs out, and it is rescued and run
+/// again, at least once as promised.
+async fn retrying<T, F, Fut>(what: &str, mut statement: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = pq_core::Result<T>>,
@@ -91,11 +94,15 @@ where
     let mut delay = Duration::from_millis(100);
     loop {
         match statement().await {
-            Ok(value) => return value,
-            Err(error) => {
+            Ok(value) => return Some(value),
+            Err(error) if error.is_transient() => {
                 tracing::error!(%error, ?delay, "pq: cannot {what}; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            Err(error) => {
+                tracing::error!(%error, "pq: cannot {what}; the jobs run again once their lease runs out");
+                return None;
             }
         }
     }

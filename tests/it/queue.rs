@@ -718,3 +718,24 @@ async fn an_absurd_delay_is_refused_before_it_reaches_the_database() {
     }
     assert_eq!(count_rows(&db).await, 0);
 }
+
+#[tokio::test]
+async fn errors_say_whether_trying_again_may_help() {
+    // No table: this fails the same way on every try.
+    let pq = pq::Pq::builder()
+        .schema(&unique_schema("missing"))
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let missing = pq.queue("q").put(&1).await.unwrap_err();
+    assert!(!missing.is_transient(), "{missing}");
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+
+    // No server: it may answer later.
+    let down = pq::Pq::connect("postgres://postgres@127.0.0.1:1/test")
+        .await
+        .unwrap_err();
+    assert!(down.is_transient(), "{down}");
+
+    assert!(!pq::parse_duration("10x").unwrap_err().is_transient());
+}

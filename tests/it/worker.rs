@@ -375,9 +375,11 @@ async fn a_stale_completion_is_refused_after_a_rescue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_job_keeps_its_lease_and_is_not_stolen() {
     let db = TestDb::new().await;
-    let id = sleep_for(2500).enqueue(&db.pq).await.unwrap();
+    // Renewals come every third of the lease; a lease of 1.5 s leaves a loaded machine a
+    // second of slack before a renewal is late.
+    let id = sleep_for(4000).enqueue(&db.pq).await.unwrap();
     let other = db.another_handle().await;
-    let lease = Duration::from_millis(600);
+    let lease = Duration::from_millis(1500);
     let a = tokio::spawn(
         Worker::new(db.pq.clone())
             .queues(["work"])
