@@ -34,9 +34,10 @@ END
 {{dollar}};
 
 -- Called by a consumer that found no job of queue $1 and is about to wait for a notification:
--- registers it for 10 s, then returns how long it may wait before it looks again: 0 if a job is
--- ready after all, else until the earliest scheduled job is due, and at most until 1 s before
--- the registration lapses.
+-- registers it for 10 s, then returns how long it may wait before it looks again: until the
+-- earliest scheduled job is due, at most until 1 s before the registration lapses, or 20 ms if
+-- an insert was committing. The caller must look for jobs once more after this returns, before
+-- it waits: that look sees every job whose insert did not notify.
 CREATE FUNCTION {{qualified:wait}}(text) RETURNS float8 LANGUAGE plpgsql AS {{dollar}}
 DECLARE
     now_ms int8 := (extract(epoch FROM clock_timestamp()) * 1000)::int8;
@@ -50,12 +51,11 @@ BEGIN
     FOR attempt IN 1..3 LOOP
         IF pg_try_advisory_lock({{wait_lock}}) THEN
             PERFORM pg_advisory_unlock({{wait_lock}});
-            -- A query of its own, so with a snapshot taken after the lock.
+            -- Only jobs due later count: a ready job that another transaction holds is no
+            -- reason to look again at once, and a ready job committed before the lock was
+            -- taken is found by the caller's next look, which it takes after this returns.
             SELECT min(schedule_at) INTO due FROM {{table}}
-            WHERE q_name = $1 AND state = 'queued';
-            IF due <= clock_timestamp() THEN
-                RETURN 0;
-            END IF;
+            WHERE q_name = $1 AND state = 'queued' AND schedule_at > clock_timestamp();
             RETURN least((until_ms - now_ms) / 1000.0 - 1,
                          extract(epoch FROM due - clock_timestamp()));
         END IF;

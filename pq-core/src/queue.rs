@@ -238,6 +238,15 @@ pub(crate) async fn wait_for_job(
             Some(conn) => seconds_to_next_due(sql, conn, &queue.name).await?,
             None => seconds_to_next_due(sql, pool, &queue.name).await?,
         };
+        // Registered as waiting now, so every later put notifies; a put that committed before
+        // did not, and this look finds it.
+        let job = match connection.as_deref_mut() {
+            Some(conn) => take(sql, conn, &queue.name).await?,
+            None => take(sql, pool, &queue.name).await?,
+        };
+        if job.is_some() {
+            return Ok(job);
+        }
         let mut wait = deadline - now;
         if let Some(seconds) = next_due {
             wait = wait.min(Duration::from_secs_f64(seconds.max(0.0)));

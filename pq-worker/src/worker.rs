@@ -305,8 +305,7 @@ impl Run {
             tokio::pin!(work_done);
             work_done.as_mut().enable();
 
-            let claimed = self.claim(&mut next_queue, permits.len()).await;
-            let claimed = match claimed {
+            let mut claimed = match self.claim(&mut next_queue, permits.len()).await {
                 Ok(claimed) => {
                     backoff.reset();
                     claimed
@@ -321,13 +320,22 @@ impl Run {
                     }
                 }
             };
+            let mut wait = self.poll_interval;
             if claimed.is_empty() {
-                drop(permits);
                 let running = !lock(in_flight).is_empty();
                 if self.burst && !running {
                     return;
                 }
-                let wait = self.idle_wait().await;
+                // Registers this worker as waiting, so that every later put notifies; a put
+                // that committed before did not, and one more look finds it.
+                wait = self.idle_wait().await;
+                claimed = self
+                    .claim(&mut next_queue, permits.len())
+                    .await
+                    .unwrap_or_default();
+            }
+            if claimed.is_empty() {
+                drop(permits);
                 let any_queue = async {
                     if wakeups.is_empty() {
                         std::future::pending::<()>().await;

@@ -739,3 +739,18 @@ async fn errors_say_whether_trying_again_may_help() {
 
     assert!(!pq::parse_duration("10x").unwrap_err().is_transient());
 }
+
+#[tokio::test]
+async fn a_ready_job_held_by_another_transaction_does_not_make_waiters_spin() {
+    let db = TestDb::new().await;
+    let queue = db.pq.queue("held");
+    queue.put(&1).await.unwrap();
+    let mut holder = queue.begin().await.unwrap();
+    assert!(holder.try_get().await.unwrap().is_some());
+
+    // The only ready job is locked: a waiter may sleep, not look again at once.
+    let wait = db.pq.seconds_to_next_due("held").await.unwrap().unwrap();
+    assert!(wait > 1.0, "told to look again after {wait} s");
+
+    holder.rollback().await.unwrap();
+}
