@@ -57,9 +57,10 @@ struct Bench {
     /// Jobs per figure.
     #[arg(long, default_value_t = 100_000)]
     jobs: u64,
-    /// Jobs a worker process runs at once.
-    #[arg(long, default_value_t = 64)]
-    concurrency: usize,
+    /// Jobs a worker process runs at once (and so claims at most at once); each value gets
+    /// its drain figures. --hold-tx and --endurance use the largest.
+    #[arg(long, value_delimiter = ',', default_values_t = [64, 1000])]
+    concurrency: Vec<usize>,
     /// Runs of each figure; the table shows the median.
     #[arg(long, default_value_t = 1)]
     runs: usize,
@@ -100,6 +101,10 @@ enum Figure {
 impl Bench {
     fn runs(&self, figure: Figure) -> bool {
         self.only.is_empty() || self.only.contains(&figure)
+    }
+
+    fn largest_concurrency(&self) -> usize {
+        self.concurrency.iter().copied().max().unwrap_or(64)
     }
 }
 
@@ -210,7 +215,7 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
     }
     if bench.runs(Figure::Latency) {
         let latencies = pq
-            .latency(admin, bench.latency_jobs, bench.concurrency)
+            .latency(admin, bench.latency_jobs, bench.largest_concurrency())
             .await?;
         report.latency = Latency::of(&latencies);
     }
@@ -244,21 +249,26 @@ async fn drains(
         format!("raw drain ({})", raw.name),
         measure::table_state(admin, &raw.name).await?,
     ));
+    let largest = bench.largest_concurrency();
     let mut normal_drain = None;
-    for processes in [1, 2] {
-        let (drain, state) = drain(pq, admin, bench, processes, runs).await?;
-        normal_drain.get_or_insert(drain);
-        report.rows.push(Row {
-            figure: format!(
-                "drain, {processes} worker process(es) × concurrency {}",
-                bench.concurrency
-            ),
-            pq: drain,
-            raw: Some((raw_drain_name.clone(), raw_drain)),
-        });
-        report
-            .tables
-            .push((format!("pq drain, {processes} process(es)"), state));
+    for &concurrency in &bench.concurrency {
+        for processes in [1, 2] {
+            let (drain, state) = drain(pq, admin, bench, processes, concurrency, runs).await?;
+            if processes == 1 && concurrency == largest {
+                normal_drain = Some(drain);
+            }
+            report.rows.push(Row {
+                figure: format!(
+                    "drain, {processes} worker process(es) × concurrency {concurrency}"
+                ),
+                pq: drain,
+                raw: Some((raw_drain_name.clone(), raw_drain)),
+            });
+            report.tables.push((
+                format!("pq drain, {processes} process(es) × {concurrency}"),
+                state,
+            ));
+        }
     }
 
     if bench.hold_tx {
@@ -273,12 +283,11 @@ async fn drains(
             "raw drain, a transaction held open".into(),
             measure::table_state(admin, &raw.name).await?,
         ));
-        let (held, state) = drain(pq, admin, bench, 1, runs).await?;
+        let (held, state) = drain(pq, admin, bench, 1, largest, runs).await?;
         holder.close().await?;
         report.rows.push(Row {
             figure: format!(
-                "drain, 1 worker process × concurrency {}, a transaction held open",
-                bench.concurrency
+                "drain, 1 worker process × concurrency {largest}, a transaction held open"
             ),
             pq: held,
             raw: Some((format!("{raw_drain_name}, same held transaction"), raw_held)),
@@ -304,15 +313,13 @@ async fn drain(
     admin: &PgPool,
     bench: &Bench,
     processes: usize,
+    concurrency: usize,
     runs: usize,
 ) -> Result<(Measured, TableState)> {
     let mut outcomes = Vec::new();
     for _ in 0..runs {
         pq.fill(admin, bench.jobs).await?;
-        outcomes.push(
-            pq.drain(admin, processes, bench.concurrency, bench.jobs)
-                .await?,
-        );
+        outcomes.push(pq.drain(admin, processes, concurrency, bench.jobs).await?);
     }
     outcomes.sort_by(|a, b| a.0.rate().total_cmp(&b.0.rate()));
     outcomes
@@ -337,16 +344,17 @@ where
 /// process, never vacuumed by hand. Returns a table of the rounds.
 async fn endurance(pq: &PqTable, admin: &PgPool, bench: &Bench, total: u64) -> Result<String> {
     let rounds = total.div_ceil(bench.jobs).max(1);
+    let concurrency = bench.largest_concurrency();
     let mut out = format!(
         "Endurance: {total} jobs through one table in rounds of {}, one worker process × concurrency {}, no manual VACUUM.\n\n\
          | jobs so far | drain jobs/s | vs round 1 | table size | index size | dead tuples |\n|---:|---:|---:|---:|---:|---:|\n",
-        bench.jobs, bench.concurrency
+        bench.jobs, concurrency
     );
     pq.truncate(admin).await?;
     let mut first = None;
     for round in 1..=rounds {
         pq.add(admin, bench.jobs).await?;
-        let (drained, state) = pq.drain(admin, 1, bench.concurrency, bench.jobs).await?;
+        let (drained, state) = pq.drain(admin, 1, concurrency, bench.jobs).await?;
         let first = *first.get_or_insert(drained.rate());
         out.push_str(&format!(
             "| {} | {:.1}k | {:.0}% | {:.1} MiB | {:.1} MiB | {} |\n",
@@ -399,7 +407,7 @@ async fn machine(admin: &PgPool, bench: &Bench) -> Result<String> {
     .await?;
     let settings: Vec<String> = settings.iter().map(|(k, v)| format!("{k}={v}")).collect();
     Ok(format!(
-        "pq-bench: {} jobs a figure, {} run(s) (median), worker concurrency {}\n\
+        "pq-bench: {} jobs a figure, {} run(s) (median), worker concurrency {:?}\n\
          machine: {cores} cores, {memory}; PostgreSQL {version} ({})",
         bench.jobs,
         bench.runs.max(1),

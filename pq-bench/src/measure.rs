@@ -81,29 +81,23 @@ pub fn load_url(url: &str) -> String {
 
 /// Backends report their commits to `pg_stat_database` when idle (at most once a second) or when
 /// they exit. A figure closes its connections before it is read; this waits until their
-/// backends are gone and the count stops moving, so that it includes theirs.
+/// backends are gone, and a moment more for the last of them to report.
 async fn settled_counters(admin: &PgPool) -> Result<Counters> {
     for _ in 0..500 {
-        let load: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
-                .bind(LOAD_APPLICATION)
-                .fetch_one(admin)
-                .await?;
+        let load: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+        )
+        .bind(LOAD_APPLICATION)
+        .fetch_one(admin)
+        .await?;
         if load == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut last = counters(admin).await?;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = counters(admin).await?;
-        if now.commits == last.commits {
-            return Ok(now);
-        }
-        last = now;
-    }
-    Ok(last)
+    // A backend leaves `pg_stat_activity` just before it reports.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    counters(admin).await
 }
 
 /// The clock and the counters, started just before a figure's timed part.
@@ -117,7 +111,7 @@ impl Probe {
     /// page's first change after it is logged whole).
     pub async fn start(admin: &PgPool) -> Result<Probe> {
         sqlx::query("CHECKPOINT").execute(admin).await?;
-        let before = settled_counters(admin).await?;
+        let before = counters(admin).await?;
         Ok(Probe {
             before,
             started: Instant::now(),
