@@ -84,12 +84,11 @@ pub fn load_url(url: &str) -> String {
 /// backends are gone, and a moment more for the last of them to report.
 async fn settled_counters(admin: &PgPool) -> Result<Counters> {
     for _ in 0..500 {
-        let load: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-        )
-        .bind(LOAD_APPLICATION)
-        .fetch_one(admin)
-        .await?;
+        let load: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(LOAD_APPLICATION)
+                .fetch_one(admin)
+                .await?;
         if load == 0 {
             break;
         }
