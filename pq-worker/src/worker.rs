@@ -55,6 +55,12 @@ pub enum WorkerError {
 pub struct Worker {
     pq: Pq,
     registry: Option<Registry>,
+    shutdown: Option<Signal>,
+    settings: Settings,
+}
+
+/// What the builder sets and the running worker follows.
+struct Settings {
     queues: Vec<String>,
     concurrency: usize,
     burst: bool,
@@ -62,7 +68,6 @@ pub struct Worker {
     poll_interval: Duration,
     grace_period: Duration,
     keep_completed: bool,
-    shutdown: Option<Signal>,
 }
 
 impl Worker {
@@ -71,14 +76,16 @@ impl Worker {
         Self {
             pq,
             registry: None,
-            queues: Vec::new(),
-            concurrency: 16,
-            burst: false,
-            lease: Duration::from_secs(30),
-            poll_interval: Duration::from_secs(5),
-            grace_period: Duration::from_secs(30),
-            keep_completed: false,
             shutdown: None,
+            settings: Settings {
+                queues: Vec::new(),
+                concurrency: 16,
+                burst: false,
+                lease: Duration::from_secs(30),
+                poll_interval: Duration::from_secs(5),
+                grace_period: Duration::from_secs(30),
+                keep_completed: false,
+            },
         }
     }
 
@@ -88,20 +95,20 @@ impl Worker {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.queues = queues.into_iter().map(Into::into).collect();
+        self.settings.queues = queues.into_iter().map(Into::into).collect();
         self
     }
 
     /// Runs at most this many jobs at once (default 16); a claim takes up to as many free
     /// slots' worth of jobs in one statement.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency.max(1);
+        self.settings.concurrency = concurrency.max(1);
         self
     }
 
     /// Returns once no job is ready and none is running, instead of waiting for more.
     pub fn burst(mut self) -> Self {
-        self.burst = true;
+        self.settings.burst = true;
         self
     }
 
@@ -111,7 +118,7 @@ impl Worker {
     pub fn lease(mut self, lease: Duration) -> Self {
         // Bounded above so that the renewal and rescue timers (a third and half of it) stay
         // within what a clock can add: `Duration::MAX` would make them panic.
-        self.lease = lease.clamp(
+        self.settings.lease = lease.clamp(
             Duration::from_millis(300),
             Duration::from_secs(365 * 86_400),
         );
@@ -121,21 +128,21 @@ impl Worker {
     /// How often an idle worker looks for jobs without being notified (default 5 s): the
     /// fallback for a lost notification.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
-        self.poll_interval = interval.max(Duration::from_millis(10));
+        self.settings.poll_interval = interval.max(Duration::from_millis(10));
         self
     }
 
     /// How long running jobs may take to finish after the shutdown signal (default 30 s);
     /// those still running then are stopped and returned to the queue for another worker.
     pub fn grace_period(mut self, grace: Duration) -> Self {
-        self.grace_period = grace;
+        self.settings.grace_period = grace;
         self
     }
 
     /// Keeps succeeded jobs in the table in the `done` state (to inspect or prune later)
     /// instead of deleting them (the default, and the fastest).
     pub fn keep_completed(mut self, keep: bool) -> Self {
-        self.keep_completed = keep;
+        self.settings.keep_completed = keep;
         self
     }
 
@@ -153,14 +160,14 @@ impl Worker {
 
     /// Works until shut down (or, in burst mode, until nothing is ready); returns `Ok` once
     /// every job it took has finished or been returned to the queue.
-    pub async fn run(self) -> Result<(), WorkerError> {
+    pub async fn run(mut self) -> Result<(), WorkerError> {
         let registry = match self.registry {
             Some(registry) => registry,
             None => Registry::from_inventory()?,
         };
-        let mut queues = self.queues;
+        let queues = &mut self.settings.queues;
         if queues.is_empty() {
-            queues = registry.queues().into_iter().map(str::to_owned).collect();
+            *queues = registry.queues().into_iter().map(str::to_owned).collect();
         }
         if queues.is_empty() {
             return Err(WorkerError::NoQueues);
@@ -171,42 +178,30 @@ impl Worker {
         let run = Run {
             pq: self.pq,
             registry: Arc::new(registry),
-            queues,
-            concurrency: self.concurrency,
-            burst: self.burst,
-            lease: self.lease,
-            poll_interval: self.poll_interval,
-            grace_period: self.grace_period,
-            keep_completed: self.keep_completed,
+            settings: self.settings,
         };
         run.run(shutdown).await;
         Ok(())
     }
 }
 
-/// A running worker's settings.
+/// A running worker.
 struct Run {
     pq: Pq,
     registry: Arc<Registry>,
-    queues: Vec<String>,
-    concurrency: usize,
-    burst: bool,
-    lease: Duration,
-    poll_interval: Duration,
-    grace_period: Duration,
-    keep_completed: bool,
+    settings: Settings,
 }
 
 impl Run {
     async fn run(self, mut shutdown: Signal) {
-        tracing::info!(queues = ?self.queues, concurrency = self.concurrency, "pq: worker started");
+        tracing::info!(queues = ?self.settings.queues, concurrency = self.settings.concurrency, "pq: worker started");
         let in_flight = InFlight::default();
         let progress = Arc::new(Notify::new());
         let (outcomes, received) = mpsc::unbounded_channel();
         let completer = tokio::spawn(
             Completer {
                 pq: self.pq.clone(),
-                keep_completed: self.keep_completed,
+                keep_completed: self.settings.keep_completed,
                 in_flight: Arc::clone(&in_flight),
                 progress: Arc::clone(&progress),
             }
@@ -215,11 +210,11 @@ impl Run {
         let renewer = tokio::spawn(crate::lease::renew_leases(
             self.pq.clone(),
             Arc::clone(&in_flight),
-            self.lease,
+            self.settings.lease,
         ));
         let rescuer = tokio::spawn(crate::lease::rescue_expired(
             self.pq.clone(),
-            (self.lease / 2).max(Duration::from_secs(1)),
+            (self.settings.lease / 2).max(Duration::from_secs(1)),
         ));
 
         let mut jobs = JoinSet::new();
@@ -228,7 +223,7 @@ impl Run {
         tracing::info!(running = jobs.len(), "pq: worker stopping");
 
         // Let running jobs finish within the grace period; stop the rest.
-        let finished = tokio::time::timeout(self.grace_period, async {
+        let finished = tokio::time::timeout(self.settings.grace_period, async {
             while jobs.join_next().await.is_some() {}
         })
         .await;
@@ -272,7 +267,7 @@ impl Run {
         outcomes: &mpsc::UnboundedSender<Outcome>,
         shutdown: &mut Signal,
     ) {
-        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let subscriptions = tokio::select! {
             subscriptions = self.subscribe() => subscriptions,
             () = shutdown.as_mut() => return,
@@ -320,10 +315,10 @@ impl Run {
                     }
                 }
             };
-            let mut wait = self.poll_interval;
+            let mut wait = self.settings.poll_interval;
             if claimed.is_empty() {
                 let running = !lock(in_flight).is_empty();
-                if self.burst && !running {
+                if self.settings.burst && !running {
                     return;
                 }
                 // Registers this worker as waiting, so that every later put notifies; a put
@@ -370,7 +365,7 @@ impl Run {
         let pq = self.pq.clone();
         let registry = Arc::clone(&self.registry);
         let outcomes = outcomes.clone();
-        let keep_completed = self.keep_completed;
+        let keep_completed = self.settings.keep_completed;
         jobs.spawn(async move {
             let outcome = execute(&pq, &registry, job, keep_completed).await;
             drop(permit);
@@ -383,10 +378,10 @@ impl Run {
     /// Claims up to `limit` jobs, taking the queues in turn so that none starves.
     async fn claim(&self, next_queue: &mut usize, limit: usize) -> pq_core::Result<Vec<Job>> {
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-        for _ in 0..self.queues.len() {
-            let queue = &self.queues[*next_queue % self.queues.len()];
+        for _ in 0..self.settings.queues.len() {
+            let queue = &self.settings.queues[*next_queue % self.settings.queues.len()];
             *next_queue = next_queue.wrapping_add(1);
-            let jobs = self.pq.claim(queue, limit, self.lease).await?;
+            let jobs = self.pq.claim(queue, limit, self.settings.lease).await?;
             if !jobs.is_empty() {
                 return Ok(jobs);
             }
@@ -397,8 +392,8 @@ impl Run {
     /// Subscribes to every queue, retrying while the database is unreachable.
     async fn subscribe(&self) -> Vec<Subscription> {
         let mut backoff = Backoff::default();
-        let mut subscriptions = Vec::with_capacity(self.queues.len());
-        for queue in &self.queues {
+        let mut subscriptions = Vec::with_capacity(self.settings.queues.len());
+        for queue in &self.settings.queues {
             loop {
                 match self.pq.subscribe(queue).await {
                     Ok(subscription) => {
@@ -419,8 +414,8 @@ impl Run {
     /// How long an idle worker sleeps: until the earliest scheduled job is due, at most the
     /// poll interval.
     async fn idle_wait(&self) -> Duration {
-        let mut wait = self.poll_interval;
-        for queue in &self.queues {
+        let mut wait = self.settings.poll_interval;
+        for queue in &self.settings.queues {
             if let Ok(Some(seconds)) = self.pq.seconds_to_next_due(queue).await {
                 wait = wait.min(Duration::from_secs_f64(seconds.max(0.0)));
             }
