@@ -5,7 +5,7 @@ use anyhow::{ensure, Result};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::measure::{Measured, Probe};
+use crate::measure::{Measured, Probe, FLUSH_STATS};
 use crate::tasks::QUEUE;
 
 /// The minimal queue table, with the one index a dequeue needs.
@@ -64,7 +64,7 @@ impl RawTable {
     }
 
     pub async fn truncate(&self, admin: &PgPool) -> Result<()> {
-        sqlx::raw_sql(&self.sql("TRUNCATE {table}"))
+        sqlx::raw_sql(&self.sql(&format!("TRUNCATE {{table}}; {FLUSH_STATS}")))
             .execute(admin)
             .await?;
         Ok(())
@@ -141,7 +141,7 @@ impl RawTable {
             .bind(i64::try_from(jobs)?)
             .execute(admin)
             .await?;
-        sqlx::raw_sql(&self.sql("ANALYZE {table}"))
+        sqlx::raw_sql(&self.sql(&format!("ANALYZE {{table}}; {FLUSH_STATS}")))
             .execute(admin)
             .await?;
         Ok(())

@@ -246,7 +246,7 @@ async fn drains(
     }
     let raw_drain = median(raw_runs).context("no run")?;
     report.tables.push((
-        format!("raw drain ({})", raw.name),
+        "raw drain".to_owned(),
         measure::table_state(admin, &raw.name).await?,
     ));
     let largest = bench.largest_concurrency();

@@ -69,6 +69,11 @@ async fn counters(admin: &PgPool) -> Result<Counters> {
     })
 }
 
+/// Appended to the benchmark's own statements on a table (TRUNCATE, ANALYZE), so that its
+/// connection reports them at once: reported after a drain's, a TRUNCATE would zero the drain's
+/// dead tuples.
+pub const FLUSH_STATS: &str = "SELECT pg_stat_force_next_flush()";
+
 /// The `application_name` of every connection that does a figure's work, the worker processes'
 /// included, so that the counters can wait for them to be gone.
 pub const LOAD_APPLICATION: &str = "pq-bench-load";
@@ -152,6 +157,9 @@ pub struct TableState {
     pub table_bytes: i64,
     pub index_bytes: i64,
     pub dead_tuples: i64,
+    /// Vacuums of the table so far, autovacuum's included: one since the drain explains few
+    /// dead tuples.
+    pub vacuums: i64,
 }
 
 /// `table` is schema-qualified and quoted.
@@ -159,8 +167,9 @@ pub async fn table_state(admin: &PgPool, table: &str) -> Result<TableState> {
     let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
         .fetch_one(admin)
         .await?;
-    let (table_bytes, index_bytes, dead_tuples): (i64, i64, i64) = sqlx::query_as(
-        "SELECT pg_table_size(relid), pg_indexes_size(relid), n_dead_tup \
+    let (table_bytes, index_bytes, dead_tuples, vacuums): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT pg_table_size(relid), pg_indexes_size(relid), n_dead_tup, \
+           vacuum_count + autovacuum_count \
          FROM pg_stat_user_tables WHERE relid = $1::regclass",
     )
     .bind(table)
@@ -171,5 +180,6 @@ pub async fn table_state(admin: &PgPool, table: &str) -> Result<TableState> {
         table_bytes,
         index_bytes,
         dead_tuples,
+        vacuums,
     })
 }

@@ -86,15 +86,16 @@ impl Report {
             );
         }
         if !self.tables.is_empty() {
-            out.push_str("\n| table after | rows | table size | index size | dead tuples |\n|---|---:|---:|---:|---:|\n");
+            out.push_str("\n| table after | rows | table size | index size | dead tuples | vacuums so far |\n|---|---:|---:|---:|---:|---:|\n");
             for (name, state) in &self.tables {
                 let _ = writeln!(
                     out,
-                    "| {name} | {} | {} | {} | {} |",
+                    "| {name} | {} | {} | {} | {} | {} |",
                     state.rows,
                     size(state.table_bytes),
                     size(state.index_bytes),
-                    state.dead_tuples
+                    state.dead_tuples,
+                    state.vacuums
                 );
             }
         }

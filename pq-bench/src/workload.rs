@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::Notify;
 
 use crate::baseline::shares;
-use crate::measure::{table_state, Measured, Probe, TableState};
+use crate::measure::{table_state, Measured, Probe, TableState, FLUSH_STATS};
 use crate::tasks::{self, NOOP, QUEUE};
 
 /// pq's table in the benchmark's schema.
@@ -38,7 +38,7 @@ impl PqTable {
     }
 
     pub async fn truncate(&self, admin: &PgPool) -> Result<()> {
-        sqlx::raw_sql(&format!("TRUNCATE {}", self.name))
+        sqlx::raw_sql(&format!("TRUNCATE {}; {FLUSH_STATS}", self.name))
             .execute(admin)
             .await?;
         Ok(())
@@ -120,7 +120,7 @@ impl PqTable {
     pub async fn fill(&self, admin: &PgPool, jobs: u64) -> Result<()> {
         self.truncate(admin).await?;
         self.add(admin, jobs).await?;
-        sqlx::raw_sql(&format!("ANALYZE {}", self.name))
+        sqlx::raw_sql(&format!("ANALYZE {}; {FLUSH_STATS}", self.name))
             .execute(admin)
             .await?;
         Ok(())
