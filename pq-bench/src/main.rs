@@ -187,7 +187,9 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         if producers == 8 {
             let waiting = repeat(runs, || pq.enqueue_single(admin, 8, jobs, true)).await?;
             report.rows.push(Row {
-                figure: "enqueue, 1 job per transaction, 8 producers, a consumer waiting".into(),
+                figure: "enqueue, 1 job per transaction, 8 producers, \
+                         a consumer waiting on another queue"
+                    .into(),
                 pq: waiting,
                 raw: Some(("single-row INSERT, 8 clients".into(), raw_single)),
             });
@@ -401,7 +403,7 @@ async fn machine(admin: &PgPool, bench: &Bench) -> Result<String> {
         .await?;
     let settings: Vec<(String, String)> = sqlx::query_as(
         "SELECT name, setting FROM pg_settings WHERE name IN \
-         ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size') ORDER BY name",
+         ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size', 'autovacuum') ORDER BY name",
     )
     .fetch_all(admin)
     .await?;
