@@ -176,7 +176,14 @@ impl Pq {
         Ok(queues.len() as u64)
     }
 
-    /// Seconds until the earliest scheduled job of `queue` is due, if any is scheduled.
+    /// Registers the caller as about to wait for jobs of `queue`, and returns how long it may
+    /// sleep: until the earliest scheduled job is due, at most about 9 s (the registration
+    /// lasts 10 s; call again to renew it).
+    ///
+    /// Puts notify only while some consumer is registered (a NOTIFY serialises commits, so pq
+    /// spares it while every consumer is busy). So an idle loop goes: claim; if nothing, call
+    /// this; claim once more (it finds any job whose put committed before the registration and
+    /// so did not notify); then sleep until notified or for the time returned.
     pub async fn seconds_to_next_due(&self, queue: &str) -> Result<Option<f64>> {
         Ok(sqlx::query_scalar(&self.sql().next_due)
             .bind(queue)
