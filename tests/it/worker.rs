@@ -297,18 +297,12 @@ async fn a_worker_rescues_expired_leases_by_itself() {
     let db = TestDb::new().await;
     let id = rescuable().enqueue(&db.pq).await.unwrap();
     claim_and_die(&db.pq).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(
-        Worker::new(db.pq.clone())
-            .queues(["work"])
-            .lease(Duration::from_secs(2))
-            .shutdown_on(async {
-                let _ = stopped.await;
-            })
-            .run(),
-    );
-    wait_until(|| runs_of(&db.pq, id) == 1).await;
-    stop.send(()).unwrap();
+    let worker = stop_once_started(
+        &db,
+        id,
+        Worker::new(db.pq.clone()).lease(Duration::from_secs(2)),
+    )
+    .await;
     worker.await.unwrap().unwrap();
 }
 
@@ -405,18 +399,7 @@ async fn a_long_job_keeps_its_lease_and_is_not_stolen() {
 async fn shutdown_lets_running_jobs_finish_and_leaves_none_running() {
     let db = TestDb::new().await;
     let id = sleep_for(1000).enqueue(&db.pq).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(
-        Worker::new(db.pq.clone())
-            .queues(["work"])
-            .keep_completed(true)
-            .shutdown_on(async {
-                let _ = stopped.await;
-            })
-            .run(),
-    );
-    wait_until(|| runs_of(&db.pq, id) == 1).await;
-    stop.send(()).unwrap();
+    let worker = stop_once_started(&db, id, Worker::new(db.pq.clone()).keep_completed(true)).await;
     worker.await.unwrap().unwrap();
     assert_eq!(row(&db.pq, id).await.unwrap().state, "done");
 }
@@ -425,18 +408,12 @@ async fn shutdown_lets_running_jobs_finish_and_leaves_none_running() {
 async fn jobs_still_running_after_the_grace_period_return_to_the_queue() {
     let db = TestDb::new().await;
     let id = sleep_for(60_000).enqueue(&db.pq).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(
-        Worker::new(db.pq.clone())
-            .queues(["work"])
-            .grace_period(Duration::from_millis(200))
-            .shutdown_on(async {
-                let _ = stopped.await;
-            })
-            .run(),
-    );
-    wait_until(|| runs_of(&db.pq, id) == 1).await;
-    stop.send(()).unwrap();
+    let worker = stop_once_started(
+        &db,
+        id,
+        Worker::new(db.pq.clone()).grace_period(Duration::from_millis(200)),
+    )
+    .await;
     tokio::time::timeout(Duration::from_secs(20), worker)
         .await
         .expect("stops after the grace period")
@@ -511,6 +488,27 @@ async fn a_worker_without_queues_or_tasks_says_so() {
         .await
         .unwrap_err();
     assert!(matches!(err, pq::WorkerError::NoQueues), "{err}");
+}
+
+/// Runs `worker` on queue `work` until job `id` has started, then signals it to shut down;
+/// returns its task, to await its return.
+async fn stop_once_started(
+    db: &TestDb,
+    id: JobId,
+    worker: Worker,
+) -> tokio::task::JoinHandle<Result<(), pq::WorkerError>> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let worker = tokio::spawn(
+        worker
+            .queues(["work"])
+            .shutdown_on(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    wait_until(|| runs_of(&db.pq, id) == 1).await;
+    stop.send(()).unwrap();
+    worker
 }
 
 async fn wait_until(mut condition: impl FnMut() -> bool) {
