@@ -319,7 +319,13 @@ impl Run {
             if claimed.is_empty() {
                 let running = !lock(in_flight).is_empty();
                 if self.settings.burst && !running {
-                    return;
+                    if !self.any_ready().await {
+                        return;
+                    }
+                    // A claim resumes from its cursor and may pass over a job that sorts
+                    // before it (a retry, say) for a moment: look again shortly.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
                 }
                 // Registers this worker as waiting, so that every later put notifies; a put
                 // that committed before did not, and one more look finds it.
@@ -409,6 +415,17 @@ impl Run {
             }
         }
         subscriptions
+    }
+
+    /// Whether any of the worker's queues has a ready job, by a count that reads no cursor.
+    async fn any_ready(&self) -> bool {
+        for queue in &self.settings.queues {
+            // An error counts as ready: a burst worker must not end on a failed look.
+            if !matches!(self.pq.queue(queue).len().await, Ok(0)) {
+                return true;
+            }
+        }
+        false
     }
 
     /// How long an idle worker sleeps: until the earliest scheduled job is due, at most the
