@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use crate::error::Result;
 use crate::job::{JobId, NewJob};
 use crate::pq::Pq;
-use crate::queue::insert;
+use crate::queue::{insert, insert_warm};
 use crate::sql::{Statements, TableName};
 use crate::transaction::Transaction;
 
@@ -26,7 +26,7 @@ pub trait Enqueue<'c> {
 
 impl<'c> Enqueue<'c> for &'c Pq {
     fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c {
-        insert(self.sql(), self.pool(), job)
+        insert_warm(self, job)
     }
 }
 

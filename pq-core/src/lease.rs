@@ -64,12 +64,14 @@ impl Pq {
     /// to the queue. Each claim counts an attempt.
     pub async fn claim(&self, queue: &str, limit: u32, lease: Duration) -> Result<Vec<Job>> {
         check_queue_name(queue)?;
+        let mut connection = self.connection().await?;
         let rows = sqlx::query(&self.sql().claim)
             .bind(queue)
             .bind(i64::from(limit))
             .bind(micros(lease))
-            .fetch_all(self.pool())
+            .fetch_all(&mut *connection)
             .await?;
+        connection.keep();
         let mut jobs = rows
             .iter()
             .map(|row| Job::from_row(row, self.sql()))
@@ -185,10 +187,13 @@ impl Pq {
     /// this; claim once more (it finds any job whose put committed before the registration and
     /// so did not notify); then sleep until notified or for the time returned.
     pub async fn seconds_to_next_due(&self, queue: &str) -> Result<Option<f64>> {
-        Ok(sqlx::query_scalar(&self.sql().next_due)
+        let mut connection = self.connection().await?;
+        let seconds = sqlx::query_scalar(&self.sql().next_due)
             .bind(queue)
-            .fetch_one(self.pool())
-            .await?)
+            .fetch_one(&mut *connection)
+            .await?;
+        connection.keep();
+        Ok(seconds)
     }
 
     /// Notifications for `queue`: woken when a job is put on it, when a rescued job returns to

@@ -6,6 +6,7 @@
 //! Use it through the `pq` crate, which re-exports everything here.
 
 mod admin;
+mod connections;
 mod enqueue;
 mod error;
 mod job;

@@ -75,7 +75,7 @@ impl Queue {
     pub fn put<T: Serialize + ?Sized>(&self, data: &T) -> Put<'_> {
         Put::new(
             self.pq.sql(),
-            Target::Pool(self.pq.pool()),
+            Target::Pq(&self.pq),
             NewJob::new(&self.name, data),
         )
     }
@@ -100,7 +100,7 @@ impl Queue {
             .collect();
         PutMany {
             sql: self.pq.sql(),
-            target: Target::Pool(self.pq.pool()),
+            target: Target::Pq(&self.pq),
             jobs,
             schedule_at: None,
             expected_at: None,
@@ -121,7 +121,10 @@ impl Queue {
     /// Takes the next ready job if there is one, without waiting.
     pub async fn try_get(&self) -> Result<Option<Job>> {
         check_queue_name(&self.name)?;
-        take(self.pq.sql(), self.pq.pool(), &self.name).await
+        let mut connection = self.pq.connection().await?;
+        let job = take(self.pq.sql(), &mut *connection, &self.name).await?;
+        connection.keep();
+        Ok(job)
     }
 
     /// The jobs of this queue as an endless stream: it waits while the queue is empty, and
@@ -205,8 +208,8 @@ async fn seconds_to_next_due<'e>(
 }
 
 /// The blocking get: take a job, or wait for a notification, the earliest scheduled job, or
-/// the timeout, whichever comes first. On `connection` when inside a transaction; otherwise
-/// each query borrows a pooled connection only for its own duration.
+/// the timeout, whichever comes first. On `connection` when inside a transaction; otherwise on
+/// a connection of pq's own, held only while it looks.
 pub(crate) async fn wait_for_job(
     queue: &Queue,
     mut connection: Option<&mut PgConnection>,
@@ -214,8 +217,6 @@ pub(crate) async fn wait_for_job(
 ) -> Result<Option<Job>> {
     check_queue_name(&queue.name)?;
     let deadline = Instant::now() + timeout;
-    let sql = queue.pq.sql();
-    let pool = queue.pq.pool();
     let wake = queue.pq.listener().subscribe(&queue.name).await?;
     loop {
         // Registered before looking, so a job put between the look and the wait still wakes us.
@@ -223,31 +224,21 @@ pub(crate) async fn wait_for_job(
         tokio::pin!(notified);
         notified.as_mut().enable();
 
-        let job = match connection.as_deref_mut() {
-            Some(conn) => take(sql, conn, &queue.name).await?,
-            None => take(sql, pool, &queue.name).await?,
+        let looked = match connection.as_deref_mut() {
+            Some(conn) => look(queue, conn, deadline).await?,
+            None => {
+                let mut warm = queue.pq.connection().await?;
+                let looked = look(queue, &mut warm, deadline).await?;
+                warm.keep();
+                looked
+            }
         };
-        if job.is_some() {
-            return Ok(job);
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        let next_due = match connection.as_deref_mut() {
-            Some(conn) => seconds_to_next_due(sql, conn, &queue.name).await?,
-            None => seconds_to_next_due(sql, pool, &queue.name).await?,
+        let next_due = match looked {
+            Look::Found(job) => return Ok(Some(job)),
+            Look::TimedOut => return Ok(None),
+            Look::Wait { next_due } => next_due,
         };
-        // Registered as waiting now, so every later put notifies; a put that committed before
-        // did not, and this look finds it.
-        let job = match connection.as_deref_mut() {
-            Some(conn) => take(sql, conn, &queue.name).await?,
-            None => take(sql, pool, &queue.name).await?,
-        };
-        if job.is_some() {
-            return Ok(job);
-        }
-        let mut wait = deadline - now;
+        let mut wait = deadline.saturating_duration_since(Instant::now());
         if let Some(seconds) = next_due {
             wait = wait.min(Duration::from_secs_f64(seconds.max(0.0)));
         }
@@ -256,6 +247,31 @@ pub(crate) async fn wait_for_job(
             () = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// What one look of a blocking get found.
+enum Look {
+    Found(Job),
+    TimedOut,
+    /// Nothing: wait, at most this many seconds if a scheduled job is due then.
+    Wait { next_due: Option<f64> },
+}
+
+async fn look(queue: &Queue, conn: &mut PgConnection, deadline: Instant) -> Result<Look> {
+    let sql = queue.pq.sql();
+    if let Some(job) = take(sql, &mut *conn, &queue.name).await? {
+        return Ok(Look::Found(job));
+    }
+    if Instant::now() >= deadline {
+        return Ok(Look::TimedOut);
+    }
+    let next_due = seconds_to_next_due(sql, &mut *conn, &queue.name).await?;
+    // Registered as waiting now, so every later put notifies; a put that committed before
+    // did not, and this look finds it.
+    if let Some(job) = take(sql, &mut *conn, &queue.name).await? {
+        return Ok(Look::Found(job));
+    }
+    Ok(Look::Wait { next_due })
 }
 
 /// A job being put: set its times, then await it (on the queue's pool) or
@@ -269,7 +285,8 @@ pub struct Put<'a> {
 
 /// Where an awaited [`Put`] or [`PutMany`] runs.
 pub(crate) enum Target<'a> {
-    Pool(&'a sqlx::PgPool),
+    /// The table's own pool, through [`Pq::connection`].
+    Pq(&'a Pq),
     Connection(&'a mut PgConnection),
 }
 
@@ -318,11 +335,19 @@ impl<'a> IntoFuture for Put<'a> {
         Box::pin(async move {
             let job = self.job?;
             match self.target {
-                Target::Pool(pool) => insert(self.sql, pool, job).await,
+                Target::Pq(pq) => insert_warm(pq, job).await,
                 Target::Connection(conn) => insert(self.sql, conn, job).await,
             }
         })
     }
+}
+
+/// Writes one job on a connection of `pq`'s own, returning its id.
+pub(crate) async fn insert_warm(pq: &Pq, job: NewJob) -> Result<JobId> {
+    let mut connection = pq.connection().await?;
+    let id = insert(pq.sql(), &mut *connection, job).await?;
+    connection.keep();
+    Ok(id)
 }
 
 /// Writes one job, returning its id.
@@ -394,7 +419,12 @@ impl<'a> IntoFuture for PutMany<'a> {
         Box::pin(async move {
             let (sql, jobs, target) = self.prepare()?;
             match target {
-                Target::Pool(pool) => insert_many(sql, pool, &jobs).await,
+                Target::Pq(pq) => {
+                    let mut connection = pq.connection().await?;
+                    let ids = insert_many(sql, &mut *connection, &jobs).await?;
+                    connection.keep();
+                    Ok(ids)
+                }
                 Target::Connection(conn) => insert_many(sql, conn, &jobs).await,
             }
         })

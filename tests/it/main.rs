@@ -3,6 +3,7 @@
 //! suite runs in parallel. One test binary keeps link times down.
 
 mod admin;
+mod connections;
 mod faults;
 mod queue;
 mod support;

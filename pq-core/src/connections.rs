@@ -1,0 +1,153 @@
+//! The connections pq's own statements run on: taken from the pool, and kept warm between
+//! statements instead of going back to it after each one.
+//!
+//! sqlx checks every connection that returns to its pool with a round trip, and the pool hands
+//! it out again only after that. For a statement that is itself one round trip (a put, a claim,
+//! a completion) that is a second round trip, and a third with the check before acquiring that
+//! [`PqBuilder`](crate::PqBuilder) turns off: a busy producer loses a third of its puts to them.
+//! So a connection whose statement succeeded waits here for pq's next statement, and returns to
+//! the pool, checked as usual, once it has sat unused for [`IDLE`] or the pool closes. A
+//! statement that failed or was cancelled drops its connection back to the pool at once, where
+//! sqlx's check finds out whether it is still usable.
+//!
+//! Every statement of pq's hot paths takes its connection here first, so a kept connection
+//! never makes pq wait for another; the application's own users of the pool may wait up to
+//! twice [`IDLE`] when pq keeps all of them.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
+
+use crate::error::Result;
+
+/// How long a kept connection may sit unused before it returns to the pool.
+pub(crate) const IDLE: Duration = Duration::from_millis(250);
+
+/// The pool, and the connections kept from it.
+pub(crate) struct Connections {
+    pool: PgPool,
+    kept: Arc<Kept>,
+}
+
+#[derive(Default)]
+struct Kept {
+    idle: Mutex<Vec<(PoolConnection<Postgres>, Instant)>>,
+    /// Whether a task is returning idle connections to the pool.
+    sweeping: AtomicBool,
+}
+
+impl Connections {
+    pub(crate) fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            kept: Arc::default(),
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The connection used last, or one from the pool.
+    pub(crate) async fn acquire(&self) -> Result<Warm<'_>> {
+        let kept = self.kept.take();
+        let connection = match kept {
+            Some(connection) => connection,
+            None => self.pool.acquire().await?,
+        };
+        Ok(Warm {
+            connection: Some(connection),
+            home: self,
+        })
+    }
+}
+
+impl Kept {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<Postgres>, Instant)>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn take(&self) -> Option<PoolConnection<Postgres>> {
+        self.lock().pop().map(|(connection, _)| connection)
+    }
+
+    /// Keeps `connection` for the next statement, and makes sure a task will return it to the
+    /// pool if none comes.
+    fn keep(self: &Arc<Self>, pool: &PgPool, connection: PoolConnection<Postgres>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // No runtime to return it later: return it now.
+        };
+        if pool.is_closed() {
+            return;
+        }
+        self.lock().push((connection, Instant::now()));
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            runtime.spawn(sweep(Arc::downgrade(self), pool.clone()));
+        }
+    }
+}
+
+/// Returns kept connections to the pool once idle for [`IDLE`], or at once when it closes; ends
+/// when none is kept.
+async fn sweep(kept: Weak<Kept>, pool: PgPool) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(IDLE) => {}
+            () = pool.close_event() => {}
+        }
+        let Some(kept) = kept.upgrade() else { return };
+        let stale: Vec<_> = {
+            let mut idle = kept.lock();
+            let keep_from = if pool.is_closed() {
+                idle.len()
+            } else {
+                // Oldest first: they were pushed in the order they were last used.
+                idle.partition_point(|(_, since)| since.elapsed() >= IDLE)
+            };
+            idle.drain(..keep_from).collect()
+        };
+        drop(stale); // Back to the pool, each checked by sqlx as it goes.
+        if kept.lock().is_empty() {
+            kept.sweeping.store(false, Ordering::Release);
+            // A connection kept after the check, before the flag fell, found the flag still
+            // up and started no task: carry on for it.
+            if kept.lock().is_empty() || kept.sweeping.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+}
+
+/// A connection of pq's, for one statement. [`keep`](Warm::keep) it once the statement
+/// succeeded; dropped instead, it goes back to the pool.
+pub(crate) struct Warm<'a> {
+    connection: Option<PoolConnection<Postgres>>,
+    home: &'a Connections,
+}
+
+impl Warm<'_> {
+    /// The statement succeeded: the connection is ready for the next one.
+    pub(crate) fn keep(mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.home.kept.keep(&self.home.pool, connection);
+        }
+    }
+}
+
+impl Deref for Warm<'_> {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.connection.as_ref().expect("taken only by keep")
+    }
+}
+
+impl DerefMut for Warm<'_> {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.connection.as_mut().expect("taken only by keep")
+    }
+}
