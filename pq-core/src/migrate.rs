@@ -38,6 +38,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_dequeue_from_a_cursor.sql",
         sql: include_str!("../../migrations/0004_dequeue_from_a_cursor.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_notify_check_in_when.sql",
+        sql: include_str!("../../migrations/0005_notify_check_in_when.sql"),
+    },
 ];
 
 pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {

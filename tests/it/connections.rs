@@ -78,7 +78,8 @@ async fn a_connection_whose_statement_failed_is_not_kept() {
     // fails, once. It is not kept, so the one after gets a new connection.
     let mut failures = 0;
     for n in 2..5 {
-        if queue.put(&n).await.is_err() {
+        if let Err(error) = queue.put(&n).await {
+            assert!(error.is_transient(), "{error}: worth a retry");
             failures += 1;
         }
     }
