@@ -133,7 +133,17 @@ async fn run(
                 tracing::debug!(?elapsed, "pq: job succeeded");
                 Outcome::Succeeded(claim)
             }
-            Some(tx) => commit_with_completion(pq, tx, claim, keep_completed, elapsed).await,
+            // Boxed: its statements make a large future, and every job's task would carry it.
+            Some(tx) => {
+                Box::pin(commit_with_completion(
+                    pq,
+                    tx,
+                    claim,
+                    keep_completed,
+                    elapsed,
+                ))
+                .await
+            }
         },
         Err(error) => {
             // The handler's own writes, if any, are rolled back with its transaction.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_util::future::select_all;
 use pq_core::{Claim, Job, Pq, Subscription};
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::complete::{lock, Completer, InFlight};
@@ -99,8 +99,8 @@ impl Worker {
         self
     }
 
-    /// Runs at most this many jobs at once (default 16); a claim takes up to as many free
-    /// slots' worth of jobs in one statement.
+    /// Runs at most this many jobs at once (default 16). A claim takes a job for each free
+    /// slot, in one statement, once half the slots are free or 5 ms after the first one freed.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.settings.concurrency = concurrency.max(1);
         self
@@ -185,6 +185,16 @@ impl Worker {
     }
 }
 
+/// What the worker's two claimers share.
+struct Fetcher<'a> {
+    /// One permit per job that may run at once.
+    slots: Arc<Semaphore>,
+    in_flight: &'a InFlight,
+    outcomes: &'a mpsc::UnboundedSender<Outcome>,
+    /// Woken when a claim came back full: more is ready than one claim takes.
+    backlog: Notify,
+}
+
 /// A running worker.
 struct Run {
     pq: Pq,
@@ -217,22 +227,41 @@ impl Run {
             (self.settings.lease / 2).max(Duration::from_secs(1)),
         ));
 
+        let fetcher = Fetcher {
+            slots: Arc::new(Semaphore::new(self.settings.concurrency)),
+            in_flight: &in_flight,
+            outcomes: &outcomes,
+            backlog: Notify::new(),
+        };
+        let (stopped, stop) = watch::channel(false);
         let mut jobs = JoinSet::new();
-        self.fetch(&mut jobs, &in_flight, &progress, &outcomes, &mut shutdown)
-            .await;
-        tracing::info!(running = jobs.len(), "pq: worker stopping");
+        let mut backlog_jobs = JoinSet::new();
+        tokio::join!(
+            async {
+                self.fetch(&fetcher, &mut jobs, &progress, &mut shutdown)
+                    .await;
+                stopped.send_replace(true);
+            },
+            self.fetch_backlog(&fetcher, &mut backlog_jobs, stop),
+        );
+        tracing::info!(
+            running = jobs.len() + backlog_jobs.len(),
+            "pq: worker stopping"
+        );
 
         // Let running jobs finish within the grace period; stop the rest.
         let finished = tokio::time::timeout(self.settings.grace_period, async {
             while jobs.join_next().await.is_some() {}
+            while backlog_jobs.join_next().await.is_some() {}
         })
         .await;
         if finished.is_err() {
             tracing::warn!(
-                stopped = jobs.len(),
+                stopped = jobs.len() + backlog_jobs.len(),
                 "pq: grace period over, stopping running jobs"
             );
             jobs.shutdown().await;
+            backlog_jobs.shutdown().await;
         }
         drop(outcomes);
         if let Err(error) = completer.await {
@@ -261,13 +290,11 @@ impl Run {
     /// claimed job is dropped unstarted.
     async fn fetch(
         &self,
+        fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
-        in_flight: &InFlight,
         progress: &Arc<Notify>,
-        outcomes: &mpsc::UnboundedSender<Outcome>,
         shutdown: &mut Signal,
     ) {
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
         let subscriptions = tokio::select! {
             subscriptions = self.subscribe() => subscriptions,
             () = shutdown.as_mut() => return,
@@ -276,17 +303,13 @@ impl Run {
         let mut backoff = Backoff::default();
         loop {
             while jobs.try_join_next().is_some() {}
-            let first = tokio::select! {
-                permit = Arc::clone(&slots).acquire_owned() => permit,
+            let permits = tokio::select! {
+                permits = self.gather_slots(&fetcher.slots) => permits,
                 () = shutdown.as_mut() => return,
             };
-            let Ok(first) = first else {
+            let Some(permits) = permits else {
                 return;
             };
-            let mut permits = vec![first];
-            while let Ok(permit) = Arc::clone(&slots).try_acquire_owned() {
-                permits.push(permit);
-            }
 
             // Armed before claiming, so that a job put meanwhile still wakes the wait below.
             let mut wakeups: Vec<_> = subscriptions
@@ -300,9 +323,12 @@ impl Run {
             tokio::pin!(work_done);
             work_done.as_mut().enable();
 
-            let mut claimed = match self.claim(&mut next_queue, permits.len()).await {
+            let mut claimed = match self.claim(&mut next_queue, permits.num_permits()).await {
                 Ok(claimed) => {
                     backoff.reset();
+                    if claimed.len() == permits.num_permits() {
+                        fetcher.backlog.notify_one();
+                    }
                     claimed
                 }
                 Err(error) => {
@@ -317,7 +343,7 @@ impl Run {
             };
             let mut wait = self.settings.poll_interval;
             if claimed.is_empty() {
-                let running = !lock(in_flight).is_empty();
+                let running = !lock(fetcher.in_flight).is_empty();
                 if self.settings.burst && !running {
                     if !self.any_ready().await {
                         return;
@@ -331,7 +357,7 @@ impl Run {
                 // that committed before did not, and one more look finds it.
                 wait = self.idle_wait().await;
                 claimed = self
-                    .claim(&mut next_queue, permits.len())
+                    .claim(&mut next_queue, permits.num_permits())
                     .await
                     .unwrap_or_default();
             }
@@ -352,25 +378,102 @@ impl Run {
                 }
                 continue;
             }
-            permits.truncate(claimed.len());
-            for (job, permit) in claimed.into_iter().zip(permits) {
-                self.start(jobs, in_flight, outcomes, job, permit);
+            self.start(fetcher, jobs, claimed, permits);
+        }
+    }
+
+    /// A second claimer, at work only while a backlog lasts: while one claim is in flight,
+    /// the jobs of the other run, so the database is never left waiting on the worker nor the
+    /// worker on the database. It starts when the main fetcher's claim comes back full, and
+    /// goes back to waiting when its own does not.
+    async fn fetch_backlog(
+        &self,
+        fetcher: &Fetcher<'_>,
+        jobs: &mut JoinSet<()>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        if self.settings.concurrency < 2 {
+            return;
+        }
+        let mut next_queue = 1;
+        loop {
+            tokio::select! {
+                () = fetcher.backlog.notified() => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+            loop {
+                while jobs.try_join_next().is_some() {}
+                let permits = tokio::select! {
+                    permits = self.gather_slots(&fetcher.slots) => permits,
+                    _ = stop.wait_for(|stop| *stop) => return,
+                };
+                let Some(permits) = permits else {
+                    return;
+                };
+                let wanted = permits.num_permits();
+                // An error is the main fetcher's to report and retry.
+                let claimed = self
+                    .claim(&mut next_queue, wanted)
+                    .await
+                    .unwrap_or_default();
+                let full = claimed.len() == wanted;
+                self.start(fetcher, jobs, claimed, permits);
+                if !full {
+                    break;
+                }
             }
         }
     }
 
+    /// Waits for a free slot, then for a good share of them (see [`GATHER_SLOTS`]); `None`
+    /// once the worker closes its slots.
+    async fn gather_slots(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        let mut permits = Arc::clone(slots).acquire_owned().await.ok()?;
+        take_free(slots, &mut permits);
+        // Claim once a good share of the slots is free, not for the first free one: a claim
+        // is a round trip and a commit whatever its size, and one claim of many jobs costs
+        // the database far less than many claims of few. Slots of long jobs may not free up
+        // soon, so the wait is short.
+        let share = self.settings.concurrency.div_ceil(2);
+        if permits.num_permits() < share {
+            let missing = u32::try_from(share - permits.num_permits()).unwrap_or(u32::MAX);
+            let more =
+                tokio::time::timeout(GATHER_SLOTS, Arc::clone(slots).acquire_many_owned(missing));
+            if let Ok(Ok(more)) = more.await {
+                permits.merge(more);
+            }
+            take_free(slots, &mut permits);
+        }
+        Some(permits)
+    }
+
+    /// Starts `claimed`, one slot of `permits` each; the slots left over are freed.
     fn start(
         &self,
+        fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
-        in_flight: &InFlight,
-        outcomes: &mpsc::UnboundedSender<Outcome>,
+        claimed: Vec<Job>,
+        mut permits: OwnedSemaphorePermit,
+    ) {
+        for job in claimed {
+            let permit = permits
+                .split(1)
+                .expect("a claim takes at most one job a slot");
+            self.start_one(fetcher, jobs, job, permit);
+        }
+    }
+
+    fn start_one(
+        &self,
+        fetcher: &Fetcher<'_>,
+        jobs: &mut JoinSet<()>,
         job: Job,
         permit: OwnedSemaphorePermit,
     ) {
-        lock(in_flight).insert(Claim::of(&job));
+        lock(fetcher.in_flight).insert(Claim::of(&job));
         let pq = self.pq.clone();
         let registry = Arc::clone(&self.registry);
-        let outcomes = outcomes.clone();
+        let outcomes = fetcher.outcomes.clone();
         let keep_completed = self.settings.keep_completed;
         jobs.spawn(async move {
             let outcome = execute(&pq, &registry, job, keep_completed).await;
@@ -438,6 +541,20 @@ impl Run {
             }
         }
         wait
+    }
+}
+
+/// How long a worker with jobs running waits for half its slots to be free before it claims
+/// for the slots free so far.
+const GATHER_SLOTS: Duration = Duration::from_millis(5);
+
+/// Adds every free slot to `permits`.
+fn take_free(slots: &Arc<Semaphore>, permits: &mut OwnedSemaphorePermit) {
+    let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+    if free > 0 {
+        if let Ok(more) = Arc::clone(slots).try_acquire_many_owned(free) {
+            permits.merge(more);
+        }
     }
 }
 

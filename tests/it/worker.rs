@@ -479,6 +479,89 @@ async fn many_workers_over_one_queue_run_every_job_exactly_once() {
     }
 }
 
+/// Jobs running now and the most ever running at once, per table.
+fn running() -> &'static Mutex<HashMap<String, (u32, u32)>> {
+    static RUNNING: OnceLock<Mutex<HashMap<String, (u32, u32)>>> = OnceLock::new();
+    RUNNING.get_or_init(Mutex::default)
+}
+
+#[pq::task(queue = "work")]
+async fn count_running(ctx: TaskContext) {
+    {
+        let mut running = running().lock().unwrap();
+        let (now, most) = running.entry(ctx.pq().table()).or_default();
+        *now += 1;
+        *most = (*most).max(*now);
+    }
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    running()
+        .lock()
+        .unwrap()
+        .get_mut(&ctx.pq().table())
+        .unwrap()
+        .0 -= 1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_never_runs_more_jobs_at_once_than_the_concurrency() {
+    let db = TestDb::new().await;
+    let calls: Vec<_> = (0..300).map(|_| count_running()).collect();
+    for call in calls {
+        call.enqueue(&db.pq).await.unwrap();
+    }
+    // During a backlog a second claimer feeds the same slots.
+    Worker::new(db.pq.clone())
+        .queues(["work"])
+        .concurrency(6)
+        .burst()
+        .run()
+        .await
+        .unwrap();
+    let (now, most) = running().lock().unwrap()[&db.pq.table()];
+    assert_eq!(now, 0);
+    assert!(
+        (2..=6).contains(&most),
+        "at most 6 at once, and more than 1: {most}"
+    );
+    assert_eq!(db.pq.queue("work").len().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_during_a_backlog_leaves_every_job_done_or_queued() {
+    let db = TestDb::new().await;
+    let calls: Vec<_> = (0..400).map(|_| sleep_for(20)).collect();
+    let mut ids = Vec::new();
+    for call in calls {
+        ids.push(call.enqueue(&db.pq).await.unwrap());
+    }
+    let worker = stop_once_started(&db, ids[40], Worker::new(db.pq.clone()).concurrency(16)).await;
+    tokio::time::timeout(Duration::from_secs(20), worker)
+        .await
+        .expect("stops")
+        .unwrap()
+        .unwrap();
+    let states: Vec<(String, i32, i64)> = sqlx::query_as(&format!(
+        "SELECT state, attempts, count(*) FROM {} GROUP BY 1, 2",
+        db.pq.table()
+    ))
+    .fetch_all(db.pq.pool())
+    .await
+    .unwrap();
+    let left: i64 = states.iter().map(|(_, _, n)| n).sum();
+    assert!(left > 0 && left < 400, "stopped mid-backlog: {states:?}");
+    assert_eq!(
+        states
+            .iter()
+            .map(|(s, a, _)| (s.as_str(), *a))
+            .collect::<Vec<_>>(),
+        [("queued", 0)],
+        "nothing left running or counted"
+    );
+    for id in ids {
+        assert!(runs_of(&db.pq, id) <= 1, "job {id} ran twice");
+    }
+}
+
 #[tokio::test]
 async fn a_worker_without_queues_or_tasks_says_so() {
     let db = TestDb::new().await;
