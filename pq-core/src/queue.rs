@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::{PgConnection, PgExecutor, Row};
 use tokio::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::{check_queue_name, Job, JobId, NewJob};
 use crate::pq::Pq;
 use crate::sql::Statements;
@@ -94,14 +94,17 @@ impl Queue {
         T: Serialize + 'a,
         I: IntoIterator<Item = &'a T>,
     {
-        let jobs = items
-            .into_iter()
-            .map(|item| NewJob::new(&self.name, item))
-            .collect();
+        let data = check_queue_name(&self.name).and_then(|()| {
+            items
+                .into_iter()
+                .map(|item| serde_json::to_string(item).map_err(Error::Encode))
+                .collect()
+        });
         PutMany {
             sql: self.pq.sql(),
             target: Target::Pq(&self.pq),
-            jobs,
+            queue: &self.name,
+            data,
             schedule_at: None,
             expected_at: None,
         }
@@ -254,7 +257,9 @@ enum Look {
     Found(Job),
     TimedOut,
     /// Nothing: wait, at most this many seconds if a scheduled job is due then.
-    Wait { next_due: Option<f64> },
+    Wait {
+        next_due: Option<f64>,
+    },
 }
 
 async fn look(queue: &Queue, conn: &mut PgConnection, deadline: Instant) -> Result<Look> {
@@ -375,7 +380,9 @@ pub(crate) async fn insert<'e>(
 pub struct PutMany<'a> {
     sql: &'a Arc<Statements>,
     target: Target<'a>,
-    jobs: Result<Vec<NewJob>>,
+    queue: &'a str,
+    /// Each job's data, as JSON text.
+    data: Result<Vec<String>>,
     schedule_at: Option<Result<When>>,
     expected_at: Option<Result<When>>,
 }
@@ -395,19 +402,22 @@ impl<'a> PutMany<'a> {
 
     /// Writes the batch on `executor`, in one statement.
     pub async fn execute<'e>(self, executor: impl PgExecutor<'e>) -> Result<Vec<JobId>> {
-        let (sql, jobs, _) = self.prepare()?;
-        insert_many(sql, executor, &jobs).await
+        let (batch, _) = self.prepare()?;
+        insert_many(executor, &batch).await
     }
 
-    fn prepare(self) -> Result<(&'a Statements, Vec<NewJob>, Target<'a>)> {
-        let mut jobs = self.jobs?;
-        let schedule_at = self.schedule_at.transpose()?;
-        let expected_at = self.expected_at.transpose()?;
-        for job in &mut jobs {
-            job.schedule_at = job.schedule_at.or(schedule_at);
-            job.expected_at = job.expected_at.or(expected_at);
+    fn prepare(self) -> Result<(Batch<'a>, Target<'a>)> {
+        let batch = Batch {
+            sql: self.sql,
+            queue: self.queue,
+            data: self.data?,
+            schedule_at: self.schedule_at.transpose()?,
+            expected_at: self.expected_at.transpose()?,
+        };
+        for when in [batch.schedule_at, batch.expected_at].into_iter().flatten() {
+            when.checked()?;
         }
-        Ok((self.sql, jobs, self.target))
+        Ok((batch, self.target))
     }
 }
 
@@ -417,63 +427,42 @@ impl<'a> IntoFuture for PutMany<'a> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let (sql, jobs, target) = self.prepare()?;
+            let (batch, target) = self.prepare()?;
             match target {
                 Target::Pq(pq) => {
                     let mut connection = pq.connection().await?;
-                    let ids = insert_many(sql, &mut *connection, &jobs).await?;
+                    let ids = insert_many(&mut *connection, &batch).await?;
                     connection.keep();
                     Ok(ids)
                 }
-                Target::Connection(conn) => insert_many(sql, conn, &jobs).await,
+                Target::Connection(conn) => insert_many(conn, &batch).await,
             }
         })
     }
 }
 
-/// Writes many jobs in one statement, returning their ids in order.
-pub(crate) async fn insert_many<'e>(
-    sql: &Statements,
-    executor: impl PgExecutor<'e>,
-    jobs: &[NewJob],
-) -> Result<Vec<JobId>> {
-    if jobs.is_empty() {
+/// A checked batch: jobs of one queue, with the same times.
+struct Batch<'a> {
+    sql: &'a Statements,
+    queue: &'a str,
+    data: Vec<String>,
+    schedule_at: Option<When>,
+    expected_at: Option<When>,
+}
+
+/// Writes a batch in one statement, returning the ids in order. The queue and the times go
+/// once, not once a job: only the data is an array.
+async fn insert_many<'e>(executor: impl PgExecutor<'e>, batch: &Batch<'_>) -> Result<Vec<JobId>> {
+    if batch.data.is_empty() {
         return Ok(Vec::new());
     }
-    for job in jobs {
-        job.check()?;
-    }
-    let column = |f: fn(&NewJob) -> Option<When>| jobs.iter().map(f).collect::<Vec<_>>();
-    let schedule = column(|j| j.schedule_at);
-    let expected = column(|j| j.expected_at);
-    let rows = sqlx::query(&sql.put_many)
-        .bind(jobs.iter().map(|j| j.queue.as_str()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.task.as_deref()).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.data.as_str()).collect::<Vec<_>>())
-        .bind(
-            schedule
-                .iter()
-                .map(|w| w.and_then(When::at))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            schedule
-                .iter()
-                .map(|w| w.and_then(When::in_micros))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            expected
-                .iter()
-                .map(|w| w.and_then(When::at))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            expected
-                .iter()
-                .map(|w| w.and_then(When::in_micros))
-                .collect::<Vec<_>>(),
-        )
+    let rows = sqlx::query(&batch.sql.put_many)
+        .bind(batch.queue)
+        .bind(&batch.data)
+        .bind(batch.schedule_at.and_then(When::at))
+        .bind(batch.schedule_at.and_then(When::in_micros))
+        .bind(batch.expected_at.and_then(When::at))
+        .bind(batch.expected_at.and_then(When::in_micros))
         .fetch_all(executor)
         .await?;
     let mut ids = rows

@@ -189,12 +189,11 @@ impl Statements {
              RETURNING id"
         );
         let put_many = format!(
-            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at) \
-             SELECT q, k, d::json, \
-               COALESCE(sa, statement_timestamp() + sd * interval '1 microsecond', '-infinity'), \
-               COALESCE(ea, statement_timestamp() + ed * interval '1 microsecond') \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
-                         $6::timestamptz[], $7::int8[]) AS u(q, k, d, sa, sd, ea, ed) \
+            "INSERT INTO {t} (q_name, data, schedule_at, expected_at) \
+             SELECT $1, d::json, \
+               COALESCE($3, statement_timestamp() + $4 * interval '1 microsecond', '-infinity'), \
+               COALESCE($5, statement_timestamp() + $6 * interval '1 microsecond') \
+             FROM unnest($2::text[]) AS d \
              RETURNING id"
         );
         let ready = format!(
