@@ -452,7 +452,7 @@ async fn enqueue(
         job = job.schedule_at(when);
     }
     let id = pq.enqueue(job).await?;
-    pq_worker::metrics::job_enqueued(task, queue);
+    pq_worker::metrics::job_enqueued(task.to_owned(), queue.to_owned());
     if cli.json {
         return output::json(out, &json!({"id": id, "task": task, "queue": queue}));
     }

@@ -1,5 +1,6 @@
 //! [`TaskContext`]: what a running task knows about its job, and the job's own transaction.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -30,7 +31,7 @@ pub struct TaskContext {
     pq: Pq,
     job_id: JobId,
     queue: Arc<str>,
-    task: Arc<str>,
+    task: Cow<'static, str>,
     attempt: u32,
     enqueued_at: DateTime<Utc>,
     transaction: JobTransaction,
@@ -44,19 +45,19 @@ impl TaskContext {
             pq,
             job_id,
             queue: queue.into(),
-            task: task.into(),
+            task: Cow::Owned(task.to_owned()),
             attempt: 1,
             enqueued_at: Utc::now(),
             transaction: JobTransaction::default(),
         }
     }
 
-    pub(crate) fn for_job(pq: &Pq, job: &Job, task: &str) -> Self {
+    pub(crate) fn for_job(pq: &Pq, job: &Job, task: &'static str, queue: Arc<str>) -> Self {
         Self {
             pq: pq.clone(),
             job_id: job.id(),
-            queue: job.queue().into(),
-            task: task.into(),
+            queue,
+            task: Cow::Borrowed(task),
             attempt: job.attempts(),
             enqueued_at: job.enqueued_at(),
             transaction: JobTransaction::default(),

@@ -2,6 +2,7 @@
 //! panics), and decides what its outcome means for the job.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -9,7 +10,7 @@ use pq_core::{Claim, Failure, Job, Pq};
 use tracing::Instrument;
 
 use crate::context::TaskContext;
-use crate::metrics;
+use crate::metrics::{self, SharedString};
 use crate::registry::{Registry, TaskDefinition};
 use crate::retry::retry_delay;
 
@@ -48,25 +49,37 @@ impl Outcome {
     }
 }
 
-/// Runs `job` and returns its outcome; never panics, whatever the handler does. A job whose
-/// handler used its transaction is completed there, deleted or kept `done` as `keep_completed`
-/// says, like every other job.
+/// Runs `job`, taken from `queue`, and returns its outcome; never panics, whatever the handler
+/// does. A job whose handler used its transaction is completed there, deleted or kept `done` as
+/// `keep_completed` says, like every other job.
 pub(crate) async fn execute(
     pq: &Pq,
     registry: &Registry,
     job: Job,
+    queue: Arc<str>,
     keep_completed: bool,
 ) -> Outcome {
-    let task = job.task().unwrap_or_default().to_owned();
-    let queue = job.queue().to_owned();
-    metrics::job_started(&task, &queue, metrics::queue_latency(&job));
+    let definition = job.task().and_then(|name| registry.get(name));
+    // Labels that copy nothing: the registered task's static name, the worker's queue name.
+    let task = match definition {
+        Some(definition) => SharedString::const_str(definition.name),
+        None => SharedString::from(job.task().unwrap_or_default().to_owned()),
+    };
+    let queue_label = SharedString::from(Arc::clone(&queue));
+    metrics::job_started(task.clone(), queue_label.clone(), metrics::queue_latency(&job));
     let started = Instant::now();
-    let outcome = dispatch(pq, registry, job, keep_completed).await;
-    metrics::job_finished(&task, &queue, outcome.metric(), started.elapsed());
+    let outcome = dispatch(pq, definition, job, queue, keep_completed).await;
+    metrics::job_finished(task, queue_label, outcome.metric(), started.elapsed());
     outcome
 }
 
-async fn dispatch(pq: &Pq, registry: &Registry, job: Job, keep_completed: bool) -> Outcome {
+async fn dispatch(
+    pq: &Pq,
+    definition: Option<&TaskDefinition>,
+    job: Job,
+    queue: Arc<str>,
+    keep_completed: bool,
+) -> Outcome {
     let claim = Claim::of(&job);
     let Some(name) = job.task() else {
         return give_up(
@@ -75,7 +88,7 @@ async fn dispatch(pq: &Pq, registry: &Registry, job: Job, keep_completed: bool) 
                 .into(),
         );
     };
-    let Some(definition) = registry.get(name) else {
+    let Some(definition) = definition else {
         return give_up(
             claim,
             format!("no task named `{name}` is registered in this worker"),
@@ -88,7 +101,7 @@ async fn dispatch(pq: &Pq, registry: &Registry, job: Job, keep_completed: bool) 
         queue = job.queue(),
         attempt = claim.attempt,
     );
-    run(pq, definition, job, claim, keep_completed)
+    run(pq, definition, job, queue, claim, keep_completed)
         .instrument(span)
         .await
 }
@@ -97,6 +110,7 @@ async fn run(
     pq: &Pq,
     definition: &TaskDefinition,
     job: Job,
+    queue: Arc<str>,
     claim: Claim,
     keep_completed: bool,
 ) -> Outcome {
@@ -112,7 +126,7 @@ async fn run(
             ),
         );
     }
-    let ctx = TaskContext::for_job(pq, &job, definition.name);
+    let ctx = TaskContext::for_job(pq, &job, definition.name, queue);
     let started = Instant::now();
     let body = match (definition.handler)(ctx.clone(), job.raw_data()) {
         Ok(body) => body,

@@ -22,6 +22,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
+pub use ::metrics::SharedString;
 use pq_core::Job;
 
 /// Jobs written, by task and queue.
@@ -99,27 +100,42 @@ pub fn describe() {
 }
 
 /// Counts a job written for `task` on `queue`.
-pub fn job_enqueued(task: &str, queue: &str) {
-    ::metrics::counter!(JOBS_ENQUEUED, "task" => task.to_owned(), "queue" => queue.to_owned())
+///
+/// Labels are [`SharedString`]s: a `&'static str`, a `String`, or an `Arc<str>` shared with
+/// every other use, so that a busy worker does not copy its task and queue names for each job.
+pub fn job_enqueued(task: impl Into<SharedString>, queue: impl Into<SharedString>) {
+    ::metrics::counter!(JOBS_ENQUEUED, "task" => task.into(), "queue" => queue.into())
         .increment(1);
 }
 
 /// Counts an attempt started, and records how long its job had been ready (see
 /// [`queue_latency`]).
-pub fn job_started(task: &str, queue: &str, queue_latency: Duration) {
-    let labels = [("task", task.to_owned()), ("queue", queue.to_owned())];
-    ::metrics::counter!(JOBS_STARTED, &labels).increment(1);
-    ::metrics::histogram!(JOB_QUEUE_LATENCY, &labels).record(queue_latency.as_secs_f64());
+pub fn job_started(
+    task: impl Into<SharedString>,
+    queue: impl Into<SharedString>,
+    queue_latency: Duration,
+) {
+    let (task, queue) = (task.into(), queue.into());
+    ::metrics::counter!(JOBS_STARTED, "task" => task.clone(), "queue" => queue.clone())
+        .increment(1);
+    ::metrics::histogram!(JOB_QUEUE_LATENCY, "task" => task, "queue" => queue)
+        .record(queue_latency.as_secs_f64());
 }
 
 /// Counts an attempt's outcome and records how long it ran.
-pub fn job_finished(task: &str, queue: &str, outcome: Outcome, duration: Duration) {
-    let labels = [("task", task.to_owned()), ("queue", queue.to_owned())];
-    ::metrics::counter!(outcome.counter(), &labels).increment(1);
+pub fn job_finished(
+    task: impl Into<SharedString>,
+    queue: impl Into<SharedString>,
+    outcome: Outcome,
+    duration: Duration,
+) {
+    let (task, queue) = (task.into(), queue.into());
+    ::metrics::counter!(outcome.counter(), "task" => task.clone(), "queue" => queue.clone())
+        .increment(1);
     ::metrics::histogram!(
         JOB_DURATION,
-        "task" => task.to_owned(),
-        "queue" => queue.to_owned(),
+        "task" => task,
+        "queue" => queue,
         "outcome" => outcome.as_str(),
     )
     .record(duration.as_secs_f64());
@@ -142,8 +158,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use ::metrics::{
-        Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
-        SharedString, Unit,
+        Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder, Unit,
     };
 
     use super::*;

@@ -209,7 +209,7 @@ impl<T: Task> TaskCall<T> {
             Ok(job) => Either::Left(target.enqueue(job)),
             Err(error) => Either::Right(std::future::ready(Err(error))),
         };
-        written.inspect_ok(move |_| crate::metrics::job_enqueued(T::NAME, &queue))
+        written.inspect_ok(move |_| crate::metrics::job_enqueued(T::NAME, queue))
     }
 
     /// The job this call writes.

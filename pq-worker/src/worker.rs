@@ -178,6 +178,7 @@ impl Worker {
         let run = Run {
             pq: self.pq,
             registry: Arc::new(registry),
+            queue_names: self.settings.queues.iter().map(|q| Arc::from(&**q)).collect(),
             settings: self.settings,
         };
         run.run(shutdown).await;
@@ -199,6 +200,8 @@ struct Fetcher<'a> {
 struct Run {
     pq: Pq,
     registry: Arc<Registry>,
+    /// The worker's queues, as shared names for its jobs.
+    queue_names: Vec<Arc<str>>,
     settings: Settings,
 }
 
@@ -455,11 +458,21 @@ impl Run {
         claimed: Vec<Job>,
         mut permits: OwnedSemaphorePermit,
     ) {
+        // A claim is of one queue: its name, shared by every job's context and metrics.
+        let Some(first) = claimed.first() else {
+            return;
+        };
+        let queue = self
+            .queue_names
+            .iter()
+            .find(|name| ***name == *first.queue())
+            .map_or_else(|| Arc::from(first.queue()), Arc::clone);
+        lock(fetcher.in_flight).extend(claimed.iter().map(Claim::of));
         for job in claimed {
             let permit = permits
                 .split(1)
                 .expect("a claim takes at most one job a slot");
-            self.start_one(fetcher, jobs, job, permit);
+            self.start_one(fetcher, jobs, job, Arc::clone(&queue), permit);
         }
     }
 
@@ -468,15 +481,15 @@ impl Run {
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
         job: Job,
+        queue: Arc<str>,
         permit: OwnedSemaphorePermit,
     ) {
-        lock(fetcher.in_flight).insert(Claim::of(&job));
         let pq = self.pq.clone();
         let registry = Arc::clone(&self.registry);
         let outcomes = fetcher.outcomes.clone();
         let keep_completed = self.settings.keep_completed;
         jobs.spawn(async move {
-            let outcome = execute(&pq, &registry, job, keep_completed).await;
+            let outcome = execute(&pq, &registry, job, queue, keep_completed).await;
             drop(permit);
             // The completer outlives every job task, so the send fails only at a hard stop,
             // and then the claim stays in flight and is released.

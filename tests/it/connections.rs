@@ -32,7 +32,11 @@ async fn connections_kept_after_puts_return_to_the_pool_once_idle() {
     let mut held = Vec::new();
     for _ in 0..3 {
         let acquired = tokio::time::timeout(Duration::from_secs(3), pq.pool().acquire()).await;
-        held.push(acquired.expect("kept connections return to the pool").expect("acquire"));
+        held.push(
+            acquired
+                .expect("kept connections return to the pool")
+                .expect("acquire"),
+        );
     }
     // And pq, with none free, waits for one rather than fail.
     let put = tokio::spawn({
@@ -42,7 +46,9 @@ async fn connections_kept_after_puts_return_to_the_pool_once_idle() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!put.is_finished(), "a put needs a connection of the pool");
     drop(held);
-    put.await.expect("join").expect("put once a connection is free");
+    put.await
+        .expect("join")
+        .expect("put once a connection is free");
     assert_eq!(queue.len().await.expect("len"), 4);
 }
 
@@ -54,7 +60,10 @@ async fn closing_the_pool_does_not_wait_on_kept_connections() {
     tokio::time::timeout(Duration::from_secs(3), pq.pool().close())
         .await
         .expect("the pool closes although pq kept a connection");
-    assert!(pq.queue("apples").put(&2).await.is_err(), "a closed pool refuses work");
+    assert!(
+        pq.queue("apples").put(&2).await.is_err(),
+        "a closed pool refuses work"
+    );
 }
 
 #[tokio::test]
@@ -83,6 +92,9 @@ async fn a_connection_whose_statement_failed_is_not_kept() {
             failures += 1;
         }
     }
-    assert!(failures <= 1, "{failures} puts failed after one dropped connection");
+    assert!(
+        failures <= 1,
+        "{failures} puts failed after one dropped connection"
+    );
     assert!(queue.len().await.expect("len") >= 3);
 }
