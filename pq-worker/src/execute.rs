@@ -66,7 +66,11 @@ pub(crate) async fn execute(
         None => SharedString::from(job.task().unwrap_or_default().to_owned()),
     };
     let queue_label = SharedString::from(Arc::clone(&queue));
-    metrics::job_started(task.clone(), queue_label.clone(), metrics::queue_latency(&job));
+    metrics::job_started(
+        task.clone(),
+        queue_label.clone(),
+        metrics::queue_latency(&job),
+    );
     let started = Instant::now();
     let outcome = dispatch(pq, definition, job, queue, keep_completed).await;
     metrics::job_finished(task, queue_label, outcome.metric(), started.elapsed());

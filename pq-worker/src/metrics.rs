@@ -21,8 +21,8 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 pub use ::metrics::SharedString;
+use chrono::Utc;
 use pq_core::Job;
 
 /// Jobs written, by task and queue.
@@ -104,8 +104,7 @@ pub fn describe() {
 /// Labels are [`SharedString`]s: a `&'static str`, a `String`, or an `Arc<str>` shared with
 /// every other use, so that a busy worker does not copy its task and queue names for each job.
 pub fn job_enqueued(task: impl Into<SharedString>, queue: impl Into<SharedString>) {
-    ::metrics::counter!(JOBS_ENQUEUED, "task" => task.into(), "queue" => queue.into())
-        .increment(1);
+    ::metrics::counter!(JOBS_ENQUEUED, "task" => task.into(), "queue" => queue.into()).increment(1);
 }
 
 /// Counts an attempt started, and records how long its job had been ready (see

@@ -178,7 +178,12 @@ impl Worker {
         let run = Run {
             pq: self.pq,
             registry: Arc::new(registry),
-            queue_names: self.settings.queues.iter().map(|q| Arc::from(&**q)).collect(),
+            queue_names: self
+                .settings
+                .queues
+                .iter()
+                .map(|q| Arc::from(&**q))
+                .collect(),
             settings: self.settings,
         };
         run.run(shutdown).await;
