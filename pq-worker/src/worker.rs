@@ -406,14 +406,17 @@ impl Run {
         let mut next_queue = 1;
         loop {
             tokio::select! {
-                () = fetcher.backlog.notified() => {}
+                biased;
                 _ = stop.wait_for(|stop| *stop) => return,
+                () = fetcher.backlog.notified() => {}
             }
             loop {
                 while jobs.try_join_next().is_some() {}
+                // Stopping wins over free slots: no claim once the worker stops.
                 let permits = tokio::select! {
-                    permits = self.gather_slots(&fetcher.slots) => permits,
+                    biased;
                     _ = stop.wait_for(|stop| *stop) => return,
+                    permits = self.gather_slots(&fetcher.slots) => permits,
                 };
                 let Some(permits) = permits else {
                     return;
