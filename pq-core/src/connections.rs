@@ -2,9 +2,10 @@
 //! statements instead of going back to it after each one.
 //!
 //! sqlx checks every connection that returns to its pool with a round trip, and the pool hands
-//! it out again only after that. For a statement that is itself one round trip (a put, a claim,
-//! a completion) that is a second round trip, and a third with the check before acquiring that
-//! [`PqBuilder`](crate::PqBuilder) turns off: a busy producer loses a third of its puts to them.
+//! it out again only after that. For a statement that is itself one round trip (a put, a claim)
+//! that is a second round trip, and a third with the check before acquiring that
+//! [`PqBuilder`](crate::PqBuilder) turns off: a busy producer loses a quarter of its puts to
+//! them (BENCHMARKS.md, #20).
 //! So a connection whose statement succeeded waits here for pq's next statement, and returns to
 //! the pool, checked as usual, once it has sat unused for [`IDLE`] or the pool closes. A
 //! statement that failed or was cancelled drops its connection back to the pool at once, where
