@@ -182,8 +182,8 @@ impl Pq {
     /// sleep: until the earliest scheduled job is due, at most about 9 s (the registration
     /// lasts 10 s; call again to renew it).
     ///
-    /// Puts notify only while some consumer is registered (a NOTIFY serialises commits, so pq
-    /// spares it while every consumer is busy). So an idle loop goes: claim; if nothing, call
+    /// Puts on `queue` notify only while some consumer of it is registered (a NOTIFY
+    /// serialises commits, so pq spares it while every consumer of the queue is busy). So an idle loop goes: claim; if nothing, call
     /// this; claim once more (it finds any job whose put committed before the registration and
     /// so did not notify); then sleep until notified or for the time returned.
     pub async fn seconds_to_next_due(&self, queue: &str) -> Result<Option<f64>> {

@@ -43,6 +43,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_notify_check_in_when.sql",
         sql: include_str!("../../migrations/0005_notify_check_in_when.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_notify_per_queue.sql",
+        sql: include_str!("../../migrations/0006_notify_per_queue.sql"),
+    },
 ];
 
 pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {

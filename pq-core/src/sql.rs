@@ -118,6 +118,14 @@ fn quote_literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// The qualified name of an object named after the table, as a string literal for `format()`:
+/// the names' own `%` doubled, and `%s` in `suffix` left for `format()` to fill in.
+fn format_literal(table: &TableName, suffix: &str) -> String {
+    const SLOT: char = '\u{1}';
+    let name = table.qualified_derived(&suffix.replace("%s", &SLOT.to_string()));
+    quote_literal(&name.replace('%', "%%").replace(SLOT, "%s"))
+}
+
 /// FNV-1a, 64 bits: stable across builds and platforms, unlike `std`'s hasher.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
@@ -144,6 +152,7 @@ pub(crate) fn render_migration(template: &str, table: &TableName) -> String {
             Some(("name", suffix)) => table.derived(suffix),
             Some(("qualified", suffix)) => table.qualified_derived(suffix),
             Some(("literal", suffix)) => quote_literal(&table.qualified_derived(suffix)),
+            Some(("format", suffix)) => format_literal(table, suffix),
             _ => panic!("unknown placeholder {{{{{key}}}}} in a migration"),
         };
         out.push_str(&value);
@@ -418,5 +427,10 @@ mod tests {
         );
         let awkward = TableName::new(Some("a$pq0$b"), "q").unwrap();
         assert_eq!(render_migration("{{dollar}}", &awkward), "$pq1$");
+        let percent = TableName::new(Some("50%s"), "q's").unwrap();
+        assert_eq!(
+            render_migration("{{format:waiting_%s}}", &percent),
+            "'\"50%%s\".\"q''s_waiting_%s\"'"
+        );
     }
 }

@@ -662,6 +662,50 @@ async fn many_waiters_share_one_listen_connection() {
     }
 }
 
+#[tokio::test]
+async fn puts_notify_only_queues_with_a_waiting_consumer() {
+    let db = TestDb::new().await;
+    // Two queues in different registration buckets (32, by a hash of the name).
+    let mut names = ["apples", "pears", "plums", "figs", "quinces"].into_iter();
+    let waited = names.next().unwrap();
+    let mut other = None;
+    for name in names {
+        let (a, b): (i32, i32) = sqlx::query_as("SELECT hashtext($1) & 31, hashtext($2) & 31")
+            .bind(waited)
+            .bind(name)
+            .fetch_one(db.pq.pool())
+            .await
+            .unwrap();
+        if a != b {
+            other = Some(name);
+            break;
+        }
+    }
+    let other = other.expect("a queue in another bucket");
+
+    let mut listener = sqlx::postgres::PgListener::connect(&database_url())
+        .await
+        .unwrap();
+    listener.listen(&channel_of(&db).await).await.unwrap();
+    let waiter = {
+        let queue = db.pq.queue(waited);
+        tokio::spawn(async move { queue.get_timeout(Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await; // registered and waiting
+
+    db.pq.queue(other).put(&1).await.unwrap();
+    let silence = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(silence.is_err(), "a put on {other} notified: {silence:?}");
+
+    let id = db.pq.queue(waited).put(&2).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a put on the waited queue notifies")
+        .unwrap();
+    assert_eq!(heard.payload(), waited);
+    assert_eq!(waiter.await.unwrap().unwrap().unwrap().id(), id);
+}
+
 async fn channel_of(db: &TestDb) -> String {
     let source: String = sqlx::query_scalar(
         "SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
