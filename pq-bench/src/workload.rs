@@ -45,7 +45,7 @@ impl PqTable {
     }
 
     /// `jobs` task calls enqueued one per transaction by `producers` concurrent tasks sharing
-    /// one `Pq` (a pool of `producers` connections). With `waiter`, a consumer blocks on another
+    /// one `Pq` (pq's default pool of 10 connections). With `waiter`, a consumer blocks on another
     /// queue of the table meanwhile, as an idle worker would.
     pub async fn enqueue_single(
         &self,
@@ -55,7 +55,9 @@ impl PqTable {
         waiter: bool,
     ) -> Result<Measured> {
         self.truncate(admin).await?;
-        let pq = connect(&self.url, &self.schema, producers).await?;
+        // pq's default pool: with a connection or two to spare, as pools usually have, pq keeps
+        // its connections between puts (see pq-core/src/connections.rs).
+        let pq = connect(&self.url, &self.schema, POOL).await?;
         let waiting = if waiter {
             let queue = pq.queue("idle").with_timeout(Duration::from_secs(3600));
             let handle = tokio::spawn(async move { queue.get().await });
@@ -251,6 +253,9 @@ impl PqTable {
 }
 
 /// A `Pq` on the benchmark's schema with a pool of `connections`.
+/// The size of pq's default pool.
+const POOL: usize = 10;
+
 pub async fn connect(url: &str, schema: &str, connections: usize) -> Result<Pq> {
     Ok(Pq::builder()
         .schema(schema)

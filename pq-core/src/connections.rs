@@ -11,9 +11,11 @@
 //! statement that failed or was cancelled drops its connection back to the pool at once, where
 //! sqlx's check finds out whether it is still usable.
 //!
-//! Every statement of pq's hot paths takes its connection here first, so a kept connection
-//! never makes pq wait for another; the application's own users of the pool may wait up to
-//! twice [`IDLE`] when pq keeps all of them.
+//! A connection is kept only while the pool has an idle connection or room for another, so
+//! that no one waits on the pool while pq holds a connection back: when the pool runs out,
+//! pq's connections return to it after each statement, as they would without this module, and
+//! its waiters (pq's or the application's) get them in turn. So keeping pays where the pool
+//! has more connections than pq's busiest moment needs, as with the default 10.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,7 +84,11 @@ impl Kept {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // No runtime to return it later: return it now.
         };
-        if pool.is_closed() {
+        // A pool with no idle connection and no room for another may have callers waiting:
+        // the connection goes back to it, where they are served in turn. Kept, it would pass
+        // them by for as long as pq keeps using it.
+        let exhausted = pool.num_idle() == 0 && pool.size() >= pool.options().get_max_connections();
+        if pool.is_closed() || exhausted {
             return;
         }
         self.lock().push((connection, Instant::now()));

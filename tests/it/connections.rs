@@ -19,7 +19,8 @@ async fn pq_with_pool_of(db: &TestDb, size: u32) -> Pq {
 #[tokio::test]
 async fn connections_kept_after_puts_return_to_the_pool_once_idle() {
     let db = TestDb::new().await;
-    let pq = pq_with_pool_of(&db, 3).await;
+    // Room for one more than the puts need, so that pq keeps theirs.
+    let pq = pq_with_pool_of(&db, 4).await;
     let queue = pq.queue("apples");
     // Three puts at once take all three connections; pq keeps them afterwards.
     let queue_ref = &queue;
@@ -30,7 +31,7 @@ async fn connections_kept_after_puts_return_to_the_pool_once_idle() {
 
     // The application gets every one of them back, with no wait near the pool's 5 s timeout.
     let mut held = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         let acquired = tokio::time::timeout(Duration::from_secs(3), pq.pool().acquire()).await;
         held.push(
             acquired
@@ -50,6 +51,32 @@ async fn connections_kept_after_puts_return_to_the_pool_once_idle() {
         .expect("join")
         .expect("put once a connection is free");
     assert_eq!(queue.len().await.expect("len"), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pq_does_not_keep_a_connection_someone_waits_for() {
+    let db = TestDb::new().await;
+    let pq = pq_with_pool_of(&db, 2).await;
+    let mine = pq.pool().acquire().await.expect("acquire");
+    // pq puts without a pause on the pool's other connection...
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let putter = tokio::spawn({
+        let queue = pq.queue("busy");
+        let stop = std::sync::Arc::clone(&stop);
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                queue.put(&1).await.expect("put");
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...and the application, wanting a second one, gets it between two puts, not when pq
+    // stops (a kept connection in constant use would never sit idle long enough to return).
+    let second = tokio::time::timeout(Duration::from_secs(2), pq.pool().acquire()).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let second = second.expect("served while pq is busy").expect("acquire");
+    drop((mine, second));
+    putter.await.expect("join");
 }
 
 #[tokio::test]
