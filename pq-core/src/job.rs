@@ -10,6 +10,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
 use crate::error::{Error, Result};
+use crate::lease::RowVersion;
 use crate::sql::Statements;
 use crate::when::When;
 
@@ -50,6 +51,8 @@ pub struct Job {
     enqueued_at: DateTime<Utc>,
     schedule_at: Option<DateTime<Utc>>,
     expected_at: Option<DateTime<Utc>>,
+    /// Where the row version this job was read from lies.
+    row: Option<RowVersion>,
     sql: Arc<Statements>,
 }
 
@@ -64,6 +67,7 @@ impl Job {
             enqueued_at: row.try_get("enqueued_at")?,
             schedule_at: row.try_get("schedule_at")?,
             expected_at: row.try_get("expected_at")?,
+            row: row.try_get("ctid")?,
             sql: Arc::clone(sql),
         })
     }
@@ -121,6 +125,11 @@ impl Job {
     /// How many times it was handed to a worker, this time included (0 for plain `get`s).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// Where its row version lies, to complete a claim without an index lookup.
+    pub(crate) fn row(&self) -> Option<RowVersion> {
+        self.row
     }
 
     /// When it was enqueued.

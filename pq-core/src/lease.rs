@@ -4,7 +4,11 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Row};
 
 use crate::error::Result;
 use crate::job::{check_queue_name, Job, JobId};
@@ -18,6 +22,8 @@ pub struct Claim {
     pub id: JobId,
     /// The attempt the claim started.
     pub attempt: u32,
+    /// Where the claimed row version lies, if known.
+    row: Option<RowVersion>,
 }
 
 impl Claim {
@@ -26,7 +32,62 @@ impl Claim {
         Self {
             id: job.id(),
             attempt: job.attempts(),
+            row: job.row(),
         }
+    }
+
+    /// The claim of attempt `attempt` of job `id`.
+    pub fn new(id: JobId, attempt: u32) -> Self {
+        Self {
+            id,
+            attempt,
+            row: None,
+        }
+    }
+}
+
+/// Where a row version lies: PostgreSQL's `tid` (a `ctid`), a block and an item in it. A row
+/// moves when it is updated, so this only locates the version read, which the statement using
+/// it checks is still the job's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct RowVersion {
+    block: u32,
+    item: u16,
+}
+
+/// `tid`'s type id, fixed in PostgreSQL's catalog.
+const TID: PgTypeInfo = PgTypeInfo::with_oid(Oid(27));
+
+impl sqlx::Type<Postgres> for RowVersion {
+    fn type_info() -> PgTypeInfo {
+        TID
+    }
+}
+
+impl PgHasArrayType for RowVersion {
+    fn array_type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(1010))
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for RowVersion {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        // The binary format: the block then the item, big-endian.
+        match value.as_bytes()? {
+            &[b0, b1, b2, b3, i0, i1] => Ok(Self {
+                block: u32::from_be_bytes([b0, b1, b2, b3]),
+                item: u16::from_be_bytes([i0, i1]),
+            }),
+            other => Err(format!("a tid is 6 bytes, not {}", other.len()).into()),
+        }
+    }
+}
+
+impl Encode<'_, Postgres> for RowVersion {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.extend_from_slice(&self.block.to_be_bytes());
+        buf.extend_from_slice(&self.item.to_be_bytes());
+        Ok(IsNull::No)
     }
 }
 
@@ -47,9 +108,9 @@ fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.min(MAX_DELAY).as_micros()).unwrap_or(i64::MAX)
 }
 
-fn columns(claims: &[Claim]) -> (Vec<i64>, Vec<i32>) {
+fn columns<'a>(claims: impl IntoIterator<Item = &'a Claim>) -> (Vec<i64>, Vec<i32>) {
     claims
-        .iter()
+        .into_iter()
         .map(|c| (c.id.0, i32::try_from(c.attempt).unwrap_or(i32::MAX)))
         .unzip()
 }
@@ -109,6 +170,46 @@ impl Pq {
             .fetch_all(executor)
             .await?;
         ids(rows)
+    }
+
+    /// Completes a batch of claims, as [`complete`](Pq::complete) does, on a connection of
+    /// pq's own, finding each job by the row version its claim returned (no index lookup), and
+    /// by id the jobs whose row moved since (a renewed lease).
+    pub async fn complete_claims(&self, claims: &[Claim], keep: bool) -> Result<Vec<JobId>> {
+        let sql = self.sql();
+        let located: Vec<(Claim, RowVersion)> = claims
+            .iter()
+            .filter_map(|claim| claim.row.map(|row| (*claim, row)))
+            .collect();
+        let mut connection = self.connection().await?;
+        let mut done = Vec::with_capacity(claims.len());
+        if !located.is_empty() {
+            let statement = if keep {
+                &sql.complete_keep_by_row
+            } else {
+                &sql.complete_delete_by_row
+            };
+            let (ids_column, attempts) = columns(located.iter().map(|(claim, _)| claim));
+            let rows: Vec<RowVersion> = located.iter().map(|(_, row)| *row).collect();
+            let completed = sqlx::query(statement)
+                .bind(ids_column)
+                .bind(attempts)
+                .bind(rows)
+                .fetch_all(&mut *connection)
+                .await?;
+            done = ids(completed)?;
+        }
+        if done.len() < claims.len() {
+            let found: std::collections::HashSet<JobId> = done.iter().copied().collect();
+            let moved: Vec<Claim> = claims
+                .iter()
+                .filter(|claim| !found.contains(&claim.id))
+                .copied()
+                .collect();
+            done.extend(self.complete(&mut *connection, &moved, keep).await?);
+        }
+        connection.keep();
+        Ok(done)
     }
 
     /// Records a failed attempt with its error, then queues the job again or gives it up.

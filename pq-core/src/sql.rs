@@ -177,6 +177,8 @@ pub(crate) struct Statements {
     pub claim: String,
     pub complete_delete: String,
     pub complete_keep: String,
+    pub complete_delete_by_row: String,
+    pub complete_keep_by_row: String,
     pub fail: String,
     pub renew: String,
     pub rescue: String,
@@ -303,6 +305,19 @@ impl Statements {
              WHERE j.id = f.id AND j.attempts = f.attempt AND COALESCE(j.state = 'running', false) \
              RETURNING j.id"
         );
+        // The worker's batches find their rows by the `ctid` their claim returned, a TID scan
+        // per job rather than a primary key lookup; a renewed lease moved the row, and the
+        // caller completes the jobs this misses by id.
+        let located = "unnest($1::int8[], $2::int4[], $3::tid[]) AS f(id, attempt, row)";
+        let located_fence = "j.ctid = f.row AND j.id = f.id AND j.attempts = f.attempt \
+             AND COALESCE(j.state = 'running', false)";
+        let complete_delete_by_row =
+            format!("DELETE FROM {t} AS j USING {located} WHERE {located_fence} RETURNING j.id");
+        let complete_keep_by_row = format!(
+            "UPDATE {t} AS j SET state = 'done', locked_until = NULL, \
+               finished_at = statement_timestamp() FROM {located} WHERE {located_fence} \
+             RETURNING j.id"
+        );
         let complete_keep = format!(
             "UPDATE {t} AS j SET state = 'done', locked_until = NULL, \
                finished_at = statement_timestamp() {fenced} RETURNING j.id"
@@ -359,6 +374,8 @@ impl Statements {
             claim,
             complete_delete,
             complete_keep,
+            complete_delete_by_row,
+            complete_keep_by_row,
             fail,
             renew,
             rescue,
@@ -372,7 +389,7 @@ impl Statements {
 fn job_columns(j: &str) -> String {
     format!(
         "{j}.id, {j}.q_name, {j}.task, {j}.data::text AS data, {j}.attempts, {j}.enqueued_at, \
-         NULLIF({j}.schedule_at, '-infinity') AS schedule_at, {j}.expected_at"
+         NULLIF({j}.schedule_at, '-infinity') AS schedule_at, {j}.expected_at, {j}.ctid"
     )
 }
 

@@ -56,8 +56,7 @@ impl Completer {
             .collect();
         if !succeeded.is_empty() {
             let completed = retrying("complete jobs", || {
-                self.pq
-                    .complete(self.pq.pool(), &succeeded, self.keep_completed)
+                self.pq.complete_claims(&succeeded, self.keep_completed)
             })
             .await;
             if let Some(completed) = completed.filter(|c| c.len() < succeeded.len()) {

@@ -46,10 +46,7 @@ mod tests {
     use pq_core::JobId;
 
     fn claim(attempt: u32) -> Claim {
-        Claim {
-            id: JobId(42),
-            attempt,
-        }
+        Claim::new(JobId(42), attempt)
     }
 
     #[test]

@@ -366,6 +366,57 @@ async fn a_stale_completion_is_refused_after_a_rescue() {
     );
 }
 
+#[tokio::test]
+async fn a_batch_completion_finds_moved_rows_and_refuses_stale_claims() {
+    let db = TestDb::new().await;
+    for millis in 0..4 {
+        sleep_for(millis).enqueue(&db.pq).await.unwrap();
+    }
+    let jobs = db
+        .pq
+        .claim("work", 4, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let claims: Vec<_> = jobs.iter().map(pq::Claim::of).collect();
+    // A renewed lease moves its row: the claim's row version is out of date.
+    assert_eq!(
+        db.pq
+            .renew(&claims[1..2], Duration::from_secs(90))
+            .await
+            .unwrap(),
+        [claims[1].id]
+    );
+    // A lost lease: the job is rescued and claimed again, so the first claim is stale.
+    sqlx::query(&format!(
+        "UPDATE {} SET locked_until = now() - interval '1 s' WHERE id = $1",
+        db.pq.table()
+    ))
+    .bind(claims[2].id.0)
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+    assert_eq!(db.pq.rescue(10).await.unwrap(), 1);
+    let again = db
+        .pq
+        .claim("work", 4, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1);
+
+    let mut done = db.pq.complete_claims(&claims, false).await.unwrap();
+    done.sort_unstable();
+    assert_eq!(done, [claims[0].id, claims[1].id, claims[3].id]);
+    let lost = row(&db.pq, claims[2].id).await.unwrap();
+    assert_eq!((lost.state.as_str(), lost.attempts), ("running", 2));
+    // The fresh claim completes, kept as done this time.
+    let fresh = pq::Claim::of(&again[0]);
+    assert_eq!(
+        db.pq.complete_claims(&[fresh], true).await.unwrap(),
+        [fresh.id]
+    );
+    assert_eq!(row(&db.pq, fresh.id).await.unwrap().state, "done");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_job_keeps_its_lease_and_is_not_stolen() {
     let db = TestDb::new().await;
