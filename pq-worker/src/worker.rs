@@ -178,12 +178,6 @@ impl Worker {
         let run = Run {
             pq: self.pq,
             registry: Arc::new(registry),
-            queue_names: self
-                .settings
-                .queues
-                .iter()
-                .map(|q| Arc::from(&**q))
-                .collect(),
             settings: self.settings,
         };
         run.run(shutdown).await;
@@ -205,8 +199,6 @@ struct Fetcher<'a> {
 struct Run {
     pq: Pq,
     registry: Arc<Registry>,
-    /// The worker's queues, as shared names for its jobs.
-    queue_names: Vec<Arc<str>>,
     settings: Settings,
 }
 
@@ -470,11 +462,7 @@ impl Run {
         let Some(first) = claimed.first() else {
             return;
         };
-        let queue = self
-            .queue_names
-            .iter()
-            .find(|name| ***name == *first.queue())
-            .map_or_else(|| Arc::from(first.queue()), Arc::clone);
+        let queue: Arc<str> = Arc::from(first.queue());
         lock(fetcher.in_flight).extend(claimed.iter().map(Claim::of));
         for job in claimed {
             let permit = permits
