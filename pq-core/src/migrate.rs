@@ -16,38 +16,25 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
+/// A file of `migrations/`, embedded: `migration!(1, "0001_create_queue.sql")`.
+macro_rules! migration {
+    ($version:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            sql: include_str!(concat!("../../migrations/", $name)),
+        }
+    };
+}
+
 /// Every migration, in the order they apply.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "0001_create_queue.sql",
-        sql: include_str!("../../migrations/0001_create_queue.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "0002_admin_indexes.sql",
-        sql: include_str!("../../migrations/0002_admin_indexes.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "0003_notify_only_waiters.sql",
-        sql: include_str!("../../migrations/0003_notify_only_waiters.sql"),
-    },
-    Migration {
-        version: 4,
-        name: "0004_dequeue_from_a_cursor.sql",
-        sql: include_str!("../../migrations/0004_dequeue_from_a_cursor.sql"),
-    },
-    Migration {
-        version: 5,
-        name: "0005_notify_check_in_when.sql",
-        sql: include_str!("../../migrations/0005_notify_check_in_when.sql"),
-    },
-    Migration {
-        version: 6,
-        name: "0006_notify_per_queue.sql",
-        sql: include_str!("../../migrations/0006_notify_per_queue.sql"),
-    },
+    migration!(1, "0001_create_queue.sql"),
+    migration!(2, "0002_admin_indexes.sql"),
+    migration!(3, "0003_notify_only_waiters.sql"),
+    migration!(4, "0004_dequeue_from_a_cursor.sql"),
+    migration!(5, "0005_notify_check_in_when.sql"),
+    migration!(6, "0006_notify_per_queue.sql"),
 ];
 
 pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {
@@ -104,4 +91,18 @@ pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    #[test]
+    fn migrations_are_numbered_in_order_as_their_files_are() {
+        for (n, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version, n as i64 + 1, "{}", migration.name);
+            let prefix = format!("{:04}_", migration.version);
+            assert!(migration.name.starts_with(&prefix), "{}", migration.name);
+        }
+    }
 }
