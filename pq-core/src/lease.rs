@@ -177,10 +177,7 @@ impl Pq {
     /// by id the jobs whose row moved since (a renewed lease).
     pub async fn complete_claims(&self, claims: &[Claim], keep: bool) -> Result<Vec<JobId>> {
         let sql = self.sql();
-        let located: Vec<(Claim, RowVersion)> = claims
-            .iter()
-            .filter_map(|claim| claim.row.map(|row| (*claim, row)))
-            .collect();
+        let located: Vec<&Claim> = claims.iter().filter(|claim| claim.row.is_some()).collect();
         let mut connection = self.connection().await?;
         let mut done = Vec::with_capacity(claims.len());
         if !located.is_empty() {
@@ -189,8 +186,8 @@ impl Pq {
             } else {
                 &sql.complete_delete_by_row
             };
-            let (ids_column, attempts) = columns(located.iter().map(|(claim, _)| claim));
-            let rows: Vec<RowVersion> = located.iter().map(|(_, row)| *row).collect();
+            let (ids_column, attempts) = columns(located.iter().copied());
+            let rows: Vec<RowVersion> = located.iter().filter_map(|claim| claim.row).collect();
             let completed = sqlx::query(statement)
                 .bind(ids_column)
                 .bind(attempts)
@@ -284,9 +281,10 @@ impl Pq {
     /// lasts 10 s; call again to renew it).
     ///
     /// Puts on `queue` notify only while some consumer of it is registered (a NOTIFY
-    /// serialises commits, so pq spares it while every consumer of the queue is busy). So an idle loop goes: claim; if nothing, call
-    /// this; claim once more (it finds any job whose put committed before the registration and
-    /// so did not notify); then sleep until notified or for the time returned.
+    /// serialises commits, so pq spares it while every consumer of the queue is busy). So an
+    /// idle loop goes: claim; if nothing, call this; claim once more (it finds any job whose put
+    /// committed before the registration and so did not notify); then sleep until notified or
+    /// for the time returned.
     pub async fn seconds_to_next_due(&self, queue: &str) -> Result<Option<f64>> {
         let mut connection = self.connection().await?;
         let seconds = sqlx::query_scalar(&self.sql().next_due)

@@ -233,9 +233,10 @@ impl Statements {
         // The locked rows reach the aggregate in index order (nothing between the two can
         // reorder them), so the last of each array is the last position. The look for more
         // jobs after it is an ordered subquery (an EXISTS would drop the order) so that it too
-        // reads the index from there on, not the table from its start past every claimed row. The update finds its
-        // rows by their `ctid`, which cannot change under the row locks just taken: no index
-        // lookup per job, and no plan that depends on an estimate of `LIMIT $2`.
+        // reads the index from there on, not the table from its start past every claimed row.
+        // The update finds its rows by their `ctid`, which cannot change under the row locks
+        // just taken: no index lookup per job, and no plan that depends on an estimate of
+        // `LIMIT $2`.
         let cursor = format!(
             "'pq.claim_{:016x}_' || left(md5($1), 16)",
             fnv1a(table.qualified().as_bytes())
