@@ -28,6 +28,11 @@ async fn connections_kept_after_puts_return_to_the_pool_once_idle() {
     for id in futures_util::future::join_all(puts).await {
         id.expect("put");
     }
+    // Returned, a connection would be idle in the pool once sqlx's check of it (a round trip)
+    // is done; kept, it is not there for IDLE (250 ms).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(pq.pool().size() > 0);
+    assert_eq!(pq.pool().num_idle(), 0, "pq kept its connections");
 
     // The application gets every one of them back, with no wait near the pool's 5 s timeout.
     let mut held = Vec::new();

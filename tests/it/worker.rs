@@ -408,8 +408,9 @@ async fn a_batch_completion_finds_moved_rows_and_refuses_stale_claims() {
     assert_eq!(done, [claims[0].id, claims[1].id, claims[3].id]);
     let lost = row(&db.pq, claims[2].id).await.unwrap();
     assert_eq!((lost.state.as_str(), lost.attempts), ("running", 2));
-    // The fresh claim completes, kept as done this time.
-    let fresh = pq::Claim::of(&again[0]);
+    // The fresh claim completes, kept as done this time, even built from its id and attempt
+    // alone (no row version: found by id).
+    let fresh = pq::Claim::new(again[0].id(), again[0].attempts());
     assert_eq!(
         db.pq.complete_claims(&[fresh], true).await.unwrap(),
         [fresh.id]
