@@ -112,6 +112,8 @@ impl RawTable {
         self.truncate(admin).await?;
         let pool = self.clients(1).await?;
         let insert = self.sql(INSERT_MANY);
+        // One connection held for the whole run, as for the single inserts: no pool in the way.
+        let mut conn = pool.acquire().await?;
         let probe = Probe::start(admin).await?;
         let mut done = 0;
         while done < jobs {
@@ -122,11 +124,12 @@ impl RawTable {
             sqlx::query(&insert)
                 .bind(QUEUE)
                 .bind(payloads)
-                .execute(&pool)
+                .execute(&mut *conn)
                 .await?;
             done += size;
         }
         let stopped = probe.stop();
+        drop(conn);
         pool.close().await;
         let measured = stopped.finish(admin, jobs).await?;
         self.expect_rows(admin, jobs).await?;

@@ -58,7 +58,7 @@ struct Bench {
     #[arg(long, default_value_t = 100_000)]
     jobs: u64,
     /// Jobs a worker process runs at once (and so claims at most at once); each value gets
-    /// its drain figures. --hold-tx and --endurance use the largest.
+    /// its drain figures. --hold-tx, --endurance and the latency figure use the largest.
     #[arg(long, value_delimiter = ',', default_values_t = [64, 1000])]
     concurrency: Vec<usize>,
     /// Runs of each figure; the table shows the median.

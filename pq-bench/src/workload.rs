@@ -26,7 +26,7 @@ pub struct PqTable {
 impl PqTable {
     /// Creates pq's table in `schema` with pq's own migrations.
     pub async fn create(url: &str, schema: &str) -> Result<PqTable> {
-        let pq = connect(url, schema, 1).await?;
+        let pq = connect(url, schema).await?;
         pq.create().await?;
         let name = pq.table();
         pq.pool().close().await;
@@ -55,9 +55,8 @@ impl PqTable {
         waiter: bool,
     ) -> Result<Measured> {
         self.truncate(admin).await?;
-        // pq's default pool: with a connection or two to spare, as pools usually have, pq keeps
-        // its connections between puts (see pq-core/src/connections.rs).
-        let pq = connect(&self.url, &self.schema, POOL).await?;
+        let pq = connect(&self.url, &self.schema).await?;
+        open_connections(&pq, producers).await?;
         let waiting = if waiter {
             let queue = pq.queue("idle").with_timeout(Duration::from_secs(3600));
             let handle = tokio::spawn(async move { queue.get().await });
@@ -101,7 +100,7 @@ impl PqTable {
             n: u64,
         }
         self.truncate(admin).await?;
-        let pq = connect(&self.url, &self.schema, 1).await?;
+        let pq = connect(&self.url, &self.schema).await?;
         let queue = pq.queue(QUEUE);
         let probe = Probe::start(admin).await?;
         let mut done = 0;
@@ -166,14 +165,19 @@ impl PqTable {
         let limit = Duration::from_secs(60 + jobs / 1_000);
         let handled = tokio::time::timeout(limit, async {
             let mut handled = 0;
-            for worker in workers {
-                handled += worker.wait().await?;
+            for worker in &mut workers {
+                handled += worker.handled().await?;
             }
             anyhow::Ok(handled)
         })
         .await
         .map_err(|_| anyhow::anyhow!("the drain stalled: not done after {limit:?}"))??;
         let stopped = probe.stop();
+        // Their exit is not timed, as the raw clients' is not; their backends report their
+        // statistics as they exit, before `finish` reads them.
+        for worker in workers {
+            worker.exit().await?;
+        }
         let measured = stopped.finish(admin, jobs).await?;
         let state = table_state(admin, &self.name).await?;
         ensure!(
@@ -198,7 +202,7 @@ impl PqTable {
         if tasks::STARTED.set(started_tx).is_err() {
             bail!("the latency figure runs once per process");
         }
-        let pq = connect(&self.url, &self.schema, 4).await?;
+        let pq = connect(&self.url, &self.schema).await?;
         let stop = Arc::new(Notify::new());
         let worker = {
             let stop = Arc::clone(&stop);
@@ -252,16 +256,21 @@ impl PqTable {
     }
 }
 
-/// A `Pq` on the benchmark's schema with a pool of `connections`.
-/// The size of pq's default pool.
-const POOL: usize = 10;
+/// A `Pq` on the benchmark's schema, with pq's default pool (10 connections: a few to spare,
+/// as applications' pools have, so that pq keeps its connections between statements; see
+/// pq-core/src/connections.rs).
+pub async fn connect(url: &str, schema: &str) -> Result<Pq> {
+    Ok(Pq::builder().schema(schema).connect(url).await?)
+}
 
-pub async fn connect(url: &str, schema: &str, connections: usize) -> Result<Pq> {
-    Ok(Pq::builder()
-        .schema(schema)
-        .max_connections(u32::try_from(connections)?)
-        .connect(url)
-        .await?)
+/// Opens `n` of the pool's connections now, so that the clock does not count connecting (the
+/// raw clients' pools open theirs before it starts too).
+async fn open_connections(pq: &Pq, n: usize) -> Result<()> {
+    let mut opened = Vec::with_capacity(n);
+    for _ in 0..n {
+        opened.push(pq.pool().acquire().await?);
+    }
+    Ok(())
 }
 
 /// Closes the pool, so that its backends exit and report their statistics.
@@ -307,15 +316,20 @@ impl WorkerProcess {
         Ok(())
     }
 
-    /// Waits for the process to finish; returns how many jobs it ran.
-    async fn wait(mut self) -> Result<u64> {
+    /// Waits for the process to say it ran out of jobs; returns how many it ran.
+    async fn handled(&mut self) -> Result<u64> {
         let line = self.line().await?;
-        let status = self.child.wait().await?;
-        ensure!(status.success(), "the worker process failed: {status}");
         let handled = line
             .strip_prefix("handled ")
             .with_context(|| format!("the worker process said {line:?}"))?;
         Ok(handled.parse()?)
+    }
+
+    /// Waits for the process to exit, its connections closed.
+    async fn exit(mut self) -> Result<()> {
+        let status = self.child.wait().await?;
+        ensure!(status.success(), "the worker process failed: {status}");
+        Ok(())
     }
 
     async fn line(&mut self) -> Result<String> {
@@ -328,7 +342,9 @@ impl WorkerProcess {
 /// The `worker` command: connect, say `ready`, wait for `go`, work the queue to empty in burst
 /// mode, say how many jobs were run.
 pub async fn worker_process(url: &str, schema: &str, concurrency: usize) -> Result<()> {
-    let pq = Pq::builder().schema(schema).connect(url).await?;
+    let pq = connect(url, schema).await?;
+    // The worker's claimers, completer and lease tasks each use one.
+    open_connections(&pq, 4).await?;
     let mut stdout = tokio::io::stdout();
     stdout.write_all(b"ready\n").await?;
     stdout.flush().await?;
