@@ -349,7 +349,7 @@ impl Statements {
         );
         // Failed jobs go back to the queue ready at once with their attempts reset, since the
         // worker gives up on a job past its task's last attempt; the error history is kept.
-        // Their workers are woken as the insert trigger wakes them for new jobs.
+        // Their workers are woken as a put wakes them for new jobs.
         let requeue = |selected: &str| {
             format!(
                 "WITH moved AS ( \

@@ -35,6 +35,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_dequeue_from_a_cursor.sql"),
     migration!(5, "0005_notify_check_in_when.sql"),
     migration!(6, "0006_notify_per_queue.sql"),
+    migration!(7, "0007_put_decides_to_notify.sql"),
 ];
 
 pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {

@@ -192,20 +192,35 @@ impl Statements {
         let t = table.qualified();
         // `$n * interval '1 microsecond'` turns a bound delay into an interval; a NULL delay
         // leaves the time NULL so that COALESCE falls through to the next choice.
+        // Whether a put on queue $1 notified (see `migrations/0007_put_decides_to_notify.sql`):
+        // it takes the wait lock shared until it commits, then reads the table-wide
+        // registration; only while that holds, or while a consumer holds the lock, does it call
+        // the function that reads the queue's own registration and notifies.
+        let notified = format!(
+            "CASE WHEN (CASE WHEN pg_try_advisory_xact_lock_shared({lock}) \
+                            THEN pg_sequence_last_value({waiting}::regclass) \
+                                 > extract(epoch FROM clock_timestamp()) * 1000 \
+                            ELSE true END) \
+                  THEN {notify}($1) ELSE false END",
+            lock = table.wait_lock_key(),
+            waiting = quote_literal(&table.qualified_derived("waiting")),
+            notify = table.qualified_derived("notify"),
+        );
         let put = format!(
             "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at) \
              VALUES ($1, $2, $3::json, \
                COALESCE($4, statement_timestamp() + $5 * interval '1 microsecond', '-infinity'), \
                COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond')) \
-             RETURNING id"
+             RETURNING id, {notified} AS notified"
         );
+        // The same decision once for the statement, not once a row: a sub-select's value.
         let put_many = format!(
             "INSERT INTO {t} (q_name, data, schedule_at, expected_at) \
              SELECT $1, d::json, \
                COALESCE($3, statement_timestamp() + $4 * interval '1 microsecond', '-infinity'), \
                COALESCE($5, statement_timestamp() + $6 * interval '1 microsecond') \
              FROM unnest($2::text[]) AS d \
-             RETURNING id"
+             RETURNING id, (SELECT {notified}) AS notified"
         );
         let ready = format!(
             "SELECT id FROM {t} \

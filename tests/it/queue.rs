@@ -694,6 +694,7 @@ async fn puts_notify_only_queues_with_a_waiting_consumer() {
     tokio::time::sleep(Duration::from_millis(300)).await; // registered and waiting
 
     db.pq.queue(other).put(&1).await.unwrap();
+    db.pq.queue(other).put_many(&[1, 2]).await.unwrap();
     let silence = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
     assert!(silence.is_err(), "a put on {other} notified: {silence:?}");
 
@@ -704,6 +705,50 @@ async fn puts_notify_only_queues_with_a_waiting_consumer() {
         .unwrap();
     assert_eq!(heard.payload(), waited);
     assert_eq!(waiter.await.unwrap().unwrap().unwrap().id(), id);
+
+    // The registration outlives the get: a batch on the waited queue notifies too.
+    db.pq.queue(waited).put_many(&[3, 4]).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a batch on the waited queue notifies")
+        .unwrap();
+    assert_eq!(heard.payload(), waited);
+}
+
+#[tokio::test]
+async fn a_job_inserted_by_sql_wakes_a_waiting_get_through_the_notify_function() {
+    let db = TestDb::new().await;
+    let waiter = {
+        let queue = db.pq.queue("by sql");
+        // Shorter than a waiting get's own look again (about 9 s): it must be woken.
+        tokio::spawn(async move { queue.get_timeout(Duration::from_secs(5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await; // registered and waiting
+
+    let mut tx = db.pq.pool().begin().await.unwrap();
+    let id: i64 = sqlx::query_scalar(&format!(
+        "INSERT INTO {} (q_name, data) VALUES ('by sql', '7') RETURNING id",
+        db.pq.table()
+    ))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let notified: bool =
+        sqlx::query_scalar(&format!("SELECT \"{}\".queue_notify('by sql')", db.schema))
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    assert!(notified, "a consumer waits on the queue");
+    tx.commit().await.unwrap();
+
+    // Without the notification the get would find the job only when it gives up, at 5 s.
+    let job = tokio::time::timeout(Duration::from_secs(4), waiter)
+        .await
+        .expect("woken by the notification")
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.id().0, id);
 }
 
 async fn channel_of(db: &TestDb) -> String {

@@ -60,7 +60,7 @@ pub const SCENARIOS: &[Scenario] = &[
     ),
     (
         "no-notify",
-        "the NOTIFY trigger disabled: jobs complete by polling alone",
+        "notifications disabled: jobs complete by polling alone",
         |p, s, l| Box::pin(hostile::no_notify(p, s, l)),
     ),
     (
