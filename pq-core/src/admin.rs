@@ -372,12 +372,14 @@ impl Statements {
                ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED) AS batch \
              WHERE j.id = batch.id"
         ));
+        // In the order of the index of jobs out of the queue (migration 8), so that a batch
+        // stops as soon as it has its jobs: the oldest ids first, mostly the oldest jobs.
         let prune_batch = format!(
             "WITH old AS ( \
                SELECT id FROM {t} \
                WHERE state IN ('done', 'failed', 'cancelled') \
                  AND finished_at < statement_timestamp() - $1 * interval '1 microsecond' \
-               ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+               ORDER BY state, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              DELETE FROM {t} AS j USING old WHERE j.id = old.id"
         );
         Self {

@@ -36,6 +36,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_notify_check_in_when.sql"),
     migration!(6, "0006_notify_per_queue.sql"),
     migration!(7, "0007_put_decides_to_notify.sql"),
+    migration!(8, "0008_one_index_out_of_the_queue.sql"),
 ];
 
 pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {

@@ -499,7 +499,7 @@ async fn explain(conn: &mut sqlx::PgConnection, sql: &str) -> String {
 }
 
 #[tokio::test]
-async fn failed_and_prunable_jobs_are_found_through_the_admin_indexes() {
+async fn admin_and_rescue_statements_read_the_index_of_jobs_out_of_the_queue() {
     let db = TestDb::new().await;
     let t = db.pq.table();
     let mut conn = db.pq.pool().acquire().await.unwrap();
@@ -514,15 +514,28 @@ async fn failed_and_prunable_jobs_are_found_through_the_admin_indexes() {
         &format!("SELECT id FROM {t} WHERE id > 0 AND state = 'failed' ORDER BY id LIMIT 10"),
     )
     .await;
-    let prunable = explain(
+    let prunable_sql = format!(
+        "SELECT id FROM {t} WHERE state IN ('done', 'failed', 'cancelled') \
+         AND finished_at < now() - interval '7 days' ORDER BY state, id LIMIT 10"
+    );
+    let prunable = explain(&mut conn, &prunable_sql).await;
+    let expired = explain(
         &mut conn,
         &format!(
-            "SELECT id FROM {t} WHERE state IN ('done', 'failed', 'cancelled') \
-             AND finished_at < now() - interval '7 days' ORDER BY finished_at LIMIT 10"
+            "SELECT id FROM {t} WHERE state = 'running' AND locked_until < now() \
+             ORDER BY locked_until LIMIT 10"
         ),
     )
     .await;
 
-    assert!(failed.contains("queue_finished_state_idx"), "{failed}");
-    assert!(prunable.contains("queue_finished_at_idx"), "{prunable}");
+    for plan in [&failed, &prunable, &expired] {
+        assert!(plan.contains("queue_out_idx"), "{plan}");
+    }
+    // The index can give prune its order, so that a batch can stop once it has its jobs.
+    sqlx::query("SET enable_sort = off")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let in_order = explain(&mut conn, &prunable_sql).await;
+    assert!(!in_order.contains("Sort"), "{in_order}");
 }
