@@ -62,8 +62,8 @@ struct Bench {
     #[arg(long, value_delimiter = ',', default_values_t = [64, 1000])]
     concurrency: Vec<usize>,
     /// Runs of each figure; the table shows the median.
-    #[arg(long, default_value_t = 1)]
-    runs: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
     /// Jobs of the latency figure.
     #[arg(long, default_value_t = 500)]
     latency_jobs: u32,
@@ -161,7 +161,7 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
     let raw = RawTable::create(admin, &load_url, schema).await?;
     let pq = PqTable::create(&load_url, schema).await?;
     let jobs = bench.jobs;
-    let runs = bench.runs.max(1);
+    let runs = usize::from(bench.runs);
     let mut report = Report {
         rows: Vec::new(),
         latency: None,
@@ -179,10 +179,10 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         report.rows.push(Row {
             figure: format!("enqueue, 1 job per transaction, {producers} producer(s)"),
             pq: median(pq_runs).context("no run")?,
-            raw: Some((
+            raw: (
                 format!("single-row INSERT, {producers} client(s)"),
                 raw_single,
-            )),
+            ),
         });
         if producers == 8 {
             let waiting = repeat(runs, || pq.enqueue_single(admin, 8, jobs, true)).await?;
@@ -191,7 +191,7 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
                          a consumer waiting on another queue"
                     .into(),
                 pq: waiting,
-                raw: Some(("single-row INSERT, 8 clients".into(), raw_single)),
+                raw: ("single-row INSERT, 8 clients".into(), raw_single),
             });
         }
     }
@@ -206,10 +206,10 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         report.rows.push(Row {
             figure: format!("enqueue, batches of {BATCH} (`put_many`)"),
             pq: median(pq_runs).context("no run")?,
-            raw: Some((
+            raw: (
                 format!("multi-row INSERT of {BATCH}"),
                 median(raw_runs).context("no run")?,
-            )),
+            ),
         });
     }
     if bench.runs(Figure::Drain) {
@@ -238,7 +238,7 @@ async fn drains(
     pq: &PqTable,
     report: &mut Report,
 ) -> Result<()> {
-    let (jobs, runs) = (bench.jobs, bench.runs.max(1));
+    let (jobs, runs) = (bench.jobs, usize::from(bench.runs));
 
     let raw_drain_name = format!("DELETE … SKIP LOCKED LIMIT {DRAIN_BATCH}, 2 clients");
     let mut raw_runs = Vec::new();
@@ -264,7 +264,7 @@ async fn drains(
                     "drain, {processes} worker process(es) × concurrency {concurrency}"
                 ),
                 pq: drain,
-                raw: Some((raw_drain_name.clone(), raw_drain)),
+                raw: (raw_drain_name.clone(), raw_drain),
             });
             report.tables.push((
                 format!("pq drain, {processes} process(es) × {concurrency}"),
@@ -292,7 +292,7 @@ async fn drains(
                 "drain, 1 worker process × concurrency {largest}, a transaction held open"
             ),
             pq: held,
-            raw: Some((format!("{raw_drain_name}, same held transaction"), raw_held)),
+            raw: (format!("{raw_drain_name}, same held transaction"), raw_held),
         });
         report
             .tables
@@ -412,7 +412,7 @@ async fn machine(admin: &PgPool, bench: &Bench) -> Result<String> {
         "pq-bench: {} jobs a figure, {} run(s) (median), worker concurrency {:?}\n\
          machine: {cores} cores, {memory}; PostgreSQL {version} ({})",
         bench.jobs,
-        bench.runs.max(1),
+        bench.runs,
         bench.concurrency,
         settings.join(", ")
     ))

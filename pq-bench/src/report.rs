@@ -8,7 +8,8 @@ use crate::measure::{Measured, TableState};
 pub struct Row {
     pub figure: String,
     pub pq: Measured,
-    pub raw: Option<(String, Measured)>,
+    /// The baseline's name and figure.
+    pub raw: (String, Measured),
 }
 
 pub struct Report {
@@ -49,28 +50,16 @@ impl Report {
         );
         for row in &self.rows {
             let pq = &row.pq;
-            let (baseline, raw_rate, ratio, wal, commits, writes) = match &row.raw {
-                Some((name, raw)) => (
-                    name.as_str(),
-                    rate(raw.rate()),
-                    format!("{:.0}%", 100.0 * pq.rate() / raw.rate()),
-                    format!("{:.0} · {:.0}", pq.wal_per_job(), raw.wal_per_job()),
-                    format!("{:.3} · {:.3}", pq.commits_per_job(), raw.commits_per_job()),
-                    format!(
-                        "{:.3} · {:.3}",
-                        pq.write_commits_per_job(),
-                        raw.write_commits_per_job()
-                    ),
-                ),
-                None => (
-                    "",
-                    String::new(),
-                    String::new(),
-                    format!("{:.0}", pq.wal_per_job()),
-                    format!("{:.3}", pq.commits_per_job()),
-                    format!("{:.3}", pq.write_commits_per_job()),
-                ),
-            };
+            let (baseline, raw) = (&row.raw.0, &row.raw.1);
+            let raw_rate = rate(raw.rate());
+            let ratio = format!("{:.0}%", 100.0 * pq.rate() / raw.rate());
+            let wal = format!("{:.0} · {:.0}", pq.wal_per_job(), raw.wal_per_job());
+            let commits = format!("{:.3} · {:.3}", pq.commits_per_job(), raw.commits_per_job());
+            let writes = format!(
+                "{:.3} · {:.3}",
+                pq.write_commits_per_job(),
+                raw.write_commits_per_job()
+            );
             let _ = writeln!(
                 out,
                 "| {} | {} | {baseline} | {raw_rate} | {ratio} | {wal} | {commits} | {writes} |",
