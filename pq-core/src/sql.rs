@@ -190,8 +190,6 @@ pub(crate) struct Statements {
 impl Statements {
     pub fn new(table: TableName) -> Self {
         let t = table.qualified();
-        // `$n * interval '1 microsecond'` turns a bound delay into an interval; a NULL delay
-        // leaves the time NULL so that COALESCE falls through to the next choice.
         // Whether a put on queue $1 notified (see `migrations/0007_put_decides_to_notify.sql`):
         // it takes the wait lock shared until it commits, then reads the table-wide
         // registration; only while that holds, or while a consumer holds the lock, does it call
@@ -206,6 +204,8 @@ impl Statements {
             waiting = quote_literal(&table.qualified_derived("waiting")),
             notify = table.qualified_derived("notify"),
         );
+        // `$n * interval '1 microsecond'` turns a bound delay into an interval; a NULL delay
+        // leaves the time NULL so that COALESCE falls through to the next choice.
         let put = format!(
             "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at) \
              VALUES ($1, $2, $3::json, \
