@@ -94,6 +94,9 @@ impl RawTable {
                         .execute(&mut *conn)
                         .await?;
                 }
+                // Closed, not returned: a pooled connection's backend may outlive the pool's
+                // close, and its commits count only once it exits.
+                conn.close().await?;
                 anyhow::Ok(())
             }));
         }
