@@ -421,11 +421,11 @@ async fn a_batch_completion_finds_moved_rows_and_refuses_stale_claims() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_job_keeps_its_lease_and_is_not_stolen() {
     let db = TestDb::new().await;
-    // Renewals come every third of the lease; a lease of 1.5 s leaves a loaded machine a
-    // second of slack before a renewal is late.
-    let id = sleep_for(4000).enqueue(&db.pq).await.unwrap();
+    // Renewals come every third of the lease; a lease of 3 s leaves a loaded machine two
+    // seconds of slack before a renewal is late, and the job outlasts two leases.
+    let id = sleep_for(7000).enqueue(&db.pq).await.unwrap();
     let other = db.another_handle().await;
-    let lease = Duration::from_millis(1500);
+    let lease = Duration::from_secs(3);
     let a = tokio::spawn(
         Worker::new(db.pq.clone())
             .queues(["work"])
