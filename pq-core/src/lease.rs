@@ -2,6 +2,7 @@
 //! lease while they run, then complete, fail or release them. Every call after the claim is
 //! fenced by the attempt it claimed, so a worker that lost its lease changes nothing.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use sqlx::encode::IsNull;
@@ -125,14 +126,16 @@ impl Pq {
     /// to the queue. Each claim counts an attempt.
     pub async fn claim(&self, queue: &str, limit: u32, lease: Duration) -> Result<Vec<Job>> {
         check_queue_name(queue)?;
-        let mut connection = self.connection().await?;
-        let rows = sqlx::query(&self.sql().claim)
-            .bind(queue)
-            .bind(i64::from(limit))
-            .bind(micros(lease))
-            .fetch_all(&mut *connection)
+        let rows = self
+            .with_connection(async |connection| {
+                Ok(sqlx::query(&self.sql().claim)
+                    .bind(queue)
+                    .bind(i64::from(limit))
+                    .bind(micros(lease))
+                    .fetch_all(connection)
+                    .await?)
+            })
             .await?;
-        connection.keep();
         let mut jobs = rows
             .iter()
             .map(|row| Job::from_row(row, self.sql()))
@@ -177,36 +180,37 @@ impl Pq {
     /// by id the jobs whose row moved since (a renewed lease).
     pub async fn complete_claims(&self, claims: &[Claim], keep: bool) -> Result<Vec<JobId>> {
         let sql = self.sql();
+        let statement = if keep {
+            &sql.complete_keep_by_row
+        } else {
+            &sql.complete_delete_by_row
+        };
         let located: Vec<&Claim> = claims.iter().filter(|claim| claim.row.is_some()).collect();
-        let mut connection = self.connection().await?;
-        let mut done = Vec::with_capacity(claims.len());
-        if !located.is_empty() {
-            let statement = if keep {
-                &sql.complete_keep_by_row
+        let (ids_column, attempts) = columns(located.iter().copied());
+        let rows: Vec<RowVersion> = located.iter().filter_map(|claim| claim.row).collect();
+        self.with_connection(async |connection| {
+            let mut done = if located.is_empty() {
+                Vec::new()
             } else {
-                &sql.complete_delete_by_row
+                ids(sqlx::query(statement)
+                    .bind(ids_column)
+                    .bind(attempts)
+                    .bind(rows)
+                    .fetch_all(&mut *connection)
+                    .await?)?
             };
-            let (ids_column, attempts) = columns(located.iter().copied());
-            let rows: Vec<RowVersion> = located.iter().filter_map(|claim| claim.row).collect();
-            let completed = sqlx::query(statement)
-                .bind(ids_column)
-                .bind(attempts)
-                .bind(rows)
-                .fetch_all(&mut *connection)
-                .await?;
-            done = ids(completed)?;
-        }
-        if done.len() < claims.len() {
-            let found: std::collections::HashSet<JobId> = done.iter().copied().collect();
-            let moved: Vec<Claim> = claims
-                .iter()
-                .filter(|claim| !found.contains(&claim.id))
-                .copied()
-                .collect();
-            done.extend(self.complete(&mut *connection, &moved, keep).await?);
-        }
-        connection.keep();
-        Ok(done)
+            if done.len() < claims.len() {
+                let found: HashSet<JobId> = done.iter().copied().collect();
+                let moved: Vec<Claim> = claims
+                    .iter()
+                    .filter(|claim| !found.contains(&claim.id))
+                    .copied()
+                    .collect();
+                done.extend(self.complete(&mut *connection, &moved, keep).await?);
+            }
+            Ok(done)
+        })
+        .await
     }
 
     /// Records a failed attempt with its error, then queues the job again or gives it up.
@@ -286,13 +290,13 @@ impl Pq {
     /// committed before the registration and so did not notify); then sleep until notified or
     /// for the time returned.
     pub async fn seconds_to_next_due(&self, queue: &str) -> Result<Option<f64>> {
-        let mut connection = self.connection().await?;
-        let seconds = sqlx::query_scalar(&self.sql().next_due)
-            .bind(queue)
-            .fetch_one(&mut *connection)
-            .await?;
-        connection.keep();
-        Ok(seconds)
+        self.with_connection(async |connection| {
+            Ok(sqlx::query_scalar(&self.sql().next_due)
+                .bind(queue)
+                .fetch_one(connection)
+                .await?)
+        })
+        .await
     }
 
     /// Notifications for `queue`: woken when a job is put on it, when a rescued job returns to

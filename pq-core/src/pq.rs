@@ -7,7 +7,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::connections::{Connections, Warm};
+use crate::connections::Connections;
 use crate::enqueue::OnConnection;
 use crate::error::Result;
 use crate::listen::Listener;
@@ -100,9 +100,17 @@ impl Pq {
         self.inner.connections.pool()
     }
 
-    /// A connection for one of pq's own statements; see [`Connections`].
-    pub(crate) async fn connection(&self) -> Result<Warm<'_>> {
-        self.inner.connections.acquire().await
+    /// Runs pq's own `statements` on a connection kept warm between them (see
+    /// [`Connections`]): kept for the next statements if these succeeded, back to the pool if
+    /// they failed.
+    pub(crate) async fn with_connection<T>(
+        &self,
+        statements: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
+    ) -> Result<T> {
+        let mut connection = self.inner.connections.acquire().await?;
+        let output = statements(&mut connection).await?;
+        connection.keep();
+        Ok(output)
     }
 
     /// This table, bound to a connection of the caller's, for example one inside the caller's

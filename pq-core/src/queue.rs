@@ -124,10 +124,9 @@ impl Queue {
     /// Takes the next ready job if there is one, without waiting.
     pub async fn try_get(&self) -> Result<Option<Job>> {
         check_queue_name(&self.name)?;
-        let mut connection = self.pq.connection().await?;
-        let job = take(self.pq.sql(), &mut *connection, &self.name).await?;
-        connection.keep();
-        Ok(job)
+        self.pq
+            .with_connection(async |connection| take(self.pq.sql(), connection, &self.name).await)
+            .await
     }
 
     /// The jobs of this queue as an endless stream: it waits while the queue is empty, and
@@ -230,10 +229,10 @@ pub(crate) async fn wait_for_job(
         let looked = match connection.as_deref_mut() {
             Some(conn) => look(queue, conn, deadline).await?,
             None => {
-                let mut warm = queue.pq.connection().await?;
-                let looked = look(queue, &mut warm, deadline).await?;
-                warm.keep();
-                looked
+                queue
+                    .pq
+                    .with_connection(async |conn| look(queue, conn, deadline).await)
+                    .await?
             }
         };
         let next_due = match looked {
@@ -349,10 +348,8 @@ impl<'a> IntoFuture for Put<'a> {
 
 /// Writes one job on a connection of `pq`'s own, returning its id.
 pub(crate) async fn insert_warm(pq: &Pq, job: NewJob) -> Result<JobId> {
-    let mut connection = pq.connection().await?;
-    let id = insert(pq.sql(), &mut *connection, job).await?;
-    connection.keep();
-    Ok(id)
+    pq.with_connection(async |connection| insert(pq.sql(), connection, job).await)
+        .await
 }
 
 /// Writes one job, returning its id.
@@ -430,10 +427,8 @@ impl<'a> IntoFuture for PutMany<'a> {
             let (batch, target) = self.prepare()?;
             match target {
                 Target::Pq(pq) => {
-                    let mut connection = pq.connection().await?;
-                    let ids = insert_many(&mut *connection, &batch).await?;
-                    connection.keep();
-                    Ok(ids)
+                    pq.with_connection(async |connection| insert_many(connection, &batch).await)
+                        .await
                 }
                 Target::Connection(conn) => insert_many(conn, &batch).await,
             }
