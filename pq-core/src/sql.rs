@@ -314,29 +314,24 @@ impl Statements {
         // runs, so read literally the test looks like it matches no row, and the planner then
         // scans every running job (or the whole table) once per id of the batch: seconds for a
         // batch of a thousand. Left opaque, each id is looked up by primary key.
-        let fenced = "FROM unnest($1::int8[], $2::int4[]) AS f(id, attempt) \
-             WHERE j.id = f.id AND j.attempts = f.attempt AND COALESCE(j.state = 'running', false)";
-        let complete_delete = format!(
-            "DELETE FROM {t} AS j USING unnest($1::int8[], $2::int4[]) AS f(id, attempt) \
-             WHERE j.id = f.id AND j.attempts = f.attempt AND COALESCE(j.state = 'running', false) \
-             RETURNING j.id"
-        );
+        let claims = "unnest($1::int8[], $2::int4[]) AS f(id, attempt)";
+        let held =
+            "j.id = f.id AND j.attempts = f.attempt AND COALESCE(j.state = 'running', false)";
+        let fenced = format!("FROM {claims} WHERE {held}");
+        let done = "state = 'done', locked_until = NULL, finished_at = statement_timestamp()";
+        let complete_delete =
+            format!("DELETE FROM {t} AS j USING {claims} WHERE {held} RETURNING j.id");
+        let complete_keep = format!("UPDATE {t} AS j SET {done} {fenced} RETURNING j.id");
         // The worker's batches find their rows by the `ctid` their claim returned, a TID scan
         // per job rather than a primary key lookup; a renewed lease moved the row, and the
         // caller completes the jobs this misses by id.
         let located = "unnest($1::int8[], $2::int4[], $3::tid[]) AS f(id, attempt, row)";
-        let located_fence = "j.ctid = f.row AND j.id = f.id AND j.attempts = f.attempt \
-             AND COALESCE(j.state = 'running', false)";
-        let complete_delete_by_row =
-            format!("DELETE FROM {t} AS j USING {located} WHERE {located_fence} RETURNING j.id");
-        let complete_keep_by_row = format!(
-            "UPDATE {t} AS j SET state = 'done', locked_until = NULL, \
-               finished_at = statement_timestamp() FROM {located} WHERE {located_fence} \
-             RETURNING j.id"
+        let complete_delete_by_row = format!(
+            "DELETE FROM {t} AS j USING {located} WHERE j.ctid = f.row AND {held} RETURNING j.id"
         );
-        let complete_keep = format!(
-            "UPDATE {t} AS j SET state = 'done', locked_until = NULL, \
-               finished_at = statement_timestamp() {fenced} RETURNING j.id"
+        let complete_keep_by_row = format!(
+            "UPDATE {t} AS j SET {done} FROM {located} WHERE j.ctid = f.row AND {held} \
+             RETURNING j.id"
         );
         let fail = format!(
             "UPDATE {t} AS j SET \
