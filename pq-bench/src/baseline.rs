@@ -2,8 +2,7 @@
 //! shape as pq's, in the same database and run. It bounds what any queue on this table can do.
 
 use anyhow::{ensure, Result};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::measure::{Measured, Probe, FLUSH_STATS};
 use crate::tasks::QUEUE;
@@ -55,12 +54,15 @@ impl RawTable {
         template.replace("{table}", &self.name)
     }
 
-    async fn clients(&self, clients: usize) -> Result<PgPool> {
-        Ok(PgPoolOptions::new()
-            .max_connections(u32::try_from(clients)?)
-            .min_connections(u32::try_from(clients)?)
-            .connect(&self.url)
-            .await?)
+    /// A connection a client, opened before the clock starts, with no pool in the way (a
+    /// pool checks each connection it hands out or takes back with a round trip). Each client
+    /// closes its own when done: its backend reports its commits as it exits.
+    async fn clients(&self, clients: usize) -> Result<Vec<PgConnection>> {
+        let mut connections = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            connections.push(PgConnection::connect(&self.url).await?);
+        }
+        Ok(connections)
     }
 
     pub async fn truncate(&self, admin: &PgPool) -> Result<()> {
@@ -78,33 +80,29 @@ impl RawTable {
         jobs: u64,
     ) -> Result<Measured> {
         self.truncate(admin).await?;
-        let pool = self.clients(clients).await?;
+        let connections = self.clients(clients).await?;
         let insert = self.sql(INSERT);
         let probe = Probe::start(admin).await?;
         let mut handles = Vec::new();
-        for share in shares(jobs, clients) {
-            let pool = pool.clone();
+        for (mut conn, share) in connections.into_iter().zip(shares(jobs, clients)) {
             let insert = insert.clone();
             handles.push(tokio::spawn(async move {
-                let mut conn = pool.acquire().await?;
                 for n in 0..share {
                     sqlx::query(&insert)
                         .bind(QUEUE)
                         .bind(format!("{{\"n\":{n}}}"))
-                        .execute(&mut *conn)
+                        .execute(&mut conn)
                         .await?;
                 }
-                // Closed, not returned: a pooled connection's backend may outlive the pool's
-                // close, and its commits count only once it exits.
-                conn.close().await?;
-                anyhow::Ok(())
+                anyhow::Ok(conn)
             }));
         }
+        let mut connections = Vec::new();
         for handle in handles {
-            handle.await??;
+            connections.push(handle.await??);
         }
         let stopped = probe.stop();
-        pool.close().await;
+        close(connections).await?;
         let measured = stopped.finish(admin, jobs).await?;
         self.expect_rows(admin, jobs).await?;
         Ok(measured)
@@ -113,10 +111,8 @@ impl RawTable {
     /// `jobs` rows in multi-row INSERTs of `batch`, one client.
     pub async fn insert_batches(&self, admin: &PgPool, batch: u64, jobs: u64) -> Result<Measured> {
         self.truncate(admin).await?;
-        let pool = self.clients(1).await?;
+        let mut connections = self.clients(1).await?;
         let insert = self.sql(INSERT_MANY);
-        // One connection held for the whole run, as for the single inserts: no pool in the way.
-        let mut conn = pool.acquire().await?;
         let probe = Probe::start(admin).await?;
         let mut done = 0;
         while done < jobs {
@@ -127,13 +123,12 @@ impl RawTable {
             sqlx::query(&insert)
                 .bind(QUEUE)
                 .bind(payloads)
-                .execute(&mut *conn)
+                .execute(&mut connections[0])
                 .await?;
             done += size;
         }
         let stopped = probe.stop();
-        drop(conn);
-        pool.close().await;
+        close(connections).await?;
         let measured = stopped.finish(admin, jobs).await?;
         self.expect_rows(admin, jobs).await?;
         Ok(measured)
@@ -156,35 +151,35 @@ impl RawTable {
     /// Deletes the filled rows in SKIP LOCKED batches from `clients` connections until none is
     /// left; `jobs` is how many were filled.
     pub async fn drain(&self, admin: &PgPool, clients: usize, jobs: u64) -> Result<Measured> {
-        let pool = self.clients(clients).await?;
+        let connections = self.clients(clients).await?;
         let delete = self.sql(DELETE_BATCH);
         let probe = Probe::start(admin).await?;
         let mut handles = Vec::new();
-        for _ in 0..clients {
-            let pool = pool.clone();
+        for mut conn in connections {
             let delete = delete.clone();
             handles.push(tokio::spawn(async move {
-                let mut conn = pool.acquire().await?;
                 let mut deleted = 0;
                 loop {
                     let done = sqlx::query(&delete)
                         .bind(QUEUE)
                         .bind(DRAIN_BATCH)
-                        .execute(&mut *conn)
+                        .execute(&mut conn)
                         .await?;
                     if done.rows_affected() == 0 {
-                        return anyhow::Ok(deleted);
+                        return anyhow::Ok((conn, deleted));
                     }
                     deleted += done.rows_affected();
                 }
             }));
         }
-        let mut deleted = 0;
+        let (mut connections, mut deleted) = (Vec::new(), 0);
         for handle in handles {
-            deleted += handle.await??;
+            let (conn, n) = handle.await??;
+            connections.push(conn);
+            deleted += n;
         }
         let stopped = probe.stop();
-        pool.close().await;
+        close(connections).await?;
         let measured = stopped.finish(admin, jobs).await?;
         ensure!(
             deleted == jobs,
@@ -213,4 +208,12 @@ pub fn shares(jobs: u64, parts: usize) -> Vec<u64> {
     (0..parts)
         .map(|i| jobs / parts + u64::from(i < jobs % parts))
         .collect()
+}
+
+/// Closes the clients' connections (untimed), so that their backends exit and report.
+async fn close(connections: Vec<PgConnection>) -> Result<()> {
+    for connection in connections {
+        connection.close().await?;
+    }
+    Ok(())
 }

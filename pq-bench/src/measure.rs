@@ -86,10 +86,12 @@ pub fn load_url(url: &str) -> String {
 
 /// Backends report their commits to `pg_stat_database` when idle (at most once a second) or when
 /// they exit. A figure closes its connections before it is read; this waits until their
-/// backends are gone, and a moment more for the last of them to report.
+/// backends are gone, and a moment more for the last of them to report. One still there after
+/// 5 s would leave its commits uncounted: that is an error, not a figure.
 async fn settled_counters(admin: &PgPool) -> Result<Counters> {
+    let mut load: i64 = 0;
     for _ in 0..500 {
-        let load: i64 =
+        load =
             sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
                 .bind(LOAD_APPLICATION)
                 .fetch_one(admin)
@@ -99,6 +101,10 @@ async fn settled_counters(admin: &PgPool) -> Result<Counters> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    anyhow::ensure!(
+        load == 0,
+        "{load} of the figure's connections still open after 5 s"
+    );
     // A backend leaves `pg_stat_activity` just before it reports.
     tokio::time::sleep(Duration::from_millis(100)).await;
     counters(admin).await
