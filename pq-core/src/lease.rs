@@ -5,14 +5,15 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use futures_util::TryStreamExt;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
-use sqlx::{Decode, Encode, Postgres, Row};
+use sqlx::{Decode, Encode, Postgres};
 
 use crate::error::Result;
-use crate::job::{check_queue_name, Job, JobId};
+use crate::job::{check_queue_name, Job, JobId, Names};
 use crate::pq::Pq;
 use crate::when::MAX_DELAY;
 
@@ -116,8 +117,9 @@ fn columns<'a>(claims: impl IntoIterator<Item = &'a Claim>) -> (Vec<i64>, Vec<i3
         .unzip()
 }
 
-fn ids(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<JobId>> {
-    rows.iter().map(|row| Ok(JobId(row.try_get(0)?))).collect()
+/// The ids a fenced statement returned, as its one array.
+fn ids(ids: Vec<i64>) -> Vec<JobId> {
+    ids.into_iter().map(JobId).collect()
 }
 
 impl Pq {
@@ -125,21 +127,9 @@ impl Pq {
     /// then no one else gets them; after it, unless renewed, [`rescue`](Pq::rescue) returns them
     /// to the queue. Each claim counts an attempt.
     pub async fn claim(&self, queue: &str, limit: u32, lease: Duration) -> Result<Vec<Job>> {
-        check_queue_name(queue)?;
-        let rows = self
-            .with_connection(async |connection| {
-                Ok(sqlx::query(&self.sql().claim)
-                    .bind(queue)
-                    .bind(i64::from(limit))
-                    .bind(micros(lease))
-                    .fetch_all(connection)
-                    .await?)
-            })
+        let mut jobs = Vec::new();
+        self.claim_each(queue, limit, lease, |job| jobs.push(job))
             .await?;
-        let mut jobs = rows
-            .iter()
-            .map(|row| Job::from_row(row, self.sql()))
-            .collect::<Result<Vec<_>>>()?;
         // RETURNING promises no order: restore the dequeue order.
         jobs.sort_unstable_by_key(|job| {
             (
@@ -150,6 +140,50 @@ impl Pq {
             )
         });
         Ok(jobs)
+    }
+
+    /// Claims as [`claim`](Pq::claim) does, but hands each job to `each` as soon as its row
+    /// arrives, in no particular order, so that a worker starts the first jobs while the rest
+    /// are still on their way. Returns how many it claimed.
+    ///
+    /// The claim commits after its last row: should it fail after handing out some jobs, they
+    /// were never claimed, their completion finds no claim to complete, and they run again.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let mut claims = Vec::new();
+    /// pq.claim_each("apples", 100, Duration::from_secs(30), |job| {
+    ///     println!("{job}");
+    ///     claims.push(pq::Claim::of(&job));
+    /// })
+    /// .await?;
+    /// pq.complete(pq.pool(), &claims, false).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn claim_each(
+        &self,
+        queue: &str,
+        limit: u32,
+        lease: Duration,
+        mut each: impl FnMut(Job) + Send,
+    ) -> Result<usize> {
+        check_queue_name(queue)?;
+        self.with_connection(async |connection| {
+            let mut rows = sqlx::query(&self.sql().claim)
+                .bind(queue)
+                .bind(i64::from(limit))
+                .bind(micros(lease))
+                .fetch(connection);
+            let (mut names, mut claimed) = (Names::default(), 0);
+            while let Some(row) = rows.try_next().await? {
+                each(Job::decode(&row, self.sql(), &mut names)?);
+                claimed += 1;
+            }
+            Ok(claimed)
+        })
+        .await
     }
 
     /// Marks these claimed jobs done, in one statement: deleted, or kept in the `done` state
@@ -167,12 +201,12 @@ impl Pq {
             &sql.complete_delete
         };
         let (ids_column, attempts) = columns(claims);
-        let rows = sqlx::query(statement)
+        let touched = sqlx::query_scalar(statement)
             .bind(ids_column)
             .bind(attempts)
-            .fetch_all(executor)
+            .fetch_one(executor)
             .await?;
-        ids(rows)
+        Ok(ids(touched))
     }
 
     /// Completes a batch of claims, as [`complete`](Pq::complete) does, on a connection of
@@ -192,12 +226,12 @@ impl Pq {
             let mut done = if located.is_empty() {
                 Vec::new()
             } else {
-                ids(sqlx::query(statement)
+                ids(sqlx::query_scalar(statement)
                     .bind(ids_column)
                     .bind(attempts)
                     .bind(rows)
-                    .fetch_all(&mut *connection)
-                    .await?)?
+                    .fetch_one(&mut *connection)
+                    .await?)
             };
             if done.len() < claims.len() {
                 let found: HashSet<JobId> = done.iter().copied().collect();
@@ -236,25 +270,25 @@ impl Pq {
     /// Extends the leases of these claims to `lease` from now; returns the ids still held.
     pub async fn renew(&self, claims: &[Claim], lease: Duration) -> Result<Vec<JobId>> {
         let (ids_column, attempts) = columns(claims);
-        let rows = sqlx::query(&self.sql().renew)
+        let touched = sqlx::query_scalar(&self.sql().renew)
             .bind(ids_column)
             .bind(attempts)
             .bind(micros(lease))
-            .fetch_all(self.pool())
+            .fetch_one(self.pool())
             .await?;
-        ids(rows)
+        Ok(ids(touched))
     }
 
     /// Gives claimed jobs back to the queue without counting the attempt (a worker that stops
     /// before running them); returns the ids released.
     pub async fn release(&self, claims: &[Claim]) -> Result<Vec<JobId>> {
         let (ids_column, attempts) = columns(claims);
-        let rows = sqlx::query(&self.sql().release)
+        let touched = sqlx::query_scalar(&self.sql().release)
             .bind(ids_column)
             .bind(attempts)
-            .fetch_all(self.pool())
+            .fetch_one(self.pool())
             .await?;
-        ids(rows)
+        Ok(ids(touched))
     }
 
     /// Returns up to `limit` jobs whose lease ran out (their worker died or hung) to the queue,

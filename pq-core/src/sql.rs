@@ -318,21 +318,27 @@ impl Statements {
         let held =
             "j.id = f.id AND j.attempts = f.attempt AND COALESCE(j.state = 'running', false)";
         let fenced = format!("FROM {claims} WHERE {held}");
+        // The ids these statements touched, as one array: one row to send and decode, not one
+        // a job.
+        let touched = |statement: String| {
+            format!(
+                "WITH touched AS ({statement} RETURNING j.id) \
+                 SELECT COALESCE(array_agg(id), '{{}}') FROM touched"
+            )
+        };
         let done = "state = 'done', locked_until = NULL, finished_at = statement_timestamp()";
-        let complete_delete =
-            format!("DELETE FROM {t} AS j USING {claims} WHERE {held} RETURNING j.id");
-        let complete_keep = format!("UPDATE {t} AS j SET {done} {fenced} RETURNING j.id");
+        let complete_delete = touched(format!("DELETE FROM {t} AS j USING {claims} WHERE {held}"));
+        let complete_keep = touched(format!("UPDATE {t} AS j SET {done} {fenced}"));
         // The worker's batches find their rows by the `ctid` their claim returned, a TID scan
         // per job rather than a primary key lookup; a renewed lease moved the row, and the
         // caller completes the jobs this misses by id.
         let located = "unnest($1::int8[], $2::int4[], $3::tid[]) AS f(id, attempt, row)";
-        let complete_delete_by_row = format!(
-            "DELETE FROM {t} AS j USING {located} WHERE j.ctid = f.row AND {held} RETURNING j.id"
-        );
-        let complete_keep_by_row = format!(
-            "UPDATE {t} AS j SET {done} FROM {located} WHERE j.ctid = f.row AND {held} \
-             RETURNING j.id"
-        );
+        let complete_delete_by_row = touched(format!(
+            "DELETE FROM {t} AS j USING {located} WHERE j.ctid = f.row AND {held}"
+        ));
+        let complete_keep_by_row = touched(format!(
+            "UPDATE {t} AS j SET {done} FROM {located} WHERE j.ctid = f.row AND {held}"
+        ));
         let fail = format!(
             "UPDATE {t} AS j SET \
                state = CASE WHEN $4::int8 IS NULL THEN 'failed' ELSE 'queued' END, \
@@ -344,10 +350,10 @@ impl Statements {
                  'attempt', j.attempts, 'error', $3::text, 'at', statement_timestamp())) \
              {fenced} RETURNING j.id"
         );
-        let renew = format!(
+        let renew = touched(format!(
             "UPDATE {t} AS j SET locked_until = statement_timestamp() + $3 * interval '1 microsecond' \
-             {fenced} RETURNING j.id"
-        );
+             {fenced}"
+        ));
         // A job whose worker stopped renewing its lease goes back to the queue, its attempt
         // counted. Returns the queues of the rescued jobs, to wake their workers.
         let rescue = format!(
@@ -362,10 +368,10 @@ impl Statements {
         );
         // Gives claimed jobs back untouched (a worker shutting down before it ran them): the
         // attempt did not happen, so it is not counted.
-        let release = format!(
+        let release = touched(format!(
             "UPDATE {t} AS j SET state = 'queued', locked_until = NULL, attempts = j.attempts - 1 \
-             {fenced} RETURNING j.id"
-        );
+             {fenced}"
+        ));
         Self {
             notify: "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q".to_owned(),
             channel: table.channel(),
