@@ -121,6 +121,11 @@ impl TaskContext {
 
     /// Takes the handler's transaction, if it asked for one.
     pub(crate) async fn take_transaction(&self) -> Option<sqlx::Transaction<'static, Postgres>> {
-        self.transaction.lock().await.take()
+        // The lock is free once the handler returned, unless a clone of its context still uses
+        // it; taken at once, it does not wait for the scheduler's next turn.
+        match self.transaction.try_lock() {
+            Ok(mut transaction) => transaction.take(),
+            Err(_) => self.transaction.lock().await.take(),
+        }
     }
 }

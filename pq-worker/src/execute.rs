@@ -10,7 +10,7 @@ use pq_core::{Claim, Failure, Job, Pq};
 use tracing::Instrument;
 
 use crate::context::TaskContext;
-use crate::metrics::{self, SharedString};
+use crate::metrics::{self, TaskMetrics};
 use crate::registry::{Registry, TaskDefinition};
 use crate::retry::retry_delay;
 
@@ -51,29 +51,20 @@ impl Outcome {
 
 /// Runs `job`, taken from `queue`, and returns its outcome; never panics, whatever the handler
 /// does. A job whose handler used its transaction is completed there, deleted or kept `done` as
-/// `keep_completed` says, like every other job.
+/// `keep_completed` says, like every other job. `metrics` are its task's on `queue`.
 pub(crate) async fn execute(
     pq: &Pq,
     registry: &Registry,
     job: Job,
     queue: Arc<str>,
+    metrics: &TaskMetrics,
     keep_completed: bool,
 ) -> Outcome {
     let definition = job.task().and_then(|name| registry.get(name));
-    // Labels that copy nothing: the registered task's static name, the worker's queue name.
-    let task = match definition {
-        Some(definition) => SharedString::const_str(definition.name),
-        None => SharedString::from(job.task().unwrap_or_default().to_owned()),
-    };
-    let queue_label = SharedString::from(Arc::clone(&queue));
-    metrics::job_started(
-        task.clone(),
-        queue_label.clone(),
-        metrics::queue_latency(&job),
-    );
+    metrics.started(metrics::queue_latency(&job));
     let started = Instant::now();
     let outcome = dispatch(pq, definition, job, queue, keep_completed).await;
-    metrics::job_finished(task, queue_label, outcome.metric(), started.elapsed());
+    metrics.finished(outcome.metric(), started.elapsed());
     outcome
 }
 
@@ -132,10 +123,22 @@ async fn run(
     }
     let ctx = TaskContext::for_job(pq, &job, definition.name, queue);
     let started = Instant::now();
-    let body = match (definition.handler)(ctx.clone(), job.raw_data()) {
-        Ok(body) => body,
+    // Decoding runs the arguments' `Deserialize`, which may panic like the body.
+    let body = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        (definition.handler)(ctx.clone(), job.raw_data())
+    })) {
+        Ok(Ok(body)) => body,
         // Arguments that do not decode now never will: retrying cannot help.
-        Err(error) => return give_up(claim, error.to_string()),
+        Ok(Err(error)) => return give_up(claim, error.to_string()),
+        Err(panic) => {
+            return give_up(
+                claim,
+                format!(
+                    "panicked decoding its arguments: {}",
+                    crate::panic_message(panic.as_ref())
+                ),
+            )
+        }
     };
     let result = match AssertUnwindSafe(body).catch_unwind().await {
         Ok(result) => result.map_err(|e| e.to_string()),

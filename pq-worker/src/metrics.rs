@@ -5,6 +5,8 @@
 //! The facade records nothing until the application installs a recorder (an exporter), such as
 //! `metrics-exporter-prometheus`; until then each call costs a check of an unset global. So pq
 //! depends on no exporter, and the application picks its own. See `examples/metrics.rs`.
+//! Install it before starting workers: a worker registers a task's metrics once, when it first
+//! runs the task on a queue, with the recorder installed then.
 //!
 //! Every attempt that starts ends in exactly one of succeeded, retried or failed (given up), so
 //! `started - succeeded - retried - failed` is the number running (or lost with their worker).
@@ -19,9 +21,12 @@
 //! | `pq_job_duration_seconds` | histogram | task, queue, outcome |
 //! | `pq_job_queue_latency_seconds` | histogram | task, queue |
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 pub use ::metrics::SharedString;
+use ::metrics::{Counter, Histogram};
 use chrono::Utc;
 use pq_core::Job;
 
@@ -114,11 +119,7 @@ pub fn job_started(
     queue: impl Into<SharedString>,
     queue_latency: Duration,
 ) {
-    let (task, queue) = (task.into(), queue.into());
-    ::metrics::counter!(JOBS_STARTED, "task" => task.clone(), "queue" => queue.clone())
-        .increment(1);
-    ::metrics::histogram!(JOB_QUEUE_LATENCY, "task" => task, "queue" => queue)
-        .record(queue_latency.as_secs_f64());
+    TaskMetrics::register(task.into(), queue.into()).started(queue_latency);
 }
 
 /// Counts an attempt's outcome and records how long it ran.
@@ -128,16 +129,80 @@ pub fn job_finished(
     outcome: Outcome,
     duration: Duration,
 ) {
-    let (task, queue) = (task.into(), queue.into());
-    ::metrics::counter!(outcome.counter(), "task" => task.clone(), "queue" => queue.clone())
-        .increment(1);
-    ::metrics::histogram!(
-        JOB_DURATION,
-        "task" => task,
-        "queue" => queue,
-        "outcome" => outcome.as_str(),
-    )
-    .record(duration.as_secs_f64());
+    TaskMetrics::register(task.into(), queue.into()).finished(outcome, duration);
+}
+
+/// The metrics of one task on one queue, registered once. Each registration looks its metric
+/// up by name and labels, which costs a busy worker more than running a short job: so a worker
+/// registers them when it first meets the task on the queue, and records through these.
+pub(crate) struct TaskMetrics {
+    started: Counter,
+    queue_latency: Histogram,
+    /// The counter and the run time of each [`Outcome`].
+    succeeded: (Counter, Histogram),
+    retried: (Counter, Histogram),
+    failed: (Counter, Histogram),
+}
+
+impl TaskMetrics {
+    fn register(task: SharedString, queue: SharedString) -> Self {
+        let labels = || [("task", task.clone()), ("queue", queue.clone())];
+        let outcome = |outcome: Outcome| {
+            let mut labelled = labels().to_vec();
+            labelled.push(("outcome", SharedString::const_str(outcome.as_str())));
+            (
+                ::metrics::counter!(outcome.counter(), &labels()),
+                ::metrics::histogram!(JOB_DURATION, &labelled),
+            )
+        };
+        Self {
+            started: ::metrics::counter!(JOBS_STARTED, &labels()),
+            queue_latency: ::metrics::histogram!(JOB_QUEUE_LATENCY, &labels()),
+            succeeded: outcome(Outcome::Succeeded),
+            retried: outcome(Outcome::Retried),
+            failed: outcome(Outcome::Failed),
+        }
+    }
+
+    pub(crate) fn started(&self, queue_latency: Duration) {
+        self.started.increment(1);
+        self.queue_latency.record(queue_latency.as_secs_f64());
+    }
+
+    pub(crate) fn finished(&self, outcome: Outcome, duration: Duration) {
+        let (counter, durations) = match outcome {
+            Outcome::Succeeded => &self.succeeded,
+            Outcome::Retried => &self.retried,
+            Outcome::Failed => &self.failed,
+        };
+        counter.increment(1);
+        durations.record(duration.as_secs_f64());
+    }
+}
+
+/// A worker's [`TaskMetrics`], by queue and task. A recorder installed after a worker met a
+/// task is not seen by it: install it before starting workers, as exporters are.
+#[derive(Default)]
+pub(crate) struct Registered(Mutex<HashMap<Arc<str>, ByTask>>);
+
+/// The metrics of one queue's tasks, by task name.
+type ByTask = HashMap<Box<str>, Arc<TaskMetrics>>;
+
+impl Registered {
+    /// The metrics of `task` on `queue`, registered at the first call.
+    pub(crate) fn get(&self, queue: &Arc<str>, task: &str) -> Arc<TaskMetrics> {
+        let mut registered = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let tasks = registered.entry(Arc::clone(queue)).or_default();
+        if let Some(metrics) = tasks.get(task) {
+            return Arc::clone(metrics);
+        }
+        let metrics = Arc::new(TaskMetrics::register(
+            SharedString::from(task.to_owned()),
+            SharedString::from(Arc::clone(queue)),
+        ));
+        tasks.insert(task.into(), Arc::clone(&metrics));
+        metrics
+    }
 }
 
 /// How long `job` has been ready, by this machine's clock: since its `schedule_at` if it was

@@ -1,9 +1,11 @@
 //! [`Worker`]: claims jobs of its queues and runs their tasks, up to `concurrency` at once.
 
 use std::future::Future;
+use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use futures_util::future::select_all;
 use pq_core::{Claim, Job, Pq, Subscription};
@@ -12,6 +14,7 @@ use tokio::task::JoinSet;
 
 use crate::complete::{lock, Completer, InFlight};
 use crate::execute::{execute, Outcome};
+use crate::metrics::{Registered, TaskMetrics};
 use crate::registry::{DuplicateTask, Registry};
 
 type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -179,6 +182,7 @@ impl Worker {
             pq: self.pq,
             registry: Arc::new(registry),
             settings: self.settings,
+            metrics: Registered::default(),
         };
         run.run(shutdown).await;
         Ok(())
@@ -200,6 +204,7 @@ struct Run {
     pq: Pq,
     registry: Arc<Registry>,
     settings: Settings,
+    metrics: Registered,
 }
 
 impl Run {
@@ -307,7 +312,7 @@ impl Run {
                 permits = self.gather_slots(&fetcher.slots) => permits,
                 () = shutdown.as_mut() => return,
             };
-            let Some(permits) = permits else {
+            let Some(mut permits) = permits else {
                 return;
             };
 
@@ -323,10 +328,14 @@ impl Run {
             tokio::pin!(work_done);
             work_done.as_mut().enable();
 
-            let mut claimed = match self.claim(&mut next_queue, permits.num_permits()).await {
+            let wanted = permits.num_permits();
+            let mut claimed = match self
+                .claim(fetcher, jobs, &mut next_queue, &mut permits)
+                .await
+            {
                 Ok(claimed) => {
                     backoff.reset();
-                    if claimed.len() == permits.num_permits() {
+                    if claimed == wanted {
                         fetcher.backlog.notify_one();
                     }
                     claimed
@@ -342,7 +351,7 @@ impl Run {
                 }
             };
             let mut wait = self.settings.poll_interval;
-            if claimed.is_empty() {
+            if claimed == 0 {
                 let running = !lock(fetcher.in_flight).is_empty();
                 if self.settings.burst && !running {
                     if !self.any_ready().await {
@@ -357,12 +366,12 @@ impl Run {
                 // that committed before did not, and one more look finds it.
                 wait = self.idle_wait().await;
                 claimed = self
-                    .claim(&mut next_queue, permits.num_permits())
+                    .claim(fetcher, jobs, &mut next_queue, &mut permits)
                     .await
                     .unwrap_or_default();
             }
-            if claimed.is_empty() {
-                drop(permits);
+            drop(permits); // The slots no job took.
+            if claimed == 0 {
                 let any_queue = async {
                     if wakeups.is_empty() {
                         std::future::pending::<()>().await;
@@ -378,7 +387,6 @@ impl Run {
                 }
                 continue;
             }
-            self.start(fetcher, jobs, claimed, permits);
         }
     }
 
@@ -410,18 +418,16 @@ impl Run {
                     _ = stop.wait_for(|stop| *stop) => return,
                     permits = self.gather_slots(&fetcher.slots) => permits,
                 };
-                let Some(permits) = permits else {
+                let Some(mut permits) = permits else {
                     return;
                 };
                 let wanted = permits.num_permits();
                 // An error is the main fetcher's to report and retry.
                 let claimed = self
-                    .claim(&mut next_queue, wanted)
+                    .claim(fetcher, jobs, &mut next_queue, &mut permits)
                     .await
                     .unwrap_or_default();
-                let full = claimed.len() == wanted;
-                self.start(fetcher, jobs, claimed, permits);
-                if !full {
+                if claimed < wanted {
                     break;
                 }
             }
@@ -450,61 +456,84 @@ impl Run {
         Some(permits)
     }
 
-    /// Starts `claimed`, one slot of `permits` each; the slots left over are freed.
+    /// Claims a job for each slot of `permits`, taking the queues in turn so that none starves,
+    /// and starts each job, on one of the slots, as it arrives. Returns how many it started.
+    async fn claim(
+        &self,
+        fetcher: &Fetcher<'_>,
+        jobs: &mut JoinSet<()>,
+        next_queue: &mut usize,
+        permits: &mut OwnedSemaphorePermit,
+    ) -> pq_core::Result<usize> {
+        let limit = u32::try_from(permits.num_permits()).unwrap_or(u32::MAX);
+        for _ in 0..self.settings.queues.len() {
+            let queue = &self.settings.queues[*next_queue % self.settings.queues.len()];
+            *next_queue = next_queue.wrapping_add(1);
+            let mut starting = Starting {
+                queue: Arc::from(queue.as_str()),
+                task: None,
+                inline: true,
+            };
+            let claimed = self
+                .pq
+                .claim_each(queue, limit, self.settings.lease, |job| {
+                    let permit = permits
+                        .split(1)
+                        .expect("a claim takes at most one job a slot");
+                    self.start(fetcher, jobs, &mut starting, job, permit);
+                })
+                .await?;
+            if claimed > 0 {
+                return Ok(claimed);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Runs `job` on `permit`'s slot. The claim polls it once itself: most short jobs end
+    /// there, without the cost of a task of their own (spawning, scheduling, waking another
+    /// thread), which for a short job is most of the worker's work. A job that waits, or that
+    /// the claim cannot poll (see [`Starting`]), goes on in a task of its own.
     fn start(
         &self,
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
-        claimed: Vec<Job>,
-        mut permits: OwnedSemaphorePermit,
-    ) {
-        // A claim is of one queue: its name, shared by every job's context and metrics.
-        let Some(first) = claimed.first() else {
-            return;
-        };
-        let queue: Arc<str> = Arc::from(first.queue());
-        lock(fetcher.in_flight).extend(claimed.iter().map(Claim::of));
-        for job in claimed {
-            let permit = permits
-                .split(1)
-                .expect("a claim takes at most one job a slot");
-            self.start_one(fetcher, jobs, job, Arc::clone(&queue), permit);
-        }
-    }
-
-    fn start_one(
-        &self,
-        fetcher: &Fetcher<'_>,
-        jobs: &mut JoinSet<()>,
+        starting: &mut Starting,
         job: Job,
-        queue: Arc<str>,
         permit: OwnedSemaphorePermit,
     ) {
+        lock(fetcher.in_flight).insert(Claim::of(&job));
+        let metrics = starting.metrics(&self.metrics, job.task().unwrap_or_default());
+        let queue = Arc::clone(&starting.queue);
         let pq = self.pq.clone();
         let registry = Arc::clone(&self.registry);
         let outcomes = fetcher.outcomes.clone();
         let keep_completed = self.settings.keep_completed;
-        jobs.spawn(async move {
-            let outcome = execute(&pq, &registry, job, queue, keep_completed).await;
+        // Boxed, so that it can move to a task after a first poll.
+        let mut run = Box::pin(async move {
+            let outcome = execute(&pq, &registry, job, queue, &metrics, keep_completed).await;
             drop(permit);
             // The completer outlives every job task, so the send fails only at a hard stop,
             // and then the claim stays in flight and is released.
             let _ = outcomes.send(outcome);
         });
-    }
-
-    /// Claims up to `limit` jobs, taking the queues in turn so that none starves.
-    async fn claim(&self, next_queue: &mut usize, limit: usize) -> pq_core::Result<Vec<Job>> {
-        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-        for _ in 0..self.settings.queues.len() {
-            let queue = &self.settings.queues[*next_queue % self.settings.queues.len()];
-            *next_queue = next_queue.wrapping_add(1);
-            let jobs = self.pq.claim(queue, limit, self.settings.lease).await?;
-            if !jobs.is_empty() {
-                return Ok(jobs);
+        if starting.inline {
+            let started = Instant::now();
+            // A task that panics ends with its job unrecorded, released at shutdown or rescued;
+            // so does a job whose first poll panics here, where it must not stop the claim.
+            // The waker is never used: a job still pending is polled again by its task.
+            let first = panic::catch_unwind(AssertUnwindSafe(|| {
+                run.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+            }));
+            if started.elapsed() >= INLINE_LIMIT {
+                starting.inline = false;
+            }
+            match first {
+                Ok(Poll::Ready(())) | Err(_) => return,
+                Ok(Poll::Pending) => {}
             }
         }
-        Ok(Vec::new())
+        jobs.spawn(run);
     }
 
     /// Subscribes to every queue, retrying while the database is unreachable.
@@ -552,6 +581,34 @@ impl Run {
         wait
     }
 }
+
+/// What the jobs of one claim share: their queue's name, and mostly their task.
+struct Starting {
+    queue: Arc<str>,
+    /// The task of the job started last, and its metrics on this queue.
+    task: Option<(String, Arc<TaskMetrics>)>,
+    /// Whether the claim still polls its jobs first. A job that computed for
+    /// [`INLINE_LIMIT`] without waiting (a handler that should use `spawn_blocking`) would
+    /// hold back the jobs after it: those go straight to tasks of their own, which other
+    /// threads run in parallel.
+    inline: bool,
+}
+
+impl Starting {
+    fn metrics(&mut self, registered: &Registered, task: &str) -> Arc<TaskMetrics> {
+        match &self.task {
+            Some((last, metrics)) if last == task => Arc::clone(metrics),
+            _ => {
+                let metrics = registered.get(&self.queue, task);
+                self.task = Some((task.to_owned(), Arc::clone(&metrics)));
+                metrics
+            }
+        }
+    }
+}
+
+/// How long a job's first poll may take before the rest of its claim are spawned unpolled.
+const INLINE_LIMIT: Duration = Duration::from_micros(500);
 
 /// How long a worker with jobs running waits for half its slots to be free before it claims
 /// for the slots free so far.

@@ -537,21 +537,35 @@ fn running() -> &'static Mutex<HashMap<String, (u32, u32)>> {
     RUNNING.get_or_init(Mutex::default)
 }
 
-#[pq::task(queue = "work")]
-async fn count_running(ctx: TaskContext) {
-    {
-        let mut running = running().lock().unwrap();
-        let (now, most) = running.entry(ctx.pq().table()).or_default();
-        *now += 1;
-        *most = (*most).max(*now);
-    }
-    tokio::time::sleep(Duration::from_millis(3)).await;
+fn enter(ctx: &TaskContext) {
+    let mut running = running().lock().unwrap();
+    let (now, most) = running.entry(ctx.pq().table()).or_default();
+    *now += 1;
+    *most = (*most).max(*now);
+}
+
+fn leave(ctx: &TaskContext) {
     running()
         .lock()
         .unwrap()
         .get_mut(&ctx.pq().table())
         .unwrap()
         .0 -= 1;
+}
+
+#[pq::task(queue = "work")]
+async fn count_running(ctx: TaskContext) {
+    enter(&ctx);
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    leave(&ctx);
+}
+
+/// Blocks its thread without awaiting, as a handler that should use `spawn_blocking` does.
+#[pq::task(queue = "work")]
+async fn hog_the_thread(ctx: TaskContext) {
+    enter(&ctx);
+    std::thread::sleep(Duration::from_millis(300));
+    leave(&ctx);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,6 +590,55 @@ async fn a_backlog_never_runs_more_jobs_at_once_than_the_concurrency() {
         "at most 6 at once, and more than 1: {most}"
     );
     assert_eq!(db.pq.queue("work").len().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_handler_that_blocks_its_thread_does_not_hold_back_the_rest_of_its_claim() {
+    let db = TestDb::new().await;
+    for _ in 0..4 {
+        hog_the_thread().enqueue(&db.pq).await.unwrap();
+    }
+    // One claim takes all four. It polls the first job itself, which blocks it for 300 ms;
+    // the other three then go to tasks of their own, and other threads run them at once.
+    Worker::new(db.pq.clone())
+        .queues(["work"])
+        .concurrency(4)
+        .burst()
+        .run()
+        .await
+        .unwrap();
+    let (now, most) = running().lock().unwrap()[&db.pq.table()];
+    assert_eq!(now, 0);
+    assert!(
+        most >= 2,
+        "the jobs ran one after another: {most} at most at once"
+    );
+}
+
+/// Arguments whose decoding panics, as a hand-written `Deserialize` may.
+#[derive(serde::Serialize)]
+struct Explosive;
+
+impl<'de> serde::Deserialize<'de> for Explosive {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("the arguments explode")
+    }
+}
+
+#[pq::task(queue = "work")]
+async fn explode(_arguments: Explosive) {}
+
+#[tokio::test]
+async fn arguments_whose_decoding_panics_fail_the_job_for_good() {
+    let db = TestDb::new().await;
+    let id = explode(Explosive).enqueue(&db.pq).await.unwrap();
+    run_burst(&db.pq).await;
+    let row = row(&db.pq, id).await.unwrap();
+    assert_eq!(row.state, "failed");
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("panicked decoding its arguments: the arguments explode")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
