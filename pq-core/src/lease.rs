@@ -5,7 +5,6 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures_util::TryStreamExt;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
@@ -127,9 +126,24 @@ impl Pq {
     /// then no one else gets them; after it, unless renewed, [`rescue`](Pq::rescue) returns them
     /// to the queue. Each claim counts an attempt.
     pub async fn claim(&self, queue: &str, limit: u32, lease: Duration) -> Result<Vec<Job>> {
-        let mut jobs = Vec::new();
-        self.claim_each(queue, limit, lease, |job| jobs.push(job))
+        check_queue_name(queue)?;
+        // All the rows, not a stream: the claim commits after its last row, and a job must not
+        // start before (its completion would not find it claimed).
+        let rows = self
+            .with_connection(async |connection| {
+                Ok(sqlx::query(&self.sql().claim)
+                    .bind(queue)
+                    .bind(i64::from(limit))
+                    .bind(micros(lease))
+                    .fetch_all(connection)
+                    .await?)
+            })
             .await?;
+        let mut names = Names::default();
+        let mut jobs = rows
+            .iter()
+            .map(|row| Job::decode(row, self.sql(), &mut names))
+            .collect::<Result<Vec<_>>>()?;
         // RETURNING promises no order: restore the dequeue order.
         jobs.sort_unstable_by_key(|job| {
             (
@@ -140,50 +154,6 @@ impl Pq {
             )
         });
         Ok(jobs)
-    }
-
-    /// Claims as [`claim`](Pq::claim) does, but hands each job to `each` as soon as its row
-    /// arrives, in no particular order, so that a worker starts the first jobs while the rest
-    /// are still on their way. Returns how many it claimed.
-    ///
-    /// The claim commits after its last row: should it fail after handing out some jobs, they
-    /// were never claimed, their completion finds no claim to complete, and they run again.
-    ///
-    /// ```no_run
-    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
-    /// use std::time::Duration;
-    ///
-    /// let mut claims = Vec::new();
-    /// pq.claim_each("apples", 100, Duration::from_secs(30), |job| {
-    ///     println!("{job}");
-    ///     claims.push(pq::Claim::of(&job));
-    /// })
-    /// .await?;
-    /// pq.complete(pq.pool(), &claims, false).await?;
-    /// # Ok(()) }
-    /// ```
-    pub async fn claim_each(
-        &self,
-        queue: &str,
-        limit: u32,
-        lease: Duration,
-        mut each: impl FnMut(Job) + Send,
-    ) -> Result<usize> {
-        check_queue_name(queue)?;
-        self.with_connection(async |connection| {
-            let mut rows = sqlx::query(&self.sql().claim)
-                .bind(queue)
-                .bind(i64::from(limit))
-                .bind(micros(lease))
-                .fetch(connection);
-            let (mut names, mut claimed) = (Names::default(), 0);
-            while let Some(row) = rows.try_next().await? {
-                each(Job::decode(&row, self.sql(), &mut names)?);
-                claimed += 1;
-            }
-            Ok(claimed)
-        })
-        .await
     }
 
     /// Marks these claimed jobs done, in one statement: deleted, or kept in the `done` state

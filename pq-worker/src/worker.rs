@@ -457,7 +457,7 @@ impl Run {
     }
 
     /// Claims a job for each slot of `permits`, taking the queues in turn so that none starves,
-    /// and starts each job, on one of the slots, as it arrives. Returns how many it started.
+    /// and starts each on one of the slots. Returns how many it started.
     async fn claim(
         &self,
         fetcher: &Fetcher<'_>,
@@ -469,31 +469,32 @@ impl Run {
         for _ in 0..self.settings.queues.len() {
             let queue = &self.settings.queues[*next_queue % self.settings.queues.len()];
             *next_queue = next_queue.wrapping_add(1);
+            let claimed = self.pq.claim(queue, limit, self.settings.lease).await?;
+            if claimed.is_empty() {
+                continue;
+            }
+            let started = claimed.len();
+            lock(fetcher.in_flight).extend(claimed.iter().map(Claim::of));
             let mut starting = Starting {
                 queue: Arc::from(queue.as_str()),
                 task: None,
                 inline: true,
             };
-            let claimed = self
-                .pq
-                .claim_each(queue, limit, self.settings.lease, |job| {
-                    let permit = permits
-                        .split(1)
-                        .expect("a claim takes at most one job a slot");
-                    self.start(fetcher, jobs, &mut starting, job, permit);
-                })
-                .await?;
-            if claimed > 0 {
-                return Ok(claimed);
+            for job in claimed {
+                let permit = permits
+                    .split(1)
+                    .expect("a claim takes at most one job a slot");
+                self.start(fetcher, jobs, &mut starting, job, permit);
             }
+            return Ok(started);
         }
         Ok(0)
     }
 
-    /// Runs `job` on `permit`'s slot. The claim polls it once itself: most short jobs end
+    /// Runs `job` on `permit`'s slot. The claimer polls it once itself: most short jobs end
     /// there, without the cost of a task of their own (spawning, scheduling, waking another
     /// thread), which for a short job is most of the worker's work. A job that waits, or that
-    /// the claim cannot poll (see [`Starting`]), goes on in a task of its own.
+    /// the claimer cannot poll (see [`Starting`]), goes on in a task of its own.
     fn start(
         &self,
         fetcher: &Fetcher<'_>,
@@ -502,7 +503,6 @@ impl Run {
         job: Job,
         permit: OwnedSemaphorePermit,
     ) {
-        lock(fetcher.in_flight).insert(Claim::of(&job));
         let metrics = starting.metrics(&self.metrics, job.task().unwrap_or_default());
         let queue = Arc::clone(&starting.queue);
         let pq = self.pq.clone();

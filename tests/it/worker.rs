@@ -531,6 +531,35 @@ async fn many_workers_over_one_queue_run_every_job_exactly_once() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_of_short_jobs_completes_every_one() {
+    let db = TestDb::new().await;
+    sqlx::query(&format!(
+        "INSERT INTO {} (q_name, task, data) \
+         SELECT 'work', $1, '{{\"expected_id\": null}}' FROM generate_series(1, 20000)",
+        db.pq.table()
+    ))
+    .bind(<succeed as pq::Task>::NAME)
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+    // Short jobs end as soon as they start, and their completions follow at once. A job that
+    // started before its claim committed would have its completion refused, and stay in the
+    // table, as they did while claims handed out their rows as they arrived.
+    Worker::new(db.pq.clone())
+        .queues(["work"])
+        .concurrency(1000)
+        .burst()
+        .run()
+        .await
+        .unwrap();
+    let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", db.pq.table()))
+        .fetch_one(db.pq.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "every job completed and deleted");
+}
+
 /// Jobs running now and the most ever running at once, per table.
 fn running() -> &'static Mutex<HashMap<String, (u32, u32)>> {
     static RUNNING: OnceLock<Mutex<HashMap<String, (u32, u32)>>> = OnceLock::new();
