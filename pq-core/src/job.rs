@@ -61,9 +61,9 @@ impl Job {
         Self::decode(row, sql, &mut Names::default())
     }
 
-    /// Decodes the columns by position, in the order `job_columns` selects them with types it
-    /// fixes: a worker decodes thousands of jobs a second, and a lookup by name and a type
-    /// check for each value cost more than the rest of the decoding.
+    /// Decodes the columns by position, in the order `job_columns` (and the claim function)
+    /// selects them with types they fix: a worker decodes thousands of jobs a second, and a
+    /// lookup by name and a type check for each value cost more than the rest of the decoding.
     pub(crate) fn decode(row: &PgRow, sql: &Arc<Statements>, names: &mut Names) -> Result<Self> {
         Ok(Self {
             id: JobId(row.try_get_unchecked(0)?),

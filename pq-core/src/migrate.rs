@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_notify_per_queue.sql"),
     migration!(7, "0007_put_decides_to_notify.sql"),
     migration!(8, "0008_one_index_out_of_the_queue.sql"),
+    migration!(9, "0009_claim_with_a_cached_plan.sql"),
 ];
 
 pub(crate) async fn run(pool: &PgPool, sql: &Statements) -> Result<()> {

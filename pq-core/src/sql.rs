@@ -3,17 +3,11 @@
 
 use crate::error::{Error, Result};
 
-/// The dequeue order. It matches the dequeue index column for column, so a claim reads the index
-/// in order and stops after the rows it takes. A job expected at no time sorts as if expected at
-/// infinity, after every job that is expected; as one key ([`DEQUEUE_KEY`]), the order can be
-/// resumed from any job's position (see the claim).
+/// The dequeue order. It matches the dequeue index column for column, so a `get` (and the claim,
+/// `migrations/0009_claim_with_a_cached_plan.sql`) reads the index in order and stops after the
+/// rows it takes. A job expected at no time sorts as if expected at infinity, after every job
+/// that is expected.
 const DEQUEUE_ORDER: &str = "schedule_at, COALESCE(expected_at, 'infinity'), id";
-
-/// A job's position in the dequeue order, as one comparable row.
-const DEQUEUE_KEY: &str = "ROW(schedule_at, COALESCE(expected_at, 'infinity'), id)";
-
-/// How long a claim cursor is followed before a claim reads the queue from its start again.
-const CURSOR_LIFETIME_MS: u32 = 2_000;
 
 /// A schema-qualified (or search-path) table name, validated.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -78,6 +72,12 @@ impl TableName {
             .map(|n| format!("$pq{n}$"))
             .find(|tag| names.iter().all(|name| !name.contains(tag.as_str())))
             .expect("some tag is free")
+    }
+
+    /// The prefix of the settings that hold a connection's claim cursors, one a queue (see
+    /// `migrations/0009_claim_with_a_cached_plan.sql`).
+    pub fn claim_cursor(&self) -> String {
+        format!("pq.claim_{:016x}_", fnv1a(self.qualified().as_bytes()))
     }
 
     /// The advisory lock that orders inserts and waiting consumers (see
@@ -149,6 +149,7 @@ pub(crate) fn render_migration(template: &str, table: &TableName) -> String {
             None if key == "channel" => quote_literal(&table.channel()),
             None if key == "wait_lock" => table.wait_lock_key().to_string(),
             None if key == "dollar" => table.dollar_quote(),
+            None if key == "claim_cursor" => quote_literal(&table.claim_cursor()),
             Some(("name", suffix)) => table.derived(suffix),
             Some(("qualified", suffix)) => table.qualified_derived(suffix),
             Some(("literal", suffix)) => quote_literal(&table.qualified_derived(suffix)),
@@ -235,76 +236,12 @@ impl Statements {
              RETURNING {}",
             job_columns("j")
         );
-        // A backlog is claimed from a cursor. Each claim leaves on its connection, in a setting
-        // named after the table and the queue, the position of the last job it took, and the
-        // next claim there starts after it. Otherwise every claim steps again over the index
-        // entries of all the jobs claimed before it, which vacuum removes only after a while and
-        // never while a transaction older than them stays open: each claim then reads more than
-        // the last, and a drain slows down as it goes. The cursor is kept only while ready jobs
-        // remain after it (a backlog), and for `CURSOR_LIFETIME_MS` at most: a job that sorts
-        // before it (released, rescued, retried, committed late, or more urgent) waits at most
-        // that long while a backlog drains, and not at all otherwise.
-        //
-        // The locked rows reach the aggregate in index order (nothing between the two can
-        // reorder them), so the last of each array is the last position. The look for more
-        // jobs after it is an ordered subquery (an EXISTS would drop the order) so that it too
-        // reads the index from there on, not the table from its start past every claimed row.
-        // The update finds its rows by their `ctid`, which cannot change under the row locks
-        // just taken: no index lookup per job, and no plan that depends on an estimate of
-        // `LIMIT $2`.
-        let cursor = format!(
-            "'pq.claim_{:016x}_' || left(md5($1), 16)",
-            fnv1a(table.qualified().as_bytes())
-        );
-        let now_ms = "(extract(epoch FROM statement_timestamp()) * 1000)::int8";
-        let ready_after = |schedule: &str, expected: &str, id: &str| {
-            format!(
-                "q_name = $1 AND state = 'queued' AND schedule_at <= statement_timestamp() \
-                 AND {DEQUEUE_KEY} > ROW({schedule}, {expected}, {id})"
-            )
-        };
-        let after_cursor = ready_after(
-            "COALESCE((SELECT after_schedule FROM cursor), '-infinity')",
-            "COALESCE((SELECT after_expected FROM cursor), '-infinity')",
-            "COALESCE((SELECT after_id FROM cursor), '-9223372036854775808'::int8)",
-        );
-        let after_taken = ready_after(
-            "taken.last_schedule",
-            "taken.last_expected",
-            "taken.last_id",
-        );
+        // A claim from a cursor, in a function so that its plan is made once per connection
+        // (see `migrations/0009_claim_with_a_cached_plan.sql`).
         let claim = format!(
-            "WITH cursor AS MATERIALIZED ( \
-               SELECT split_part(v, '|', 1)::int8 AS since, \
-                 split_part(v, '|', 2)::timestamptz AS after_schedule, \
-                 split_part(v, '|', 3)::timestamptz AS after_expected, \
-                 split_part(v, '|', 4)::int8 AS after_id \
-               FROM (SELECT current_setting({cursor}, true) AS v) AS setting \
-               WHERE v <> '' AND split_part(v, '|', 1)::int8 > {now_ms} - {CURSOR_LIFETIME_MS}), \
-             taken AS MATERIALIZED ( \
-               SELECT array_agg(ctid) AS rows, count(*) AS n, \
-                 (array_agg(schedule_at))[count(*)::int4] AS last_schedule, \
-                 (array_agg(expected))[count(*)::int4] AS last_expected, \
-                 (array_agg(id))[count(*)::int4] AS last_id \
-               FROM ( \
-                 SELECT ctid, id, schedule_at, COALESCE(expected_at, 'infinity') AS expected \
-                 FROM {t} WHERE {after_cursor} \
-                 ORDER BY {DEQUEUE_ORDER} LIMIT $2 FOR UPDATE SKIP LOCKED) AS next), \
-             moved AS MATERIALIZED ( \
-               SELECT set_config({cursor}, \
-                 CASE WHEN n = $2 AND ( \
-                   SELECT id FROM {t} WHERE {after_taken} ORDER BY {DEQUEUE_ORDER} LIMIT 1 \
-                 ) IS NOT NULL \
-                   THEN COALESCE((SELECT since FROM cursor), {now_ms}) || '|' || last_schedule \
-                     || '|' || last_expected || '|' || last_id \
-                   ELSE '' END, false) \
-               FROM taken) \
-             UPDATE {t} AS j SET state = 'running', attempts = j.attempts + 1, \
-               dequeued_at = statement_timestamp(), \
-               locked_until = statement_timestamp() + $3 * interval '1 microsecond' \
-             WHERE j.ctid = ANY ((SELECT rows FROM taken, moved)::tid[]) \
-             RETURNING {}",
-            job_columns("j")
+            "SELECT id, q_name, task, data, attempts, enqueued_at, schedule_at, expected_at, ctid \
+             FROM {}($1, $2, $3)",
+            table.qualified_derived("claim")
         );
         // Completion, failure and renewal are fenced: they touch a job only while it is still
         // running the attempt the caller claimed, never after a rescue handed it to another.
@@ -403,6 +340,7 @@ impl Statements {
 }
 
 /// The columns of a job, in the order [`crate::job::Job`] decodes them, from table alias `j`.
+/// The claim function (`migrations/0009_claim_with_a_cached_plan.sql`) returns the same.
 fn job_columns(j: &str) -> String {
     format!(
         "{j}.id, {j}.q_name, {j}.task, {j}.data::text AS data, {j}.attempts, {j}.enqueued_at, \
