@@ -2,10 +2,10 @@
 //! database error is retried until it goes through or the job's lease is lost; nothing is
 //! dropped on the floor.
 
-use foldhash::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use foldhash::HashSet;
 use pq_core::{Claim, Pq};
 use tokio::sync::{mpsc, Notify};
 

@@ -5,6 +5,7 @@
 mod admin;
 mod connections;
 mod faults;
+mod metrics;
 mod queue;
 mod support;
 mod tasks;

@@ -78,9 +78,14 @@ async fn write_then_fail_once(ctx: TaskContext, effects: String) -> anyhow::Resu
 }
 
 async fn run_burst(pq: &Pq) {
+    burst(Worker::new(pq.clone())).await;
+}
+
+/// Runs `worker` on the queue `work` until nothing is ready there.
+async fn burst(worker: Worker) {
     tokio::time::timeout(
         Duration::from_secs(60),
-        Worker::new(pq.clone()).queues(["work"]).burst().run(),
+        worker.queues(["work"]).burst().run(),
     )
     .await
     .expect("a burst worker returns once the queue is empty")
@@ -546,13 +551,7 @@ async fn a_drain_of_short_jobs_completes_every_one() {
     // Short jobs end as soon as they start, and their completions follow at once. A job that
     // started before its claim committed would have its completion refused, and stay in the
     // table, as they did while claims handed out their rows as they arrived.
-    Worker::new(db.pq.clone())
-        .queues(["work"])
-        .concurrency(1000)
-        .burst()
-        .run()
-        .await
-        .unwrap();
+    burst(Worker::new(db.pq.clone()).concurrency(1000)).await;
     let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", db.pq.table()))
         .fetch_one(db.pq.pool())
         .await
@@ -605,13 +604,7 @@ async fn a_backlog_never_runs_more_jobs_at_once_than_the_concurrency() {
         call.enqueue(&db.pq).await.unwrap();
     }
     // During a backlog a second claimer feeds the same slots.
-    Worker::new(db.pq.clone())
-        .queues(["work"])
-        .concurrency(6)
-        .burst()
-        .run()
-        .await
-        .unwrap();
+    burst(Worker::new(db.pq.clone()).concurrency(6)).await;
     let (now, most) = running().lock().unwrap()[&db.pq.table()];
     assert_eq!(now, 0);
     assert!(
@@ -629,13 +622,7 @@ async fn a_handler_that_blocks_its_thread_does_not_hold_back_the_rest_of_its_cla
     }
     // One claim takes all four. It polls the first job itself, which blocks it for 300 ms;
     // the other three then go to tasks of their own, and other threads run them at once.
-    Worker::new(db.pq.clone())
-        .queues(["work"])
-        .concurrency(4)
-        .burst()
-        .run()
-        .await
-        .unwrap();
+    burst(Worker::new(db.pq.clone()).concurrency(4)).await;
     let (now, most) = running().lock().unwrap()[&db.pq.table()];
     assert_eq!(now, 0);
     assert!(
