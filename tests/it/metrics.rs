@@ -1,6 +1,6 @@
 //! The worker's metrics, through a real exporter installed before the worker starts.
 
-use pq::{Enqueue, Worker};
+use pq::Worker;
 
 use crate::support::TestDb;
 
