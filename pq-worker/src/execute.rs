@@ -123,7 +123,8 @@ async fn run(
     }
     let ctx = TaskContext::for_job(pq, &job, definition.name, queue);
     let started = Instant::now();
-    // Decoding runs the arguments' `Deserialize`, which may panic like the body.
+    // Decoding runs the arguments' `Deserialize`, which may panic like the body (as may the
+    // start of a hand-written `Task::execute`, which is reported the same way).
     let body = match std::panic::catch_unwind(AssertUnwindSafe(|| {
         (definition.handler)(ctx.clone(), job.raw_data())
     })) {

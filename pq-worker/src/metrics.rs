@@ -119,7 +119,9 @@ pub fn job_started(
     queue: impl Into<SharedString>,
     queue_latency: Duration,
 ) {
-    TaskMetrics::register(task.into(), queue.into()).started(queue_latency);
+    let (started, latency) = started(&task.into(), &queue.into());
+    started.increment(1);
+    latency.record(queue_latency.as_secs_f64());
 }
 
 /// Counts an attempt's outcome and records how long it ran.
@@ -129,15 +131,35 @@ pub fn job_finished(
     outcome: Outcome,
     duration: Duration,
 ) {
-    TaskMetrics::register(task.into(), queue.into()).finished(outcome, duration);
+    let (counter, durations) = finished(&task.into(), &queue.into(), outcome);
+    counter.increment(1);
+    durations.record(duration.as_secs_f64());
+}
+
+/// The counter of attempts started and the queue latency histogram of `task` on `queue`.
+fn started(task: &SharedString, queue: &SharedString) -> (Counter, Histogram) {
+    let labels = [("task", task.clone()), ("queue", queue.clone())];
+    (
+        ::metrics::counter!(JOBS_STARTED, &labels),
+        ::metrics::histogram!(JOB_QUEUE_LATENCY, &labels),
+    )
+}
+
+/// The counter and the run time histogram of `outcome` for `task` on `queue`.
+fn finished(task: &SharedString, queue: &SharedString, outcome: Outcome) -> (Counter, Histogram) {
+    let (task, queue) = (("task", task.clone()), ("queue", queue.clone()));
+    let outcome_label = ("outcome", SharedString::const_str(outcome.as_str()));
+    (
+        ::metrics::counter!(outcome.counter(), &[task.clone(), queue.clone()]),
+        ::metrics::histogram!(JOB_DURATION, &[task, queue, outcome_label]),
+    )
 }
 
 /// The metrics of one task on one queue, registered once. Each registration looks its metric
 /// up by name and labels, which costs a busy worker more than running a short job: so a worker
 /// registers them when it first meets the task on the queue, and records through these.
 pub(crate) struct TaskMetrics {
-    started: Counter,
-    queue_latency: Histogram,
+    started: (Counter, Histogram),
     /// The counter and the run time of each [`Outcome`].
     succeeded: (Counter, Histogram),
     retried: (Counter, Histogram),
@@ -145,28 +167,29 @@ pub(crate) struct TaskMetrics {
 }
 
 impl TaskMetrics {
-    fn register(task: SharedString, queue: SharedString) -> Self {
-        let labels = || [("task", task.clone()), ("queue", queue.clone())];
-        let outcome = |outcome: Outcome| {
-            let mut labelled = labels().to_vec();
-            labelled.push(("outcome", SharedString::const_str(outcome.as_str())));
-            (
-                ::metrics::counter!(outcome.counter(), &labels()),
-                ::metrics::histogram!(JOB_DURATION, &labelled),
-            )
-        };
+    fn register(task: &SharedString, queue: &SharedString) -> Self {
         Self {
-            started: ::metrics::counter!(JOBS_STARTED, &labels()),
-            queue_latency: ::metrics::histogram!(JOB_QUEUE_LATENCY, &labels()),
-            succeeded: outcome(Outcome::Succeeded),
-            retried: outcome(Outcome::Retried),
-            failed: outcome(Outcome::Failed),
+            started: started(task, queue),
+            succeeded: finished(task, queue, Outcome::Succeeded),
+            retried: finished(task, queue, Outcome::Retried),
+            failed: finished(task, queue, Outcome::Failed),
+        }
+    }
+
+    /// Handles that record nothing, for a task whose registration panicked.
+    pub(crate) fn noop() -> Self {
+        let noop = || (Counter::noop(), Histogram::noop());
+        Self {
+            started: noop(),
+            succeeded: noop(),
+            retried: noop(),
+            failed: noop(),
         }
     }
 
     pub(crate) fn started(&self, queue_latency: Duration) {
-        self.started.increment(1);
-        self.queue_latency.record(queue_latency.as_secs_f64());
+        self.started.0.increment(1);
+        self.started.1.record(queue_latency.as_secs_f64());
     }
 
     pub(crate) fn finished(&self, outcome: Outcome, duration: Duration) {
@@ -197,8 +220,8 @@ impl Registered {
             return Arc::clone(metrics);
         }
         let metrics = Arc::new(TaskMetrics::register(
-            SharedString::from(task.to_owned()),
-            SharedString::from(Arc::clone(queue)),
+            &SharedString::from(task.to_owned()),
+            &SharedString::from(Arc::clone(queue)),
         ));
         tasks.insert(task.into(), Arc::clone(&metrics));
         metrics

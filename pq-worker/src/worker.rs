@@ -503,7 +503,12 @@ impl Run {
         job: Job,
         permit: OwnedSemaphorePermit,
     ) {
-        let metrics = starting.metrics(&self.metrics, job.task().unwrap_or_default());
+        // The application's recorder registers them: should it panic, the job runs unmeasured
+        // rather than the panic stopping the claimer.
+        let metrics = panic::catch_unwind(AssertUnwindSafe(|| {
+            starting.metrics(&self.metrics, job.task().unwrap_or_default())
+        }))
+        .unwrap_or_else(|_| Arc::new(TaskMetrics::noop()));
         let queue = Arc::clone(&starting.queue);
         let pq = self.pq.clone();
         let registry = Arc::clone(&self.registry);

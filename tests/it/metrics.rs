@@ -1,5 +1,6 @@
 //! The worker's metrics, through a real exporter installed before the worker starts.
 
+use metrics::SharedString;
 use pq::Worker;
 
 use crate::support::TestDb;
@@ -16,8 +17,8 @@ async fn drop_on_the_floor() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_worker_counts_each_attempt_by_task_queue_and_outcome() {
-    // The only test that installs a recorder: the queue is its own, so that other tests'
-    // workers, which record too from now on, count elsewhere.
+    // The only test that installs a global recorder: the queue is its own, so that other
+    // tests' workers, which record too from now on, count elsewhere.
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .expect("no other recorder is installed");
@@ -57,5 +58,47 @@ async fn a_worker_counts_each_attempt_by_task_queue_and_outcome() {
                 && line.contains("it::metrics::weigh")
                 && line.contains("outcome=\"succeeded\"")),
         "{rendered}"
+    );
+}
+
+#[pq::task(queue = "unmetered")]
+async fn shrug() {}
+
+/// A recorder whose every registration panics.
+struct Panicking;
+
+impl metrics::Recorder for Panicking {
+    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: SharedString) {}
+    fn register_counter(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        panic!("the recorder is broken")
+    }
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        panic!("the recorder is broken")
+    }
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        panic!("the recorder is broken")
+    }
+}
+
+#[tokio::test] // One thread: the worker's tasks all see this thread's recorder.
+async fn a_recorder_that_panics_does_not_stop_the_worker() {
+    let db = TestDb::new().await;
+    let id = shrug().enqueue(&db.pq).await.unwrap();
+    let _broken = metrics::set_default_local_recorder(&Panicking);
+    Worker::new(db.pq.clone())
+        .queues(["unmetered"])
+        .burst()
+        .run()
+        .await
+        .unwrap();
+    assert!(
+        db.pq.admin().job(id).await.unwrap().is_none(),
+        "job {id} done and deleted"
     );
 }
