@@ -241,16 +241,8 @@ async fn drains(
     let (jobs, runs) = (bench.jobs, usize::from(bench.runs));
 
     let raw_drain_name = format!("DELETE … SKIP LOCKED LIMIT {DRAIN_BATCH}, 2 clients");
-    let mut raw_runs = Vec::new();
-    for _ in 0..runs {
-        raw.fill(admin, jobs).await?;
-        raw_runs.push(raw.drain(admin, 2, jobs).await?);
-    }
-    let raw_drain = median(raw_runs).context("no run")?;
-    report.tables.push((
-        "raw drain".to_owned(),
-        measure::table_state(admin, &raw.name).await?,
-    ));
+    let (raw_drain, raw_state) = raw_drains(admin, raw, jobs, runs).await?;
+    report.tables.push(("raw drain".to_owned(), raw_state));
     let largest = bench.largest_concurrency();
     let mut normal_drain = None;
     for &concurrency in &bench.concurrency {
@@ -275,16 +267,10 @@ async fn drains(
 
     if bench.hold_tx {
         let holder = hold_transaction(&bench.url).await?;
-        let mut raw_runs = Vec::new();
-        for _ in 0..runs {
-            raw.fill(admin, jobs).await?;
-            raw_runs.push(raw.drain(admin, 2, jobs).await?);
-        }
-        let raw_held = median(raw_runs).context("no run")?;
-        report.tables.push((
-            "raw drain, a transaction held open".into(),
-            measure::table_state(admin, &raw.name).await?,
-        ));
+        let (raw_held, raw_state) = raw_drains(admin, raw, jobs, runs).await?;
+        report
+            .tables
+            .push(("raw drain, a transaction held open".into(), raw_state));
         let (held, state) = drain(pq, admin, bench, 1, largest, runs).await?;
         holder.close().await?;
         report.rows.push(Row {
@@ -310,6 +296,23 @@ async fn drains(
 }
 
 /// pq's drain, the median of `runs`, with the table as the median run left it.
+/// The raw drain of `jobs` rows, `runs` times from 2 clients: the median, and the table as the
+/// last run left it (each run leaves it alike: empty, with a dead row a job).
+async fn raw_drains(
+    admin: &PgPool,
+    raw: &RawTable,
+    jobs: u64,
+    runs: usize,
+) -> Result<(Measured, TableState)> {
+    let mut raw_runs = Vec::new();
+    for _ in 0..runs {
+        raw.fill(admin, jobs).await?;
+        raw_runs.push(raw.drain(admin, 2, jobs).await?);
+    }
+    let state = measure::table_state(admin, &raw.name).await?;
+    Ok((median(raw_runs).context("no run")?, state))
+}
+
 async fn drain(
     pq: &PqTable,
     admin: &PgPool,
