@@ -295,7 +295,6 @@ async fn drains(
     Ok(())
 }
 
-/// pq's drain, the median of `runs`, with the table as the median run left it.
 /// The raw drain of `jobs` rows, `runs` times from 2 clients: the median, and the table as the
 /// last run left it (each run leaves it alike: empty, with a dead row a job).
 async fn raw_drains(
@@ -313,6 +312,7 @@ async fn raw_drains(
     Ok((median(raw_runs).context("no run")?, state))
 }
 
+/// pq's drain, the median of `runs`, with the table as the median run left it.
 async fn drain(
     pq: &PqTable,
     admin: &PgPool,

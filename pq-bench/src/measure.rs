@@ -97,17 +97,13 @@ async fn settled_counters(admin: &PgPool) -> Result<Counters> {
                 .fetch_one(admin)
                 .await?;
         if load == 0 {
-            break;
+            // A backend leaves `pg_stat_activity` just before it reports.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            return counters(admin).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    anyhow::ensure!(
-        load == 0,
-        "{load} of the figure's connections still open after 5 s"
-    );
-    // A backend leaves `pg_stat_activity` just before it reports.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    counters(admin).await
+    anyhow::bail!("{load} of the figure's connections still open after 5 s")
 }
 
 /// The clock and the counters, started just before a figure's timed part.

@@ -239,8 +239,7 @@ impl Statements {
         // A claim from a cursor, in a function so that its plan is made once per connection
         // (see `migrations/0009_claim_with_a_cached_plan.sql`).
         let claim = format!(
-            "SELECT id, q_name, task, data, attempts, enqueued_at, schedule_at, expected_at, ctid \
-             FROM {}($1, $2, $3)",
+            "SELECT * FROM {}($1, $2, $3)",
             table.qualified_derived("claim")
         );
         // Completion, failure and renewal are fenced: they touch a job only while it is still

@@ -119,9 +119,7 @@ pub fn job_started(
     queue: impl Into<SharedString>,
     queue_latency: Duration,
 ) {
-    let (started, latency) = started(&task.into(), &queue.into());
-    started.increment(1);
-    latency.record(queue_latency.as_secs_f64());
+    Measure::started(&task.into(), &queue.into()).count(queue_latency);
 }
 
 /// Counts an attempt's outcome and records how long it ran.
@@ -131,75 +129,83 @@ pub fn job_finished(
     outcome: Outcome,
     duration: Duration,
 ) {
-    let (counter, durations) = finished(&task.into(), &queue.into(), outcome);
-    counter.increment(1);
-    durations.record(duration.as_secs_f64());
+    Measure::finished(&task.into(), &queue.into(), outcome).count(duration);
 }
 
-/// The counter of attempts started and the queue latency histogram of `task` on `queue`.
-fn started(task: &SharedString, queue: &SharedString) -> (Counter, Histogram) {
-    let labels = [("task", task.clone()), ("queue", queue.clone())];
-    (
-        ::metrics::counter!(JOBS_STARTED, &labels),
-        ::metrics::histogram!(JOB_QUEUE_LATENCY, &labels),
-    )
-}
+/// A counter and the histogram of a time, recorded together.
+struct Measure(Counter, Histogram);
 
-/// The counter and the run time histogram of `outcome` for `task` on `queue`.
-fn finished(task: &SharedString, queue: &SharedString, outcome: Outcome) -> (Counter, Histogram) {
-    let (task, queue) = (("task", task.clone()), ("queue", queue.clone()));
-    let outcome_label = ("outcome", SharedString::const_str(outcome.as_str()));
-    (
-        ::metrics::counter!(outcome.counter(), &[task.clone(), queue.clone()]),
-        ::metrics::histogram!(JOB_DURATION, &[task, queue, outcome_label]),
-    )
+impl Measure {
+    /// Attempts started by `task` on `queue`, and how long their jobs had been ready.
+    fn started(task: &SharedString, queue: &SharedString) -> Self {
+        let labels = [("task", task.clone()), ("queue", queue.clone())];
+        Self(
+            ::metrics::counter!(JOBS_STARTED, &labels),
+            ::metrics::histogram!(JOB_QUEUE_LATENCY, &labels),
+        )
+    }
+
+    /// Attempts of `task` on `queue` that ended as `outcome`, and how long they ran.
+    fn finished(task: &SharedString, queue: &SharedString, outcome: Outcome) -> Self {
+        let (task, queue) = (("task", task.clone()), ("queue", queue.clone()));
+        let outcome_label = ("outcome", SharedString::const_str(outcome.as_str()));
+        Self(
+            ::metrics::counter!(outcome.counter(), &[task.clone(), queue.clone()]),
+            ::metrics::histogram!(JOB_DURATION, &[task, queue, outcome_label]),
+        )
+    }
+
+    fn noop() -> Self {
+        Self(Counter::noop(), Histogram::noop())
+    }
+
+    fn count(&self, time: Duration) {
+        self.0.increment(1);
+        self.1.record(time.as_secs_f64());
+    }
 }
 
 /// The metrics of one task on one queue, registered once. Each registration looks its metric
 /// up by name and labels, which costs a busy worker more than running a short job: so a worker
 /// registers them when it first meets the task on the queue, and records through these.
 pub(crate) struct TaskMetrics {
-    started: (Counter, Histogram),
-    /// The counter and the run time of each [`Outcome`].
-    succeeded: (Counter, Histogram),
-    retried: (Counter, Histogram),
-    failed: (Counter, Histogram),
+    started: Measure,
+    succeeded: Measure,
+    retried: Measure,
+    failed: Measure,
 }
 
 impl TaskMetrics {
     fn register(task: &SharedString, queue: &SharedString) -> Self {
         Self {
-            started: started(task, queue),
-            succeeded: finished(task, queue, Outcome::Succeeded),
-            retried: finished(task, queue, Outcome::Retried),
-            failed: finished(task, queue, Outcome::Failed),
+            started: Measure::started(task, queue),
+            succeeded: Measure::finished(task, queue, Outcome::Succeeded),
+            retried: Measure::finished(task, queue, Outcome::Retried),
+            failed: Measure::finished(task, queue, Outcome::Failed),
         }
     }
 
     /// Handles that record nothing, for a task whose registration panicked.
     pub(crate) fn noop() -> Self {
-        let noop = || (Counter::noop(), Histogram::noop());
         Self {
-            started: noop(),
-            succeeded: noop(),
-            retried: noop(),
-            failed: noop(),
+            started: Measure::noop(),
+            succeeded: Measure::noop(),
+            retried: Measure::noop(),
+            failed: Measure::noop(),
         }
     }
 
     pub(crate) fn started(&self, queue_latency: Duration) {
-        self.started.0.increment(1);
-        self.started.1.record(queue_latency.as_secs_f64());
+        self.started.count(queue_latency);
     }
 
     pub(crate) fn finished(&self, outcome: Outcome, duration: Duration) {
-        let (counter, durations) = match outcome {
+        match outcome {
             Outcome::Succeeded => &self.succeeded,
             Outcome::Retried => &self.retried,
             Outcome::Failed => &self.failed,
-        };
-        counter.increment(1);
-        durations.record(duration.as_secs_f64());
+        }
+        .count(duration);
     }
 }
 
