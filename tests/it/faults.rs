@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pq::{Enqueue, JobId, NewJob, Pq, TaskContext, Worker};
 
-use crate::support::TestDb;
+use crate::support::{burst, TestDb};
 
 /// Records its job's id in `effects` (a table of the test's schema), in the job's transaction.
 #[pq::task(queue = "faults")]
@@ -59,17 +59,6 @@ async fn effects_of(db: &TestDb, effects: &str, id: JobId) -> Vec<Option<i64>> {
         .unwrap()
 }
 
-/// A burst worker on `faults`, which must return within 30 s.
-async fn drain(worker: Worker) {
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        worker.queues(["faults"]).burst().run(),
-    )
-    .await
-    .expect("the worker returns once nothing is ready")
-    .expect("the worker starts");
-}
-
 async fn state(pq: &Pq, id: JobId) -> Option<(String, i32, Option<String>)> {
     sqlx::query_as(&format!(
         "SELECT state, attempts, last_error FROM {} WHERE id = $1",
@@ -103,7 +92,7 @@ async fn a_transactional_job_is_kept_done_when_the_worker_keeps_completed_jobs()
         .await
         .unwrap();
 
-    drain(Worker::new(db.pq.clone()).keep_completed(true)).await;
+    burst(Worker::new(db.pq.clone()).keep_completed(true), "faults").await;
 
     assert_eq!(effects_of(&db, &effects, id).await.len(), 1);
     let (state, attempts, _) = state(&db.pq, id).await.expect("kept, not deleted");
@@ -123,7 +112,7 @@ async fn an_error_message_with_a_nul_is_recorded_and_the_worker_carries_on() {
         .await
         .unwrap();
 
-    drain(Worker::new(db.pq.clone())).await;
+    burst(Worker::new(db.pq.clone()), "faults").await;
 
     let (state, _, error) = state(&db.pq, failing).await.unwrap();
     assert_eq!(state, "failed");
@@ -145,7 +134,7 @@ async fn a_retry_centuries_away_is_put_off_and_blocks_nothing() {
         .await
         .unwrap();
 
-    drain(Worker::new(db.pq.clone())).await;
+    burst(Worker::new(db.pq.clone()), "faults").await;
 
     let (state, attempts, _) = state(&db.pq, far).await.unwrap();
     assert_eq!(
@@ -165,7 +154,7 @@ async fn an_absurd_lease_still_runs_jobs() {
         .await
         .unwrap();
 
-    drain(Worker::new(db.pq.clone()).lease(Duration::MAX)).await;
+    burst(Worker::new(db.pq.clone()).lease(Duration::MAX), "faults").await;
 
     assert_eq!(effects_of(&db, &effects, id).await.len(), 1);
 }
@@ -247,7 +236,7 @@ async fn json_that_is_not_the_tasks_arguments_fails_at_once_naming_task_and_reas
         .await
         .unwrap();
 
-    drain(Worker::new(db.pq.clone())).await;
+    burst(Worker::new(db.pq.clone()), "faults").await;
 
     for (id, reason) in ids {
         let (state, attempts, error) = state(&db.pq, id).await.unwrap();
@@ -278,7 +267,7 @@ async fn a_ten_megabyte_argument_and_nul_characters_reach_the_task_whole() {
     .await
     .unwrap();
 
-    drain(Worker::new(db.pq.clone())).await;
+    burst(Worker::new(db.pq.clone()), "faults").await;
 
     assert_eq!(effects_of(&db, &effects, big).await, [Some(10 << 20)]);
     assert_eq!(effects_of(&db, &effects, nul).await, [Some(3)]);

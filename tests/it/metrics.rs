@@ -3,7 +3,7 @@
 use metrics::SharedString;
 use pq::Worker;
 
-use crate::support::TestDb;
+use crate::support::{burst, TestDb};
 
 #[pq::task(queue = "metered")]
 async fn weigh(grams: u32) {
@@ -27,12 +27,7 @@ async fn a_worker_counts_each_attempt_by_task_queue_and_outcome() {
         weigh(grams).enqueue(&db.pq).await.unwrap();
     }
     drop_on_the_floor().enqueue(&db.pq).await.unwrap();
-    Worker::new(db.pq.clone())
-        .queues(["metered"])
-        .burst()
-        .run()
-        .await
-        .unwrap();
+    burst(Worker::new(db.pq.clone()), "metered").await;
 
     let rendered = metrics.render();
     let value = |name: &str, task: &str| {
@@ -91,12 +86,7 @@ async fn a_recorder_that_panics_does_not_stop_the_worker() {
     let db = TestDb::new().await;
     let id = shrug().enqueue(&db.pq).await.unwrap();
     let _broken = metrics::set_default_local_recorder(&Panicking);
-    Worker::new(db.pq.clone())
-        .queues(["unmetered"])
-        .burst()
-        .run()
-        .await
-        .unwrap();
+    burst(Worker::new(db.pq.clone()), "unmetered").await;
     assert!(
         db.pq.admin().job(id).await.unwrap().is_none(),
         "job {id} done and deleted"

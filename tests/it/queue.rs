@@ -789,6 +789,21 @@ async fn a_claimed_batch_comes_in_dequeue_order() {
 }
 
 #[tokio::test]
+async fn a_claim_of_no_jobs_or_of_no_queue_takes_nothing() {
+    let db = TestDb::new().await;
+    let id = db.pq.queue("claims").put(&1).await.unwrap();
+    let lease = Duration::from_secs(30);
+    assert!(db.pq.claim("claims", 0, lease).await.unwrap().is_empty());
+    for name in ["", "a\0b"] {
+        let err = db.pq.claim(name, 1, lease).await.unwrap_err();
+        assert!(matches!(err, pq::Error::InvalidQueueName { .. }), "{err}");
+    }
+    // Nothing was taken, and the cursor a claim of none leaves does not hide the job.
+    let jobs = db.pq.claim("claims", 1, lease).await.unwrap();
+    assert_eq!(jobs.iter().map(|j| j.id()).collect::<Vec<_>>(), [id]);
+}
+
+#[tokio::test]
 async fn an_absurd_delay_is_refused_before_it_reaches_the_database() {
     let db = TestDb::new().await;
     let queue = db.pq.queue("absurd");

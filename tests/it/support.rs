@@ -2,8 +2,9 @@
 //! fails).
 
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
-use pq::Pq;
+use pq::{Pq, Worker};
 
 /// The database the tests use.
 pub fn database_url() -> String {
@@ -23,6 +24,17 @@ pub fn unique_schema(label: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Runs `worker` on `queue` until nothing is ready there.
+pub async fn burst(worker: Worker, queue: &str) {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        worker.queues([queue]).burst().run(),
+    )
+    .await
+    .expect("a burst worker returns once the queue is empty")
+    .expect("the worker starts");
 }
 
 /// A queue table in a schema of its own.

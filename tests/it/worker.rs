@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pq::{Enqueue, JobId, NewJob, Pq, TaskContext, Worker};
 
-use crate::support::TestDb;
+use crate::support::{burst, TestDb};
 
 /// Runs per (table, job id), so that tests in other schemas never share a counter.
 fn runs() -> &'static Mutex<HashMap<(String, i64), u32>> {
@@ -78,18 +78,7 @@ async fn write_then_fail_once(ctx: TaskContext, effects: String) -> anyhow::Resu
 }
 
 async fn run_burst(pq: &Pq) {
-    burst(Worker::new(pq.clone())).await;
-}
-
-/// Runs `worker` on the queue `work` until nothing is ready there.
-async fn burst(worker: Worker) {
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        worker.queues(["work"]).burst().run(),
-    )
-    .await
-    .expect("a burst worker returns once the queue is empty")
-    .expect("the worker starts");
+    burst(Worker::new(pq.clone()), "work").await;
 }
 
 struct Row {
@@ -141,13 +130,7 @@ async fn a_job_runs_once_with_its_own_id_and_is_then_removed() {
 async fn completed_jobs_can_be_kept_in_the_done_state() {
     let db = TestDb::new().await;
     let id = succeed(None).enqueue(&db.pq).await.unwrap();
-    Worker::new(db.pq.clone())
-        .queues(["work"])
-        .burst()
-        .keep_completed(true)
-        .run()
-        .await
-        .unwrap();
+    burst(Worker::new(db.pq.clone()).keep_completed(true), "work").await;
     let row = row(&db.pq, id).await.expect("kept");
     assert_eq!(row.state, "done");
     assert_eq!(row.attempts, 1);
@@ -240,11 +223,7 @@ async fn arguments_that_no_longer_decode_fail_with_the_task_and_the_reason() {
 async fn a_panic_is_caught_recorded_and_retried() {
     let db = TestDb::new().await;
     let id = panic_once().enqueue(&db.pq).await.unwrap();
-    let keep = Worker::new(db.pq.clone())
-        .queues(["work"])
-        .burst()
-        .keep_completed(true);
-    keep.run().await.unwrap();
+    burst(Worker::new(db.pq.clone()).keep_completed(true), "work").await;
 
     assert_eq!(runs_of(&db.pq, id), 2);
     let row = row(&db.pq, id).await.unwrap();
@@ -277,13 +256,7 @@ async fn a_job_whose_worker_died_is_rescued_and_run_again_as_a_new_attempt() {
     claim_and_die(&db.pq).await;
 
     assert_eq!(db.pq.rescue(100).await.unwrap(), 1);
-    Worker::new(db.pq.clone())
-        .queues(["work"])
-        .burst()
-        .keep_completed(true)
-        .run()
-        .await
-        .unwrap();
+    burst(Worker::new(db.pq.clone()).keep_completed(true), "work").await;
 
     assert_eq!(runs_of(&db.pq, id), 1);
     let row = row(&db.pq, id).await.unwrap();
@@ -551,7 +524,7 @@ async fn a_drain_of_short_jobs_completes_every_one() {
     // Short jobs end as soon as they start, and their completions follow at once. A job that
     // started before its claim committed would have its completion refused, and stay in the
     // table, as they did while claims handed out their rows as they arrived.
-    burst(Worker::new(db.pq.clone()).concurrency(1000)).await;
+    burst(Worker::new(db.pq.clone()).concurrency(1000), "work").await;
     let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", db.pq.table()))
         .fetch_one(db.pq.pool())
         .await
@@ -604,7 +577,7 @@ async fn a_backlog_never_runs_more_jobs_at_once_than_the_concurrency() {
         call.enqueue(&db.pq).await.unwrap();
     }
     // During a backlog a second claimer feeds the same slots.
-    burst(Worker::new(db.pq.clone()).concurrency(6)).await;
+    burst(Worker::new(db.pq.clone()).concurrency(6), "work").await;
     let (now, most) = running().lock().unwrap()[&db.pq.table()];
     assert_eq!(now, 0);
     assert!(
@@ -622,7 +595,7 @@ async fn a_handler_that_blocks_its_thread_does_not_hold_back_the_rest_of_its_cla
     }
     // One claim takes all four. It polls the first job itself, which blocks it for 300 ms;
     // the other three then go to tasks of their own, and other threads run them at once.
-    burst(Worker::new(db.pq.clone()).concurrency(4)).await;
+    burst(Worker::new(db.pq.clone()).concurrency(4), "work").await;
     let (now, most) = running().lock().unwrap()[&db.pq.table()];
     assert_eq!(now, 0);
     assert!(
