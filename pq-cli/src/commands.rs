@@ -172,11 +172,20 @@ async fn list(
     let page = admin
         .list(&filter.to_job_filter(state), after.map(JobId), limit)
         .await?;
+    // Rows other SQL wrote that pq cannot read are said, on stderr, never a failure of the list.
+    for (id, reason) in &page.unreadable {
+        eprintln!("job {id} cannot be read: {reason}");
+    }
     if cli.json {
         return output::json(out, &page);
     }
     if page.jobs.is_empty() {
-        writeln!(out, "no jobs match")?;
+        if page.unreadable.is_empty() {
+            writeln!(out, "no jobs match")?;
+        }
+        if let Some(next) = page.next_after {
+            eprintln!("more jobs follow: add --after {next} for the next page");
+        }
         return Ok(());
     }
     let mut table = Table::new(&[
@@ -221,6 +230,11 @@ async fn show(cli: &Cli, admin: &Admin, id: JobId, out: &mut Vec<u8>) -> anyhow:
         ("task", job.task.clone().unwrap_or_else(|| "-".to_owned())),
         ("state", job.state.to_string()),
         ("attempts", job.attempts.to_string()),
+        ("rescues", job.rescues.to_string()),
+        (
+            "worker",
+            job.worker.map_or_else(|| "-".to_owned(), |w| w.to_string()),
+        ),
         ("enqueued at", output::time(Some(job.enqueued_at))),
         ("schedule at", output::time(job.schedule_at)),
         ("expected at", output::time(job.expected_at)),

@@ -129,17 +129,41 @@ async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<Pq> {
     Ok(pq)
 }
 
-/// The URL with its password hidden, to show in messages.
+/// The URL with its passwords hidden, to show in messages: the one after the user name, and
+/// any `password=` parameter of its query string (or of a `key=value` connection string).
 fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
     };
-    let Some((credentials, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
+    let mut redacted = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
+                None => base.to_owned(),
+            },
+            None => base.to_owned(),
+        },
+        // A `key=value` connection string: its words are its parameters.
+        None => base
+            .split(' ')
+            .map(hide_password)
+            .collect::<Vec<_>>()
+            .join(" "),
     };
-    match credentials.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    if let Some(query) = query {
+        redacted.push('?');
+        let pairs: Vec<String> = query.split('&').map(hide_password).collect();
+        redacted.push_str(&pairs.join("&"));
+    }
+    redacted
+}
+
+/// `password=...` as `password=***`; any other parameter as it is.
+fn hide_password(parameter: &str) -> String {
+    match parameter.split_once('=') {
+        Some((key, _)) if key.trim().eq_ignore_ascii_case("password") => format!("{key}=***"),
+        _ => parameter.to_owned(),
     }
 }
 
@@ -154,6 +178,14 @@ mod tests {
             "postgres://me:***@db:5432/app"
         );
         assert_eq!(redact("postgres://me@db/app"), "postgres://me@db/app");
+        assert_eq!(
+            redact("postgres://me@db/app?sslmode=require&password=secret"),
+            "postgres://me@db/app?sslmode=require&password=***"
+        );
+        assert_eq!(
+            redact("host=db user=me password=secret dbname=app"),
+            "host=db user=me password=*** dbname=app"
+        );
         assert_eq!(redact("not a url"), "not a url");
     }
 

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use pq::{Claim, Failure, JobId, JobState, Pq};
+use pq::{Claim, ClaimQueues, Failed, Failure, JobId, JobState, Pq, WorkerInfo};
 use serde_json::{json, Value};
 
 fn database_url() -> String {
@@ -50,18 +50,28 @@ impl Db {
     async fn failed_job(&self, queue: &str, error: &str) -> JobId {
         let id = self.pq.queue(queue).put(&json!({"n": 1})).await.unwrap();
         let claim = self.claim(queue, id).await;
-        self.pq.fail(claim, error, Failure::GiveUp).await.unwrap();
+        let failed = Failed {
+            claim,
+            error: error.to_owned(),
+            then: Failure::GiveUp,
+        };
+        assert_eq!(self.pq.fail(&[failed]).await.unwrap(), [id]);
         id
     }
 
+    /// Claims the next job of `queue`, which must be `id`, for a worker registered for it.
     async fn claim(&self, queue: &str, id: JobId) -> Claim {
-        let jobs = self
-            .pq
-            .claim(queue, 1, Duration::from_secs(60))
-            .await
-            .unwrap();
-        assert_eq!(jobs[0].id(), id);
-        Claim::of(&jobs[0])
+        let info = WorkerInfo {
+            queues: vec![queue.to_owned()],
+            concurrency: 1,
+            lease: Duration::from_secs(60),
+            version: "test".into(),
+        };
+        let worker = self.pq.register_worker(&info).await.unwrap();
+        let mut queues = ClaimQueues::new([queue]).unwrap();
+        let claimed = self.pq.claim(worker, &mut queues, 1).await.unwrap();
+        assert_eq!(claimed.jobs[0].id(), id);
+        claimed.jobs[0].claim().unwrap()
     }
 
     async fn state(&self, id: JobId) -> Option<JobState> {
@@ -606,4 +616,67 @@ async fn an_invalid_table_name_is_refused_before_connecting() {
     .fails();
 
     assert_eq!(err, "pq: invalid table name \"\": it is empty\n");
+}
+
+#[tokio::test]
+async fn a_password_in_the_query_string_is_never_printed() {
+    let out = run(&[
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/test?sslmode=disable&password=hunter2",
+        "status",
+    ])
+    .fails();
+    assert!(out.contains("password=***"), "{out}");
+    assert!(!out.contains("hunter2"), "{out}");
+}
+
+#[tokio::test]
+async fn rows_pq_cannot_read_are_reported_not_fatal() {
+    let db = Db::new().await;
+    let good = db.pq.queue("apples").put(&1).await.unwrap();
+    let mut bad = Vec::new();
+    for (column, value) in [
+        ("expected_at", "'294000-01-01'"),
+        ("enqueued_at", "'-infinity'"),
+        ("state", "'bogus'"),
+        ("errors", "'{\"not\": \"a list\"}'"),
+    ] {
+        let id = db.pq.queue("apples").put(&2).await.unwrap();
+        sqlx::query(&format!(
+            "UPDATE {} SET {column} = {value} WHERE id = $1",
+            db.pq.table()
+        ))
+        .bind(id.0)
+        .execute(db.pq.pool())
+        .await
+        .unwrap();
+        bad.push(id);
+    }
+
+    let list = db.pq(&["jobs", "list"]);
+    list.ok();
+    for id in &bad {
+        assert!(
+            list.stderr().contains(&format!("job {id} cannot be read")),
+            "{}",
+            list.stderr()
+        );
+        let show = db.pq(&["jobs", "show", &id.to_string()]);
+        assert_eq!(show.output.status.code(), Some(1), "{}", show.stderr());
+        assert!(
+            show.stderr().contains("cannot be read"),
+            "{}",
+            show.stderr()
+        );
+    }
+    db.pq(&["status"]).ok();
+    let page = db.pq(&["jobs", "list", "--json"]).json();
+    assert_eq!(page["jobs"][0]["id"], json!(good.0));
+    let unreadable: Vec<i64> = page["unreadable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(unreadable, bad.iter().map(|id| id.0).collect::<Vec<_>>());
 }

@@ -19,7 +19,8 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use crate::error::{Error, Result};
 use crate::job::{check_queue_name, JobId};
 use crate::pq::Pq;
-use crate::sql::TableName;
+use crate::sql::{as_bytes, TableName, EXPECTED, READY_AT};
+use crate::timestamp::Timestamp;
 
 /// The state of a job as an operator sees it. The table stores `queued` for both
 /// [`Ready`](JobState::Ready) and [`Scheduled`](JobState::Scheduled); which one a queued job is
@@ -68,8 +69,12 @@ impl JobState {
     /// planner can match the partial indexes whose predicates name the states.
     fn condition(self) -> &'static str {
         match self {
-            JobState::Ready => "state = 'queued' AND schedule_at <= statement_timestamp()",
-            JobState::Scheduled => "state = 'queued' AND schedule_at > statement_timestamp()",
+            JobState::Ready => {
+                "state = 'queued' AND GREATEST(schedule_at, enqueued_at) <= statement_timestamp()"
+            }
+            JobState::Scheduled => {
+                "state = 'queued' AND GREATEST(schedule_at, enqueued_at) > statement_timestamp()"
+            }
             JobState::Running => "state = 'running'",
             JobState::Done => "state = 'done'",
             JobState::Failed => "state = 'failed'",
@@ -135,6 +140,11 @@ pub struct JobInfo {
     pub state: JobState,
     /// How many times it was handed to a worker.
     pub attempts: u32,
+    /// How many of those runs were lost with their worker (crashed, frozen, cut off); they do
+    /// not count against its task's retries.
+    pub rescues: u32,
+    /// The worker running it, for a running job.
+    pub worker: Option<crate::WorkerId>,
     /// When it was enqueued.
     pub enqueued_at: DateTime<Utc>,
     /// When it may run, if it was scheduled (or is waiting for a retry).
@@ -143,7 +153,8 @@ pub struct JobInfo {
     pub expected_at: Option<DateTime<Utc>>,
     /// When it was last handed out.
     pub dequeued_at: Option<DateTime<Utc>>,
-    /// Until when its running attempt's lease holds.
+    /// Until when its running attempt's lease holds: its worker's, unless that worker beats
+    /// again.
     pub locked_until: Option<DateTime<Utc>>,
     /// When it was done, failed or cancelled.
     pub finished_at: Option<DateTime<Utc>>,
@@ -154,30 +165,59 @@ pub struct JobInfo {
 }
 
 impl JobInfo {
+    /// Decodes a row by column name. What other SQL may have written that pq cannot read (a
+    /// time out of range, text that is not UTF-8, a state pq does not know, data or an error
+    /// history serde cannot read) is [`Error::Unreadable`], never a panic.
     fn from_row(row: &PgRow) -> Result<Self> {
         let id: i64 = row.try_get("id")?;
-        let decode = |error| Error::Decode { id, error };
-        let data: String = row.try_get("data")?;
-        let state: String = row.try_get("state")?;
-        let errors: Option<String> = row.try_get("errors")?;
+        let unreadable = |reason: String| Error::Unreadable { id, reason };
+        let text = |column: &str| -> Result<Option<String>> {
+            match row.try_get_unchecked::<Option<&[u8]>, _>(column)? {
+                None => Ok(None),
+                Some(bytes) => String::from_utf8(bytes.to_vec())
+                    .map(Some)
+                    .map_err(|_| unreadable(format!("its {column} is not valid UTF-8 text"))),
+            }
+        };
+        let time = |column: &str| -> Result<Option<DateTime<Utc>>> {
+            match row.try_get::<Option<Timestamp>, _>(column)? {
+                None => Ok(None),
+                Some(time) => time.finite(column).map_err(unreadable),
+            }
+        };
+        let required = |column: &str| -> Result<DateTime<Utc>> {
+            let time: Timestamp = row.try_get(column)?;
+            time.required(column).map_err(unreadable)
+        };
+        let data = text("data")?.unwrap_or_default();
+        let state = text("state")?.unwrap_or_default();
+        let errors = text("errors")?;
         Ok(Self {
             id: JobId(id),
-            queue: row.try_get("q_name")?,
-            task: row.try_get("task")?,
-            data: serde_json::from_str(&data).map_err(decode)?,
+            queue: text("q_name")?.unwrap_or_default(),
+            task: text("task")?,
+            data: serde_json::from_str(&data)
+                .map_err(|e| unreadable(format!("its data cannot be read as JSON: {e}")))?,
             state: state
                 .parse()
-                .map_err(|e: ParseJobStateError| sqlx::Error::Decode(e.into()))?,
+                .map_err(|_| unreadable(format!("its state {state:?} is not one pq knows")))?,
             attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
-            enqueued_at: row.try_get("enqueued_at")?,
-            schedule_at: row.try_get("schedule_at")?,
-            expected_at: row.try_get("expected_at")?,
-            dequeued_at: row.try_get("dequeued_at")?,
-            locked_until: row.try_get("locked_until")?,
-            finished_at: row.try_get("finished_at")?,
-            last_error: row.try_get("last_error")?,
+            rescues: u32::try_from(row.try_get::<Option<i32>, _>("rescues")?.unwrap_or(0))
+                .unwrap_or(0),
+            worker: row
+                .try_get::<Option<i64>, _>("worker_id")?
+                .map(crate::WorkerId),
+            enqueued_at: required("enqueued_at")?,
+            schedule_at: time("schedule_at")?,
+            expected_at: time("expected_at")?,
+            dequeued_at: time("dequeued_at")?,
+            locked_until: time("locked_until")?,
+            finished_at: time("finished_at")?,
+            last_error: text("last_error")?,
             errors: match errors {
-                Some(errors) => serde_json::from_str(&errors).map_err(decode)?,
+                Some(errors) => serde_json::from_str(&errors).map_err(|e| {
+                    unreadable(format!("its errors are not a list of failed attempts: {e}"))
+                })?,
                 None => Vec::new(),
             },
         })
@@ -278,6 +318,9 @@ impl JobFilter {
 pub struct Page {
     /// The jobs, by id.
     pub jobs: Vec<JobInfo>,
+    /// The jobs of the page whose rows pq cannot read (written by other SQL), each with the
+    /// reason; they count towards the page's size.
+    pub unreadable: Vec<(JobId, String)>,
     /// Where the next page starts (pass it as `after`), if this page was full.
     pub next_after: Option<JobId>,
 }
@@ -297,23 +340,38 @@ pub const DEFAULT_BATCH_SIZE: u32 = 1000;
 /// The longest age [`Admin::prune`] takes: older limits are surely mistakes.
 const MAX_PRUNE_AGE: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
 
-/// The columns of a [`JobInfo`]; the state as an operator sees it, ready or scheduled rather
-/// than queued.
-const JOB_INFO_COLUMNS: &str = "id, q_name, task, data::text AS data, \
-     CASE WHEN state <> 'queued' THEN state \
-          WHEN schedule_at > statement_timestamp() THEN 'scheduled' ELSE 'ready' END AS state, \
-     attempts, enqueued_at, NULLIF(schedule_at, '-infinity') AS schedule_at, expected_at, \
-     dequeued_at, locked_until, finished_at, last_error, errors::text AS errors";
+/// The columns of a [`JobInfo`] from table alias `t`; the state as an operator sees it, ready or
+/// scheduled rather than queued, and a running job's lease its worker's.
+fn job_info_columns(workers: &str) -> String {
+    format!(
+        "t.id, {q_name} AS q_name, {task} AS task, {data} AS data, \
+         {state} AS state, \
+         t.attempts, t.rescues, t.worker_id, t.enqueued_at, t.schedule_at, t.expected_at, \
+         t.dequeued_at, \
+         COALESCE(t.locked_until, (SELECT w.expires_at FROM {workers} AS w \
+           WHERE w.id = t.worker_id AND t.state = 'running')) AS locked_until, \
+         t.finished_at, {last_error} AS last_error, {errors} AS errors",
+        q_name = as_bytes("t.q_name"),
+        task = as_bytes("t.task"),
+        data = as_bytes("t.data::text"),
+        state = as_bytes(&format!(
+            "CASE WHEN t.state <> 'queued' THEN t.state \
+                  WHEN {READY_AT} > statement_timestamp() THEN 'scheduled' ELSE 'ready' END"
+        )),
+        last_error = as_bytes("t.last_error"),
+        errors = as_bytes("t.errors::text"),
+    )
+}
 
 /// The admin statements of one table, rendered from its quoted name. The list statement
 /// depends on the filter and is built per call (see [`Admin::list`]).
 #[derive(Debug)]
 struct Statements {
-    table: String,
     channel: String,
     stats: String,
     oldest_ready: String,
     job: String,
+    list: String,
     retry_one: String,
     retry_batch: String,
     cancel: String,
@@ -325,16 +383,17 @@ impl Statements {
     fn new(table: &TableName) -> Self {
         let t = table.qualified();
         let ready = JobState::Ready.condition();
-        // A job has been ready since it was enqueued or, if it was scheduled later, since then.
-        let ready_since = "GREATEST(enqueued_at, schedule_at)";
+        let columns = job_info_columns(&table.qualified_derived("workers"));
         let count = |state: JobState| format!("count(*) FILTER (WHERE {})", state.condition());
         // Counting every row is inherently a scan of the table; it takes no lock that a worker
-        // waits on. Pruning keeps it small.
+        // waits on. Pruning keeps it small. A job whose ready time is infinite (other SQL's) has
+        // no age.
         let stats = format!(
-            "SELECT q_name, {}, {}, {}, {}, {}, {}, \
+            "SELECT {}, {}, {}, {}, {}, {}, {}, \
                EXTRACT(EPOCH FROM statement_timestamp() \
-                 - min({ready_since}) FILTER (WHERE {ready}))::float8 \
+                 - min({READY_AT}) FILTER (WHERE {ready} AND isfinite({READY_AT})))::float8 \
              FROM {t} GROUP BY q_name ORDER BY q_name",
+            as_bytes("q_name"),
             count(JobState::Ready),
             count(JobState::Scheduled),
             count(JobState::Running),
@@ -342,19 +401,30 @@ impl Statements {
             count(JobState::Failed),
             count(JobState::Cancelled),
         );
-        // Reads only the ready part of the queue on the dequeue index.
+        // Two reads of the dequeue index, each stopped after a bounded number of entries: the
+        // oldest ready job without an expected time is the first of its range, exactly; among
+        // the jobs with one (in priority order, not age), the oldest of the next 1,000.
         let oldest_ready = format!(
-            "SELECT EXTRACT(EPOCH FROM statement_timestamp() - min({ready_since}))::float8 \
-             FROM {t} WHERE q_name = $1 AND {ready}"
+            "SELECT EXTRACT(EPOCH FROM statement_timestamp() - least( \
+               (SELECT {READY_AT} FROM {t} \
+                WHERE q_name = $1 AND state = 'queued' AND {EXPECTED} = 'infinity' \
+                  AND {READY_AT} <= statement_timestamp() AND isfinite({READY_AT}) \
+                ORDER BY {READY_AT}, id LIMIT 1), \
+               (SELECT min(ready) FROM (SELECT {READY_AT} AS ready FROM {t} \
+                WHERE q_name = $1 AND state = 'queued' AND {EXPECTED} < 'infinity' \
+                  AND {READY_AT} <= statement_timestamp() \
+                ORDER BY {EXPECTED}, {READY_AT}, id LIMIT 1000) AS next \
+                WHERE isfinite(ready))))::float8"
         );
-        // Failed jobs go back to the queue ready at once with their attempts reset, since the
-        // worker gives up on a job past its task's last attempt; the error history is kept.
-        // Their workers are woken as a put wakes them for new jobs.
+        // Failed jobs go back to the queue ready at once (behind the jobs ready before them),
+        // with their attempts and rescues reset, so that their task's retries apply again; the
+        // error history is kept. Their workers are woken as a put wakes them for new jobs.
         let requeue = |selected: &str| {
             format!(
                 "WITH moved AS ( \
-                   UPDATE {t} AS j SET state = 'queued', schedule_at = '-infinity', attempts = 0, \
-                     finished_at = NULL, locked_until = NULL \
+                   UPDATE {t} AS j SET state = 'queued', schedule_at = statement_timestamp(), \
+                     attempts = 0, rescues = NULL, worker_id = NULL, finished_at = NULL, \
+                     locked_until = NULL \
                    {selected} RETURNING j.id, j.q_name), \
                  woken AS ( \
                    SELECT pg_notify($1, CASE WHEN octet_length(q_name) < 8000 THEN q_name ELSE '' END) \
@@ -363,8 +433,8 @@ impl Statements {
             )
         };
         let retry_one = requeue("WHERE j.id = $2 AND j.state = 'failed'");
-        // Keyset over the failed-jobs index: each batch starts after the last id of the one
-        // before, and skips rows another session holds rather than wait for them.
+        // Keyset over the index of jobs out of the queue: each batch starts after the last id
+        // of the one before, and skips rows another session holds rather than wait for them.
         let retry_batch = requeue(&format!(
             "FROM (SELECT id FROM {t} \
                WHERE state = 'failed' AND id > $2 \
@@ -386,7 +456,8 @@ impl Statements {
             channel: table.channel(),
             stats,
             oldest_ready,
-            job: format!("SELECT {JOB_INFO_COLUMNS} FROM {t} WHERE id = $1"),
+            job: format!("SELECT {columns} FROM {t} AS t WHERE id = $1"),
+            list: format!("SELECT {columns} FROM {t} AS t WHERE id > "),
             retry_one,
             retry_batch,
             cancel: format!(
@@ -395,7 +466,6 @@ impl Statements {
             ),
             delete: format!("DELETE FROM {t} WHERE id = $1 AND state <> 'running'"),
             prune_batch,
-            table: t,
         }
     }
 }
@@ -425,7 +495,8 @@ impl Statements {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pq: Pq,
-    sql: std::sync::Arc<Statements>,
+    /// Rendered on first use, once the table's schema is known.
+    sql: std::sync::Arc<tokio::sync::OnceCell<Statements>>,
 }
 
 impl Pq {
@@ -433,25 +504,40 @@ impl Pq {
     pub fn admin(&self) -> Admin {
         Admin {
             pq: self.clone(),
-            sql: std::sync::Arc::new(Statements::new(&self.sql().table)),
+            sql: std::sync::Arc::default(),
         }
     }
 }
 
 impl Admin {
+    async fn sql(&self) -> Result<&Statements> {
+        let table = &self.pq.statements().await?.table;
+        Ok(self
+            .sql
+            .get_or_init(|| async { Statements::new(table) })
+            .await)
+    }
+
     /// Every queue of the table with its jobs counted by state and the age of its oldest ready
     /// job, by queue name. Reads the whole table, without blocking anyone.
     pub async fn stats(&self) -> Result<Vec<QueueStats>> {
-        let rows = sqlx::query(&self.sql.stats)
-            .fetch_all(self.pq.pool())
+        let sql = self.sql().await?;
+        let rows = self
+            .pq
+            .with_connection("counting jobs", async |connection| {
+                Ok(sqlx::query(&sql.stats).fetch_all(connection).await?)
+            })
             .await?;
         let count = |row: &PgRow, i| -> Result<u64> {
             Ok(u64::try_from(row.try_get::<i64, _>(i)?).unwrap_or(0))
         };
         rows.iter()
             .map(|row| {
+                // Shown as best it can be, should other SQL have written a name that is not
+                // UTF-8: one queue's name must not hide every queue's counts.
+                let queue = String::from_utf8_lossy(row.try_get_unchecked::<&[u8], _>(0)?);
                 Ok(QueueStats {
-                    queue: row.try_get(0)?,
+                    queue: queue.into_owned(),
                     ready: count(row, 1)?,
                     scheduled: count(row, 2)?,
                     running: count(row, 3)?,
@@ -464,28 +550,44 @@ impl Admin {
             .collect()
     }
 
-    /// How long the oldest ready job of `queue` has been waiting, `None` if none is ready. Reads
-    /// only the queue's ready jobs: cheap enough for a health check.
+    /// How long the oldest ready job of `queue` has been waiting, `None` if none is ready: how
+    /// far behind its workers are. Two short reads of the dequeue index, cheap enough for a
+    /// health check at any backlog: exact among the jobs without an `expected_at`, and among
+    /// those with one (served by priority, not age) the oldest of the next 1,000 in line.
     pub async fn oldest_ready(&self, queue: &str) -> Result<Option<Duration>> {
         check_queue_name(queue)?;
-        let age: Option<f64> = sqlx::query_scalar(&self.sql.oldest_ready)
-            .bind(queue)
-            .fetch_one(self.pq.pool())
+        let sql = self.sql().await?;
+        let age: Option<f64> = self
+            .pq
+            .with_connection("reading the oldest ready job", async |connection| {
+                Ok(sqlx::query_scalar(&sql.oldest_ready)
+                    .bind(queue)
+                    .fetch_one(connection)
+                    .await?)
+            })
             .await?;
         Ok(seconds(age))
     }
 
-    /// The job of this id, `None` if there is none.
+    /// The job of this id, `None` if there is none; [`Error::Unreadable`] if its row holds what
+    /// pq cannot read (written by other SQL), with the reason.
     pub async fn job(&self, id: JobId) -> Result<Option<JobInfo>> {
-        let row = sqlx::query(&self.sql.job)
-            .bind(id.0)
-            .fetch_optional(self.pq.pool())
+        let sql = self.sql().await?;
+        let row = self
+            .pq
+            .with_connection("reading a job", async |connection| {
+                Ok(sqlx::query(&sql.job)
+                    .bind(id.0)
+                    .fetch_optional(connection)
+                    .await?)
+            })
             .await?;
         row.as_ref().map(JobInfo::from_row).transpose()
     }
 
-    /// Up to `limit` jobs matching `filter` with ids above `after`, by id. Pages are keyed on
-    /// the id, not counted with `OFFSET`, so each page costs the same however deep it is:
+    /// Up to `limit` jobs matching `filter` with ids above `after`, by id; a job whose row pq
+    /// cannot read is reported in [`Page::unreadable`] instead. Pages are keyed on the id, not
+    /// counted with `OFFSET`, so each page costs the same however deep it is:
     ///
     /// ```no_run
     /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
@@ -505,32 +607,46 @@ impl Admin {
     /// ```
     pub async fn list(&self, filter: &JobFilter, after: Option<JobId>, limit: u32) -> Result<Page> {
         filter.check()?;
-        let mut sql = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {JOB_INFO_COLUMNS} FROM {} WHERE id > ",
-            self.sql.table
-        ));
-        sql.push_bind(after.map_or(0, |id| id.0));
-        filter.push_conditions(&mut sql);
-        sql.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
-        let rows = sql.build().fetch_all(self.pq.pool()).await?;
-        let jobs = rows
-            .iter()
-            .map(JobInfo::from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let next_after = match jobs.last() {
-            Some(last) if jobs.len() == limit as usize => Some(last.id),
-            _ => None,
+        let sql = self.sql().await?;
+        let mut query = QueryBuilder::<Postgres>::new(&sql.list);
+        query.push_bind(after.map_or(0, |id| id.0));
+        filter.push_conditions(&mut query);
+        query
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = self
+            .pq
+            .with_connection("listing jobs", async |connection| {
+                Ok(query.build().fetch_all(connection).await?)
+            })
+            .await?;
+        let mut page = Page {
+            jobs: Vec::with_capacity(rows.len()),
+            unreadable: Vec::new(),
+            next_after: None,
         };
-        Ok(Page { jobs, next_after })
+        let mut last = None;
+        for row in &rows {
+            last = Some(JobId(row.try_get::<i64, _>("id")?));
+            match JobInfo::from_row(row) {
+                Ok(job) => page.jobs.push(job),
+                Err(Error::Unreadable { id, reason }) => page.unreadable.push((JobId(id), reason)),
+                Err(error) => return Err(error),
+            }
+        }
+        if rows.len() == limit as usize {
+            page.next_after = last;
+        }
+        Ok(page)
     }
 
-    /// Queues the failed job `id` again, ready at once; `false` if there is no failed job of
-    /// this id. It starts over: its attempts are reset, so its task's retries apply again,
-    /// while its `last_error` and `errors` history are kept.
+    /// Queues the failed job `id` again, ready at once (behind the jobs ready before it);
+    /// `false` if there is no failed job of this id. It starts over: its attempts and rescues
+    /// are reset, so its task's retries apply again, while its `last_error` and `errors` history
+    /// are kept.
     pub async fn retry(&self, id: JobId) -> Result<bool> {
-        let query = sqlx::query(&self.sql.retry_one)
-            .bind(&self.sql.channel)
-            .bind(id.0);
+        let sql = self.sql().await?;
+        let query = sqlx::query(&sql.retry_one).bind(&sql.channel).bind(id.0);
         let (count, _) = self.requeue(query).await?;
         Ok(count == 1)
     }
@@ -545,8 +661,9 @@ impl Admin {
         limit: u32,
     ) -> Result<Batch> {
         filter.check()?;
-        let query = sqlx::query(&self.sql.retry_batch)
-            .bind(&self.sql.channel)
+        let sql = self.sql().await?;
+        let query = sqlx::query(&sql.retry_batch)
+            .bind(&sql.channel)
             .bind(after.map_or(0, |id| id.0))
             .bind(filter.queue.as_deref())
             .bind(filter.task.as_deref())
@@ -578,7 +695,12 @@ impl Admin {
         &self,
         query: sqlx::query::Query<'_, Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<(u64, Option<JobId>)> {
-        let row = query.fetch_one(self.pq.pool()).await?;
+        let row = self
+            .pq
+            .with_connection("re-queueing jobs", async |connection| {
+                Ok(query.fetch_one(connection).await?)
+            })
+            .await?;
         let count: i64 = row.try_get(0)?;
         let last: Option<i64> = row.try_get(1)?;
         Ok((u64::try_from(count).unwrap_or(0), last.map(JobId)))
@@ -588,18 +710,30 @@ impl Admin {
     /// `false` if no queued job has this id (a running job cannot be cancelled: let it finish,
     /// or fail it from the task).
     pub async fn cancel(&self, id: JobId) -> Result<bool> {
-        let done = sqlx::query(&self.sql.cancel)
-            .bind(id.0)
-            .execute(self.pq.pool())
-            .await?;
-        Ok(done.rows_affected() == 1)
+        self.one_job("cancelling a job", |sql| &sql.cancel, id)
+            .await
     }
 
     /// Deletes a job that is not running; `false` if there is no such job.
     pub async fn delete(&self, id: JobId) -> Result<bool> {
-        let done = sqlx::query(&self.sql.delete)
-            .bind(id.0)
-            .execute(self.pq.pool())
+        self.one_job("deleting a job", |sql| &sql.delete, id).await
+    }
+
+    async fn one_job(
+        &self,
+        what: &'static str,
+        statement: fn(&Statements) -> &String,
+        id: JobId,
+    ) -> Result<bool> {
+        let sql = self.sql().await?;
+        let done = self
+            .pq
+            .with_connection(what, async |connection| {
+                Ok(sqlx::query(statement(sql))
+                    .bind(id.0)
+                    .execute(connection)
+                    .await?)
+            })
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -609,10 +743,16 @@ impl Admin {
     /// [`prune`](Admin::prune).
     pub async fn prune_batch(&self, older_than: Duration, limit: u32) -> Result<u64> {
         let older_than = prune_age(older_than)?;
-        let done = sqlx::query(&self.sql.prune_batch)
-            .bind(older_than)
-            .bind(i64::from(limit))
-            .execute(self.pq.pool())
+        let sql = self.sql().await?;
+        let done = self
+            .pq
+            .with_connection("pruning jobs", async |connection| {
+                Ok(sqlx::query(&sql.prune_batch)
+                    .bind(older_than)
+                    .bind(i64::from(limit))
+                    .execute(connection)
+                    .await?)
+            })
             .await?;
         Ok(done.rows_affected())
     }

@@ -8,8 +8,10 @@
 //! them (BENCHMARKS.md, #20).
 //! So a connection whose statement succeeded waits here for pq's next statement, and returns to
 //! the pool, checked as usual, once it has sat unused for [`IDLE`] or the pool closes. A
-//! statement that failed or was cancelled drops its connection back to the pool at once, where
-//! sqlx's check finds out whether it is still usable.
+//! statement that failed drops its connection back to the pool at once, where sqlx's check finds
+//! out whether it is still usable. A statement that never finished (it timed out, or its future
+//! was dropped) closes its connection: its answer may still be on the way, and sqlx's check
+//! would wait for it on a server that hangs.
 //!
 //! A connection is kept only while the pool has an idle connection or room for another, so
 //! that no one waits on the pool while pq holds a connection back: when the pool runs out,
@@ -65,6 +67,7 @@ impl Connections {
         Ok(Warm {
             connection: Some(connection),
             home: self,
+            finished: false,
         })
     }
 }
@@ -130,10 +133,12 @@ async fn sweep(kept: Weak<Kept>, pool: PgPool) {
 }
 
 /// A connection of pq's, for one statement. [`keep`](Warm::keep) it once the statement
-/// succeeded; dropped instead, it goes back to the pool.
+/// succeeded, or say it [`finished`](Warm::finished) with an error, and it goes back to the
+/// pool; dropped without either, its statement may still be running, and it is closed.
 pub(crate) struct Warm<'a> {
     connection: Option<PoolConnection<Postgres>>,
     home: &'a Connections,
+    finished: bool,
 }
 
 impl Warm<'_> {
@@ -141,6 +146,22 @@ impl Warm<'_> {
     pub(crate) fn keep(mut self) {
         if let Some(connection) = self.connection.take() {
             self.home.kept.keep(&self.home.pool, connection);
+        }
+    }
+
+    /// The statement failed, but its answer came: the pool may check and reuse the connection.
+    pub(crate) fn finished(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Warm<'_> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            if !self.finished {
+                // Closes the socket at once; the pool opens another when it needs one.
+                drop(connection.detach());
+            }
         }
     }
 }

@@ -1,24 +1,36 @@
 //! [`Enqueue`]: where a prepared [`NewJob`] can be written.
 
 use std::future::Future;
-use std::sync::{Arc, LazyLock};
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 use crate::error::Result;
 use crate::job::{JobId, NewJob};
 use crate::pq::Pq;
 use crate::queue::{insert, insert_warm};
-use crate::sql::{Statements, TableName};
 use crate::transaction::Transaction;
 
 /// Somewhere a job can be written, as task calls do with `enqueue(target)`:
 ///
 /// - `&Pq`: on its pool, committed at once;
 /// - `&mut pq::Transaction`: in that transaction;
-/// - `pq.on(&mut *tx)`: in a caller's own sqlx transaction, on `pq`'s table;
-/// - `&mut *tx` or `&PgPool`: in a caller's sqlx transaction or pool, on the default table
-///   `queue` of the search path.
+/// - `pq.on(&mut *tx)`: in a caller's own sqlx transaction, on `pq`'s table.
+///
+/// A bare connection or pool is not a target: it names no table, and would write to whichever
+/// table its search path leads to.
+///
+/// ```compile_fail
+/// # async fn example(pq: pq::Pq, task: pq::NewJob) {
+/// use pq::Enqueue;
+/// let mut tx = pq.pool().begin().await.unwrap();
+/// (&mut *tx).enqueue(task).await; // not a target: use `pq.on(&mut *tx)`
+/// # }
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not somewhere a job can be written: it names no queue table",
+    label = "not a queue table",
+    note = "enqueue on `&pq`, on a `&mut pq::Transaction`, or with `pq.on(&mut *tx)` inside a transaction of your own"
+)]
 pub trait Enqueue<'c> {
     /// Writes `job`, returning its id.
     fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c;
@@ -38,35 +50,18 @@ impl<'c> Enqueue<'c> for &'c mut Transaction {
 
 /// A [`Pq`] table bound to a connection of the caller's; see [`Pq::on`].
 pub struct OnConnection<'c> {
-    sql: &'c Statements,
+    pq: &'c Pq,
     connection: &'c mut PgConnection,
 }
 
 impl<'c> OnConnection<'c> {
-    pub(crate) fn new(sql: &'c Arc<Statements>, connection: &'c mut PgConnection) -> Self {
-        Self { sql, connection }
+    pub(crate) fn new(pq: &'c Pq, connection: &'c mut PgConnection) -> Self {
+        Self { pq, connection }
     }
 }
 
 impl<'c> Enqueue<'c> for OnConnection<'c> {
-    fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c {
-        insert(self.sql, self.connection, job)
-    }
-}
-
-/// The statements of the default table, `queue` in the search path.
-static DEFAULT_TABLE: LazyLock<Statements> = LazyLock::new(|| {
-    Statements::new(TableName::new(None, "queue").expect("the default table name is valid"))
-});
-
-impl<'c> Enqueue<'c> for &'c mut PgConnection {
-    fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c {
-        insert(&DEFAULT_TABLE, self, job)
-    }
-}
-
-impl<'c> Enqueue<'c> for &'c PgPool {
-    fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c {
-        insert(&DEFAULT_TABLE, self, job)
+    async fn enqueue(self, job: NewJob) -> Result<JobId> {
+        insert(self.pq.statements().await?, self.connection, job).await
     }
 }

@@ -53,15 +53,59 @@ pub enum Error {
         error: serde_json::Error,
     },
 
-    /// A migration failed; nothing of it was applied.
-    #[error("migration {version} ({name}) failed: {error}")]
+    /// A migration or a function definition failed to apply; nothing of it was applied, and
+    /// what was applied before it stays.
+    #[error("cannot apply {name}: {error}")]
     Migration {
-        /// The migration's version.
-        version: i64,
-        /// The migration's file name.
+        /// Its file, as `migrations/0010_workers_and_claim_ids.sql` or `functions/claim.sql`.
         name: &'static str,
         /// The database's error.
         error: sqlx::Error,
+    },
+
+    /// The table was migrated by a newer pq than this one, which must not change it (it would
+    /// put back older definitions of its functions). Upgrade this program.
+    #[error("the table {table} has migrations up to {applied}, and this pq knows only up to {known}: upgrade it before it migrates or works this table")]
+    SchemaTooNew {
+        /// The table.
+        table: String,
+        /// The newest migration applied to it.
+        applied: i64,
+        /// The newest migration this pq has.
+        known: i64,
+    },
+
+    /// The table is missing, or lacks migrations this pq needs: run [`Pq::create`](crate::Pq::create)
+    /// (`pq migrate`).
+    #[error("the table {table} is at migration {applied} and this pq needs {needed}: run `pq.create()` or `pq migrate` first")]
+    SchemaTooOld {
+        /// The table.
+        table: String,
+        /// The newest migration applied to it (0 when there is no table).
+        applied: i64,
+        /// The migration this pq needs.
+        needed: i64,
+    },
+
+    /// A statement (with the wait for a connection) took longer than the handle's
+    /// [`statement_timeout`](crate::PqBuilder::statement_timeout): the server hangs or is
+    /// overloaded. Its connection was closed; the statement may or may not have taken effect.
+    #[error("{what} timed out after {after:?}: the database did not answer")]
+    Timeout {
+        /// What pq was doing.
+        what: &'static str,
+        /// The limit.
+        after: std::time::Duration,
+    },
+
+    /// A job's row holds what pq cannot read (written by other SQL: a time out of range, text
+    /// that is not UTF-8, a state pq does not know).
+    #[error("job {id} cannot be read: {reason}")]
+    Unreadable {
+        /// The job.
+        id: i64,
+        /// What is wrong with its row.
+        reason: String,
     },
 }
 
@@ -70,15 +114,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Whether the same call may succeed later: the database was unreachable, restarting, out
-    /// of connections, or the transaction lost a conflict. Other errors (a missing table, data
-    /// the database refuses) would repeat on every try.
+    /// of connections, did not answer in time, or the transaction lost a conflict. Other errors
+    /// (a missing table, data the database refuses, a TLS or authentication failure) would
+    /// repeat on every try.
     pub fn is_transient(&self) -> bool {
-        let Error::Database(error) = self else {
-            return false;
+        let error = match self {
+            Error::Timeout { .. } => return true,
+            Error::Database(error) => error,
+            _ => return false,
         };
         match error {
             sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed

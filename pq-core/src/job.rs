@@ -9,9 +9,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
-use crate::lease::RowVersion;
+use crate::lease::Claim;
 use crate::sql::Statements;
+use crate::timestamp::Timestamp;
 use crate::when::When;
 
 /// A job's id: the primary key of its row, unique across all queues of a table.
@@ -51,34 +54,127 @@ pub struct Job {
     enqueued_at: DateTime<Utc>,
     schedule_at: Option<DateTime<Utc>>,
     expected_at: Option<DateTime<Utc>>,
-    /// Where the row version this job was read from lies.
-    row: Option<RowVersion>,
+    taken: Taken,
     sql: Arc<Statements>,
 }
 
+/// How a job was taken.
+#[derive(Clone, Copy)]
+enum Taken {
+    /// By a `get`, at this time (its `dequeued_at`, which fences giving it back).
+    Got(Timestamp),
+    /// By a worker's claim.
+    Claimed(ClaimInfo),
+}
+
+/// What a worker's claim knows of its job beyond the job itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClaimInfo {
+    pub claim: Claim,
+    pub rescues: u32,
+    pub timeout: Option<Duration>,
+    /// Where the job stands in its queue's dequeue order (priority, ready time).
+    pub position: (Timestamp, Timestamp),
+}
+
+/// The parts of a claimed job, as the claim decodes them.
+pub(crate) struct ClaimedParts {
+    pub id: JobId,
+    pub queue: Arc<str>,
+    pub task: Option<Arc<str>>,
+    pub data: String,
+    pub attempts: u32,
+    pub rescues: u32,
+    pub enqueued_at: DateTime<Utc>,
+    pub schedule_at: Option<DateTime<Utc>>,
+    pub expected_at: Option<DateTime<Utc>>,
+    pub timeout: Option<Duration>,
+    pub claim: Claim,
+    pub position: (Timestamp, Timestamp),
+    pub sql: Arc<Statements>,
+}
+
 impl Job {
-    pub(crate) fn from_row(row: &PgRow, sql: &Arc<Statements>) -> Result<Self> {
-        Self::decode(row, sql, &mut Names::default())
+    pub(crate) fn claimed(parts: ClaimedParts) -> Self {
+        Self {
+            id: parts.id,
+            queue: parts.queue,
+            task: parts.task,
+            data: parts.data,
+            attempts: parts.attempts,
+            enqueued_at: parts.enqueued_at,
+            schedule_at: parts.schedule_at,
+            expected_at: parts.expected_at,
+            taken: Taken::Claimed(ClaimInfo {
+                claim: parts.claim,
+                rescues: parts.rescues,
+                timeout: parts.timeout,
+                position: parts.position,
+            }),
+            sql: parts.sql,
+        }
     }
 
-    /// Decodes the columns by position, in the order `job_columns` (and the claim function)
-    /// selects them with types they fix: a worker decodes thousands of jobs a second, and a
-    /// lookup by name and a type check for each value cost more than the rest of the decoding.
-    pub(crate) fn decode(row: &PgRow, sql: &Arc<Statements>, names: &mut Names) -> Result<Self> {
+    /// Decodes a job a `get` took, by position, in the order `job_columns` in `sql.rs` selects
+    /// the columns. A row that other SQL wrote with what pq cannot read is `Unreadable`, with
+    /// the reason, never a panic.
+    pub(crate) fn got(row: &PgRow, sql: &Arc<Statements>) -> Result<Self> {
+        let id: i64 = row.try_get_unchecked(0)?;
+        let unreadable = |reason: String| Error::Unreadable { id, reason };
+        let text = |i: usize, column: &str| -> Result<Option<String>> {
+            match row.try_get_unchecked::<Option<&[u8]>, _>(i)? {
+                None => Ok(None),
+                Some(bytes) => String::from_utf8(bytes.to_vec())
+                    .map(Some)
+                    .map_err(|_| unreadable(format!("its {column} is not valid UTF-8 text"))),
+            }
+        };
+        let time = |i: usize| -> Result<Option<Timestamp>> { Ok(row.try_get_unchecked(i)?) };
+        let enqueued_at = time(5)?.unwrap_or(Timestamp::NEG_INFINITY);
         Ok(Self {
-            id: JobId(row.try_get_unchecked(0)?),
-            queue: names.queue.share(row.try_get_unchecked(1)?),
-            task: row
-                .try_get_unchecked::<Option<&str>, _>(2)?
-                .map(|task| names.task.share(task)),
-            data: row.try_get_unchecked(3)?,
+            id: JobId(id),
+            queue: Arc::from(text(1, "queue")?.unwrap_or_default()),
+            task: text(2, "task")?.map(Arc::from),
+            data: text(3, "data")?.unwrap_or_default(),
             attempts: u32::try_from(row.try_get_unchecked::<i32, _>(4)?).unwrap_or(0),
-            enqueued_at: row.try_get_unchecked(5)?,
-            schedule_at: row.try_get_unchecked(6)?,
-            expected_at: row.try_get_unchecked(7)?,
-            row: row.try_get_unchecked(8)?,
+            enqueued_at: enqueued_at.required("enqueued_at").map_err(unreadable)?,
+            schedule_at: match time(6)? {
+                Some(at) => at.finite("schedule_at").map_err(unreadable)?,
+                None => None,
+            },
+            expected_at: match time(7)? {
+                Some(at) => at.finite("expected_at").map_err(unreadable)?,
+                None => None,
+            },
+            taken: Taken::Got(time(8)?.unwrap_or(Timestamp::NEG_INFINITY)),
             sql: Arc::clone(sql),
         })
+    }
+
+    pub(crate) fn claimed_info(&self) -> Option<&ClaimInfo> {
+        match &self.taken {
+            Taken::Claimed(info) => Some(info),
+            Taken::Got(_) => None,
+        }
+    }
+
+    /// When a `get` took this job, to give it back if it cannot be handed over.
+    pub(crate) fn got_at(&self) -> Option<Timestamp> {
+        match self.taken {
+            Taken::Got(at) => Some(at),
+            Taken::Claimed(_) => None,
+        }
+    }
+
+    /// How many of its runs were lost with their worker (crashed, frozen, cut off) before this
+    /// one, for a job a worker claimed. These do not count against its task's retries.
+    pub fn rescues(&self) -> u32 {
+        self.claimed_info().map_or(0, |info| info.rescues)
+    }
+
+    /// The time limit its enqueuer set on each of its runs, if any.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.claimed_info().and_then(|info| info.timeout)
     }
 
     /// The job's id.
@@ -134,11 +230,6 @@ impl Job {
     /// How many times it was handed to a worker, this time included (0 for plain `get`s).
     pub fn attempts(&self) -> u32 {
         self.attempts
-    }
-
-    /// Where its row version lies, to complete a claim without an index lookup.
-    pub(crate) fn row(&self) -> Option<RowVersion> {
-        self.row
     }
 
     /// When it was enqueued.
@@ -216,6 +307,7 @@ impl fmt::Debug for Job {
             .field("enqueued_at", &self.enqueued_at)
             .field("schedule_at", &self.schedule_at)
             .field("expected_at", &self.expected_at)
+            .field("claim", &self.claimed_info().map(|info| info.claim))
             .finish()
     }
 }
@@ -226,6 +318,16 @@ impl fmt::Debug for Job {
 pub(crate) struct Names {
     queue: Name,
     task: Name,
+}
+
+impl Names {
+    pub(crate) fn queue(&mut self, name: &str) -> Arc<str> {
+        self.queue.share(name)
+    }
+
+    pub(crate) fn task(&mut self, name: &str) -> Arc<str> {
+        self.task.share(name)
+    }
 }
 
 #[derive(Default)]
@@ -249,6 +351,7 @@ pub struct NewJob {
     pub(crate) data: String,
     pub(crate) schedule_at: Option<When>,
     pub(crate) expected_at: Option<When>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 impl NewJob {
@@ -267,6 +370,7 @@ impl NewJob {
             data: json,
             schedule_at: None,
             expected_at: None,
+            timeout: None,
         })
     }
 
@@ -285,6 +389,12 @@ impl NewJob {
     /// Handed out before jobs expected later, and before all jobs with no expectation.
     pub fn expected_at(mut self, when: When) -> Self {
         self.expected_at = Some(when);
+        self
+    }
+
+    /// Each run may take at most this long: a worker stops it then and records the failure.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 }

@@ -1,47 +1,41 @@
-//! Leased claims, the worker's side of the queue: claim a batch of jobs for a while, renew the
-//! lease while they run, then complete, fail or release them. Every call after the claim is
-//! fenced by the attempt it claimed, so a worker that lost its lease changes nothing.
+//! Claims, the worker's side of the queue: claim ready jobs of many queues for a registered
+//! worker ([`crate::WorkerId`]), then complete, fail or release them. Every call after the claim
+//! is fenced by the claim: a run that is no longer the job's live one changes nothing.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
-use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgTypeInfo, PgValueRef};
-use sqlx::{Decode, Encode, Postgres};
+use sqlx::postgres::types::{Oid, PgInterval};
+use sqlx::postgres::{PgArgumentBuffer, PgHasArrayType, PgRow, PgTypeInfo, PgValueRef};
+use sqlx::{Decode, Encode, Postgres, Row};
 
 use crate::error::Result;
 use crate::job::{check_queue_name, Job, JobId, Names};
 use crate::pq::Pq;
+use crate::timestamp::Timestamp;
 use crate::when::MAX_DELAY;
+use crate::workers::WorkerId;
 
-/// A job's attempt as claimed: the fence for everything done to it afterwards.
+/// One run of a job as claimed: the fence for everything done to it afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Claim {
     /// The job.
     pub id: JobId,
-    /// The attempt the claim started.
-    pub attempt: u32,
+    /// The claim's number, drawn once per claim statement: it never repeats for a job, so a
+    /// run that was released, rescued or retried since can never pass for the live one.
+    pub number: i64,
     /// Where the claimed row version lies, if known.
     row: Option<RowVersion>,
 }
 
 impl Claim {
-    /// The claim of a job returned by [`Pq::claim`].
-    pub fn of(job: &Job) -> Self {
-        Self {
-            id: job.id(),
-            attempt: job.attempts(),
-            row: job.row(),
-        }
-    }
-
-    /// The claim of attempt `attempt` of job `id`.
-    pub fn new(id: JobId, attempt: u32) -> Self {
+    /// The claim `number` of job `id`.
+    pub fn new(id: JobId, number: i64) -> Self {
         Self {
             id,
-            attempt,
+            number,
             row: None,
         }
     }
@@ -101,19 +95,166 @@ pub enum Failure {
     GiveUp,
 }
 
+/// A failed attempt to record: the claim, its error and what comes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    /// The run that failed.
+    pub claim: Claim,
+    /// Why, as recorded on the job.
+    pub error: String,
+    /// Retry it, or give up.
+    pub then: Failure,
+}
+
+/// Where a claim stopped in one queue's dequeue order: its last job's priority, ready time and
+/// id, as the dequeue index orders them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Position {
+    expected: Timestamp,
+    ready: Timestamp,
+    id: i64,
+}
+
+/// How long claims resume from where the last ones stopped before one starts from the top
+/// again: a job that sorts before a claim's position (more urgent, retried, released,
+/// rescued, or committed late) waits at most this long during a backlog.
+pub const CURSOR_LIFETIME: Duration = Duration::from_secs(2);
+
+/// The queues a worker claims from, and where its last claims in each stopped.
+///
+/// During a backlog, each claim resumes after the jobs the last one took instead of reading
+/// the dequeue index from its start, past the entries of every job claimed since vacuum last
+/// ran (which it does not while an older transaction stays open): otherwise each claim reads
+/// more than the last and a drain slows as it goes. Positions are forgotten when a claim finds
+/// fewer jobs than it wanted (the backlog is drained) and every [`CURSOR_LIFETIME`]. The queues
+/// are taken in turn, so that none starves the others.
+#[derive(Debug, Clone)]
+pub struct ClaimQueues {
+    names: Vec<String>,
+    index: HashMap<String, usize>,
+    positions: Vec<Option<Position>>,
+    since: Option<Instant>,
+    turn: usize,
+}
+
+impl ClaimQueues {
+    /// These queues, from the top of each; an invalid name (empty, or with a NUL) is refused.
+    pub fn new<I, S>(names: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut queues = Vec::new();
+        for name in names {
+            let name = name.into();
+            check_queue_name(&name)?;
+            if !queues.contains(&name) {
+                queues.push(name);
+            }
+        }
+        let index = queues
+            .iter()
+            .enumerate()
+            .map(|(n, name)| (name.clone(), n))
+            .collect();
+        Ok(Self {
+            positions: vec![None; queues.len()],
+            names: queues,
+            index,
+            since: None,
+            turn: 0,
+        })
+    }
+
+    /// The queues' names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Forgets where the last claims stopped: the next one takes the first jobs of each queue.
+    pub fn restart(&mut self) {
+        self.positions.iter_mut().for_each(|p| *p = None);
+        self.since = None;
+    }
+
+    /// The statement's arrays, the queues starting at this claim's turn.
+    #[allow(clippy::type_complexity)]
+    fn arrays(
+        &mut self,
+    ) -> (
+        Vec<&str>,
+        Vec<Option<Timestamp>>,
+        Vec<Option<Timestamp>>,
+        Vec<Option<i64>>,
+    ) {
+        if self
+            .since
+            .is_some_and(|since| since.elapsed() >= CURSOR_LIFETIME)
+        {
+            self.restart();
+        }
+        let n = self.names.len();
+        let start = self.turn % n.max(1);
+        self.turn = self.turn.wrapping_add(1);
+        let order = (0..n).map(|k| (start + k) % n);
+        let mut arrays = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for q in order {
+            let position = self.positions[q];
+            arrays.0.push(self.names[q].as_str());
+            arrays.1.push(position.map(|p| p.expected));
+            arrays.2.push(position.map(|p| p.ready));
+            arrays.3.push(position.map(|p| p.id));
+        }
+        arrays
+    }
+
+    /// Keeps where each queue's claim stopped, if it took every job it wanted (so more may be
+    /// ready after them); forgets every position otherwise.
+    fn advance(&mut self, taken: &[(usize, Position)], wanted: usize) {
+        if taken.len() < wanted {
+            self.restart();
+            return;
+        }
+        for &(queue, position) in taken {
+            let kept = &mut self.positions[queue];
+            if kept.is_none_or(|kept| kept < position) {
+                *kept = Some(position);
+            }
+        }
+        self.since.get_or_insert_with(Instant::now);
+    }
+}
+
+/// What a claim took: jobs to run, and jobs whose rows pq cannot read, each with its claim and
+/// the reason, for the caller to fail.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    /// The jobs, in dequeue order within each queue.
+    pub jobs: Vec<Job>,
+    /// Claimed jobs whose rows hold what pq cannot read (written by other SQL): each must be
+    /// failed with its reason, so that it fails alone.
+    pub unreadable: Vec<(Claim, String)>,
+}
+
 /// A lease or retry delay in microseconds, at most [`MAX_DELAY`]: as good as never. Without the
 /// bound, `statement_timestamp()` plus `Duration::MAX` is out of PostgreSQL's range, the
-/// statement fails on every try, and a worker retrying it stalls (pq-faults' bad input found
-/// both a lease that never claimed and a retry delay that stopped a worker recording outcomes).
-fn micros(duration: Duration) -> i64 {
+/// statement fails on every try, and a worker retrying it stalls.
+pub(crate) fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.min(MAX_DELAY).as_micros()).unwrap_or(i64::MAX)
 }
 
-fn columns<'a>(claims: impl IntoIterator<Item = &'a Claim>) -> (Vec<i64>, Vec<i32>) {
-    claims
-        .into_iter()
-        .map(|c| (c.id.0, i32::try_from(c.attempt).unwrap_or(i32::MAX)))
-        .unzip()
+/// Claims sorted by id, as the fenced statements want them, and their two columns.
+fn columns(claims: &[Claim]) -> (Vec<Claim>, Vec<i64>, Vec<i64>) {
+    let mut sorted = claims.to_vec();
+    sorted.sort_unstable_by_key(|claim| claim.id);
+    let ids = sorted.iter().map(|claim| claim.id.0).collect();
+    let numbers = sorted.iter().map(|claim| claim.number).collect();
+    (sorted, ids, numbers)
 }
 
 /// The ids a fenced statement returned, as its one array.
@@ -122,58 +263,78 @@ fn ids(ids: Vec<i64>) -> Vec<JobId> {
 }
 
 impl Pq {
-    /// Claims up to `limit` ready jobs of `queue` in dequeue order, leased for `lease`: until
-    /// then no one else gets them; after it, unless renewed, [`rescue`](Pq::rescue) returns them
-    /// to the queue. Each claim counts an attempt.
-    pub async fn claim(&self, queue: &str, limit: u32, lease: Duration) -> Result<Vec<Job>> {
-        check_queue_name(queue)?;
+    /// Claims up to `limit` ready jobs of `queues` for `worker`, in one statement: until the
+    /// worker's heartbeat runs out, no one else gets them; after it, [`rescue`](Pq::rescue)
+    /// returns them to the queue. Each claim counts an attempt.
+    pub async fn claim(
+        &self,
+        worker: WorkerId,
+        queues: &mut ClaimQueues,
+        limit: u32,
+    ) -> Result<Claimed> {
+        if limit == 0 || queues.names.is_empty() {
+            return Ok(Claimed::default());
+        }
+        let sql = self.statements().await?;
+        let (names, expected, ready, after) = queues.arrays();
         // All the rows, not a stream: the claim commits after its last row, and a job must not
         // start before (its completion would not find it claimed).
-        let rows = self
-            .with_connection(async |connection| {
-                Ok(sqlx::query(&self.sql().claim)
-                    .bind(queue)
-                    .bind(i64::from(limit))
-                    .bind(micros(lease))
-                    .fetch_all(connection)
-                    .await?)
+        let (rows, mut large) = self
+            .with_connection("a claim", async |connection| {
+                let rows = sqlx::query(&sql.claim)
+                    .bind(worker.0)
+                    .bind(&names)
+                    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+                    .bind(&expected)
+                    .bind(&ready)
+                    .bind(&after)
+                    .fetch_all(&mut *connection)
+                    .await?;
+                let large = large_data(sql, connection, &rows).await?;
+                Ok((rows, large))
             })
             .await?;
+        drop(names);
+        let mut claimed = Claimed::default();
+        let mut taken = Vec::with_capacity(rows.len());
         let mut names = Names::default();
-        let mut jobs = rows
-            .iter()
-            .map(|row| Job::decode(row, self.sql(), &mut names))
-            .collect::<Result<Vec<_>>>()?;
+        for row in &rows {
+            let decoded = decode_claimed(row, sql, &mut names, &mut large)?;
+            if let Some(&queue) = queues.index.get(decoded.queue.as_str()) {
+                taken.push((queue, decoded.position));
+            }
+            match decoded.job {
+                Ok(job) => claimed.jobs.push(job),
+                Err(reason) => claimed.unreadable.push((decoded.claim, reason)),
+            }
+        }
+        queues.advance(&taken, limit as usize);
         // RETURNING promises no order: restore the dequeue order.
-        jobs.sort_unstable_by_key(|job| {
-            (
-                job.schedule_at(),
-                job.expected_at().is_none(),
-                job.expected_at(),
-                job.id(),
-            )
-        });
-        Ok(jobs)
+        claimed
+            .jobs
+            .sort_unstable_by_key(|job| job.position().map(|p| (p.expected, p.ready, p.id)));
+        Ok(claimed)
     }
 
-    /// Marks these claimed jobs done, in one statement: deleted, or kept in the `done` state
-    /// when `keep` is set. Returns the ids it completed; a job missing from it had lost its lease.
+    /// Marks these claimed jobs done on `executor` (the handler's own transaction, say), in one
+    /// statement: deleted, or kept in the `done` state when `keep` is set. Returns the ids it
+    /// completed; a job missing from it was no longer this claim's.
     pub async fn complete<'e>(
         &self,
         executor: impl sqlx::PgExecutor<'e>,
         claims: &[Claim],
         keep: bool,
     ) -> Result<Vec<JobId>> {
-        let sql = self.sql();
+        let sql = self.statements().await?;
         let statement = if keep {
             &sql.complete_keep
         } else {
             &sql.complete_delete
         };
-        let (ids_column, attempts) = columns(claims);
+        let (_, ids_column, numbers) = columns(claims);
         let touched = sqlx::query_scalar(statement)
             .bind(ids_column)
-            .bind(attempts)
+            .bind(numbers)
             .fetch_one(executor)
             .await?;
         Ok(ids(touched))
@@ -181,31 +342,33 @@ impl Pq {
 
     /// Completes a batch of claims, as [`complete`](Pq::complete) does, on a connection of
     /// pq's own, finding each job by the row version its claim returned (no index lookup), and
-    /// by id the jobs whose row moved since (a renewed lease).
+    /// by id any job whose row other SQL moved since.
     pub async fn complete_claims(&self, claims: &[Claim], keep: bool) -> Result<Vec<JobId>> {
-        let sql = self.sql();
+        let sql = self.statements().await?;
         let statement = if keep {
             &sql.complete_keep_by_row
         } else {
             &sql.complete_delete_by_row
         };
-        let located: Vec<&Claim> = claims.iter().filter(|claim| claim.row.is_some()).collect();
-        let (ids_column, attempts) = columns(located.iter().copied());
+        let (sorted, _, _) = columns(claims);
+        let located: Vec<&Claim> = sorted.iter().filter(|claim| claim.row.is_some()).collect();
+        let ids_column: Vec<i64> = located.iter().map(|claim| claim.id.0).collect();
+        let numbers: Vec<i64> = located.iter().map(|claim| claim.number).collect();
         let rows: Vec<RowVersion> = located.iter().filter_map(|claim| claim.row).collect();
-        self.with_connection(async |connection| {
+        self.with_connection("a completion", async |connection| {
             let mut done = if located.is_empty() {
                 Vec::new()
             } else {
                 ids(sqlx::query_scalar(statement)
-                    .bind(ids_column)
-                    .bind(attempts)
-                    .bind(rows)
+                    .bind(&ids_column)
+                    .bind(&numbers)
+                    .bind(&rows)
                     .fetch_one(&mut *connection)
                     .await?)
             };
             if done.len() < claims.len() {
-                let found: HashSet<JobId> = done.iter().copied().collect();
-                let moved: Vec<Claim> = claims
+                let found: std::collections::HashSet<JobId> = done.iter().copied().collect();
+                let moved: Vec<Claim> = sorted
                     .iter()
                     .filter(|claim| !found.contains(&claim.id))
                     .copied()
@@ -217,108 +380,189 @@ impl Pq {
         .await
     }
 
-    /// Records a failed attempt with its error, then queues the job again or gives it up.
-    /// Returns whether the claim still held.
-    pub async fn fail(&self, claim: Claim, error: &str, then: Failure) -> Result<bool> {
+    /// Records failed attempts with their errors, in one statement, each queued again or given
+    /// up as it says. Returns the ids whose claim still held.
+    pub async fn fail(&self, failures: &[Failed]) -> Result<Vec<JobId>> {
+        let mut sorted: Vec<&Failed> = failures.iter().collect();
+        sorted.sort_unstable_by_key(|failed| failed.claim.id);
+        let ids_column: Vec<i64> = sorted.iter().map(|f| f.claim.id.0).collect();
+        let numbers: Vec<i64> = sorted.iter().map(|f| f.claim.number).collect();
         // PostgreSQL's text cannot hold NUL: a message with one would be refused on every try.
-        let error = error.replace('\0', "\\0");
-        let (ids_column, attempts) = columns(&[claim]);
-        let retry_in = match then {
-            Failure::RetryIn(delay) => Some(micros(delay)),
-            Failure::GiveUp => None,
-        };
-        let rows = sqlx::query(&self.sql().fail)
-            .bind(ids_column)
-            .bind(attempts)
-            .bind(&error)
-            .bind(retry_in)
-            .fetch_all(self.pool())
-            .await?;
-        Ok(!rows.is_empty())
-    }
-
-    /// Extends the leases of these claims to `lease` from now; returns the ids still held.
-    pub async fn renew(&self, claims: &[Claim], lease: Duration) -> Result<Vec<JobId>> {
-        let (ids_column, attempts) = columns(claims);
-        let touched = sqlx::query_scalar(&self.sql().renew)
-            .bind(ids_column)
-            .bind(attempts)
-            .bind(micros(lease))
-            .fetch_one(self.pool())
+        let errors: Vec<String> = sorted
+            .iter()
+            .map(|f| f.error.replace('\0', "\\0"))
+            .collect();
+        let retry_in: Vec<Option<i64>> = sorted
+            .iter()
+            .map(|f| match f.then {
+                Failure::RetryIn(delay) => Some(micros(delay)),
+                Failure::GiveUp => None,
+            })
+            .collect();
+        let sql = self.statements().await?;
+        let touched = self
+            .with_connection("recording failures", async |connection| {
+                Ok(sqlx::query_scalar(&sql.fail)
+                    .bind(&ids_column)
+                    .bind(&numbers)
+                    .bind(&errors)
+                    .bind(&retry_in)
+                    .fetch_one(connection)
+                    .await?)
+            })
             .await?;
         Ok(ids(touched))
     }
 
     /// Gives claimed jobs back to the queue without counting the attempt (a worker that stops
-    /// before running them); returns the ids released.
+    /// before running them), waking their consumers; returns the ids released.
     pub async fn release(&self, claims: &[Claim]) -> Result<Vec<JobId>> {
-        let (ids_column, attempts) = columns(claims);
-        let touched = sqlx::query_scalar(&self.sql().release)
-            .bind(ids_column)
-            .bind(attempts)
-            .fetch_one(self.pool())
+        let (_, ids_column, numbers) = columns(claims);
+        let sql = self.statements().await?;
+        let released: Vec<(i64, String)> = self
+            .with_connection("a release", async |connection| {
+                Ok(sqlx::query_as(&sql.release)
+                    .bind(&ids_column)
+                    .bind(&numbers)
+                    .fetch_all(connection)
+                    .await?)
+            })
             .await?;
-        Ok(ids(touched))
-    }
-
-    /// Returns up to `limit` jobs whose lease ran out (their worker died or hung) to the queue,
-    /// waking the workers of their queues; returns how many. Any process may call it; workers
-    /// do so periodically.
-    pub async fn rescue(&self, limit: u32) -> Result<u64> {
-        let sql = self.sql();
-        let queues: Vec<String> = sqlx::query_scalar(&sql.rescue)
-            .bind(i64::from(limit))
-            .bind("lease expired: the worker running this attempt was lost")
-            .fetch_all(self.pool())
-            .await?;
-        if !queues.is_empty() {
-            let mut distinct = queues.clone();
-            distinct.sort_unstable();
-            distinct.dedup();
-            sqlx::query(&sql.notify)
-                .bind(&sql.channel)
-                .bind(distinct)
-                .execute(self.pool())
-                .await?;
-        }
-        Ok(queues.len() as u64)
-    }
-
-    /// Registers the caller as about to wait for jobs of `queue`, and returns how long it may
-    /// sleep: until the earliest scheduled job is due, at most about 9 s (the registration
-    /// lasts 10 s; call again to renew it).
-    ///
-    /// Puts on `queue` notify only while some consumer of it is registered (a NOTIFY
-    /// serialises commits, so pq spares it while every consumer of the queue is busy). So an
-    /// idle loop goes: claim; if nothing, call this; claim once more (it finds any job whose put
-    /// committed before the registration and so did not notify); then sleep until notified or
-    /// for the time returned.
-    pub async fn seconds_to_next_due(&self, queue: &str) -> Result<Option<f64>> {
-        self.with_connection(async |connection| {
-            Ok(sqlx::query_scalar(&self.sql().next_due)
-                .bind(queue)
-                .fetch_one(connection)
-                .await?)
-        })
-        .await
-    }
-
-    /// Notifications for `queue`: woken when a job is put on it, when a rescued job returns to
-    /// it, or when notifications may have been lost. Take [`Subscription::notified`] before
-    /// looking for jobs, so that one put in between still wakes the wait.
-    pub async fn subscribe(&self, queue: &str) -> Result<Subscription> {
-        Ok(Subscription(self.listener().subscribe(queue).await?))
+        let (ids, queues): (Vec<i64>, Vec<String>) = released.into_iter().unzip();
+        self.wake(queues).await?;
+        Ok(ids.into_iter().map(JobId).collect())
     }
 }
 
-/// Wake-ups for one queue; see [`Pq::subscribe`].
-#[derive(Debug, Clone)]
-pub struct Subscription(std::sync::Arc<tokio::sync::Notify>);
+/// The data of the claimed jobs that the claim left out (large ones, see
+/// `sql/functions/claim.sql`), by id: read once they are claimed, as their bytes.
+async fn large_data(
+    sql: &crate::sql::Statements,
+    connection: &mut sqlx::PgConnection,
+    rows: &[PgRow],
+) -> Result<HashMap<i64, Vec<u8>>> {
+    let mut ids = Vec::new();
+    let mut number = 0;
+    for row in rows {
+        if row.try_get_unchecked::<Option<&[u8]>, _>(9)?.is_none() {
+            ids.push(row.try_get_unchecked::<i64, _>(1)?);
+            number = row.try_get_unchecked::<i64, _>(0)?;
+        }
+    }
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let found: Vec<(i64, Vec<u8>)> = sqlx::query_as(&sql.claimed_data)
+        .bind(&ids)
+        .bind(number)
+        .fetch_all(connection)
+        .await?;
+    Ok(found.into_iter().collect())
+}
 
-impl Subscription {
-    /// A future that completes at the next wake-up after it was created and enabled
-    /// (`Notified::enable`) or first polled. Spurious wake-ups happen; look again after one.
-    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.0.notified()
+/// One row of a claim, decoded as far as it can be.
+struct ClaimedRow {
+    claim: Claim,
+    queue: String,
+    position: Position,
+    /// The job, or why its row cannot be read.
+    job: std::result::Result<Job, String>,
+}
+
+/// Decodes a claim's row by position, in the order the claim statement selects (see `claim` in
+/// `sql.rs`). The claim's own columns (its number, the job's id, where its row lies) are
+/// pq's and always decode; the job's, written by whoever enqueued it, may not, and then only
+/// that job is unreadable.
+fn decode_claimed(
+    row: &PgRow,
+    sql: &std::sync::Arc<crate::sql::Statements>,
+    names: &mut Names,
+    large: &mut HashMap<i64, Vec<u8>>,
+) -> Result<ClaimedRow> {
+    let number: i64 = row.try_get_unchecked(0)?;
+    let id: i64 = row.try_get_unchecked(1)?;
+    let claim = Claim {
+        id: JobId(id),
+        number,
+        row: row.try_get_unchecked(4)?,
+    };
+    let position = Position {
+        expected: row.try_get_unchecked(5)?,
+        ready: row.try_get_unchecked(6)?,
+        id,
+    };
+    let queue: String = row.try_get_unchecked::<&str, _>(7).map(str::to_owned)?;
+    let job = (|| {
+        let text = |i: usize, column: &str| -> std::result::Result<&str, String> {
+            row.try_get_unchecked::<&str, _>(i)
+                .map_err(|_| format!("its {column} is not valid UTF-8 text"))
+        };
+        let task = match row.try_get_unchecked::<Option<&[u8]>, _>(8) {
+            Ok(None) => None,
+            _ => Some(text(8, "task")?),
+        };
+        let timeout: Option<PgInterval> = row
+            .try_get_unchecked(13)
+            .map_err(|e| format!("its timeout cannot be read: {e}"))?;
+        Ok(Job::claimed(crate::job::ClaimedParts {
+            id: JobId(id),
+            queue: names.queue(&queue),
+            task: task.map(|task| names.task(task)),
+            data: match row.try_get_unchecked::<Option<&[u8]>, _>(9) {
+                Ok(Some(_)) => text(9, "data")?.to_owned(),
+                _ => String::from_utf8(large.remove(&id).unwrap_or_default())
+                    .map_err(|_| "its data is not valid UTF-8 text".to_owned())?,
+            },
+            attempts: u32::try_from(row.try_get_unchecked::<i32, _>(2).unwrap_or(0)).unwrap_or(0),
+            rescues: u32::try_from(row.try_get_unchecked::<i32, _>(3).unwrap_or(0)).unwrap_or(0),
+            enqueued_at: row
+                .try_get_unchecked::<Timestamp, _>(10)
+                .map_err(|e| e.to_string())?
+                .required("enqueued_at")?,
+            schedule_at: row
+                .try_get_unchecked::<Timestamp, _>(11)
+                .map_err(|e| e.to_string())?
+                .finite("schedule_at")?,
+            expected_at: match row.try_get_unchecked::<Option<Timestamp>, _>(12) {
+                Ok(Some(time)) => time.finite("expected_at")?,
+                Ok(None) => None,
+                Err(e) => return Err(e.to_string()),
+            },
+            timeout: timeout.map(interval_duration),
+            claim,
+            position: (position.expected, position.ready),
+            sql: std::sync::Arc::clone(sql),
+        }))
+    })();
+    Ok(ClaimedRow {
+        claim,
+        queue,
+        position,
+        job,
+    })
+}
+
+/// An interval as a duration: months of 30 days, days of 24 hours; negative parts count as
+/// nothing, and the whole is at most [`MAX_DELAY`].
+fn interval_duration(interval: PgInterval) -> Duration {
+    let days = i64::from(interval.months.max(0)) * 30 + i64::from(interval.days.max(0));
+    let micros = days
+        .saturating_mul(86_400_000_000)
+        .saturating_add(interval.microseconds.max(0));
+    Duration::from_micros(u64::try_from(micros).unwrap_or(0)).min(MAX_DELAY)
+}
+
+impl Job {
+    /// The claim this job was taken under, for jobs a worker claimed.
+    pub fn claim(&self) -> Option<Claim> {
+        self.claimed_info().map(|info| info.claim)
+    }
+
+    fn position(&self) -> Option<Position> {
+        self.claimed_info().map(|claimed| Position {
+            expected: claimed.position.0,
+            ready: claimed.position.1,
+            id: self.id().0,
+        })
     }
 }

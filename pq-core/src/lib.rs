@@ -16,8 +16,10 @@ mod migrate;
 mod pq;
 mod queue;
 mod sql;
+mod timestamp;
 mod transaction;
 mod when;
+mod workers;
 
 pub use admin::{
     Admin, AttemptError, Batch, JobFilter, JobInfo, JobState, Page, ParseJobStateError, QueueStats,
@@ -26,9 +28,11 @@ pub use admin::{
 pub use enqueue::{Enqueue, OnConnection};
 pub use error::{Error, Result};
 pub use job::{Job, JobId, NewJob};
-pub use lease::{Claim, Failure, Subscription};
-pub use migrate::{Migration, MIGRATIONS};
-pub use pq::{Pq, PqBuilder, DEFAULT_GET_TIMEOUT};
-pub use queue::{Put, PutMany, Queue};
+pub use lease::{Claim, ClaimQueues, Claimed, Failed, Failure, CURSOR_LIFETIME};
+pub use listen::Subscription;
+pub use migrate::{Function, Migration, FUNCTIONS, LATEST, MIGRATIONS};
+pub use pq::{Pq, PqBuilder, DEFAULT_GET_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
+pub use queue::{IdleDelay, Put, PutMany, Queue};
 pub use transaction::Transaction;
 pub use when::{parse_duration, IntoWhen, When, MAX_DELAY};
+pub use workers::{Heartbeat, WorkerId, WorkerInfo, WorkerRow};

@@ -21,29 +21,80 @@ pub(crate) struct Listener {
     task: OnceCell<JoinHandle<()>>,
 }
 
-/// A [`Notify`] per queue name that someone waits on.
+/// Who waits on which queue: a [`Notify`] per subscription, under each of its queues. The map
+/// holds them weakly, and forgets a queue once no subscription of it is left, so that a process
+/// waiting on ever new queue names does not grow it without bound.
 #[derive(Default)]
 struct Waiters {
-    queues: Mutex<HashMap<String, Arc<Notify>>>,
+    queues: Mutex<Queues>,
+}
+
+#[derive(Default)]
+struct Queues {
+    by_name: HashMap<String, Vec<Weak<Notify>>>,
+    /// The map's size after its last sweep: it is swept again once it has doubled.
+    swept_at: usize,
 }
 
 impl Waiters {
-    fn get(&self, queue: &str) -> Arc<Notify> {
-        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(queues.entry(queue.to_owned()).or_default())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn subscribe(&self, queues: &[&str]) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        let mut map = self.lock();
+        for queue in queues {
+            map.by_name
+                .entry((*queue).to_owned())
+                .or_default()
+                .push(Arc::downgrade(&notify));
+        }
+        if map.by_name.len() > 2 * map.swept_at.max(16) {
+            map.by_name.retain(|_, waiters| {
+                waiters.retain(|w| w.strong_count() > 0);
+                !waiters.is_empty()
+            });
+            map.swept_at = map.by_name.len();
+        }
+        notify
     }
 
     fn wake(&self, queue: &str) {
-        let queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.lock();
         if queue.is_empty() {
-            queues.values().for_each(|n| n.notify_waiters());
-        } else if let Some(notify) = queues.get(queue) {
-            notify.notify_waiters();
+            map.by_name
+                .values()
+                .flatten()
+                .filter_map(Weak::upgrade)
+                .for_each(|n| n.notify_waiters());
+            return;
+        }
+        let emptied = match map.by_name.get_mut(queue) {
+            Some(waiters) => {
+                waiters.retain(|waiter| match waiter.upgrade() {
+                    Some(notify) => {
+                        notify.notify_waiters();
+                        true
+                    }
+                    None => false,
+                });
+                waiters.is_empty()
+            }
+            None => false,
+        };
+        if emptied {
+            map.by_name.remove(queue);
         }
     }
 
     fn wake_all(&self) {
         self.wake("");
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().by_name.len()
     }
 }
 
@@ -57,10 +108,10 @@ impl Listener {
         }
     }
 
-    /// The [`Notify`] woken when a job is put on `queue`, or when notifications may have been
-    /// missed. The first call connects and LISTENs before it returns, so a job put after it
+    /// A [`Notify`] woken when a job is put on any of `queues`, or when notifications may have
+    /// been missed. The first call connects and LISTENs before it returns, so a job put after it
     /// returns is never missed.
-    pub async fn subscribe(&self, queue: &str) -> Result<Arc<Notify>> {
+    pub async fn subscribe(&self, queues: &[&str]) -> Result<Arc<Notify>> {
         self.task
             .get_or_try_init(|| async {
                 let listener = self.connect().await?;
@@ -73,7 +124,7 @@ impl Listener {
                 Ok::<_, crate::Error>(tokio::spawn(task.run(listener)))
             })
             .await?;
-        Ok(self.waiters.get(queue))
+        Ok(self.waiters.subscribe(queues))
     }
 
     async fn connect(&self) -> Result<PgListener> {
@@ -139,5 +190,48 @@ impl ListenTask {
                 Err(error) => tracing::warn!(%error, "pq: cannot LISTEN yet, retrying"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queues_no_one_waits_on_any_more_are_forgotten() {
+        let waiters = Waiters::default();
+        let kept = waiters.subscribe(&["kept"]);
+        for n in 0..10_000 {
+            drop(waiters.subscribe(&[&format!("queue {n}")]));
+        }
+        assert!(waiters.len() < 100, "{} queues remembered", waiters.len());
+        waiters.wake("kept");
+        drop(kept);
+        waiters.wake("kept");
+        assert!(waiters.len() < 100);
+    }
+}
+
+impl crate::Pq {
+    /// Notifications for `queues`: woken when a job is put on one of them, when a rescued,
+    /// released or rolled-back job returns to one, or when notifications may have been lost.
+    /// Take [`Subscription::notified`] before looking for jobs, so that one put in between
+    /// still wakes the wait.
+    pub async fn subscribe(&self, queues: &[&str]) -> Result<Subscription> {
+        Ok(Subscription(
+            self.listener().await?.subscribe(queues).await?,
+        ))
+    }
+}
+
+/// Wake-ups for some queues; see [`Pq::subscribe`](crate::Pq::subscribe).
+#[derive(Debug, Clone)]
+pub struct Subscription(Arc<Notify>);
+
+impl Subscription {
+    /// A future that completes at the next wake-up after it was created and enabled
+    /// (`Notified::enable`) or first polled. Spurious wake-ups happen; look again after one.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.notified()
     }
 }

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
 
 use crate::connections::Connections;
 use crate::enqueue::OnConnection;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::listen::Listener;
+use crate::migrate::LATEST;
 use crate::queue::Queue;
 use crate::sql::{Statements, TableName};
 
@@ -20,6 +22,9 @@ const IDLE_BEFORE_CHECK: Duration = Duration::from_secs(1);
 
 /// The default time a blocking [`get`](Queue::get) waits for a job.
 pub const DEFAULT_GET_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The default bound on each of pq's own statements, the wait for a connection included.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A handle on one queue table: cheap to clone, shared by every queue, consumer and worker of
 /// the process.
@@ -42,13 +47,22 @@ pub struct Pq {
 
 struct Inner {
     connections: Connections,
-    sql: Arc<Statements>,
-    listener: Listener,
+    /// The table as configured; its schema, when none was, is resolved once (see [`Resolved`]).
+    table: TableName,
+    resolved: Arc<OnceCell<Resolved>>,
     get_timeout: Duration,
+    statement_timeout: Duration,
+}
+
+/// What depends on the table's schema: its statements and its notification channel.
+struct Resolved {
+    sql: Arc<Statements>,
+    listener: Arc<Listener>,
 }
 
 impl Pq {
-    /// Connects to `url` with the default table `queue` in the connection's search path.
+    /// Connects to `url` with the default table `queue`, in the schema the connection's search
+    /// path makes current (usually `public`).
     pub async fn connect(url: &str) -> Result<Pq> {
         Pq::builder().connect(url).await
     }
@@ -59,13 +73,11 @@ impl Pq {
     }
 
     /// Uses an application's pool, with the default table `queue`.
-    pub fn from_pool(pool: PgPool) -> Pq {
-        Pq::builder()
-            .from_pool(pool)
-            .expect("the default table name is valid")
+    pub async fn from_pool(pool: PgPool) -> Result<Pq> {
+        Pq::builder().from_pool(pool).await
     }
 
-    /// Configures the table, schema, pool size and default timeout.
+    /// Configures the table, schema, pool size and timeouts.
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), pq::Error> {
@@ -82,11 +94,63 @@ impl Pq {
         PqBuilder::default()
     }
 
-    /// Creates the table, or brings it up to date, from the migrations in pq's `migrations/`
-    /// folder, recording what was applied. Idempotent, and safe to run from several processes
-    /// at once.
+    /// Creates the table, or brings it up to date, from the migrations and function
+    /// definitions in pq's `sql/` folder, recording what was applied. Idempotent, safe to run
+    /// from several processes at once, and online: no step holds a lock that puts, claims or
+    /// completions wait for beyond an instant (see docs/operating.md). A table migrated by a
+    /// newer pq is refused with [`Error::SchemaTooNew`].
     pub async fn create(&self) -> Result<()> {
-        crate::migrate::run(self.pool(), &self.inner.sql).await
+        self.migrate_to(LATEST).await
+    }
+
+    /// Applies the migrations up to `version` only (see [`MIGRATIONS`](crate::MIGRATIONS)), to
+    /// stage an upgrade: to build a large table's new index at a quiet hour, say. The table's
+    /// functions are defined once it reaches [`LATEST`](crate::LATEST), which this pq's workers
+    /// need.
+    pub async fn migrate_to(&self, version: i64) -> Result<()> {
+        let sql = self.statements().await?;
+        crate::migrate::run(self.pool(), sql, version).await
+    }
+
+    /// The newest migration applied to the table (0 if it has none).
+    pub async fn schema_version(&self) -> Result<i64> {
+        let sql = self.statements().await?;
+        let version = self
+            .with_connection("reading the schema version", async |connection| {
+                Ok(sqlx::query_scalar(&sql.schema_version)
+                    .fetch_one(connection)
+                    .await)
+            })
+            .await?;
+        match version {
+            Ok(version) => Ok(version),
+            // No migrations table: nothing was ever migrated.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => Ok(0),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Checks that the table has every migration this pq needs ([`Error::SchemaTooOld`]
+    /// otherwise), and warns when a newer pq has migrated it since: this one then keeps
+    /// working, as migrations only add to what older pqs use, but should be upgraded.
+    pub async fn check_schema(&self) -> Result<()> {
+        let applied = self.schema_version().await?;
+        if applied < LATEST {
+            return Err(Error::SchemaTooOld {
+                table: self.table(),
+                applied,
+                needed: LATEST,
+            });
+        }
+        if applied > LATEST {
+            tracing::warn!(
+                table = %self.table(),
+                applied,
+                known = LATEST,
+                "pq: the table was migrated by a newer pq; upgrade this program"
+            );
+        }
+        Ok(())
     }
 
     /// A handle on the queue of this name. Any non-empty name works, including spaces, quotes,
@@ -100,36 +164,157 @@ impl Pq {
         self.inner.connections.pool()
     }
 
+    /// A handle on the same table with a pool of its own of at most `max_connections`, opened
+    /// only as they are needed, from the same options: a worker's bookkeeping must never wait
+    /// behind its handlers, or the application, for a connection.
+    pub fn with_own_pool(&self, max_connections: u32) -> Pq {
+        let pool = pool_options(max_connections)
+            .connect_lazy_with(self.pool().connect_options().as_ref().clone());
+        Pq {
+            inner: Arc::new(Inner {
+                connections: Connections::new(pool),
+                table: self.inner.table.clone(),
+                resolved: Arc::clone(&self.inner.resolved),
+                get_timeout: self.inner.get_timeout,
+                statement_timeout: self.inner.statement_timeout,
+            }),
+        }
+    }
+
     /// Runs pq's own `statements` on a connection kept warm between them (see
-    /// [`Connections`]): kept for the next statements if these succeeded, back to the pool if
-    /// they failed.
+    /// [`Connections`]), within the handle's statement timeout (the wait for the connection
+    /// included): kept for the next statements if these succeeded, back to the pool if they
+    /// failed, closed if they did not finish.
     pub(crate) async fn with_connection<T>(
         &self,
+        what: &'static str,
         statements: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
     ) -> Result<T> {
-        let mut connection = self.inner.connections.acquire().await?;
-        let output = statements(&mut connection).await?;
-        connection.keep();
-        Ok(output)
+        let timeout = self.inner.statement_timeout;
+        let run = async {
+            let mut connection = self.inner.connections.acquire().await?;
+            let output = statements(&mut connection).await;
+            match output {
+                Ok(output) => {
+                    connection.keep();
+                    Ok(output)
+                }
+                Err(error) => {
+                    connection.finished();
+                    Err(error)
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, run).await {
+            Ok(output) => output,
+            Err(_) => Err(Error::Timeout {
+                what,
+                after: timeout,
+            }),
+        }
+    }
+
+    /// The bound on each of pq's statements.
+    pub(crate) fn statement_timeout(&self) -> Duration {
+        self.inner.statement_timeout
+    }
+
+    /// Wakes the consumers of these queues, as a put would.
+    pub(crate) async fn wake(&self, mut queues: Vec<String>) -> Result<()> {
+        if queues.is_empty() {
+            return Ok(());
+        }
+        queues.sort_unstable();
+        queues.dedup();
+        // A NOTIFY payload is at most 8000 bytes: a longer name wakes every queue.
+        for queue in &mut queues {
+            if queue.len() >= 8000 {
+                queue.clear();
+            }
+        }
+        let sql = self.statements().await?;
+        self.with_connection("a notification", async |connection| {
+            sqlx::query(&sql.notify)
+                .bind(&sql.channel)
+                .bind(&queues)
+                .execute(connection)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// This table, bound to a connection of the caller's, for example one inside the caller's
     /// own sqlx transaction (`pq.on(&mut *tx)`), to enqueue tasks there.
     pub fn on<'c>(&'c self, connection: &'c mut PgConnection) -> OnConnection<'c> {
-        OnConnection::new(&self.inner.sql, connection)
+        OnConnection::new(self, connection)
     }
 
-    /// The table, as written in SQL: `"schema"."table"` or `"table"`.
+    /// The table, as written in SQL: `"schema"."table"`. For a handle from
+    /// [`connect_lazy`](Pq::connect_lazy) without a schema, `"table"` until its first statement
+    /// resolved the schema.
     pub fn table(&self) -> String {
-        self.inner.sql.table.qualified()
+        match self.inner.resolved.get() {
+            Some(resolved) => resolved.sql.table.qualified(),
+            None => self.inner.table.qualified(),
+        }
     }
 
-    pub(crate) fn sql(&self) -> &Arc<Statements> {
-        &self.inner.sql
+    /// The statements, once the table's schema is known: given, or else the connections'
+    /// current schema, asked once. Resolving it once keeps every statement on one table, where
+    /// a search path that the application changes per connection would otherwise move them.
+    pub(crate) async fn statements(&self) -> Result<&Arc<Statements>> {
+        Ok(&self.resolved().await?.sql)
     }
 
-    pub(crate) fn listener(&self) -> &Listener {
-        &self.inner.listener
+    pub(crate) async fn listener(&self) -> Result<&Arc<Listener>> {
+        Ok(&self.resolved().await?.listener)
+    }
+
+    async fn resolved(&self) -> Result<&Resolved> {
+        self.inner
+            .resolved
+            .get_or_try_init(|| async {
+                let table = match &self.inner.table.schema {
+                    Some(_) => self.inner.table.clone(),
+                    None => {
+                        let schema = self.current_schema().await?;
+                        TableName::new(Some(&schema), &self.inner.table.table)?
+                    }
+                };
+                let sql = Arc::new(Statements::new(table));
+                let listener = Arc::new(Listener::new(
+                    sql.channel.clone(),
+                    self.pool().connect_options().as_ref().clone(),
+                ));
+                Ok::<_, Error>(Resolved { sql, listener })
+            })
+            .await
+    }
+
+    /// The schema the connections' search path makes current.
+    async fn current_schema(&self) -> Result<String> {
+        let options = self.pool().connect_options();
+        let timeout = self.inner.statement_timeout;
+        let ask = async {
+            let mut connection = PgConnection::connect_with(&options).await?;
+            let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
+                .fetch_one(&mut connection)
+                .await?;
+            let _ = connection.close().await;
+            Ok::<_, Error>(schema)
+        };
+        let schema = tokio::time::timeout(timeout, ask)
+            .await
+            .unwrap_or(Err(Error::Timeout {
+                what: "asking for the current schema",
+                after: timeout,
+            }))?;
+        schema.ok_or_else(|| Error::InvalidIdentifier {
+            kind: "schema",
+            name: String::new(),
+            reason: "none was given, and the connection's search path names no schema that exists",
+        })
     }
 }
 
@@ -148,6 +333,7 @@ pub struct PqBuilder {
     table: String,
     max_connections: u32,
     get_timeout: Duration,
+    statement_timeout: Duration,
 }
 
 impl Default for PqBuilder {
@@ -157,13 +343,14 @@ impl Default for PqBuilder {
             table: "queue".to_owned(),
             max_connections: 10,
             get_timeout: DEFAULT_GET_TIMEOUT,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
         }
     }
 }
 
 impl PqBuilder {
-    /// The schema of the table (default: the first of the connection's search path).
-    /// [`Pq::create`] creates it if needed.
+    /// The schema of the table (default: the connections' current schema, asked once when
+    /// connecting). [`Pq::create`] creates it if needed.
     pub fn schema(mut self, schema: &str) -> Self {
         self.schema = Some(schema.to_owned());
         self
@@ -175,7 +362,9 @@ impl PqBuilder {
         self
     }
 
-    /// The size of the pool that [`connect`](PqBuilder::connect) opens (default 10).
+    /// The size of the pool that [`connect`](PqBuilder::connect) opens (default 10). A worker
+    /// does not need room in it: it opens a pool of its own for its bookkeeping and its
+    /// handlers' transactions.
     pub fn max_connections(mut self, max: u32) -> Self {
         self.max_connections = max;
         self
@@ -187,52 +376,70 @@ impl PqBuilder {
         self
     }
 
-    /// Connects a pool to `url`.
+    /// The bound on each statement pq runs on its own connections, the wait for a connection
+    /// included (default 5 s): past it, the call fails with [`Error::Timeout`] and the
+    /// connection is closed, so that a server that hangs or a network that drops packets never
+    /// holds up an enqueue, a claim or a completion for longer. Statements in your own
+    /// transactions are yours to bound.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Connects a pool to `url`, and resolves the table's schema if none was given.
     pub async fn connect(self, url: &str) -> Result<Pq> {
         let options: PgConnectOptions = url.parse()?;
-        let pool = self.pool_options().connect_with(options).await?;
-        self.from_pool(pool)
+        let pool = pool_options(self.max_connections)
+            .connect_with(options)
+            .await?;
+        self.from_pool(pool).await
     }
 
-    /// A pool that connects to `url` when first used.
+    /// A pool that connects to `url` when first used; the schema, if none was given, is
+    /// resolved by the first statement.
     pub fn connect_lazy(self, url: &str) -> Result<Pq> {
         let options: PgConnectOptions = url.parse()?;
-        let pool = self.pool_options().connect_lazy_with(options);
-        self.from_pool(pool)
+        let pool = pool_options(self.max_connections).connect_lazy_with(options);
+        self.handle(pool)
     }
 
-    /// Uses the application's pool.
-    pub fn from_pool(self, pool: PgPool) -> Result<Pq> {
+    /// Uses the application's pool, and resolves the table's schema if none was given.
+    pub async fn from_pool(self, pool: PgPool) -> Result<Pq> {
+        let pq = self.handle(pool)?;
+        pq.resolved().await?;
+        Ok(pq)
+    }
+
+    fn handle(self, pool: PgPool) -> Result<Pq> {
         let table = TableName::new(self.schema.as_deref(), &self.table)?;
-        let sql = Arc::new(Statements::new(table));
-        let listener = Listener::new(sql.channel.clone(), pool.connect_options().as_ref().clone());
         Ok(Pq {
             inner: Arc::new(Inner {
                 connections: Connections::new(pool),
-                sql,
-                listener,
+                table,
+                resolved: Arc::default(),
                 get_timeout: self.get_timeout,
+                statement_timeout: self.statement_timeout,
             }),
         })
     }
+}
 
-    fn pool_options(&self) -> PgPoolOptions {
-        PgPoolOptions::new()
-            .max_connections(self.max_connections)
-            // Fail fast when the database is down rather than hang a caller.
-            .acquire_timeout(Duration::from_secs(5))
-            // sqlx checks every connection with a round trip before handing it out, which
-            // costs a busy producer a sixth of its enqueues. Check only one that sat idle, as
-            // pgx's pool does: a connection in use moments ago is alive, and a server restart
-            // is found by the idle check of the connections it dropped.
-            .test_before_acquire(false)
-            .before_acquire(|connection, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= IDLE_BEFORE_CHECK {
-                        connection.ping().await?;
-                    }
-                    Ok(true)
-                })
+fn pool_options(max_connections: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        // Fail fast when the database is down rather than hang a caller.
+        .acquire_timeout(Duration::from_secs(5))
+        // sqlx checks every connection with a round trip before handing it out, which
+        // costs a busy producer a sixth of its enqueues. Check only one that sat idle, as
+        // pgx's pool does: a connection in use moments ago is alive, and a server restart
+        // is found by the idle check of the connections it dropped.
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= IDLE_BEFORE_CHECK {
+                    connection.ping().await?;
+                }
+                Ok(true)
             })
-    }
+        })
 }

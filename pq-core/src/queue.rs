@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_core::Stream;
 use serde::Serialize;
-use sqlx::{PgConnection, PgExecutor, Row};
+use sqlx::{Connection, PgConnection, PgExecutor, Row};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -73,11 +73,7 @@ impl Queue {
     /// for the new job's id, after setting `schedule_at`/`expected_at` if wanted, or run it on
     /// an executor of your own with [`Put::execute`].
     pub fn put<T: Serialize + ?Sized>(&self, data: &T) -> Put<'_> {
-        Put::new(
-            self.pq.sql(),
-            Target::Pq(&self.pq),
-            NewJob::new(&self.name, data),
-        )
+        Put::new(&self.pq, Target::Pq, NewJob::new(&self.name, data))
     }
 
     /// Puts every item of `items` in one statement and one round trip; await it for their ids,
@@ -101,8 +97,8 @@ impl Queue {
                 .collect()
         });
         PutMany {
-            sql: self.pq.sql(),
-            target: Target::Pq(&self.pq),
+            pq: &self.pq,
+            target: Target::Pq,
             queue: &self.name,
             data,
             schedule_at: None,
@@ -124,9 +120,7 @@ impl Queue {
     /// Takes the next ready job if there is one, without waiting.
     pub async fn try_get(&self) -> Result<Option<Job>> {
         check_queue_name(&self.name)?;
-        self.pq
-            .with_connection(async |connection| take(self.pq.sql(), connection, &self.name).await)
-            .await
+        take_committed(self).await
     }
 
     /// The jobs of this queue as an endless stream: it waits while the queue is empty, and
@@ -155,9 +149,15 @@ impl Queue {
 
     /// How many jobs are ready now (scheduled ones count once due).
     pub async fn len(&self) -> Result<u64> {
-        let count: i64 = sqlx::query_scalar(&self.pq.sql().len)
-            .bind(&*self.name)
-            .fetch_one(self.pq.pool())
+        let sql = self.pq.statements().await?;
+        let count: i64 = self
+            .pq
+            .with_connection("counting jobs", async |connection| {
+                Ok(sqlx::query_scalar(&sql.len)
+                    .bind(&*self.name)
+                    .fetch_one(connection)
+                    .await?)
+            })
             .await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
@@ -169,11 +169,16 @@ impl Queue {
 
     /// Removes every job of this queue, whatever its state; returns how many.
     pub async fn clear(&self) -> Result<u64> {
-        let done = sqlx::query(&self.pq.sql().clear)
-            .bind(&*self.name)
-            .execute(self.pq.pool())
-            .await?;
-        Ok(done.rows_affected())
+        let sql = self.pq.statements().await?;
+        self.pq
+            .with_connection("clearing a queue", async |connection| {
+                let done = sqlx::query(&sql.clear)
+                    .bind(&*self.name)
+                    .execute(connection)
+                    .await?;
+                Ok(done.rows_affected())
+            })
+            .await
     }
 
     /// Starts a transaction on this queue: jobs taken in it return to the queue, and jobs put
@@ -183,35 +188,149 @@ impl Queue {
     }
 }
 
-/// Takes one ready job on `executor`, marking it taken.
-pub(crate) async fn take<'e>(
+/// Takes one ready job in the caller's transaction on `connection`, marking it taken; a job
+/// whose row pq cannot read is failed with the reason instead (in the same transaction), and the
+/// next one taken.
+pub(crate) async fn take(
     sql: &Arc<Statements>,
-    executor: impl PgExecutor<'e>,
+    connection: &mut PgConnection,
     queue: &str,
 ) -> Result<Option<Job>> {
-    let row = sqlx::query(&sql.get)
-        .bind(queue)
-        .fetch_optional(executor)
-        .await?;
-    row.map(|row| Job::from_row(&row, sql)).transpose()
+    loop {
+        let row = sqlx::query(&sql.get)
+            .bind(queue)
+            .fetch_optional(&mut *connection)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        match Job::got(&row, sql) {
+            Err(Error::Unreadable { id, reason }) => {
+                fail_unreadable(sql, connection, id, &reason).await?;
+            }
+            job => return job.map(Some),
+        }
+    }
 }
 
-/// Seconds until the queue's earliest scheduled job is due, if it has one.
-async fn seconds_to_next_due<'e>(
+async fn fail_unreadable(
     sql: &Statements,
-    executor: impl PgExecutor<'e>,
-    queue: &str,
-) -> Result<Option<f64>> {
-    let seconds: Option<f64> = sqlx::query_scalar(&sql.next_due)
-        .bind(queue)
-        .fetch_one(executor)
+    connection: &mut PgConnection,
+    id: i64,
+    reason: &str,
+) -> Result<()> {
+    tracing::error!(
+        job_id = id,
+        reason,
+        "pq: a job's row cannot be read; it is failed"
+    );
+    sqlx::query(&sql.fail_unreadable)
+        .bind(id)
+        .bind(format!("cannot be read: {reason}"))
+        .execute(connection)
         .await?;
-    Ok(seconds)
+    Ok(())
+}
+
+/// Takes one ready job outside any transaction of the caller's, so that it is never lost between
+/// the database and the caller: the job is marked taken in a transaction of pq's own that
+/// commits only once its row is in hand. Should the caller drop the call (a timeout, a
+/// `select!`) while the commit is under way, or the commit's answer be lost, the job is given
+/// back to the queue (see [`GiveBack`]); dropped earlier, the transaction rolls back with its
+/// connection.
+async fn take_committed(queue: &Queue) -> Result<Option<Job>> {
+    let pq = &queue.pq;
+    let sql = pq.statements().await?;
+    pq.with_connection("a get", async |connection| loop {
+        let mut tx = connection.begin().await?;
+        let row = sqlx::query(&sql.get)
+            .bind(&*queue.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let job = match Job::got(&row, sql) {
+            Err(Error::Unreadable { id, reason }) => {
+                fail_unreadable(sql, &mut tx, id, &reason).await?;
+                tx.commit().await?;
+                continue;
+            }
+            job => job?,
+        };
+        let give_back = GiveBack::new(pq, &job);
+        tx.commit().await?;
+        give_back.disarm();
+        return Ok(Some(job));
+    })
+    .await
+}
+
+/// Gives a taken job back to its queue when dropped armed: its `get` was dropped or failed
+/// while committing, so its caller never got it though the take may have committed. Fenced by
+/// the time the job was taken, so that it never touches the job once someone took it again.
+struct GiveBack {
+    back: Option<(Pq, i64, crate::timestamp::Timestamp)>,
+}
+
+impl GiveBack {
+    fn new(pq: &Pq, job: &Job) -> Self {
+        Self {
+            back: job.got_at().map(|at| (pq.clone(), job.id().0, at)),
+        }
+    }
+
+    fn disarm(mut self) {
+        self.back = None;
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        let Some((pq, id, taken_at)) = self.back.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                job_id = id,
+                "pq: a job taken by a dropped get cannot be given back: no runtime"
+            );
+            return;
+        };
+        runtime.spawn(async move {
+            // A minute of tries: the database may be the reason the get failed.
+            let mut delay = Duration::from_millis(100);
+            for _ in 0..10 {
+                let sql = match pq.statements().await {
+                    Ok(sql) => sql,
+                    Err(_) => return,
+                };
+                let given = pq
+                    .with_connection("giving a job back", async |connection| {
+                        Ok(sqlx::query(&sql.give_back)
+                            .bind(id)
+                            .bind(taken_at)
+                            .execute(connection)
+                            .await?)
+                    })
+                    .await;
+                match given {
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::warn!(job_id = id, %error, "pq: cannot give back a job a dropped get took; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(10));
+                    }
+                }
+            }
+            tracing::error!(job_id = id, "pq: a job a dropped get took could not be given back; it stays done");
+        });
+    }
 }
 
 /// The blocking get: take a job, or wait for a notification, the earliest scheduled job, or
-/// the timeout, whichever comes first. On `connection` when inside a transaction; otherwise on
-/// a connection of pq's own, held only while it looks.
+/// the timeout, whichever comes first. Takes in the caller's transaction on `connection` when
+/// given one; registers as waiting on a connection of pq's own either way, whose transaction
+/// ends with the statement, so that the wait lock never stays held.
 pub(crate) async fn wait_for_job(
     queue: &Queue,
     mut connection: Option<&mut PgConnection>,
@@ -219,84 +338,120 @@ pub(crate) async fn wait_for_job(
 ) -> Result<Option<Job>> {
     check_queue_name(&queue.name)?;
     let deadline = Instant::now() + timeout;
-    let wake = queue.pq.listener().subscribe(&queue.name).await?;
+    let wake = queue.pq.listener().await?.subscribe(&[&queue.name]).await?;
+    let mut idle = IdleDelay::default();
     loop {
         // Registered before looking, so a job put between the look and the wait still wakes us.
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
 
-        let looked = match connection.as_deref_mut() {
-            Some(conn) => look(queue, conn, deadline).await?,
-            None => {
-                queue
-                    .pq
-                    .with_connection(async |conn| look(queue, conn, deadline).await)
-                    .await?
-            }
-        };
-        let next_due = match looked {
-            Look::Found(job) => return Ok(Some(job)),
-            Look::TimedOut => return Ok(None),
-            Look::Wait { next_due } => next_due,
-        };
-        let mut wait = deadline.saturating_duration_since(Instant::now());
-        if let Some(seconds) = next_due {
-            wait = wait.min(Duration::from_secs_f64(seconds.max(0.0)));
+        if let Some(job) = look(queue, connection.as_deref_mut()).await? {
+            return Ok(Some(job));
         }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        let wait = queue.pq.register_waiting(&[queue.name.as_ref()]).await?;
+        // Registered as waiting now, so every later put notifies; a put that committed before
+        // did not, and this look finds it.
+        if let Some(job) = look(queue, connection.as_deref_mut()).await? {
+            return Ok(Some(job));
+        }
+        let mut sleep = deadline.saturating_duration_since(Instant::now());
+        sleep = sleep.min(idle.next(wait, Duration::from_secs(1)));
         tokio::select! {
             () = notified => {}
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(sleep) => {}
         }
     }
 }
 
-/// What one look of a blocking get found.
-enum Look {
-    Found(Job),
-    TimedOut,
-    /// Nothing: wait, at most this many seconds if a scheduled job is due then.
-    Wait {
-        next_due: Option<f64>,
-    },
+async fn look(queue: &Queue, connection: Option<&mut PgConnection>) -> Result<Option<Job>> {
+    match connection {
+        Some(connection) => {
+            let sql = queue.pq.statements().await?;
+            take(sql, connection, &queue.name).await
+        }
+        None => take_committed(queue).await,
+    }
 }
 
-async fn look(queue: &Queue, conn: &mut PgConnection, deadline: Instant) -> Result<Look> {
-    let sql = queue.pq.sql();
-    if let Some(job) = take(sql, &mut *conn, &queue.name).await? {
-        return Ok(Look::Found(job));
+/// How long a waiting consumer sleeps, from what [`Pq::register_waiting`] said: as long as it
+/// allows, at most `poll`; or, when it could not make sure that every put it may have missed
+/// has committed, 20 ms, doubling at each such look in a row, up to `poll`. A transaction that
+/// enqueued and stays open then costs a few looks, not a spin.
+#[derive(Debug, Default)]
+pub struct IdleDelay {
+    unproven: u32,
+}
+
+impl IdleDelay {
+    /// The first delay after an unproven wait.
+    const FIRST: Duration = Duration::from_millis(20);
+
+    /// The sleep after a registration that said `registered`.
+    pub fn next(&mut self, registered: Option<Duration>, poll: Duration) -> Duration {
+        match registered {
+            Some(wait) => {
+                self.unproven = 0;
+                wait.min(poll)
+            }
+            None => {
+                let delay = Self::FIRST.saturating_mul(1 << self.unproven.min(16));
+                self.unproven = self.unproven.saturating_add(1);
+                delay.min(poll)
+            }
+        }
     }
-    if Instant::now() >= deadline {
-        return Ok(Look::TimedOut);
+}
+
+impl Pq {
+    /// Registers the caller as about to wait for jobs of `queues`, and returns how long it may
+    /// sleep: until the earliest scheduled job of those queues is due, at most about 9 s (the
+    /// registration lasts 10 s; call again to renew it). `None` when it could not make sure
+    /// that a put it may have missed has committed (some transaction that enqueued is still
+    /// open): look again shortly, longer each time (see docs/guarantees.md).
+    ///
+    /// Puts on a queue notify only while some consumer of it is registered (a NOTIFY
+    /// serialises commits, so pq spares it while every consumer of the queue is busy). So an
+    /// idle loop goes: claim; if nothing, call this; claim once more (it finds any job whose put
+    /// committed before the registration and so did not notify); then sleep until notified or
+    /// for the time returned.
+    pub async fn register_waiting(&self, queues: &[&str]) -> Result<Option<Duration>> {
+        let sql = self.statements().await?;
+        let seconds: Option<f64> = self
+            .with_connection("registering a wait", async |connection| {
+                Ok(sqlx::query_scalar(&sql.wait)
+                    .bind(queues)
+                    .fetch_one(connection)
+                    .await?)
+            })
+            .await?;
+        Ok(seconds.map(|s| Duration::from_secs_f64(s.clamp(0.0, 86_400.0))))
     }
-    let next_due = seconds_to_next_due(sql, &mut *conn, &queue.name).await?;
-    // Registered as waiting now, so every later put notifies; a put that committed before
-    // did not, and this look finds it.
-    if let Some(job) = take(sql, &mut *conn, &queue.name).await? {
-        return Ok(Look::Found(job));
-    }
-    Ok(Look::Wait { next_due })
 }
 
 /// A job being put: set its times, then await it (on the queue's pool) or
 /// [`execute`](Put::execute) it on an executor of yours.
 #[must_use = "nothing is put until the Put is awaited or executed"]
 pub struct Put<'a> {
-    sql: &'a Arc<Statements>,
+    pq: &'a Pq,
     target: Target<'a>,
     job: Result<NewJob>,
 }
 
 /// Where an awaited [`Put`] or [`PutMany`] runs.
 pub(crate) enum Target<'a> {
-    /// The table's own pool, through [`Pq::connection`].
-    Pq(&'a Pq),
+    /// A connection of the table's own, through [`Pq::with_connection`].
+    Pq,
+    /// The caller's (a [`Transaction`]'s).
     Connection(&'a mut PgConnection),
 }
 
 impl<'a> Put<'a> {
-    pub(crate) fn new(sql: &'a Arc<Statements>, target: Target<'a>, job: Result<NewJob>) -> Self {
-        Self { sql, target, job }
+    pub(crate) fn new(pq: &'a Pq, target: Target<'a>, job: Result<NewJob>) -> Self {
+        Self { pq, target, job }
     }
 
     /// Not handed out before this time: `"5m"`, a `DateTime<Utc>`, a `Duration`...
@@ -327,7 +482,8 @@ impl<'a> Put<'a> {
     /// # Ok(()) }
     /// ```
     pub async fn execute<'e>(self, executor: impl PgExecutor<'e>) -> Result<JobId> {
-        insert(self.sql, executor, self.job?).await
+        let job = self.job?;
+        insert(self.pq.statements().await?, executor, job).await
     }
 }
 
@@ -339,8 +495,8 @@ impl<'a> IntoFuture for Put<'a> {
         Box::pin(async move {
             let job = self.job?;
             match self.target {
-                Target::Pq(pq) => insert_warm(pq, job).await,
-                Target::Connection(conn) => insert(self.sql, conn, job).await,
+                Target::Pq => insert_warm(self.pq, job).await,
+                Target::Connection(conn) => insert(self.pq.statements().await?, conn, job).await,
             }
         })
     }
@@ -348,8 +504,11 @@ impl<'a> IntoFuture for Put<'a> {
 
 /// Writes one job on a connection of `pq`'s own, returning its id.
 pub(crate) async fn insert_warm(pq: &Pq, job: NewJob) -> Result<JobId> {
-    pq.with_connection(async |connection| insert(pq.sql(), connection, job).await)
-        .await
+    let sql = pq.statements().await?;
+    pq.with_connection("an enqueue", async |connection| {
+        insert(sql, connection, job).await
+    })
+    .await
 }
 
 /// Writes one job, returning its id.
@@ -367,6 +526,7 @@ pub(crate) async fn insert<'e>(
         .bind(job.schedule_at.and_then(When::in_micros))
         .bind(job.expected_at.and_then(When::at))
         .bind(job.expected_at.and_then(When::in_micros))
+        .bind(job.timeout.map(crate::lease::micros))
         .fetch_one(executor)
         .await?;
     Ok(JobId(id))
@@ -375,7 +535,7 @@ pub(crate) async fn insert<'e>(
 /// A batch of jobs being put; see [`Queue::put_many`].
 #[must_use = "nothing is put until the PutMany is awaited or executed"]
 pub struct PutMany<'a> {
-    sql: &'a Arc<Statements>,
+    pq: &'a Pq,
     target: Target<'a>,
     queue: &'a str,
     /// Each job's data, as JSON text.
@@ -399,13 +559,14 @@ impl<'a> PutMany<'a> {
 
     /// Writes the batch on `executor`, in one statement.
     pub async fn execute<'e>(self, executor: impl PgExecutor<'e>) -> Result<Vec<JobId>> {
-        let (batch, _) = self.prepare()?;
+        let sql = self.pq.statements().await?;
+        let (batch, _) = self.prepare(sql)?;
         insert_many(executor, &batch).await
     }
 
-    fn prepare(self) -> Result<(Batch<'a>, Target<'a>)> {
+    fn prepare(self, sql: &'a Statements) -> Result<(Batch<'a>, Target<'a>)> {
         let batch = Batch {
-            sql: self.sql,
+            sql,
             queue: self.queue,
             data: self.data?,
             schedule_at: self.schedule_at.transpose()?,
@@ -424,11 +585,15 @@ impl<'a> IntoFuture for PutMany<'a> {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(async move {
-            let (batch, target) = self.prepare()?;
+            let pq = self.pq;
+            let sql = pq.statements().await?;
+            let (batch, target) = self.prepare(sql)?;
             match target {
-                Target::Pq(pq) => {
-                    pq.with_connection(async |connection| insert_many(connection, &batch).await)
-                        .await
+                Target::Pq => {
+                    pq.with_connection("an enqueue", async |connection| {
+                        insert_many(connection, &batch).await
+                    })
+                    .await
                 }
                 Target::Connection(conn) => insert_many(conn, &batch).await,
             }

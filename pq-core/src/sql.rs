@@ -3,13 +3,8 @@
 
 use crate::error::{Error, Result};
 
-/// The dequeue order. It matches the dequeue index column for column, so a `get` (and the claim,
-/// `migrations/0009_claim_with_a_cached_plan.sql`) reads the index in order and stops after the
-/// rows it takes. A job expected at no time sorts as if expected at infinity, after every job
-/// that is expected.
-const DEQUEUE_ORDER: &str = "schedule_at, COALESCE(expected_at, 'infinity'), id";
-
-/// A schema-qualified (or search-path) table name, validated.
+/// A table name, validated: its schema, when one is configured or once the connection's
+/// current schema has been resolved, and its name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct TableName {
     pub schema: Option<String>,
@@ -31,7 +26,7 @@ impl TableName {
         })
     }
 
-    /// `"schema"."table"`, or `"table"` resolved through the search path.
+    /// `"schema"."table"`, or `"table"` before the schema is resolved.
     pub fn qualified(&self) -> String {
         self.qualify(&quote(&self.table))
     }
@@ -74,14 +69,14 @@ impl TableName {
             .expect("some tag is free")
     }
 
-    /// The prefix of the settings that hold a connection's claim cursors, one a queue (see
-    /// `migrations/0009_claim_with_a_cached_plan.sql`).
+    /// The prefix of the settings that held a connection's claim cursors, for migration 0009's
+    /// claim function (superseded by `sql/functions/claim.sql`, which keeps none).
     pub fn claim_cursor(&self) -> String {
         format!("pq.claim_{:016x}_", fnv1a(self.qualified().as_bytes()))
     }
 
-    /// The advisory lock that orders inserts and waiting consumers (see
-    /// `migrations/0003_notify_only_waiters.sql`).
+    /// The advisory lock that orders puts and waiting consumers (see
+    /// `sql/functions/wait.sql`).
     pub fn wait_lock_key(&self) -> i64 {
         i64::from_ne_bytes(fnv1a(format!("pq wait {}", self.qualified()).as_bytes()).to_ne_bytes())
     }
@@ -113,9 +108,12 @@ pub(crate) fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
 
-/// Quotes a string literal for PostgreSQL (only for values fixed at migration time).
-fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// Quotes a string literal for PostgreSQL (only for names, fixed when the statements are
+/// rendered; values are bound). An escape string reads the same whatever
+/// `standard_conforming_strings` says, where a plain one would take a backslash in a name for an
+/// escape when it is off.
+pub(crate) fn quote_literal(value: &str) -> String {
+    format!("E'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 /// The qualified name of an object named after the table, as a string literal for `format()`:
@@ -127,14 +125,15 @@ fn format_literal(table: &TableName, suffix: &str) -> String {
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms, unlike `std`'s hasher.
-fn fnv1a(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
 }
 
-/// Fills in a migration's placeholders (see `migrations/0001_create_queue.sql`).
-pub(crate) fn render_migration(template: &str, table: &TableName) -> String {
+/// Fills in the placeholders of a migration or a function (see
+/// `sql/migrations/0001_create_queue.sql`).
+pub(crate) fn render(template: &str, table: &TableName) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -171,30 +170,48 @@ pub(crate) struct Statements {
     pub put: String,
     pub put_many: String,
     pub get: String,
-    pub next_due: String,
+    pub give_back: String,
+    pub fail_unreadable: String,
+    pub wait: String,
     pub len: String,
     pub clear: String,
     pub update_data: String,
     pub claim: String,
+    pub claimed_data: String,
     pub complete_delete: String,
     pub complete_keep: String,
     pub complete_delete_by_row: String,
     pub complete_keep_by_row: String,
     pub fail: String,
-    pub renew: String,
-    pub rescue: String,
-    pub notify: String,
     pub release: String,
+    pub register: String,
+    pub heartbeat: String,
+    pub register_again: String,
+    pub deregister: String,
+    pub release_held: String,
+    pub rescue: String,
+    pub reap_workers: String,
+    pub notify: String,
+    pub schema_version: String,
     pub migrations_table: String,
+    pub functions_table: String,
 }
+
+/// When a job became ready: when it was enqueued, or when its `schedule_at` fell due (a
+/// delayed job, a retry). The dequeue index orders by it (migration 0011).
+pub(crate) const READY_AT: &str = "GREATEST(schedule_at, enqueued_at)";
+
+/// A job's priority in the dequeue index: its `expected_at`, with the jobs expected at no time
+/// after all the others.
+pub(crate) const EXPECTED: &str = "COALESCE(expected_at, 'infinity')";
 
 impl Statements {
     pub fn new(table: TableName) -> Self {
         let t = table.qualified();
-        // Whether a put on queue $1 notified (see `migrations/0007_put_decides_to_notify.sql`):
-        // it takes the wait lock shared until it commits, then reads the table-wide
-        // registration; only while that holds, or while a consumer holds the lock, does it call
-        // the function that reads the queue's own registration and notifies.
+        // Whether a put on queue $1 notified (see `sql/functions/notify.sql`): it takes the
+        // wait lock shared until it commits, then reads the table-wide registration; only while
+        // that holds, or while someone else holds the lock, does it call the function that reads
+        // the queue's own registration and notifies.
         let notified = format!(
             "CASE WHEN (CASE WHEN pg_try_advisory_xact_lock_shared({lock}) \
                             THEN pg_sequence_last_value({waiting}::regclass) \
@@ -208,10 +225,11 @@ impl Statements {
         // `$n * interval '1 microsecond'` turns a bound delay into an interval; a NULL delay
         // leaves the time NULL so that COALESCE falls through to the next choice.
         let put = format!(
-            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at) \
+            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout) \
              VALUES ($1, $2, $3::json, \
                COALESCE($4, statement_timestamp() + $5 * interval '1 microsecond', '-infinity'), \
-               COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond')) \
+               COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond'), \
+               $8 * interval '1 microsecond') \
              RETURNING id, {notified} AS notified"
         );
         // The same decision once for the statement, not once a row: a sub-select's value.
@@ -223,36 +241,70 @@ impl Statements {
              FROM unnest($2::text[]) AS d \
              RETURNING id, (SELECT {notified}) AS notified"
         );
-        let ready = format!(
-            "SELECT id FROM {t} \
-             WHERE q_name = $1 AND state = 'queued' AND schedule_at <= statement_timestamp() \
-             ORDER BY {DEQUEUE_ORDER}"
-        );
+        // The first ready job of queue $1 in dequeue order, as the claim reads it
+        // (`sql/functions/claim.sql`): the jobs with an expected time, then the others.
+        let ready = |extra: &str| {
+            format!(
+                "SELECT * FROM (SELECT id FROM {t} \
+                   WHERE q_name = $1 AND state = 'queued' AND {EXPECTED} < 'infinity' \
+                     AND {READY_AT} <= statement_timestamp() \
+                   ORDER BY {EXPECTED}, {READY_AT}, id LIMIT 1 {extra}) AS expected_first \
+                 UNION ALL \
+                 SELECT * FROM (SELECT id FROM {t} \
+                   WHERE q_name = $1 AND state = 'queued' AND {EXPECTED} = 'infinity' \
+                     AND {READY_AT} <= statement_timestamp() \
+                   ORDER BY {READY_AT}, id LIMIT 1 {extra}) AS the_rest \
+                 LIMIT 1"
+            )
+        };
         let get = format!(
-            "WITH next AS ({ready} LIMIT 1 FOR UPDATE SKIP LOCKED) \
+            "WITH next AS ({}) \
              UPDATE {t} AS j SET state = 'done', dequeued_at = statement_timestamp(), \
                finished_at = statement_timestamp() \
              FROM next WHERE j.id = next.id \
              RETURNING {}",
+            ready("FOR UPDATE SKIP LOCKED"),
             job_columns("j")
         );
-        // A claim from a cursor, in a function so that its plan is made once per connection
-        // (see `migrations/0009_claim_with_a_cached_plan.sql`).
+        // A job a `get` took but could not hand over (its caller was gone, or the commit's
+        // answer was lost): queued again, if it is still the one that get took.
+        let give_back = format!(
+            "WITH back AS (UPDATE {t} SET state = 'queued', dequeued_at = NULL, finished_at = NULL \
+               WHERE id = $1 AND state = 'done' AND dequeued_at = $2 RETURNING q_name) \
+             SELECT pg_notify({channel}, CASE WHEN octet_length(q_name) < 8000 THEN q_name ELSE '' END) \
+             FROM back",
+            channel = quote_literal(&table.channel()),
+        );
+        // A job whose row pq cannot read fails alone, saying why, instead of being taken again
+        // and again.
+        let fail_unreadable = format!(
+            "UPDATE {t} SET state = 'failed', finished_at = statement_timestamp(), \
+               last_error = $2 WHERE id = $1"
+        );
+        // A claim, in a function whose plan is made once per connection
+        // (`sql/functions/claim.sql`); the data of its large jobs, which it leaves out.
         let claim = format!(
-            "SELECT * FROM {}($1, $2, $3)",
+            "SELECT * FROM {}($1, $2, $3, $4, $5, $6)",
             table.qualified_derived("claim")
         );
-        // Completion, failure and renewal are fenced: they touch a job only while it is still
-        // running the attempt the caller claimed, never after a rescue handed it to another.
+        let claimed_data = format!(
+            "SELECT id, {} FROM {t} WHERE id = ANY($1) AND claim_id = $2",
+            as_bytes("data::text")
+        );
+        // Outcomes are fenced: they touch a job only while it is still running the claim the
+        // caller holds, never after a release, a rescue or an operator handed it on. A claim id
+        // never repeats, so a stale one can never match again.
         //
         // `COALESCE(j.state = 'running', false)` is `j.state = 'running'` in a form the planner
         // cannot estimate from the table's statistics. Those are taken while hardly any job
         // runs, so read literally the test looks like it matches no row, and the planner then
         // scans every running job (or the whole table) once per id of the batch: seconds for a
         // batch of a thousand. Left opaque, each id is looked up by primary key.
-        let claims = "unnest($1::int8[], $2::int4[]) AS f(id, attempt)";
-        let held =
-            "j.id = f.id AND j.attempts = f.attempt AND COALESCE(j.state = 'running', false)";
+        //
+        // Callers pass their claims in id order, so that two statements locking the same rows
+        // lock them in one order and cannot deadlock.
+        let claims = "unnest($1::int8[], $2::int8[]) AS f(id, claim)";
+        let held = "j.id = f.id AND j.claim_id = f.claim AND COALESCE(j.state = 'running', false)";
         let fenced = format!("FROM {claims} WHERE {held}");
         // The ids these statements touched, as one array: one row to send and decode, not one
         // a job.
@@ -262,89 +314,166 @@ impl Statements {
                  SELECT COALESCE(array_agg(id), '{{}}') FROM touched"
             )
         };
-        let done = "state = 'done', locked_until = NULL, finished_at = statement_timestamp()";
+        let done = "state = 'done', worker_id = NULL, finished_at = statement_timestamp()";
         let complete_delete = touched(format!("DELETE FROM {t} AS j USING {claims} WHERE {held}"));
         let complete_keep = touched(format!("UPDATE {t} AS j SET {done} {fenced}"));
         // The worker's batches find their rows by the `ctid` their claim returned, a TID scan
-        // per job rather than a primary key lookup; a renewed lease moved the row, and the
-        // caller completes the jobs this misses by id.
-        let located = "unnest($1::int8[], $2::int4[], $3::tid[]) AS f(id, attempt, row)";
+        // per job rather than a primary key lookup: a running job's row does not move (nothing
+        // writes it until its outcome). Other SQL may have moved one; the caller completes those
+        // this misses by id.
+        let located = "unnest($1::int8[], $2::int8[], $3::tid[]) AS f(id, claim, row)";
         let complete_delete_by_row = touched(format!(
             "DELETE FROM {t} AS j USING {located} WHERE j.ctid = f.row AND {held}"
         ));
         let complete_keep_by_row = touched(format!(
             "UPDATE {t} AS j SET {done} FROM {located} WHERE j.ctid = f.row AND {held}"
         ));
-        let fail = format!(
+        // Failed attempts, many at a time: each with its error, and the delay before its next
+        // attempt (NULL: it gave up). An `errors` history that other SQL left as something else
+        // than a list still takes the entry (`||` wraps a scalar or an object).
+        let fail = touched(format!(
             "UPDATE {t} AS j SET \
-               state = CASE WHEN $4::int8 IS NULL THEN 'failed' ELSE 'queued' END, \
-               schedule_at = CASE WHEN $4::int8 IS NULL THEN j.schedule_at \
-                 ELSE statement_timestamp() + $4 * interval '1 microsecond' END, \
-               finished_at = CASE WHEN $4::int8 IS NULL THEN statement_timestamp() END, \
-               locked_until = NULL, last_error = $3, \
+               state = CASE WHEN f.retry_in IS NULL THEN 'failed' ELSE 'queued' END, \
+               schedule_at = CASE WHEN f.retry_in IS NULL THEN j.schedule_at \
+                 ELSE statement_timestamp() + f.retry_in * interval '1 microsecond' END, \
+               finished_at = CASE WHEN f.retry_in IS NULL THEN statement_timestamp() END, \
+               worker_id = NULL, locked_until = NULL, last_error = f.error, \
                errors = COALESCE(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
-                 'attempt', j.attempts, 'error', $3::text, 'at', statement_timestamp())) \
-             {fenced} RETURNING j.id"
-        );
-        let renew = touched(format!(
-            "UPDATE {t} AS j SET locked_until = statement_timestamp() + $3 * interval '1 microsecond' \
-             {fenced}"
+                 'attempt', j.attempts, 'error', f.error, 'at', statement_timestamp())) \
+             FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[]) \
+               AS f(id, claim, error, retry_in) \
+             WHERE {held}"
         ));
-        // A job whose worker stopped renewing its lease goes back to the queue, its attempt
-        // counted. Returns the queues of the rescued jobs, to wake their workers.
+        // Gives claimed jobs back untouched (a worker stopping before it ran them, or whose
+        // run was cut short by its shutdown): the attempt is not counted. Returns the queues,
+        // to wake their consumers.
+        let release = format!(
+            "UPDATE {t} AS j SET state = 'queued', attempts = GREATEST(j.attempts - 1, 0), \
+               worker_id = NULL, locked_until = NULL \
+             {fenced} RETURNING j.id, j.q_name"
+        );
+        let workers = table.qualified_derived("workers");
+        let lease = "statement_timestamp() + $2 * interval '1 microsecond'";
+        let register = format!(
+            "INSERT INTO {workers} (host, pid, queues, concurrency, version, expires_at) \
+             VALUES ($2, $3, $4, $5, $6, statement_timestamp() + $1 * interval '1 microsecond') \
+             RETURNING id"
+        );
+        // The heartbeat: one write per worker, whatever it runs. Says whether the worker's
+        // lease had run out before it (its jobs may have been rescued), or whether its row was
+        // gone altogether (reaped long after its lease ran out).
+        let heartbeat = format!(
+            "WITH before AS (SELECT expires_at FROM {workers} WHERE id = $1 FOR UPDATE) \
+             UPDATE {workers} AS w SET seen_at = statement_timestamp(), expires_at = {lease} \
+             FROM before WHERE w.id = $1 \
+             RETURNING before.expires_at < statement_timestamp() AS lapsed"
+        );
+        let register_again = format!(
+            "INSERT INTO {workers} (id, host, pid, queues, concurrency, version, expires_at) \
+             OVERRIDING SYSTEM VALUE VALUES ($1, $3, $4, $5, $6, $7, {lease}) \
+             ON CONFLICT (id) DO UPDATE SET seen_at = statement_timestamp(), \
+               expires_at = excluded.expires_at"
+        );
+        // A running job goes back to the queue once its worker's heartbeat ran out, or its
+        // worker's row is gone (and, for a job claimed by a pq before migration 10, once its
+        // own lease ran out). A run lost with its worker does not count against the task's
+        // retries, but against its own budget ($2), so that a job that kills its worker each
+        // time still ends: past it, the job fails for good. Returns each job's queue and
+        // whether it was queued again, to wake their consumers.
+        let lost_with_worker = "jsonb_build_array(jsonb_build_object('attempt', j.attempts, \
+             'error', CASE WHEN COALESCE(j.rescues, 0) < $2 THEN $3::text ELSE $4::text END, \
+             'at', statement_timestamp()))";
         let rescue = format!(
-            "WITH lost AS (SELECT id FROM {t} \
-               WHERE state = 'running' AND locked_until < statement_timestamp() \
-               ORDER BY locked_until LIMIT $1 FOR UPDATE SKIP LOCKED) \
-             UPDATE {t} AS j SET state = 'queued', locked_until = NULL, \
-               last_error = $2, \
-               errors = COALESCE(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
-                 'attempt', j.attempts, 'error', $2::text, 'at', statement_timestamp())) \
-             FROM lost WHERE j.id = lost.id RETURNING j.q_name"
+            "WITH lost AS ( \
+               SELECT j.id FROM {t} AS j \
+               WHERE j.state = 'running' \
+                 AND NOT EXISTS (SELECT FROM {workers} AS w \
+                   WHERE w.id = j.worker_id AND w.expires_at >= statement_timestamp()) \
+                 AND (j.worker_id IS NOT NULL OR j.locked_until IS NULL \
+                   OR j.locked_until < statement_timestamp()) \
+               ORDER BY j.id LIMIT $1 FOR UPDATE OF j SKIP LOCKED) \
+             UPDATE {t} AS j SET \
+               state = CASE WHEN COALESCE(j.rescues, 0) < $2 THEN 'queued' ELSE 'failed' END, \
+               finished_at = CASE WHEN COALESCE(j.rescues, 0) < $2 THEN NULL \
+                 ELSE statement_timestamp() END, \
+               last_error = CASE WHEN COALESCE(j.rescues, 0) < $2 THEN $3 ELSE $4 END, \
+               errors = COALESCE(j.errors, '[]'::jsonb) || {lost_with_worker}, \
+               rescues = COALESCE(j.rescues, 0) + 1, worker_id = NULL, locked_until = NULL \
+             FROM lost WHERE j.id = lost.id \
+             RETURNING j.q_name, j.state = 'queued'"
         );
-        // Gives claimed jobs back untouched (a worker shutting down before it ran them): the
-        // attempt did not happen, so it is not counted.
-        let release = touched(format!(
-            "UPDATE {t} AS j SET state = 'queued', locked_until = NULL, attempts = j.attempts - 1 \
-             {fenced}"
-        ));
         Self {
             notify: "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q".to_owned(),
             channel: table.channel(),
-            // Run by a consumer about to wait: registers it, so that inserts notify, and
-            // says how long it may wait (see `migrations/0003_notify_only_waiters.sql`).
-            next_due: format!("SELECT {}($1)", table.qualified_derived("wait")),
+            // Run by a consumer about to wait: registers it, so that puts notify, and says how
+            // long it may wait (see `sql/functions/wait.sql`).
+            wait: format!("SELECT {}($1)", table.qualified_derived("wait")),
             len: format!(
                 "SELECT count(*) FROM {t} \
-                 WHERE q_name = $1 AND state = 'queued' AND schedule_at <= statement_timestamp()"
+                 WHERE q_name = $1 AND state = 'queued' AND {READY_AT} <= statement_timestamp()"
             ),
             clear: format!("DELETE FROM {t} WHERE q_name = $1"),
             update_data: format!("UPDATE {t} SET data = $2::json WHERE id = $1"),
+            // A worker that stops deletes its row, which waits for any claim of its still
+            // running (claims hold it), then gives back whatever it still holds (a claim it
+            // abandoned half-way, an outcome it could not record): two statements, so that the
+            // second sees what those claims committed.
+            deregister: format!("DELETE FROM {workers} WHERE id = $1"),
+            release_held: format!(
+                "UPDATE {t} AS j SET state = 'queued', attempts = GREATEST(j.attempts - 1, 0), \
+                   worker_id = NULL, locked_until = NULL \
+                 WHERE COALESCE(j.state = 'running', false) AND j.worker_id = $1 \
+                 RETURNING j.q_name"
+            ),
+            // Workers whose heartbeat ran out an hour ago: their jobs were rescued long since.
+            reap_workers: format!(
+                "DELETE FROM {workers} WHERE expires_at < statement_timestamp() - interval '1 hour'"
+            ),
+            schema_version: format!(
+                "SELECT COALESCE(max(version), 0) FROM {}",
+                table.qualified_derived("migrations")
+            ),
             migrations_table: table.qualified_derived("migrations"),
+            functions_table: table.qualified_derived("functions"),
             put,
             put_many,
             get,
+            give_back,
+            fail_unreadable,
             claim,
+            claimed_data,
             complete_delete,
             complete_keep,
             complete_delete_by_row,
             complete_keep_by_row,
             fail,
-            renew,
-            rescue,
             release,
+            register,
+            heartbeat,
+            register_again,
+            rescue,
             table,
         }
     }
 }
 
 /// The columns of a job, in the order [`crate::job::Job`] decodes them, from table alias `j`.
-/// The claim function (`migrations/0009_claim_with_a_cached_plan.sql`) returns the same.
 fn job_columns(j: &str) -> String {
     format!(
-        "{j}.id, {j}.q_name, {j}.task, {j}.data::text AS data, {j}.attempts, {j}.enqueued_at, \
-         NULLIF({j}.schedule_at, '-infinity') AS schedule_at, {j}.expected_at, {j}.ctid"
+        "{j}.id, {q_name}, {task}, {data}, {j}.attempts, {j}.enqueued_at, \
+         {j}.schedule_at, {j}.expected_at, {j}.dequeued_at",
+        q_name = as_bytes(&format!("{j}.q_name")),
+        task = as_bytes(&format!("{j}.task")),
+        data = as_bytes(&format!("{j}.data::text")),
     )
+}
+
+/// A text column's bytes as stored, for pq to check as UTF-8 itself. Sent as text, a value
+/// that is not valid in the client's encoding (which a database in `SQL_ASCII` may hold) fails
+/// the whole statement, and with it every other job it would have taken. Converting to
+/// `SQL_ASCII` is no conversion at all, whatever the database's encoding.
+pub(crate) fn as_bytes(text: &str) -> String {
+    format!("convert_to({text}, 'SQL_ASCII')")
 }
 
 #[cfg(test)]
@@ -382,7 +511,7 @@ mod tests {
     #[test]
     fn migrations_render_every_placeholder() {
         let table = TableName::new(Some("s"), "q").unwrap();
-        let sql = render_migration(
+        let sql = render(
             "CREATE TABLE {{table}}; {{name:idx}} {{qualified:notify}} {{channel}} \
              {{literal:waiting}} {{wait_lock}} {{dollar}}",
             &table,
@@ -390,18 +519,20 @@ mod tests {
         assert_eq!(
             sql,
             format!(
-                "CREATE TABLE \"s\".\"q\"; \"q_idx\" \"s\".\"q_notify\" '{}' \
-                 '\"s\".\"q_waiting\"' {} $pq0$",
+                "CREATE TABLE \"s\".\"q\"; \"q_idx\" \"s\".\"q_notify\" E'{}' \
+                 E'\"s\".\"q_waiting\"' {} $pq0$",
                 table.channel(),
                 table.wait_lock_key()
             )
         );
         let awkward = TableName::new(Some("a$pq0$b"), "q").unwrap();
-        assert_eq!(render_migration("{{dollar}}", &awkward), "$pq1$");
+        assert_eq!(render("{{dollar}}", &awkward), "$pq1$");
         let percent = TableName::new(Some("50%s"), "q's").unwrap();
         assert_eq!(
-            render_migration("{{format:waiting_%s}}", &percent),
-            "'\"50%%s\".\"q''s_waiting_%s\"'"
+            render("{{format:waiting_%s}}", &percent),
+            "E'\"50%%s\".\"q''s_waiting_%s\"'"
         );
+        let backslash = TableName::new(Some(r"a\b"), "q").unwrap();
+        assert_eq!(render("{{literal:x}}", &backslash), r#"E'"a\\b"."q_x"'"#);
     }
 }

@@ -30,14 +30,26 @@ use crate::queue::{insert, take, wait_for_job, Put, Queue, Target};
 /// # Ok(()) }
 /// ```
 pub struct Transaction {
-    tx: sqlx::Transaction<'static, Postgres>,
+    tx: Option<sqlx::Transaction<'static, Postgres>>,
     queue: Queue,
+    /// Whether a job was taken in it: one that a rollback puts back, for consumers to wake to.
+    took: bool,
 }
 
 impl Transaction {
     pub(crate) async fn begin(queue: Queue) -> Result<Self> {
         let tx = queue.pq().pool().begin().await?;
-        Ok(Self { tx, queue })
+        Ok(Self {
+            tx: Some(tx),
+            queue,
+            took: false,
+        })
+    }
+
+    fn tx(&mut self) -> &mut sqlx::Transaction<'static, Postgres> {
+        self.tx
+            .as_mut()
+            .expect("taken only by commit, rollback and into_inner")
     }
 
     /// The queue this transaction works on.
@@ -52,41 +64,86 @@ impl Transaction {
 
     /// Like [`get`](Transaction::get), waiting up to `timeout`.
     pub async fn get_timeout(&mut self, timeout: Duration) -> Result<Option<Job>> {
-        wait_for_job(&self.queue, Some(&mut self.tx), timeout).await
+        let queue = self.queue.clone();
+        let job = wait_for_job(&queue, Some(&mut **self.tx()), timeout).await?;
+        self.took |= job.is_some();
+        Ok(job)
     }
 
     /// Takes the next ready job in this transaction, without waiting.
     pub async fn try_get(&mut self) -> Result<Option<Job>> {
         check_queue_name(self.queue.name())?;
-        take(self.queue.pq().sql(), &mut *self.tx, self.queue.name()).await
+        let queue = self.queue.clone();
+        let sql = queue.pq().statements().await?;
+        let job = take(sql, self.tx(), queue.name()).await?;
+        self.took |= job.is_some();
+        Ok(job)
     }
 
     /// Puts `data` on this transaction's queue; it exists only if the transaction commits.
     /// Await the returned [`Put`] for the job's id, after setting its times if wanted.
     pub fn put<T: Serialize + ?Sized>(&mut self, data: &T) -> Put<'_> {
         let job = NewJob::new(self.queue.name(), data);
-        Put::new(self.queue.pq().sql(), Target::Connection(&mut self.tx), job)
+        let tx = self
+            .tx
+            .as_mut()
+            .expect("taken only by commit, rollback and into_inner");
+        Put::new(self.queue.pq(), Target::Connection(tx), job)
     }
 
     /// Writes a prepared job (any queue) in this transaction.
     pub async fn put_job(&mut self, job: NewJob) -> Result<JobId> {
-        insert(self.queue.pq().sql(), &mut *self.tx, job).await
+        let queue = self.queue.clone();
+        let sql = queue.pq().statements().await?;
+        insert(sql, &mut **self.tx(), job).await
     }
 
     /// Makes everything done in the transaction permanent.
-    pub async fn commit(self) -> Result<()> {
-        self.tx.commit().await.map_err(Error::from)
+    pub async fn commit(mut self) -> Result<()> {
+        self.took = false;
+        let tx = self.tx.take().expect("committed once");
+        tx.commit().await.map_err(Error::from)
     }
 
-    /// Undoes everything done in the transaction: taken jobs return to the queue. Dropping the
-    /// transaction does the same.
-    pub async fn rollback(self) -> Result<()> {
-        self.tx.rollback().await.map_err(Error::from)
+    /// Undoes everything done in the transaction: taken jobs return to the queue, and its
+    /// consumers are woken to them. Dropping the transaction does the same.
+    pub async fn rollback(mut self) -> Result<()> {
+        let tx = self.tx.take().expect("rolled back once");
+        tx.rollback().await?;
+        if std::mem::take(&mut self.took) {
+            self.queue
+                .pq()
+                .wake(vec![self.queue.name().to_owned()])
+                .await?;
+        }
+        Ok(())
     }
 
-    /// The underlying sqlx transaction.
-    pub fn into_inner(self) -> sqlx::Transaction<'static, Postgres> {
-        self.tx
+    /// The underlying sqlx transaction. Jobs it took return to the queue if it rolls back, but
+    /// their consumers are not woken: they find them at their next look.
+    pub fn into_inner(mut self) -> sqlx::Transaction<'static, Postgres> {
+        self.took = false;
+        self.tx.take().expect("taken once")
+    }
+}
+
+impl Drop for Transaction {
+    /// A transaction dropped without committing rolls back; a job it took is back in the queue,
+    /// and a task wakes its consumers once the rollback is through.
+    fn drop(&mut self) {
+        let Some(tx) = self.tx.take() else { return };
+        if !self.took {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let queue = self.queue.clone();
+        runtime.spawn(async move {
+            if tx.rollback().await.is_ok() {
+                let _ = queue.pq().wake(vec![queue.name().to_owned()]).await;
+            }
+        });
     }
 }
 
@@ -94,12 +151,14 @@ impl Deref for Transaction {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        &self.tx
+        self.tx
+            .as_ref()
+            .expect("taken only by commit, rollback and into_inner")
     }
 }
 
 impl DerefMut for Transaction {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
+        self.tx()
     }
 }

@@ -101,6 +101,9 @@ pub enum Duplicates {
     None,
     /// Only where the earlier run's worker process was interrupted (killed or stopped).
     OnlyInterrupted,
+    /// As `OnlyInterrupted`, but an operator's retry started the jobs' attempts over, so a
+    /// later run may have the attempt number of the interrupted one.
+    OperatorRetried,
     /// Where the earlier run's worker was interrupted, or the job recorded an error for that
     /// attempt (its lease expired while the database was away, say).
     Explained,
@@ -147,7 +150,7 @@ impl Accounting {
     ) -> Result<Accounting> {
         let mut by_job: BTreeMap<i64, Vec<Effect>> = BTreeMap::new();
         let effect_rows: Vec<(i64, i64, i32, i32, String)> = sqlx::query_as(&format!(
-            "SELECT job_id, key, attempt, pid, kind FROM {effects} ORDER BY job_id, attempt, at"
+            "SELECT job_id, key, attempt, pid, kind FROM {effects} ORDER BY job_id, at"
         ))
         .fetch_all(db)
         .await?;
@@ -366,16 +369,23 @@ fn explain(
     interrupted: &HashSet<u32>,
     duplicates: Duplicates,
 ) -> Option<String> {
+    let was_interrupted = u32::try_from(earlier.pid).is_ok_and(|pid| interrupted.contains(&pid));
     if later.attempt <= earlier.attempt {
-        return None; // one attempt ran twice: nothing explains that
+        // One attempt ran twice: nothing explains that, unless the attempts started over.
+        return (duplicates == Duplicates::OperatorRetried && was_interrupted).then(|| {
+            "running when their worker was stopped, then retried by an operator".to_owned()
+        });
     }
     if duplicates == Duplicates::None {
         return None;
     }
-    if u32::try_from(earlier.pid).is_ok_and(|pid| interrupted.contains(&pid)) {
+    if was_interrupted {
         return Some("running when their worker was killed or stopped".to_owned());
     }
-    if duplicates == Duplicates::OnlyInterrupted {
+    if matches!(
+        duplicates,
+        Duplicates::OnlyInterrupted | Duplicates::OperatorRetried
+    ) {
         return None;
     }
     let error = row?.errors.get(&i64::from(earlier.attempt))?;

@@ -48,8 +48,11 @@ fn log_to_stderr() {
 }
 
 /// `pq-faults worker --url U --schema S [--concurrency 8] [--lease-ms 30000] [--poll-ms 5000]
-/// [--grace-ms 30000] [--keep-completed] [--queue Q]...`: works until SIGTERM or SIGINT and
-/// exits 0 once every job it took has finished or been returned.
+/// [--grace-ms 30000] [--max-rescues 25] [--keep-completed] [--queue Q]... [--drop-after-ms D]`:
+/// works until SIGTERM or SIGINT and exits 0 once every job it took has finished or been
+/// returned. With `--drop-after-ms`, drops the worker's future after D ms instead, as a
+/// `select!` or a timeout around it would, and lives on for 10 s (so that anything of the
+/// worker that outlived its future would show) before it exits 0.
 pub fn worker(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args, &["keep-completed"])?;
     flags.only(&[
@@ -59,8 +62,10 @@ pub fn worker(args: &[String]) -> Result<()> {
         "lease-ms",
         "poll-ms",
         "grace-ms",
+        "max-rescues",
         "keep-completed",
         "queue",
+        "drop-after-ms",
     ])?;
     let url = flags.required("url")?.to_owned();
     let schema = flags.parsed("schema", tasks::SCHEMA.to_owned())?;
@@ -69,6 +74,14 @@ pub fn worker(args: &[String]) -> Result<()> {
     let lease = millis("lease-ms", 30_000)?;
     let poll = millis("poll-ms", 5_000)?;
     let grace = millis("grace-ms", 30_000)?;
+    // The suite's faults lose jobs with their workers over and over: the load must still end
+    // with every job done, so rescues are not what it budgets.
+    let max_rescues: u32 = flags.parsed("max-rescues", 25)?;
+    let drop_after = flags
+        .all("drop-after-ms")
+        .first()
+        .map(|ms| ms.parse().map(Duration::from_millis))
+        .transpose()?;
     let mut queues = flags.all("queue").to_vec();
     if queues.is_empty() {
         queues.push(tasks::QUEUE.to_owned());
@@ -81,15 +94,26 @@ pub fn worker(args: &[String]) -> Result<()> {
             .schema(&schema)
             .max_connections(u32::try_from(concurrency).unwrap_or(64) + 4)
             .connect_lazy(&url)?;
-        Worker::new(pq)
+        let run = Worker::new(pq)
             .queues(queues)
             .concurrency(concurrency)
             .lease(lease)
             .poll_interval(poll)
             .grace_period(grace)
+            .max_rescues(max_rescues)
             .keep_completed(flags.is_set("keep-completed"))
-            .run()
-            .await?;
+            .run();
+        match drop_after {
+            None => run.await?,
+            Some(after) => {
+                let _ = tokio::time::timeout(after, run).await;
+                eprintln!(
+                    "pq-faults worker {}: dropped its worker",
+                    std::process::id()
+                );
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
         eprintln!("pq-faults worker {}: exited cleanly", std::process::id());
         Ok(())
     })

@@ -19,6 +19,8 @@ pub struct WorkerOptions {
     pub keep_completed: bool,
     /// Queues to work, instead of the suite's default one.
     pub queues: Vec<String>,
+    /// Drop the worker's future after this long, instead of running until SIGTERM.
+    pub drop_after: Option<Duration>,
 }
 
 impl Default for WorkerOptions {
@@ -30,6 +32,7 @@ impl Default for WorkerOptions {
             grace: Duration::from_secs(30),
             keep_completed: false,
             queues: Vec::new(),
+            drop_after: None,
         }
     }
 }
@@ -95,6 +98,10 @@ impl Fleet {
         for queue in &options.queues {
             args.push("--queue".to_owned());
             args.push(queue.clone());
+        }
+        if let Some(after) = options.drop_after {
+            args.push("--drop-after-ms".to_owned());
+            args.push(after.as_millis().to_string());
         }
         self.spawn("worker", args, None)
     }

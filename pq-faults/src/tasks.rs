@@ -130,3 +130,19 @@ pub async fn text(
 pub async fn fail(message: String) -> Result<(), String> {
     Err(message)
 }
+
+/// Works, then records its effect with a statement of its own, like `plain`; but a run after
+/// the first (its worker was lost) fails for good: a job that an operator must retry.
+#[pq::task(queue = "faults", name = "faults::once_or_fail")]
+pub async fn once_or_fail(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        ctx.attempt() == 1,
+        "attempt {}: this task runs once or not at all",
+        ctx.attempt()
+    );
+    work(work_ms).await;
+    record(&ctx, key, "once_or_fail", None)
+        .execute(ctx.pq().pool())
+        .await?;
+    Ok(())
+}

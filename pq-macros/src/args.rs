@@ -19,6 +19,7 @@ pub(crate) struct TaskArgs {
     pub(crate) max_retries: Option<u32>,
     pub(crate) retry_in: Option<Duration>,
     pub(crate) backoff: Option<Backoff>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// `backoff = "fixed" | "exponential"`.
@@ -38,10 +39,11 @@ enum Key {
     MaxRetries,
     RetryIn,
     Backoff,
+    Timeout,
 }
 
 impl Key {
-    const ALL: [Key; 7] = [
+    const ALL: [Key; 8] = [
         Key::Queue,
         Key::Name,
         Key::ScheduleAt,
@@ -49,6 +51,7 @@ impl Key {
         Key::MaxRetries,
         Key::RetryIn,
         Key::Backoff,
+        Key::Timeout,
     ];
 
     fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Key {
             Key::MaxRetries => "max_retries",
             Key::RetryIn => "retry_in",
             Key::Backoff => "backoff",
+            Key::Timeout => "timeout",
         }
     }
 
@@ -73,6 +77,7 @@ impl Key {
             Key::MaxRetries => "max_retries = 3",
             Key::RetryIn => r#"retry_in = "30s""#,
             Key::Backoff => r#"backoff = "exponential""#,
+            Key::Timeout => r#"timeout = "5m""#,
         }
     }
 
@@ -150,6 +155,7 @@ impl TaskArgs {
             Key::MaxRetries => self.max_retries = max_retries(value, errors),
             Key::RetryIn => self.retry_in = duration(key, value, errors),
             Key::Backoff => self.backoff = backoff(value, errors),
+            Key::Timeout => self.timeout = timeout(value, errors),
         }
     }
 }
@@ -224,6 +230,19 @@ fn duration(key: Key, value: &Expr, errors: &mut Errors) -> Option<Duration> {
             None
         }
     }
+}
+
+/// A duration that is not zero: a run limited to no time at all could never succeed.
+fn timeout(value: &Expr, errors: &mut Errors) -> Option<Duration> {
+    let timeout = duration(Key::Timeout, value, errors)?;
+    if timeout.is_zero() {
+        errors.spanned(
+            value,
+            "a `timeout` of zero would stop every run at once; give it a duration, like `timeout = \"5m\"`",
+        );
+        return None;
+    }
+    Some(timeout)
 }
 
 /// Why `humantime` rejected `text`, and what it accepts.
@@ -331,9 +350,10 @@ mod tests {
     fn every_argument_is_parsed() {
         let args = parse(quote! {
             queue = "apples", name = "fruit::eat", schedule_at = "1h", expected_at = "1h30m",
-            max_retries = 2, retry_in = "10s", backoff = "exponential",
+            max_retries = 2, retry_in = "10s", backoff = "exponential", timeout = "5m",
         })
         .unwrap();
+        assert_eq!(args.timeout, Some(Duration::from_secs(300)));
         assert_eq!(args.queue.unwrap().value(), "apples");
         assert_eq!(args.name.unwrap().value(), "fruit::eat");
         assert_eq!(args.schedule_at, Some(Duration::from_secs(3600)));
@@ -356,7 +376,7 @@ mod tests {
             errors_of(quote!(queues = "apples")),
             [
                 "unknown argument `queues`; expected one of `queue`, `name`, `schedule_at`, \
-              `expected_at`, `max_retries`, `retry_in`, `backoff`"
+              `expected_at`, `max_retries`, `retry_in`, `backoff`, `timeout`"
             ]
         );
     }

@@ -205,6 +205,9 @@ fn options(args: &TaskArgs) -> TokenStream {
         .max_retries
         .map_or_else(|| default("max_retries"), |n| quote!(#n));
     let retry_in = args.retry_in.map_or_else(|| default("retry_in"), duration);
+    let timeout = args
+        .timeout
+        .map_or_else(|| default("timeout"), some_duration);
     let backoff = match args.backoff {
         Some(Backoff::Fixed) => quote!(::pq::__private::Backoff::Fixed),
         Some(Backoff::Exponential) => quote!(::pq::__private::Backoff::Exponential),
@@ -218,6 +221,7 @@ fn options(args: &TaskArgs) -> TokenStream {
             max_retries: #max_retries,
             retry_in: #retry_in,
             backoff: #backoff,
+            timeout: #timeout,
         }
     }
 }

@@ -38,6 +38,7 @@ use proc_macro::TokenStream;
 /// | `max_retries` | how many times a failed job runs again, an integer: `2` means at most 3 runs | `0` |
 /// | `retry_in` | the delay before a retry, `"10s"`; zero is allowed | `"30s"` |
 /// | `backoff` | `"fixed"` (every retry waits `retry_in`) or `"exponential"` (retry `n` waits `retry_in * 2^(n-1)`, with jitter) | `"fixed"` |
+/// | `timeout` | how long one run may take, `"5m"`: the worker then drops its future, rolls back its transaction, and records the failure, retried as any other | none |
 ///
 /// Durations are strings in the format of the [`humantime`](https://docs.rs/humantime) crate,
 /// which pq also uses to parse durations at run time: numbers with units, such as `"90s"`,
@@ -70,8 +71,8 @@ use proc_macro::TokenStream;
 /// Calling `eat(kind, count)` returns a `pq::TaskCall<eat>`, which does nothing until
 /// `.enqueue(..)` writes the job, through a `&Pq`, a `&mut pq::Transaction`, or `pq.on(&mut
 /// *tx)` within a transaction of your own: the job then exists only if the transaction commits.
-/// Its `.schedule_at(..)`, `.expected_at(..)` and `.queue(..)` override the attribute's defaults
-/// for that call.
+/// Its `.schedule_at(..)`, `.expected_at(..)`, `.timeout(..)` and `.queue(..)` override the
+/// attribute's defaults for that call.
 ///
 /// ```no_run
 /// #[pq::task]
@@ -134,6 +135,7 @@ use proc_macro::TokenStream;
 ///         max_retries: 2,
 ///         retry_in: Duration::new(10, 0),
 ///         backoff: pq::TaskOptions::DEFAULT.backoff,
+///         timeout: pq::TaskOptions::DEFAULT.timeout,
 ///     };
 ///     fn execute(self, ctx: pq::TaskContext) -> pq::BoxFuture<'static, pq::TaskResult> {
 ///         let eat { kind, count } = self;

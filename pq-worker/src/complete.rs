@@ -1,26 +1,102 @@
-//! Records outcomes: successes many at a time in one statement, failures one by one. A
-//! database error is retried until it goes through or the job's lease is lost; nothing is
-//! dropped on the floor.
+//! Records outcomes, many at a time: the successes of a round in one statement, its failures in
+//! another, its releases in a third. A job keeps its lease slot until its outcome is recorded,
+//! so a worker never holds more jobs than its slots, however fast they fail. A database error is
+//! retried while it is transient; nothing is dropped on the floor.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use foldhash::HashSet;
-use pq_core::{Claim, Pq};
-use tokio::sync::{mpsc, Notify};
-
-use crate::execute::Outcome;
+use pq_core::{Claim, Failed, Failure, Pq};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
 /// At most this many outcomes are recorded per round.
 const BATCH: usize = 1000;
 
-/// The claims a worker holds: renewed while held, released at shutdown if never recorded. Each
-/// job is added and removed once, so the set hashes with foldhash, seeded at random like std's
-/// SipHash but a fraction of its cost.
+/// The claims a worker holds and has not recorded an outcome for: released at shutdown if
+/// never recorded. Each job is added and removed once, so the set hashes with foldhash, seeded
+/// at random like std's SipHash but a fraction of its cost.
 pub(crate) type InFlight = Arc<Mutex<HashSet<Claim>>>;
 
 pub(crate) fn lock(in_flight: &InFlight) -> std::sync::MutexGuard<'_, HashSet<Claim>> {
     in_flight.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What became of one run, for the completer to record.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The body returned `Ok`: complete the job (batched with others).
+    Succeeded(Claim),
+    /// Already recorded: completed in the handler's own transaction, or its claim was lost.
+    Recorded(Claim),
+    /// The run failed: record the error, then retry or give up.
+    Failed(Failed),
+    /// The run did not happen, or was cut short by the worker itself: give the job back to
+    /// the queue, the attempt uncounted.
+    Release(Claim),
+}
+
+impl Outcome {
+    pub(crate) fn claim(&self) -> Claim {
+        match self {
+            Outcome::Succeeded(claim) | Outcome::Recorded(claim) | Outcome::Release(claim) => {
+                *claim
+            }
+            Outcome::Failed(failed) => failed.claim,
+        }
+    }
+}
+
+/// An outcome to record, with the lease slot its job holds until then.
+pub(crate) struct Recording {
+    pub outcome: Outcome,
+    pub _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// A started job's promise of an outcome: [`finish`](Outcome) sends it; dropped without one
+/// (its task panicked, or was aborted at the end of a shutdown's grace period), it asks for
+/// the job to be released, so that no claimed job is ever left running for a worker that no
+/// longer runs it.
+pub(crate) struct Pending {
+    claim: Claim,
+    slot: Option<OwnedSemaphorePermit>,
+    outcomes: Option<mpsc::UnboundedSender<Recording>>,
+}
+
+impl Pending {
+    pub(crate) fn new(
+        claim: Claim,
+        slot: OwnedSemaphorePermit,
+        outcomes: mpsc::UnboundedSender<Recording>,
+    ) -> Self {
+        Self {
+            claim,
+            slot: Some(slot),
+            outcomes: Some(outcomes),
+        }
+    }
+
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.send(outcome);
+    }
+
+    fn send(&mut self, outcome: Outcome) {
+        if let Some(outcomes) = self.outcomes.take() {
+            // The completer outlives every job, so the send fails only when the worker is
+            // dropped, and then its claims are released by its cleanup.
+            let _ = outcomes.send(Recording {
+                outcome,
+                _slot: self.slot.take(),
+            });
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let claim = self.claim;
+        self.send(Outcome::Release(claim));
+    }
 }
 
 pub(crate) struct Completer {
@@ -33,60 +109,83 @@ pub(crate) struct Completer {
 
 impl Completer {
     /// Records outcomes until every sender is gone and the channel is drained.
-    pub async fn run(self, mut outcomes: mpsc::UnboundedReceiver<Outcome>) {
+    pub async fn run(self, mut outcomes: mpsc::UnboundedReceiver<Recording>) {
         let mut batch = Vec::with_capacity(BATCH);
         while outcomes.recv_many(&mut batch, BATCH).await > 0 {
-            self.record(&batch).await;
+            let settled = self.record(&batch).await;
             {
                 let mut in_flight = lock(&self.in_flight);
-                for outcome in &batch {
-                    in_flight.remove(&outcome.claim());
+                for recording in &batch {
+                    let claim = recording.outcome.claim();
+                    if settled.contains(&claim) {
+                        in_flight.remove(&claim);
+                    }
                 }
             }
+            // Frees the batch's lease slots.
             batch.clear();
             self.progress.notify_waiters();
         }
     }
 
-    async fn record(&self, outcomes: &[Outcome]) {
-        let succeeded: Vec<Claim> = outcomes
-            .iter()
-            .filter_map(|o| match o {
-                Outcome::Succeeded(claim) => Some(*claim),
-                _ => None,
-            })
-            .collect();
+    /// Records a batch; returns the claims it settled (recorded, or found lost). A claim whose
+    /// statement failed for good stays in flight, to be released when the worker stops.
+    async fn record(&self, batch: &[Recording]) -> HashSet<Claim> {
+        let mut settled = HashSet::default();
+        let mut succeeded = Vec::new();
+        let mut failed = Vec::new();
+        let mut released = Vec::new();
+        for recording in batch {
+            match &recording.outcome {
+                Outcome::Succeeded(claim) => succeeded.push(*claim),
+                Outcome::Recorded(claim) => {
+                    settled.insert(*claim);
+                }
+                Outcome::Failed(failure) => failed.push(failure.clone()),
+                Outcome::Release(claim) => released.push(*claim),
+            }
+        }
         if !succeeded.is_empty() {
-            let completed = retrying("complete jobs", || {
+            if let Some(completed) = retrying("complete jobs", || {
                 self.pq.complete_claims(&succeeded, self.keep_completed)
             })
-            .await;
-            if let Some(completed) = completed.filter(|c| c.len() < succeeded.len()) {
-                tracing::warn!(
-                    lost = succeeded.len() - completed.len(),
-                    "pq: some jobs finished after their lease was lost; another worker runs them again"
-                );
-            }
-        }
-        for outcome in outcomes {
-            if let Outcome::Failed { claim, error, then } = outcome {
-                let held =
-                    retrying("record a failure", || self.pq.fail(*claim, error, *then)).await;
-                if held == Some(false) {
+            .await
+            {
+                if completed.len() < succeeded.len() {
                     tracing::warn!(
-                        job_id = claim.id.0,
-                        "pq: a failure came after the job's lease was lost"
+                        lost = succeeded.len() - completed.len(),
+                        "pq: some jobs finished after their worker was declared lost; another worker runs them again"
                     );
                 }
+                settled.extend(succeeded);
             }
         }
+        if !failed.is_empty() {
+            if let Some(held) = retrying("record failures", || self.pq.fail(&failed)).await {
+                if held.len() < failed.len() {
+                    tracing::warn!(
+                        lost = failed.len() - held.len(),
+                        "pq: some failures came after their worker was declared lost"
+                    );
+                }
+                settled.extend(failed.iter().map(|f| f.claim));
+            }
+        }
+        if !released.is_empty()
+            && retrying("release jobs", || self.pq.release(&released))
+                .await
+                .is_some()
+        {
+            settled.extend(released);
+        }
+        settled
     }
 }
 
 /// Runs `statement` until the database accepts it, backing off up to 30 s between tries while
 /// the error is transient. Any other error would repeat forever and stall the worker, so it is
-/// logged and the outcome dropped: the job's lease then runs out, and it is rescued and run
-/// again, at least once as promised.
+/// logged and `None` returned: the claims stay in flight, and are released when the worker stops
+/// (or rescued, should it die).
 async fn retrying<T, F, Fut>(what: &str, mut statement: F) -> Option<T>
 where
     F: FnMut() -> Fut,
@@ -102,9 +201,19 @@ where
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
             Err(error) => {
-                tracing::error!(%error, "pq: cannot {what}; the jobs run again once their lease runs out");
+                tracing::error!(%error, "pq: cannot {what}; they are released when the worker stops");
                 return None;
             }
         }
     }
+}
+
+/// A failure given up at once: no retry can help.
+pub(crate) fn give_up(claim: Claim, error: String) -> Outcome {
+    tracing::error!(job_id = claim.id.0, %error, "pq: job failed for good");
+    Outcome::Failed(Failed {
+        claim,
+        error,
+        then: Failure::GiveUp,
+    })
 }

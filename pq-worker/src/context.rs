@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use pq_core::{Job, JobId, Pq};
-use sqlx::{PgConnection, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
+
+use crate::execute::Resources;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
 /// The transaction a handler may ask for, shared between its context and the worker, which
@@ -29,6 +31,9 @@ pub(crate) type JobTransaction = Arc<Mutex<Option<sqlx::Transaction<'static, Pos
 #[derive(Debug, Clone)]
 pub struct TaskContext {
     pq: Pq,
+    /// Where the job's transaction comes from: the worker's own pool, which has a connection
+    /// for each job that may run at once.
+    transactions: PgPool,
     job_id: JobId,
     queue: Arc<str>,
     task: Cow<'static, str>,
@@ -42,6 +47,7 @@ impl TaskContext {
     /// from [`Pq::connect_lazy`], which connects only when used.
     pub fn new(pq: Pq, job_id: JobId, task: &str, queue: &str) -> Self {
         Self {
+            transactions: pq.pool().clone(),
             pq,
             job_id,
             queue: queue.into(),
@@ -52,9 +58,15 @@ impl TaskContext {
         }
     }
 
-    pub(crate) fn for_job(pq: &Pq, job: &Job, task: &'static str, queue: Arc<str>) -> Self {
+    pub(crate) fn for_job(
+        resources: &Resources,
+        job: &Job,
+        task: &'static str,
+        queue: Arc<str>,
+    ) -> Self {
         Self {
-            pq: pq.clone(),
+            pq: resources.pq.clone(),
+            transactions: resources.own.pool().clone(),
             job_id: job.id(),
             queue,
             task: Cow::Borrowed(task),
@@ -79,7 +91,8 @@ impl TaskContext {
         &self.task
     }
 
-    /// Which run this is: 1 for the first, 2 for the first retry, and so on.
+    /// Which run this is: 1 for the first, 2 for the next (a retry, or a run after its worker
+    /// was lost), and so on.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
@@ -112,7 +125,7 @@ impl TaskContext {
     pub async fn transaction(&self) -> Result<MappedMutexGuard<'_, PgConnection>, pq_core::Error> {
         let mut slot = self.transaction.lock().await;
         if slot.is_none() {
-            *slot = Some(self.pq.pool().begin().await?);
+            *slot = Some(self.transactions.begin().await?);
         }
         Ok(MutexGuard::map(slot, |tx| {
             &mut **tx.as_mut().expect("the transaction was just begun")

@@ -1,81 +1,65 @@
 //! Runs one claimed job: finds its task, decodes its arguments, runs the body (catching
-//! panics), and decides what its outcome means for the job.
+//! panics, within its timeout), and decides what its outcome means for the job.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use pq_core::{Claim, Failure, Job, Pq};
+use pq_core::{Claim, Failed, Failure, Job, Pq};
 use tracing::Instrument;
 
+use crate::complete::{give_up, Outcome};
 use crate::context::TaskContext;
 use crate::metrics::{self, TaskMetrics};
 use crate::registry::{Registry, TaskDefinition};
 use crate::retry::retry_delay;
 
-/// What became of one attempt, for the completer to record.
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// The body returned `Ok`: complete the job (batched with others).
-    Succeeded(Claim),
-    /// The body returned `Ok` and the job was completed in the handler's own transaction.
-    Recorded(Claim),
-    /// The attempt failed: record the error, then retry or give up.
-    Failed {
-        claim: Claim,
-        error: String,
-        then: Failure,
-    },
-}
-
-impl Outcome {
-    fn metric(&self) -> metrics::Outcome {
-        match self {
-            Outcome::Succeeded(_) | Outcome::Recorded(_) => metrics::Outcome::Succeeded,
-            Outcome::Failed {
-                then: Failure::RetryIn(_),
-                ..
-            } => metrics::Outcome::Retried,
-            Outcome::Failed { .. } => metrics::Outcome::Failed,
-        }
-    }
-
-    pub fn claim(&self) -> Claim {
-        match self {
-            Outcome::Succeeded(claim) | Outcome::Recorded(claim) => *claim,
-            Outcome::Failed { claim, .. } => *claim,
-        }
-    }
+/// What the worker lends a job's run: the application's handle, and the worker's own pool for
+/// the job's transaction.
+pub(crate) struct Resources {
+    pub pq: Pq,
+    /// The worker's handle, whose pool has a connection for every job that may run at once.
+    pub own: Pq,
+    pub keep_completed: bool,
 }
 
 /// Runs `job`, taken from `queue`, and returns its outcome; never panics, whatever the handler
-/// does. A job whose handler used its transaction is completed there, deleted or kept `done` as
-/// `keep_completed` says, like every other job. `metrics` are its task's on `queue`.
+/// does. `metrics` are its task's on `queue`.
 pub(crate) async fn execute(
-    pq: &Pq,
+    resources: &Resources,
     registry: &Registry,
     job: Job,
+    claim: Claim,
     queue: Arc<str>,
     metrics: &TaskMetrics,
-    keep_completed: bool,
 ) -> Outcome {
     let definition = job.task().and_then(|name| registry.get(name));
     metrics.started(metrics::queue_latency(&job));
     let started = Instant::now();
-    let outcome = dispatch(pq, definition, job, queue, keep_completed).await;
-    metrics.finished(outcome.metric(), started.elapsed());
+    let outcome = dispatch(resources, definition, job, claim, queue).await;
+    metrics.finished(metric(&outcome), started.elapsed());
     outcome
 }
 
+fn metric(outcome: &Outcome) -> metrics::Outcome {
+    match outcome {
+        Outcome::Failed(Failed {
+            then: Failure::RetryIn(_),
+            ..
+        }) => metrics::Outcome::Retried,
+        Outcome::Failed(_) => metrics::Outcome::Failed,
+        _ => metrics::Outcome::Succeeded,
+    }
+}
+
 async fn dispatch(
-    pq: &Pq,
+    resources: &Resources,
     definition: Option<&TaskDefinition>,
     job: Job,
+    claim: Claim,
     queue: Arc<str>,
-    keep_completed: bool,
 ) -> Outcome {
-    let claim = Claim::of(&job);
     let Some(name) = job.task() else {
         return give_up(
             claim,
@@ -94,34 +78,35 @@ async fn dispatch(
         task = definition.name,
         job_id = claim.id.0,
         queue = job.queue(),
-        attempt = claim.attempt,
+        attempt = job.attempts(),
     );
-    run(pq, definition, job, queue, claim, keep_completed)
+    run(resources, definition, job, claim, queue)
         .instrument(span)
         .await
 }
 
 async fn run(
-    pq: &Pq,
+    resources: &Resources,
     definition: &TaskDefinition,
     job: Job,
-    queue: Arc<str>,
     claim: Claim,
-    keep_completed: bool,
+    queue: Arc<str>,
 ) -> Outcome {
     let options = definition.options;
-    let runs = options.max_retries.saturating_add(1);
-    if claim.attempt > runs {
-        // Its earlier attempt's worker died, and that was the last attempt allowed.
-        return give_up(
-            claim,
-            format!(
-                "gave up: attempt {} exceeds max_retries = {}; the worker of the previous attempt was lost",
-                claim.attempt, options.max_retries
-            ),
-        );
-    }
-    let ctx = TaskContext::for_job(pq, &job, definition.name, queue);
+    // Runs lost with their worker do not count: only the runs that failed themselves spend the
+    // task's retries (rescues have their own budget, kept by the rescue).
+    let failures = job.attempts().saturating_sub(job.rescues()).max(1);
+    let then = |error: &str| {
+        let then = if failures <= options.max_retries {
+            Failure::RetryIn(retry_delay(&options, claim, failures))
+        } else {
+            Failure::GiveUp
+        };
+        tracing::warn!(%error, ?then, "pq: job failed");
+        then
+    };
+    let timeout = job.timeout().or(options.timeout);
+    let ctx = TaskContext::for_job(resources, &job, definition.name, queue);
     let started = Instant::now();
     // Decoding runs the arguments' `Deserialize`, which may panic like the body (as may the
     // start of a hand-written `Task::execute`, which is reported the same way).
@@ -141,7 +126,16 @@ async fn run(
             )
         }
     };
-    let result = match AssertUnwindSafe(body).catch_unwind().await {
+    let body = AssertUnwindSafe(body).catch_unwind();
+    let result = match timeout {
+        None => body.await,
+        Some(limit) => match tokio::time::timeout(limit, body).await {
+            Ok(result) => result,
+            // The body's future is dropped here; its transaction is rolled back below.
+            Err(_) => Ok(Err(pq_core_timeout(limit))),
+        },
+    };
+    let result = match result {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(panic) => Err(format!(
             "panicked: {}",
@@ -158,11 +152,11 @@ async fn run(
             // Boxed: its statements make a large future, and every job's task would carry it.
             Some(tx) => {
                 Box::pin(commit_with_completion(
-                    pq,
+                    &resources.own,
                     tx,
                     claim,
-                    keep_completed,
-                    elapsed,
+                    resources.keep_completed,
+                    then,
                 ))
                 .await
             }
@@ -170,33 +164,37 @@ async fn run(
         Err(error) => {
             // The handler's own writes, if any, are rolled back with its transaction.
             drop(ctx.take_transaction().await);
-            let then = if claim.attempt < runs {
-                Failure::RetryIn(retry_delay(&options, claim))
-            } else {
-                Failure::GiveUp
-            };
-            tracing::warn!(?elapsed, %error, ?then, "pq: job failed");
-            Outcome::Failed { claim, error, then }
+            let then = then(&error);
+            Outcome::Failed(Failed { claim, error, then })
         }
     }
 }
 
-/// Completes the job inside the handler's transaction and commits both, or neither.
+/// The error of a run stopped at its timeout.
+fn pq_core_timeout(limit: Duration) -> crate::TaskError {
+    crate::TaskError::new(format!(
+        "timed out after {}: the run was stopped and its transaction rolled back",
+        humantime::format_duration(limit)
+    ))
+}
+
+/// Completes the job inside the handler's transaction and commits both, or neither. A commit
+/// the database refuses is a failed attempt like any other, recorded with the commit's error.
 async fn commit_with_completion(
     pq: &Pq,
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     claim: Claim,
     keep_completed: bool,
-    elapsed: Duration,
+    then: impl FnOnce(&str) -> Failure,
 ) -> Outcome {
     let completed = pq.complete(&mut *tx, &[claim], keep_completed).await;
     let committed = match completed {
         Ok(ids) if ids.contains(&claim.id) => tx.commit().await.map_err(pq_core::Error::from),
         Ok(_) => {
-            // The lease was lost and the job handed to another worker: its writes must not
+            // The claim was lost and the job handed to another worker: its writes must not
             // happen twice, so they are rolled back.
             tracing::warn!(
-                "pq: lease lost before completion; the handler's transaction is rolled back"
+                "pq: the job's claim was lost before completion; the handler's transaction is rolled back"
             );
             return Outcome::Recorded(claim);
         }
@@ -204,22 +202,13 @@ async fn commit_with_completion(
     };
     match committed {
         Ok(()) => {
-            tracing::debug!(?elapsed, "pq: job succeeded in its transaction");
+            tracing::debug!("pq: job succeeded in its transaction");
             Outcome::Recorded(claim)
         }
-        Err(error) => Outcome::Failed {
-            claim,
-            error: format!("could not commit the job's transaction: {error}"),
-            then: Failure::RetryIn(Duration::ZERO),
-        },
-    }
-}
-
-fn give_up(claim: Claim, error: String) -> Outcome {
-    tracing::error!(job_id = claim.id.0, %error, "pq: job failed for good");
-    Outcome::Failed {
-        claim,
-        error,
-        then: Failure::GiveUp,
+        Err(error) => {
+            let error = format!("could not commit the job's transaction: {error}");
+            let then = then(&error);
+            Outcome::Failed(Failed { claim, error, then })
+        }
     }
 }

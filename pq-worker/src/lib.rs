@@ -6,7 +6,7 @@
 mod complete;
 mod context;
 mod execute;
-mod lease;
+mod heartbeat;
 mod registry;
 mod retry;
 mod shutdown;

@@ -9,30 +9,34 @@ use crate::task::{Backoff, TaskOptions};
 /// The longest an exponential backoff waits.
 const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 
-/// The delay before the attempt after `claim`'s, by the task's backoff.
-pub(crate) fn retry_delay(options: &TaskOptions, claim: Claim) -> Duration {
+/// The delay before the next attempt of `claim`'s job, whose runs failed `failures` times so
+/// far (this one included), by the task's backoff.
+pub(crate) fn retry_delay(options: &TaskOptions, claim: Claim, failures: u32) -> Duration {
     match options.backoff {
         Backoff::Fixed => options.retry_in,
         Backoff::Exponential => {
-            let exponent = claim.attempt.saturating_sub(1).min(32);
+            let exponent = failures.saturating_sub(1).min(32);
             let delay = options
                 .retry_in
                 .saturating_mul(1 << exponent.min(31))
                 .min(MAX_BACKOFF);
             // Up to 25% less, so that jobs that failed together spread out.
-            let jitter = delay.mul_f64(0.25 * unit_random(claim));
+            let jitter = delay.mul_f64(0.25 * unit_random(claim, failures));
             delay - jitter
         }
     }
 }
 
-/// A number in [0, 1), different for each job, attempt and moment: enough for jitter.
-fn unit_random(claim: Claim) -> f64 {
+/// A number in [0, 1), different for each job, run and moment: enough for jitter.
+fn unit_random(claim: Claim, failures: u32) -> f64 {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let mut x = (claim.id.0 as u64) ^ (u64::from(claim.attempt) << 32) ^ u64::from(nanos);
+    let mut x = (claim.id.0 as u64)
+        ^ (claim.number as u64).rotate_left(17)
+        ^ (u64::from(failures) << 32)
+        ^ u64::from(nanos);
     // splitmix64's finaliser.
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -45,8 +49,8 @@ mod tests {
     use super::*;
     use pq_core::JobId;
 
-    fn claim(attempt: u32) -> Claim {
-        Claim::new(JobId(42), attempt)
+    fn claim() -> Claim {
+        Claim::new(JobId(42), 7)
     }
 
     #[test]
@@ -57,7 +61,7 @@ mod tests {
         };
         for attempt in 1..5 {
             assert_eq!(
-                retry_delay(&options, claim(attempt)),
+                retry_delay(&options, claim(), attempt),
                 Duration::from_secs(10)
             );
         }
@@ -71,13 +75,13 @@ mod tests {
             ..TaskOptions::DEFAULT
         };
         for (attempt, full) in [(1, 10), (2, 20), (3, 40), (4, 80)] {
-            let delay = retry_delay(&options, claim(attempt));
+            let delay = retry_delay(&options, claim(), attempt);
             let full = Duration::from_secs(full);
             assert!(
                 delay <= full && delay >= full.mul_f64(0.75),
                 "{attempt}: {delay:?}"
             );
         }
-        assert!(retry_delay(&options, claim(60)) <= MAX_BACKOFF);
+        assert!(retry_delay(&options, claim(), 60) <= MAX_BACKOFF);
     }
 }

@@ -74,6 +74,9 @@ pub struct TaskOptions {
     pub retry_in: Duration,
     /// How the delay grows from one retry to the next (default [`Backoff::Fixed`]).
     pub backoff: Backoff,
+    /// How long one run may take (default: no limit): a run still going then is stopped (its
+    /// future dropped, its transaction rolled back) and fails, retried as any failure is.
+    pub timeout: Option<Duration>,
 }
 
 impl TaskOptions {
@@ -85,6 +88,7 @@ impl TaskOptions {
         max_retries: 0,
         retry_in: Duration::from_secs(30),
         backoff: Backoff::Fixed,
+        timeout: None,
     };
 }
 
@@ -157,6 +161,7 @@ pub struct TaskCall<T: Task> {
     queue: Cow<'static, str>,
     schedule_at: Option<Result<When, pq_core::Error>>,
     expected_at: Option<Result<When, pq_core::Error>>,
+    timeout: Option<Result<Duration, pq_core::Error>>,
 }
 
 impl<T: Task> TaskCall<T> {
@@ -168,6 +173,7 @@ impl<T: Task> TaskCall<T> {
             queue: Cow::Borrowed(options.queue),
             schedule_at: options.schedule_at.map(|d| Ok(When::from(d))),
             expected_at: options.expected_at.map(|d| Ok(When::from(d))),
+            timeout: None,
         }
     }
 
@@ -186,6 +192,28 @@ impl<T: Task> TaskCall<T> {
     /// Priority: jobs expected earlier run first; jobs with no expectation run last.
     pub fn expected_at(mut self, when: impl IntoWhen) -> Self {
         self.expected_at = Some(when.into_when());
+        self
+    }
+
+    /// Limits each run of this call's job to `timeout` (a duration string such as `"5m"`, or a
+    /// `std::time::Duration`), instead of the task's `timeout`.
+    ///
+    /// ```no_run
+    /// #[pq::task(timeout = "1m")]
+    /// async fn render(page: u32) {}
+    ///
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// render(7).timeout("10m").enqueue(&pq).await?; // a long page
+    /// # Ok(()) }
+    /// ```
+    pub fn timeout(mut self, timeout: impl IntoWhen) -> Self {
+        self.timeout = Some(timeout.into_when().and_then(|when| match when {
+            When::In(delay) => Ok(delay),
+            When::At(at) => Err(pq_core::Error::InvalidTime {
+                input: at.to_rfc3339(),
+                reason: "a timeout is a duration, not a point in time".into(),
+            }),
+        }));
         self
     }
 
@@ -221,6 +249,9 @@ impl<T: Task> TaskCall<T> {
         }
         if let Some(when) = self.expected_at {
             job = job.expected_at(when?);
+        }
+        if let Some(timeout) = self.timeout {
+            job = job.timeout(timeout?);
         }
         Ok(job)
     }

@@ -2,22 +2,19 @@
 
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use futures_util::future::select_all;
-use pq_core::{Claim, Job, Pq, Subscription};
+use pq_core::{ClaimQueues, Job, Pq, Subscription, WorkerId, WorkerInfo};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::complete::{lock, Completer, InFlight};
-use crate::execute::{execute, Outcome};
+use crate::complete::{give_up, lock, Completer, InFlight, Pending, Recording};
+use crate::execute::{execute, Resources};
 use crate::metrics::{Registered, TaskMetrics};
 use crate::registry::{DuplicateTask, Registry};
-
-type Signal = Pin<Box<dyn Future<Output = ()> + Send>>;
+use crate::shutdown::{Signal, Stop};
 
 /// Why a worker could not start. Once running, a worker does not fail: database errors are
 /// logged and retried.
@@ -30,12 +27,24 @@ pub enum WorkerError {
     /// Nothing to work on: no queue was named and no task is registered.
     #[error("the worker has no queue: no task is registered (is the crate that defines them linked?) and none was named with `queues`")]
     NoQueues,
+    /// The worker's settings, or the table, cannot work: an invalid queue name, a table that
+    /// was never migrated or lacks this pq's migrations.
+    #[error(transparent)]
+    Setup(#[from] pq_core::Error),
 }
 
+/// How many connections a worker's bookkeeping needs beside its handlers': its two claimers,
+/// its completer, and its heartbeat.
+const BOOKKEEPING_CONNECTIONS: u32 = 4;
+
+/// How long a stopping worker goes on recording outcomes after its jobs ended, should the
+/// database be slow or away: what it cannot record by then returns through its lease.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs registered tasks: claims ready jobs of its queues, runs up to `concurrency` of them at
-/// once, records each outcome, retries failures, renews its leases and rescues the jobs of dead
-/// workers, until a shutdown signal (SIGINT or SIGTERM by default) or, in burst mode, until
-/// nothing is ready.
+/// once, records each outcome, retries failures, keeps its registration alive and rescues the
+/// jobs of dead workers, until a shutdown signal (SIGINT or SIGTERM by default) or, in burst
+/// mode, until nothing is ready.
 ///
 /// ```no_run
 /// #[pq::task(queue = "apples", max_retries = 2, retry_in = "10s")]
@@ -71,6 +80,7 @@ struct Settings {
     poll_interval: Duration,
     grace_period: Duration,
     keep_completed: bool,
+    max_rescues: u32,
 }
 
 impl Worker {
@@ -88,6 +98,7 @@ impl Worker {
                 poll_interval: Duration::from_secs(5),
                 grace_period: Duration::from_secs(30),
                 keep_completed: false,
+                max_rescues: 3,
             },
         }
     }
@@ -103,23 +114,27 @@ impl Worker {
     }
 
     /// Runs at most this many jobs at once (default 16). A claim takes a job for each free
-    /// slot, in one statement, once half the slots are free or 5 ms after the first one freed.
+    /// slot, in one statement for all the worker's queues, once half the slots are free or 5 ms
+    /// after the first one freed. A slot stays taken until its job's outcome is recorded, so
+    /// the worker never holds more jobs than this.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.settings.concurrency = concurrency.max(1);
+        self.settings.concurrency = concurrency.clamp(1, 100_000);
         self
     }
 
-    /// Returns once no job is ready and none is running, instead of waiting for more.
+    /// Returns once no job it could claim is ready and none is running, instead of waiting
+    /// for more. Jobs that other sessions hold in their transactions are theirs.
     pub fn burst(mut self) -> Self {
         self.settings.burst = true;
         self
     }
 
-    /// How long a claimed job stays reserved for this worker without renewal (default 30 s). The
-    /// worker renews every third of it, so a job may run longer; if the worker dies, its jobs
-    /// return to the queue this long after its last renewal. At least 300 ms, at most a year.
+    /// How long the worker's registration holds without a heartbeat (default 30 s). It beats
+    /// every third of it, one statement whatever it runs; if it dies (or freezes, or is cut
+    /// off), its jobs return to the queue this long after its last heartbeat. At least 300 ms,
+    /// at most a year.
     pub fn lease(mut self, lease: Duration) -> Self {
-        // Bounded above so that the renewal and rescue timers (a third and half of it) stay
+        // Bounded above so that the heartbeat and rescue timers (a third and half of it) stay
         // within what a clock can add: `Duration::MAX` would make them panic.
         self.settings.lease = lease.clamp(
             Duration::from_millis(300),
@@ -149,7 +164,16 @@ impl Worker {
         self
     }
 
-    /// Stops when `signal` completes, instead of on SIGINT or SIGTERM.
+    /// How many times a job may be lost with its worker (a crash, a freeze, a network cut)
+    /// and run again (default 3). Those runs do not spend its task's retries; past this, the
+    /// job fails for good, so that a job that kills its worker every time still ends.
+    pub fn max_rescues(mut self, rescues: u32) -> Self {
+        self.settings.max_rescues = rescues;
+        self
+    }
+
+    /// Stops gracefully when `signal` completes, instead of on SIGINT or SIGTERM. To stop at
+    /// once, drop the future of [`run`](Worker::run).
     pub fn shutdown_on(mut self, signal: impl Future<Output = ()> + Send + 'static) -> Self {
         self.shutdown = Some(Box::pin(signal));
         self
@@ -163,6 +187,10 @@ impl Worker {
 
     /// Works until shut down (or, in burst mode, until nothing is ready); returns `Ok` once
     /// every job it took has finished or been returned to the queue.
+    ///
+    /// Dropping the future (in a `select!`, a timeout) stops the worker at once: every task it
+    /// started ends with it, and a task of its own returns its unfinished jobs to the queue
+    /// (should that fail, they return when its lease runs out).
     pub async fn run(mut self) -> Result<(), WorkerError> {
         let registry = match self.registry {
             Some(registry) => registry,
@@ -175,62 +203,197 @@ impl Worker {
         if queues.is_empty() {
             return Err(WorkerError::NoQueues);
         }
-        let shutdown = self
-            .shutdown
-            .unwrap_or_else(|| Box::pin(crate::shutdown::signal()));
+        let claim_queues = ClaimQueues::new(queues.iter().cloned())?;
+        let mut stop = match self.shutdown {
+            Some(signal) => Stop::Custom(Some(signal)),
+            None => Stop::signals(),
+        };
+        let concurrency = u32::try_from(self.settings.concurrency).unwrap_or(u32::MAX);
+        let own = self
+            .pq
+            .with_own_pool(concurrency.saturating_add(BOOKKEEPING_CONNECTIONS));
+        let info = WorkerInfo {
+            queues: claim_queues.names().to_vec(),
+            concurrency,
+            lease: self.settings.lease,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let Some(worker) = register(&own, &info, &mut stop).await? else {
+            return Ok(());
+        };
         let run = Run {
-            pq: self.pq,
+            resources: Arc::new(Resources {
+                pq: self.pq,
+                own: own.clone(),
+                keep_completed: self.settings.keep_completed,
+            }),
+            worker,
             registry: Arc::new(registry),
             settings: self.settings,
             metrics: Registered::default(),
         };
-        run.run(shutdown).await;
+        let in_flight = InFlight::default();
+        // Whatever happens to this future from here, its claims are given back.
+        let cleanup = Cleanup {
+            pq: own,
+            worker,
+            in_flight: Arc::clone(&in_flight),
+            armed: true,
+        };
+        run.run(claim_queues, info, in_flight, &mut stop).await;
+        cleanup.disarm();
         Ok(())
+    }
+}
+
+/// Checks the table and registers the worker, waiting for the database while it is
+/// unreachable; `None` if asked to stop meanwhile.
+async fn register(
+    pq: &Pq,
+    info: &WorkerInfo,
+    stop: &mut Stop,
+) -> Result<Option<WorkerId>, WorkerError> {
+    let mut backoff = Backoff::default();
+    loop {
+        let registered = async {
+            pq.check_schema().await?;
+            warn_of_connection_budget(pq, info).await;
+            pq.register_worker(info).await
+        };
+        let outcome = tokio::select! {
+            outcome = registered => outcome,
+            () = stop.next() => return Ok(None),
+        };
+        match outcome {
+            Ok(worker) => return Ok(Some(worker)),
+            Err(error) if error.is_transient() => {
+                let delay = backoff.next();
+                tracing::error!(%error, ?delay, "pq: cannot register the worker; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = stop.next() => return Ok(None),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Warns when the server may not have the connections the worker could ask for: one for each
+/// job that opens its transaction, and its bookkeeping's. Most handlers open none, so this is no
+/// reason to refuse to start.
+async fn warn_of_connection_budget(pq: &Pq, info: &WorkerInfo) {
+    let free = sqlx::query_scalar::<_, i64>(
+        "SELECT current_setting('max_connections')::int8 \
+           - current_setting('superuser_reserved_connections')::int8 \
+           - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')",
+    )
+    .fetch_one(pq.pool());
+    let wanted = i64::from(info.concurrency) + i64::from(BOOKKEEPING_CONNECTIONS);
+    if let Ok(Ok(free)) = tokio::time::timeout(Duration::from_secs(5), free).await {
+        if free < wanted {
+            tracing::warn!(
+                free,
+                wanted,
+                "pq: the server has fewer free connections than this worker may open (its concurrency, for jobs that open their transaction, and {BOOKKEEPING_CONNECTIONS} for its bookkeeping)"
+            );
+        }
+    }
+}
+
+/// Gives back a worker's unfinished jobs and its registration when its `run` future is dropped:
+/// a task of its own, bounded by the statement timeout, since a drop cannot wait.
+struct Cleanup {
+    pq: Pq,
+    worker: WorkerId,
+    in_flight: InFlight,
+    armed: bool,
+}
+
+impl Cleanup {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // Its jobs return when its lease runs out.
+        };
+        let unfinished = lock(&self.in_flight).len();
+        let (pq, worker) = (self.pq.clone(), self.worker);
+        runtime.spawn(async move {
+            tracing::warn!(
+                unfinished,
+                "pq: the worker's future was dropped; returning its jobs to the queue"
+            );
+            if let Err(error) = pq.deregister_worker(worker).await {
+                tracing::error!(%error, "pq: cannot return a dropped worker's jobs; they return when its lease runs out");
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(500), pq.pool().close()).await;
+        });
     }
 }
 
 /// What the worker's two claimers share.
 struct Fetcher<'a> {
-    /// One permit per job that may run at once.
+    /// One permit per job that may run at once, taken when it is claimed and given back when
+    /// its outcome is recorded.
     slots: Arc<Semaphore>,
     in_flight: &'a InFlight,
-    outcomes: &'a mpsc::UnboundedSender<Outcome>,
+    outcomes: &'a mpsc::UnboundedSender<Recording>,
     /// Woken when a claim came back full: more is ready than one claim takes.
     backlog: Notify,
 }
 
 /// A running worker.
 struct Run {
-    pq: Pq,
+    resources: Arc<Resources>,
+    worker: WorkerId,
     registry: Arc<Registry>,
     settings: Settings,
     metrics: Registered,
 }
 
 impl Run {
-    async fn run(self, mut shutdown: Signal) {
-        tracing::info!(queues = ?self.settings.queues, concurrency = self.settings.concurrency, "pq: worker started");
-        let in_flight = InFlight::default();
+    async fn run(
+        self,
+        queues: ClaimQueues,
+        info: WorkerInfo,
+        in_flight: InFlight,
+        stop: &mut Stop,
+    ) {
+        let own = &self.resources.own;
+        tracing::info!(
+            worker = self.worker.0,
+            queues = ?self.settings.queues,
+            concurrency = self.settings.concurrency,
+            "pq: worker started"
+        );
+        // Every task the worker starts is in one of these sets, and ends with it.
+        let mut keep_alive = JoinSet::new();
+        keep_alive.spawn(crate::heartbeat::keep_alive(
+            own.clone(),
+            self.worker,
+            info,
+            self.settings.max_rescues,
+        ));
         let progress = Arc::new(Notify::new());
         let (outcomes, received) = mpsc::unbounded_channel();
-        let completer = tokio::spawn(
+        let mut completer = JoinSet::new();
+        completer.spawn(
             Completer {
-                pq: self.pq.clone(),
+                pq: own.clone(),
                 keep_completed: self.settings.keep_completed,
                 in_flight: Arc::clone(&in_flight),
                 progress: Arc::clone(&progress),
             }
             .run(received),
         );
-        let renewer = tokio::spawn(crate::lease::renew_leases(
-            self.pq.clone(),
-            Arc::clone(&in_flight),
-            self.settings.lease,
-        ));
-        let rescuer = tokio::spawn(crate::lease::rescue_expired(
-            self.pq.clone(),
-            (self.settings.lease / 2).max(Duration::from_secs(1)),
-        ));
 
         let fetcher = Fetcher {
             slots: Arc::new(Semaphore::new(self.settings.concurrency)),
@@ -238,101 +401,134 @@ impl Run {
             outcomes: &outcomes,
             backlog: Notify::new(),
         };
-        let (stopped, stop) = watch::channel(false);
+        let (stopped, stop_backlog) = watch::channel(false);
         let mut jobs = JoinSet::new();
         let mut backlog_jobs = JoinSet::new();
+        let mut backlog_queues = queues.clone();
         tokio::join!(
             async {
-                self.fetch(&fetcher, &mut jobs, &progress, &mut shutdown)
+                self.fetch(&fetcher, &mut jobs, queues, &progress, stop)
                     .await;
                 stopped.send_replace(true);
             },
-            self.fetch_backlog(&fetcher, &mut backlog_jobs, stop),
+            self.fetch_backlog(
+                &fetcher,
+                &mut backlog_jobs,
+                &mut backlog_queues,
+                stop_backlog
+            ),
         );
+        drop(fetcher);
         tracing::info!(
             running = jobs.len() + backlog_jobs.len(),
-            "pq: worker stopping"
+            "pq: worker stopping; a second signal stops it at once"
         );
-
-        // Let running jobs finish within the grace period; stop the rest.
-        let finished = tokio::time::timeout(self.settings.grace_period, async {
-            while jobs.join_next().await.is_some() {}
-            while backlog_jobs.join_next().await.is_some() {}
-        })
-        .await;
-        if finished.is_err() {
+        // Let running jobs finish within the grace period; stop the rest, whose pending
+        // outcomes then ask for them to be released.
+        let finished = tokio::select! {
+            finished = tokio::time::timeout(self.settings.grace_period, async {
+                while jobs.join_next().await.is_some() {}
+                while backlog_jobs.join_next().await.is_some() {}
+            }) => finished.is_ok(),
+            () = stop.next() => return self.stop_now(&in_flight),
+        };
+        if !finished {
             tracing::warn!(
                 stopped = jobs.len() + backlog_jobs.len(),
                 "pq: grace period over, stopping running jobs"
             );
-            jobs.shutdown().await;
-            backlog_jobs.shutdown().await;
         }
+        jobs.shutdown().await;
+        backlog_jobs.shutdown().await;
         drop(outcomes);
-        if let Err(error) = completer.await {
-            tracing::error!(%error, "pq: the completer stopped abnormally");
+        // Everything from here ends by the flush deadline, whatever the database does.
+        let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
+        // Records what it can, heartbeat still beating.
+        let flushed = tokio::select! {
+            flushed = tokio::time::timeout_at(deadline, completer.join_next()) => flushed.is_ok(),
+            () = stop.next() => return self.stop_now(&in_flight),
+        };
+        completer.shutdown().await;
+        if !flushed {
+            tracing::error!(
+                unrecorded = lock(&in_flight).len(),
+                "pq: cannot record every outcome within {FLUSH_TIMEOUT:?}"
+            );
         }
-        renewer.abort();
-        rescuer.abort();
-        // What is still held never reported an outcome: return it to the queue.
-        let unfinished: Vec<Claim> = lock(&in_flight).drain().collect();
-        if !unfinished.is_empty() {
-            match self.pq.release(&unfinished).await {
-                Ok(released) => tracing::info!(
-                    released = released.len(),
-                    "pq: returned unfinished jobs to the queue"
-                ),
-                Err(error) => {
-                    tracing::error!(%error, "pq: cannot return unfinished jobs; they return when their lease runs out")
-                }
-            }
+        keep_alive.shutdown().await;
+        // What is still held never got its outcome recorded: back to the queue, with the
+        // worker's registration gone.
+        let unrecorded = lock(&in_flight).len();
+        match tokio::time::timeout_at(deadline, own.deregister_worker(self.worker)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(released)) => tracing::info!(
+                released,
+                "pq: returned unfinished jobs to the queue"
+            ),
+            Ok(Err(_)) | Err(_) => tracing::error!(
+                unrecorded,
+                "pq: cannot return unfinished jobs or deregister; they return when this worker's lease runs out"
+            ),
         }
+        // Closing waits for connections still out, which a server that hangs may never give back.
+        let _ = tokio::time::timeout(Duration::from_millis(500), own.pool().close()).await;
         tracing::info!("pq: worker stopped");
     }
 
+    /// A second signal: every task ends now, nothing more is recorded; the worker's jobs
+    /// return when its lease runs out.
+    fn stop_now(&self, in_flight: &InFlight) {
+        tracing::warn!(
+            unrecorded = lock(in_flight).len(),
+            "pq: stopping at once; unfinished jobs return when this worker's lease runs out"
+        );
+        lock(in_flight).clear();
+    }
+
     /// Claims and starts jobs until shut down, or in burst mode until nothing is ready or running.
-    /// The shutdown signal is heeded while waiting, never in the middle of a claim, so that no
-    /// claimed job is dropped unstarted.
+    /// The shutdown signal is heeded at once, a claim in flight included: a claim abandoned
+    /// half-way either did not happen, or took jobs for this worker that it never saw, which
+    /// come back through the rescue once it deregisters.
     async fn fetch(
         &self,
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
+        mut queues: ClaimQueues,
         progress: &Arc<Notify>,
-        shutdown: &mut Signal,
+        stop: &mut Stop,
     ) {
-        let subscriptions = tokio::select! {
-            subscriptions = self.subscribe() => subscriptions,
-            () = shutdown.as_mut() => return,
+        let subscription = tokio::select! {
+            subscription = self.subscribe(queues.names()) => subscription,
+            () = stop.next() => return,
         };
-        let mut next_queue = 0;
+        let names: Vec<String> = queues.names().to_vec();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut backoff = Backoff::default();
+        let mut idle = pq_core::IdleDelay::default();
         loop {
             while jobs.try_join_next().is_some() {}
             let permits = tokio::select! {
                 permits = self.gather_slots(&fetcher.slots) => permits,
-                () = shutdown.as_mut() => return,
+                () = stop.next() => return,
             };
             let Some(mut permits) = permits else {
                 return;
             };
 
             // Armed before claiming, so that a job put meanwhile still wakes the wait below.
-            let mut wakeups: Vec<_> = subscriptions
-                .iter()
-                .map(|s| Box::pin(s.notified()))
-                .collect();
-            wakeups.iter_mut().for_each(|n| {
-                n.as_mut().enable();
-            });
+            let wakeup = subscription.notified();
+            tokio::pin!(wakeup);
+            wakeup.as_mut().enable();
             let work_done = progress.notified();
             tokio::pin!(work_done);
             work_done.as_mut().enable();
 
             let wanted = permits.num_permits();
-            let mut claimed = match self
-                .claim(fetcher, jobs, &mut next_queue, &mut permits)
-                .await
-            {
+            let claim = tokio::select! {
+                claim = self.claim(fetcher, jobs, &mut queues, &mut permits) => claim,
+                () = stop.next() => return,
+            };
+            let mut claimed = match claim {
                 Ok(claimed) => {
                     backoff.reset();
                     if claimed == wanted {
@@ -346,7 +542,7 @@ impl Run {
                     tracing::error!(%error, ?delay, "pq: cannot claim jobs; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue,
-                        () = shutdown.as_mut() => return,
+                        () = stop.next() => return,
                     }
                 }
             };
@@ -354,38 +550,48 @@ impl Run {
             if claimed == 0 {
                 let running = !lock(fetcher.in_flight).is_empty();
                 if self.settings.burst && !running {
-                    if !self.any_ready().await {
-                        return;
+                    // A claim resumes where the last ones stopped, and may pass over a job
+                    // that sorts before (a retry, say): one more from the top, then done.
+                    queues.restart();
+                    let claim = tokio::select! {
+                        claim = self.claim(fetcher, jobs, &mut queues, &mut permits) => claim,
+                        () = stop.next() => return,
+                    };
+                    match claim {
+                        Ok(0) => return,
+                        Ok(_) => continue,
+                        Err(_) => {
+                            drop(permits);
+                            tokio::time::sleep(backoff.next()).await;
+                            continue;
+                        }
                     }
-                    // A claim resumes from its cursor and may pass over a job that sorts
-                    // before it (a retry, say) for a moment: look again shortly.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
                 }
                 // Registers this worker as waiting, so that every later put notifies; a put
                 // that committed before did not, and one more look finds it.
-                wait = self.idle_wait().await;
-                claimed = self
-                    .claim(fetcher, jobs, &mut next_queue, &mut permits)
-                    .await
-                    .unwrap_or_default();
+                let registered = tokio::select! {
+                    registered = self.resources.own.register_waiting(&names) => registered,
+                    () = stop.next() => return,
+                };
+                wait = match registered {
+                    Ok(registered) => idle.next(registered, self.settings.poll_interval),
+                    Err(_) => self.settings.poll_interval,
+                };
+                queues.restart();
+                claimed = tokio::select! {
+                    claim = self.claim(fetcher, jobs, &mut queues, &mut permits) => claim,
+                    () = stop.next() => return,
+                }
+                .unwrap_or_default();
             }
             drop(permits); // The slots no job took.
             if claimed == 0 {
-                let any_queue = async {
-                    if wakeups.is_empty() {
-                        std::future::pending::<()>().await;
-                    } else {
-                        select_all(wakeups).await;
-                    }
-                };
                 tokio::select! {
-                    () = any_queue => {}
+                    () = &mut wakeup => {}
                     () = &mut work_done => {}
                     () = tokio::time::sleep(wait) => {}
-                    () = shutdown.as_mut() => return,
+                    () = stop.next() => return,
                 }
-                continue;
             }
         }
     }
@@ -398,12 +604,12 @@ impl Run {
         &self,
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
+        queues: &mut ClaimQueues,
         mut stop: watch::Receiver<bool>,
     ) {
         if self.settings.concurrency < 2 {
             return;
         }
-        let mut next_queue = 1;
         loop {
             tokio::select! {
                 biased;
@@ -423,10 +629,11 @@ impl Run {
                 };
                 let wanted = permits.num_permits();
                 // An error is the main fetcher's to report and retry.
-                let claimed = self
-                    .claim(fetcher, jobs, &mut next_queue, &mut permits)
-                    .await
-                    .unwrap_or_default();
+                let claimed = tokio::select! {
+                    claim = self.claim(fetcher, jobs, queues, &mut permits) => claim,
+                    _ = stop.wait_for(|stop| *stop) => return,
+                }
+                .unwrap_or_default();
                 if claimed < wanted {
                     break;
                 }
@@ -456,39 +663,41 @@ impl Run {
         Some(permits)
     }
 
-    /// Claims a job for each slot of `permits`, taking the queues in turn so that none starves,
-    /// and starts each on one of the slots. Returns how many it started.
+    /// Claims a job for each slot of `permits`, from every queue in one statement, and starts
+    /// each on one of the slots. Returns how many it took.
     async fn claim(
         &self,
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
-        next_queue: &mut usize,
+        queues: &mut ClaimQueues,
         permits: &mut OwnedSemaphorePermit,
     ) -> pq_core::Result<usize> {
         let limit = u32::try_from(permits.num_permits()).unwrap_or(u32::MAX);
-        for _ in 0..self.settings.queues.len() {
-            let queue = &self.settings.queues[*next_queue % self.settings.queues.len()];
-            *next_queue = next_queue.wrapping_add(1);
-            let claimed = self.pq.claim(queue, limit, self.settings.lease).await?;
-            if claimed.is_empty() {
-                continue;
-            }
-            let started = claimed.len();
-            lock(fetcher.in_flight).extend(claimed.iter().map(Claim::of));
-            let mut starting = Starting {
-                queue: Arc::from(queue.as_str()),
-                task: None,
-                inline: true,
-            };
-            for job in claimed {
-                let permit = permits
-                    .split(1)
-                    .expect("a claim takes at most one job a slot");
-                self.start(fetcher, jobs, &mut starting, job, permit);
-            }
-            return Ok(started);
+        let claimed = self.resources.own.claim(self.worker, queues, limit).await?;
+        let taken = claimed.jobs.len() + claimed.unreadable.len();
+        {
+            let mut in_flight = lock(fetcher.in_flight);
+            in_flight.extend(claimed.jobs.iter().filter_map(Job::claim));
+            in_flight.extend(claimed.unreadable.iter().map(|(claim, _)| *claim));
         }
-        Ok(0)
+        for (claim, reason) in claimed.unreadable {
+            let slot = permits
+                .split(1)
+                .expect("a claim takes at most one job a slot");
+            Pending::new(claim, slot, fetcher.outcomes.clone())
+                .finish(give_up(claim, format!("cannot be read: {reason}")));
+        }
+        let mut starting = Starting {
+            metrics: None,
+            inline: true,
+        };
+        for job in claimed.jobs {
+            let permit = permits
+                .split(1)
+                .expect("a claim takes at most one job a slot");
+            self.start(fetcher, jobs, &mut starting, job, permit);
+        }
+        Ok(taken)
     }
 
     /// Runs `job` on `permit`'s slot. The claimer polls it once itself: most short jobs end
@@ -503,30 +712,32 @@ impl Run {
         job: Job,
         permit: OwnedSemaphorePermit,
     ) {
-        // The application's recorder registers them: should it panic, the job runs unmeasured
-        // rather than the panic stopping the claimer.
+        let Some(claim) = job.claim() else { return };
+        // Labels come from the worker's own queues and tasks, never from what a row says, so
+        // that a table of odd rows cannot grow the metrics without bound. The application's
+        // recorder registers them: should it panic, the job runs unmeasured.
+        let queue: Arc<str> = Arc::from(job.queue());
+        let task = job
+            .task()
+            .and_then(|name| self.registry.get(name))
+            .map_or(UNREGISTERED, |definition| definition.name);
         let metrics = panic::catch_unwind(AssertUnwindSafe(|| {
-            starting.metrics(&self.metrics, job.task().unwrap_or_default())
+            starting.metrics(&self.metrics, &queue, task)
         }))
         .unwrap_or_else(|_| Arc::new(TaskMetrics::noop()));
-        let queue = Arc::clone(&starting.queue);
-        let pq = self.pq.clone();
+        let resources = Arc::clone(&self.resources);
         let registry = Arc::clone(&self.registry);
-        let outcomes = fetcher.outcomes.clone();
-        let keep_completed = self.settings.keep_completed;
+        let pending = Pending::new(claim, permit, fetcher.outcomes.clone());
         // Boxed, so that it can move to a task after a first poll.
         let mut run = Box::pin(async move {
-            let outcome = execute(&pq, &registry, job, queue, &metrics, keep_completed).await;
-            drop(permit);
-            // The completer outlives every job task, so the send fails only at a hard stop,
-            // and then the claim stays in flight and is released.
-            let _ = outcomes.send(outcome);
+            let outcome = execute(&resources, &registry, job, claim, queue, &metrics).await;
+            pending.finish(outcome);
         });
         if starting.inline {
             let started = Instant::now();
-            // A task that panics ends with its job unrecorded, released at shutdown or rescued;
-            // so does a job whose first poll panics here, where it must not stop the claim.
-            // The waker is never used: a job still pending is polled again by its task.
+            // A job whose first poll panics here must not stop the claim: its pending outcome,
+            // dropped with it, releases it. The waker is never used: a job still pending is
+            // polled again by its task.
             let first = panic::catch_unwind(AssertUnwindSafe(|| {
                 run.as_mut().poll(&mut Context::from_waker(Waker::noop()))
             }));
@@ -542,56 +753,29 @@ impl Run {
     }
 
     /// Subscribes to every queue, retrying while the database is unreachable.
-    async fn subscribe(&self) -> Vec<Subscription> {
+    async fn subscribe(&self, queues: &[String]) -> Subscription {
+        let names: Vec<&str> = queues.iter().map(String::as_str).collect();
         let mut backoff = Backoff::default();
-        let mut subscriptions = Vec::with_capacity(self.settings.queues.len());
-        for queue in &self.settings.queues {
-            loop {
-                match self.pq.subscribe(queue).await {
-                    Ok(subscription) => {
-                        subscriptions.push(subscription);
-                        break;
-                    }
-                    Err(error) => {
-                        let delay = backoff.next();
-                        tracing::error!(%error, ?delay, "pq: cannot LISTEN; retrying");
-                        tokio::time::sleep(delay).await;
-                    }
+        loop {
+            match self.resources.own.subscribe(&names).await {
+                Ok(subscription) => return subscription,
+                Err(error) => {
+                    let delay = backoff.next();
+                    tracing::error!(%error, ?delay, "pq: cannot LISTEN; retrying");
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
-        subscriptions
-    }
-
-    /// Whether any of the worker's queues has a ready job, by a count that reads no cursor.
-    async fn any_ready(&self) -> bool {
-        for queue in &self.settings.queues {
-            // An error counts as ready: a burst worker must not end on a failed look.
-            if !matches!(self.pq.queue(queue).len().await, Ok(0)) {
-                return true;
-            }
-        }
-        false
-    }
-
-    /// How long an idle worker sleeps: until the earliest scheduled job is due, at most the
-    /// poll interval.
-    async fn idle_wait(&self) -> Duration {
-        let mut wait = self.settings.poll_interval;
-        for queue in &self.settings.queues {
-            if let Ok(Some(seconds)) = self.pq.seconds_to_next_due(queue).await {
-                wait = wait.min(Duration::from_secs_f64(seconds.max(0.0)));
-            }
-        }
-        wait
     }
 }
 
-/// What the jobs of one claim share: their queue's name, and mostly their task.
+/// The task label of jobs whose task this worker does not run.
+const UNREGISTERED: &str = "(unregistered)";
+
+/// What the jobs of one claim share: mostly their queue and task, and so their metrics.
 struct Starting {
-    queue: Arc<str>,
-    /// The task of the job started last, and its metrics on this queue.
-    task: Option<(String, Arc<TaskMetrics>)>,
+    /// The queue and task of the job started last, and its metrics.
+    metrics: Option<(Arc<str>, &'static str, Arc<TaskMetrics>)>,
     /// Whether the claim still polls its jobs first. A job that computed for
     /// [`INLINE_LIMIT`] without waiting (a handler that should use `spawn_blocking`) would
     /// hold back the jobs after it: those go straight to tasks of their own, which other
@@ -600,12 +784,19 @@ struct Starting {
 }
 
 impl Starting {
-    fn metrics(&mut self, registered: &Registered, task: &str) -> Arc<TaskMetrics> {
-        match &self.task {
-            Some((last, metrics)) if last == task => Arc::clone(metrics),
+    fn metrics(
+        &mut self,
+        registered: &Registered,
+        queue: &Arc<str>,
+        task: &'static str,
+    ) -> Arc<TaskMetrics> {
+        match &self.metrics {
+            Some((last_queue, last_task, metrics)) if last_queue == queue && *last_task == task => {
+                Arc::clone(metrics)
+            }
             _ => {
-                let metrics = registered.get(&self.queue, task);
-                self.task = Some((task.to_owned(), Arc::clone(&metrics)));
+                let metrics = registered.get(queue, task);
+                self.metrics = Some((Arc::clone(queue), task, Arc::clone(&metrics)));
                 metrics
             }
         }

@@ -5,9 +5,7 @@ use std::time::Duration;
 use pq::{Claim, Enqueue, Failure, JobFilter, JobId, JobState, NewJob, Pq};
 use serde_json::json;
 
-use crate::support::TestDb;
-
-const LEASE: Duration = Duration::from_secs(60);
+use crate::support::{failed, Claimer, TestDb};
 
 /// Puts a job of `task` on `queue`.
 async fn put_task(pq: &Pq, queue: &str, task: &str, args: serde_json::Value) -> JobId {
@@ -17,16 +15,15 @@ async fn put_task(pq: &Pq, queue: &str, task: &str, args: serde_json::Value) -> 
 
 /// Claims the next job of `queue`, which must be `id`.
 async fn claim(pq: &Pq, queue: &str, id: JobId) -> Claim {
-    let jobs = pq.claim(queue, 1, LEASE).await.unwrap();
-    assert_eq!(jobs.iter().map(|j| j.id()).collect::<Vec<_>>(), [id]);
-    Claim::of(&jobs[0])
+    Claimer::new(pq, &[queue]).await.claim_one(id).await
 }
 
 /// A job of `queue` that ran and gave up with `error`.
 async fn failed_job(pq: &Pq, queue: &str, error: &str) -> JobId {
     let id = pq.queue(queue).put(&json!({"n": 1})).await.unwrap();
     let claim = claim(pq, queue, id).await;
-    assert!(pq.fail(claim, error, Failure::GiveUp).await.unwrap());
+    let failure = failed(claim, error, Failure::GiveUp);
+    assert_eq!(pq.fail(&[failure]).await.unwrap(), [id]);
     id
 }
 
@@ -134,11 +131,13 @@ async fn a_job_shows_every_column_with_its_error_history() {
     let pq = &db.pq;
     let id = put_task(pq, "mail", "app::send", json!({"to": "a@b.c"})).await;
     let first = claim(pq, "mail", id).await;
-    pq.fail(first, "timeout", Failure::RetryIn(Duration::ZERO))
+    pq.fail(&[failed(first, "timeout", Failure::RetryIn(Duration::ZERO))])
         .await
         .unwrap();
     let second = claim(pq, "mail", id).await;
-    pq.fail(second, "refused", Failure::GiveUp).await.unwrap();
+    pq.fail(&[failed(second, "refused", Failure::GiveUp)])
+        .await
+        .unwrap();
 
     let job = pq.admin().job(id).await.unwrap().expect("the job");
 
@@ -263,7 +262,7 @@ async fn retry_queues_a_failed_job_to_start_over_keeping_its_history_and_wakes_w
     let db = TestDb::new().await;
     let pq = &db.pq;
     let id = failed_job(pq, "apples", "boom").await;
-    let wake = pq.subscribe("apples").await.unwrap();
+    let wake = pq.subscribe(&["apples"]).await.unwrap();
     let notified = wake.notified();
     tokio::pin!(notified);
     notified.as_mut().enable();
@@ -275,13 +274,15 @@ async fn retry_queues_a_failed_job_to_start_over_keeping_its_history_and_wakes_w
         .expect("workers of the queue are woken");
     let job = pq.admin().job(id).await.unwrap().unwrap();
     assert_eq!(job.state, JobState::Ready);
-    assert_eq!(job.schedule_at, None);
+    // Ready from now on, behind the jobs ready before it.
+    assert!(job.schedule_at.is_some_and(|at| at > job.enqueued_at));
     assert_eq!(job.finished_at, None);
     assert_eq!(job.attempts, 0, "it starts over, with all its retries");
     assert_eq!(job.last_error.as_deref(), Some("boom"));
     assert_eq!(job.errors.len(), 1);
-    let again = claim(pq, "apples", id).await;
-    assert_eq!(again.attempt, 1);
+    let mut claimer = Claimer::new(pq, &["apples"]).await;
+    let again = claimer.claim(1).await;
+    assert_eq!(again[0].attempts(), 1);
 }
 
 #[tokio::test]
@@ -334,8 +335,9 @@ async fn retry_failed_filters_by_task_too() {
     let pq = &db.pq;
     let send = put_task(pq, "mail", "app::send", json!({})).await;
     let bounce = put_task(pq, "mail", "app::bounce", json!({})).await;
-    for job in pq.claim("mail", 2, LEASE).await.unwrap() {
-        pq.fail(Claim::of(&job), "boom", Failure::GiveUp)
+    for job in Claimer::new(pq, &["mail"]).await.claim(2).await {
+        let claim = job.claim().unwrap();
+        pq.fail(&[failed(claim, "boom", Failure::GiveUp)])
             .await
             .unwrap();
     }
@@ -490,6 +492,55 @@ async fn bad_input_is_a_typed_error() {
     assert!(matches!(err, pq::Error::InvalidTime { .. }), "{err}");
 }
 
+/// How many rows and index entries the table's scans have read, as PostgreSQL counts them, on
+/// a handle of one connection: the statements it ran flush their counts first.
+async fn rows_read(pq: &Pq) -> i64 {
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(pq.pool())
+        .await
+        .unwrap();
+    sqlx::query_scalar(
+        "SELECT (COALESCE(seq_tup_read, 0) + COALESCE(idx_tup_fetch, 0) \
+           + (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes AS i \
+              WHERE i.relid = t.relid))::int8 \
+         FROM pg_stat_user_tables AS t WHERE t.relid = $1::regclass",
+    )
+    .bind(pq.table())
+    .fetch_one(pq.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_oldest_ready_job_is_found_without_reading_the_backlog() {
+    let db = TestDb::new().await;
+    sqlx::query(&format!(
+        "INSERT INTO {} (q_name, data) SELECT 'deep', '1' FROM generate_series(1, 50000)",
+        db.pq.table()
+    ))
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+    sqlx::query(&format!("ANALYZE {}", db.pq.table()))
+        .execute(db.pq.pool())
+        .await
+        .unwrap();
+    let one = Pq::builder()
+        .schema(&db.schema)
+        .max_connections(1)
+        .connect(&crate::support::database_url())
+        .await
+        .unwrap();
+    let before = rows_read(&one).await;
+    let age = one.admin().oldest_ready("deep").await.unwrap();
+    let read = rows_read(&one).await - before;
+    assert!(age.is_some());
+    assert!(
+        read < 100,
+        "{read} rows read for the oldest of 50,000 ready jobs"
+    );
+}
+
 async fn explain(conn: &mut sqlx::PgConnection, sql: &str) -> String {
     let rows: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
         .fetch_all(conn)
@@ -519,16 +570,18 @@ async fn admin_and_rescue_statements_read_the_index_of_jobs_out_of_the_queue() {
          AND finished_at < now() - interval '7 days' ORDER BY state, id LIMIT 10"
     );
     let prunable = explain(&mut conn, &prunable_sql).await;
-    let expired = explain(
+    let lost = explain(
         &mut conn,
         &format!(
-            "SELECT id FROM {t} WHERE state = 'running' AND locked_until < now() \
-             ORDER BY locked_until LIMIT 10"
+            "SELECT id FROM {t} AS j WHERE state = 'running' \
+             AND NOT EXISTS (SELECT FROM {workers} AS w WHERE w.id = j.worker_id) \
+             ORDER BY id LIMIT 10",
+            workers = crate::support::derived(&db.pq, "workers"),
         ),
     )
     .await;
 
-    for plan in [&failed, &prunable, &expired] {
+    for plan in [&failed, &prunable, &lost] {
         assert!(plan.contains("queue_out_idx"), "{plan}");
     }
     // The index can give prune its order, so that a batch can stop once it has its jobs.

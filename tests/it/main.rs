@@ -3,9 +3,18 @@
 //! suite runs in parallel. One test binary keeps link times down.
 
 mod admin;
+mod cancellation;
 mod connections;
 mod faults;
+mod fencing;
+mod idle;
+mod leases;
 mod metrics;
+mod migrations;
+mod model;
+mod order;
+mod poison;
+mod proxy;
 mod queue;
 mod support;
 mod tasks;

@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::support::{database_url, unique_schema, TestDb};
+use crate::support::{database_url, unique_schema, Claimer, TestDb};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Apple {
@@ -778,11 +778,7 @@ async fn a_claimed_batch_comes_in_dequeue_order() {
     let plain = queue.put(&1).await.unwrap();
     let late = queue.put(&2).expected_at("2h").await.unwrap();
     let early = queue.put(&3).expected_at("1h").await.unwrap();
-    let jobs = db
-        .pq
-        .claim("claims", 10, Duration::from_secs(30))
-        .await
-        .unwrap();
+    let jobs = Claimer::new(&db.pq, &["claims"]).await.claim(10).await;
     let ids: Vec<_> = jobs.iter().map(|j| j.id()).collect();
     assert_eq!(ids, [early, late, plain]);
     assert!(jobs.iter().all(|j| j.attempts() == 1));
@@ -792,14 +788,17 @@ async fn a_claimed_batch_comes_in_dequeue_order() {
 async fn a_claim_of_no_jobs_or_of_no_queue_takes_nothing() {
     let db = TestDb::new().await;
     let id = db.pq.queue("claims").put(&1).await.unwrap();
-    let lease = Duration::from_secs(30);
-    assert!(db.pq.claim("claims", 0, lease).await.unwrap().is_empty());
+    let mut claimer = Claimer::new(&db.pq, &["claims"]).await;
+    assert!(claimer.claim(0).await.is_empty());
     for name in ["", "a\0b"] {
-        let err = db.pq.claim(name, 1, lease).await.unwrap_err();
+        let err = pq::ClaimQueues::new([name]).unwrap_err();
         assert!(matches!(err, pq::Error::InvalidQueueName { .. }), "{err}");
     }
-    // Nothing was taken, and the cursor a claim of none leaves does not hide the job.
-    let jobs = db.pq.claim("claims", 1, lease).await.unwrap();
+    let mut none = pq::ClaimQueues::new(Vec::<String>::new()).unwrap();
+    let claimed = db.pq.claim(claimer.worker, &mut none, 10).await.unwrap();
+    assert!(claimed.jobs.is_empty());
+    // Nothing was taken.
+    let jobs = claimer.claim(1).await;
     assert_eq!(jobs.iter().map(|j| j.id()).collect::<Vec<_>>(), [id]);
 }
 
@@ -853,8 +852,257 @@ async fn a_ready_job_held_by_another_transaction_does_not_make_waiters_spin() {
     assert!(holder.try_get().await.unwrap().is_some());
 
     // The only ready job is locked: a waiter may sleep, not look again at once.
-    let wait = db.pq.seconds_to_next_due("held").await.unwrap().unwrap();
-    assert!(wait > 1.0, "told to look again after {wait} s");
+    let wait = db.pq.register_waiting(&["held"]).await.unwrap().unwrap();
+    assert!(
+        wait > Duration::from_secs(1),
+        "told to look again after {wait:?}"
+    );
 
     holder.rollback().await.unwrap();
+}
+
+/// The advisory lock that orders puts and waiting consumers (`TableName::wait_lock_key`).
+fn wait_lock_key(db: &TestDb) -> i64 {
+    let name = format!("pq wait \"{}\".\"queue\"", db.schema);
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    hash as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_holding_the_wait_lock_does_not_hold_up_puts() {
+    let db = TestDb::new().await;
+    let queue = db.pq.queue("locked");
+    // A consumer waits, so that puts notify.
+    let waiting = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.get_timeout(Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Another session takes the lock's key for itself and keeps it.
+    let mut other = db.pq.pool().acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(wait_lock_key(&db))
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let put = tokio::time::timeout(Duration::from_secs(3), queue.put(&"through")).await;
+    sqlx::query("SELECT pg_advisory_unlock_all()")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let id = put.expect("the put does not wait for the lock").unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.map(|job| job.id()), Some(id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_get_wakes_a_consumer_waiting_for_that_queue() {
+    let db = TestDb::new().await;
+    let queue = db.pq.queue("back");
+    let id = queue.put(&"once").await.unwrap();
+    let mut first = queue.begin().await.unwrap();
+    assert!(first.try_get().await.unwrap().is_some());
+    let started = Instant::now();
+    let waiting = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.get_timeout(Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    first.rollback().await.unwrap();
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.map(|job| job.id()), Some(id));
+    // Its registration holds for 10 s: without a notification it would look again after 9.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_table_named_with_quotes_and_backslashes_works_without_standard_conforming_strings() {
+    let schema = unique_schema("scs");
+    let url = {
+        let url = database_url();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}options=-c%20standard_conforming_strings%3Doff")
+    };
+    let pq = pq::Pq::builder()
+        .schema(&schema)
+        .table(r"back\slash'quote")
+        .connect(&url)
+        .await
+        .unwrap();
+    let off: String = sqlx::query_scalar("SHOW standard_conforming_strings")
+        .fetch_one(pq.pool())
+        .await
+        .unwrap();
+    assert_eq!(off, "off");
+    let created = pq.create().await;
+    let used = async {
+        created?;
+        let queue = pq.queue("q");
+        let waiting = {
+            let queue = queue.clone();
+            tokio::spawn(async move { queue.get_timeout(Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        queue.put(&"x").await?;
+        waiting.await.unwrap()
+    }
+    .await;
+    sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+        .execute(pq.pool())
+        .await
+        .unwrap();
+    assert!(used.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_search_path_set_by_the_application_does_not_redirect_pqs_statements() {
+    // pq without a schema: its connections' search path at connect time decides the table's
+    // schema, once, not each connection's search path at each statement.
+    let home = unique_schema("home");
+    let url = {
+        let url = database_url();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}options=-c%20search_path%3D{home}")
+    };
+    let setup = pq::Pq::connect(&database_url()).await.unwrap();
+    sqlx::raw_sql(&format!("CREATE SCHEMA \"{home}\""))
+        .execute(setup.pool())
+        .await
+        .unwrap();
+    let pq = pq::Pq::builder()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    pq.create().await.unwrap();
+    let decoy = TestDb::new().await;
+    // The application points its (and so the pool's only) connection at another tenant.
+    sqlx::raw_sql(&format!("SET search_path = \"{}\"", decoy.schema))
+        .execute(pq.pool())
+        .await
+        .unwrap();
+    let put = pq.queue("tenant").put(&1).await;
+    let in_decoy = decoy.pq.queue("tenant").len().await.unwrap();
+    let at_home: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM \"{home}\".queue"))
+        .fetch_one(setup.pool())
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("DROP SCHEMA \"{home}\" CASCADE"))
+        .execute(setup.pool())
+        .await
+        .unwrap();
+    put.unwrap();
+    assert_eq!(
+        (in_decoy, at_home),
+        (0, 1),
+        "the job went to the table pq resolved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_job_wakes_a_consumer_waiting_for_its_queue() {
+    let db = TestDb::new().await;
+    let queue = db.pq.queue("released");
+    let id = queue.put(&"once").await.unwrap();
+    let claim = Claimer::new(&db.pq, &["released"])
+        .await
+        .claim_one(id)
+        .await;
+    let started = Instant::now();
+    let waiting = {
+        let queue = queue.clone();
+        tokio::spawn(async move { queue.get_timeout(Duration::from_secs(30)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(db.pq.release(&[claim]).await.unwrap(), [id]);
+    let got = waiting.await.unwrap().unwrap();
+    assert_eq!(got.map(|job| job.id()), Some(id));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_claim_of_large_jobs_writes_no_temporary_files() {
+    let db = TestDb::new().await;
+    let queue = db.pq.queue("large");
+    let payload = "x".repeat(8 << 20);
+    for _ in 0..8 {
+        queue.put(&payload).await.unwrap();
+    }
+    // One connection: the claim's counts are flushed by the statement after it.
+    let one = pq::Pq::builder()
+        .schema(&db.schema)
+        .max_connections(1)
+        .connect(&database_url())
+        .await
+        .unwrap();
+    let temp_bytes = |pq: pq::Pq| async move {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(pq.pool())
+            .await
+            .unwrap();
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(pq.pool())
+        .await
+        .unwrap();
+        bytes
+    };
+    let mut claimer = Claimer::new(&one, &["large"]).await;
+    let before = temp_bytes(one.clone()).await;
+    let jobs = claimer.claim(8).await;
+    let written = temp_bytes(one.clone()).await - before;
+    assert_eq!(jobs.len(), 8);
+    assert!(jobs.iter().all(|job| job.size() == payload.len() + 2));
+    assert!(
+        written < 4 << 20,
+        "a claim of 64 MB of jobs wrote {written} bytes of temporary files"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_hands_out_every_job_it_takes_while_puts_commit_beside_it() {
+    let db = TestDb::new().await;
+    let putting = {
+        let queue = db.pq.queue("busy");
+        tokio::spawn(async move {
+            for n in 0..3000 {
+                queue.put(&n).await.unwrap();
+            }
+        })
+    };
+    let mut claimer = Claimer::new(&db.pq, &["busy"]).await;
+    let mut handed_out = 0;
+    while !putting.is_finished() {
+        let jobs = claimer.claim(16).await;
+        let Some(number) = jobs.first().and_then(|job| job.claim()).map(|c| c.number) else {
+            continue;
+        };
+        let taken: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {} WHERE claim_id = $1",
+            db.pq.table()
+        ))
+        .bind(number)
+        .fetch_one(db.pq.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            taken,
+            jobs.len() as i64,
+            "claim {number} took jobs it did not hand out"
+        );
+        handed_out += jobs.len();
+    }
+    putting.await.unwrap();
+    assert!(handed_out > 0);
 }

@@ -1,10 +1,12 @@
 //! An isolated queue table per test: a fresh schema, dropped when the test ends (even when it
 //! fails).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use pq::{Pq, Worker};
+use pq::{JobId, Pq, TaskContext, Worker};
 
 /// The database the tests use.
 pub fn database_url() -> String {
@@ -24,6 +26,46 @@ pub fn unique_schema(label: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Runs per (table, job id), so that tests in other schemas never share a counter.
+fn runs() -> &'static Mutex<HashMap<(String, i64), u32>> {
+    static RUNS: OnceLock<Mutex<HashMap<(String, i64), u32>>> = OnceLock::new();
+    RUNS.get_or_init(Mutex::default)
+}
+
+/// Counts a run of the context's job; returns which run this is (1 for the first).
+pub fn record_run(ctx: &TaskContext) -> u32 {
+    record_run_of(&ctx.pq().table(), ctx.job_id())
+}
+
+/// Counts a run of job `id` of `table`; returns which run this is.
+pub fn record_run_of(table: &str, id: JobId) -> u32 {
+    let mut runs = runs().lock().unwrap();
+    let count = runs.entry((table.to_owned(), id.0)).or_default();
+    *count += 1;
+    *count
+}
+
+/// How many times job `id` of `pq`'s table ran.
+pub fn runs_of(pq: &Pq, id: JobId) -> u32 {
+    runs()
+        .lock()
+        .unwrap()
+        .get(&(pq.table(), id.0))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// Waits up to 30 s for `condition`.
+pub async fn wait_until(mut condition: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if condition() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 30 s");
 }
 
 /// Runs `worker` on `queue` until nothing is ready there.
@@ -95,4 +137,88 @@ impl Drop for TestDb {
         });
         let _ = cleanup.join();
     }
+}
+
+/// A worker's side of the claim protocol, driven by hand: registered, claiming from the top of
+/// its queues each time.
+pub struct Claimer {
+    pub pq: Pq,
+    pub worker: pq::WorkerId,
+    pub info: pq::WorkerInfo,
+    queues: pq::ClaimQueues,
+}
+
+impl Claimer {
+    /// A worker registered on `queues`, with a lease of a minute.
+    pub async fn new(pq: &Pq, queues: &[&str]) -> Claimer {
+        let info = pq::WorkerInfo {
+            queues: queues.iter().map(|q| (*q).to_owned()).collect(),
+            concurrency: 100,
+            lease: Duration::from_secs(60),
+            version: "test".into(),
+        };
+        let worker = pq.register_worker(&info).await.expect("register");
+        let queues = pq::ClaimQueues::new(queues.iter().copied()).expect("queue names");
+        Claimer {
+            pq: pq.clone(),
+            worker,
+            info,
+            queues,
+        }
+    }
+
+    /// Claims up to `limit` ready jobs, the first in dequeue order.
+    pub async fn claim(&mut self, limit: u32) -> Vec<pq::Job> {
+        self.queues.restart();
+        let claimed = self
+            .pq
+            .claim(self.worker, &mut self.queues, limit)
+            .await
+            .expect("claim");
+        assert!(claimed.unreadable.is_empty(), "{:?}", claimed.unreadable);
+        claimed.jobs
+    }
+
+    /// Claims the next job, which must be `id`, and returns its claim.
+    pub async fn claim_one(&mut self, id: JobId) -> pq::Claim {
+        let jobs = self.claim(1).await;
+        assert_eq!(jobs.iter().map(pq::Job::id).collect::<Vec<_>>(), [id]);
+        jobs[0].claim().expect("claimed")
+    }
+
+    /// Makes the worker's lease run out, as if it had been frozen or cut off: its jobs become
+    /// rescuable, until its next heartbeat.
+    pub async fn expire(&self) {
+        sqlx::query(&format!(
+            "UPDATE {} SET expires_at = now() - interval '1 s' WHERE id = $1",
+            derived(&self.pq, "workers")
+        ))
+        .bind(self.worker.0)
+        .execute(self.pq.pool())
+        .await
+        .expect("expire");
+    }
+
+    /// Renews the worker's lease.
+    pub async fn heartbeat(&self) -> pq::Heartbeat {
+        self.pq
+            .heartbeat(self.worker, &self.info)
+            .await
+            .expect("heartbeat")
+    }
+}
+
+/// A failed attempt to record.
+pub fn failed(claim: pq::Claim, error: &str, then: pq::Failure) -> pq::Failed {
+    pq::Failed {
+        claim,
+        error: error.to_owned(),
+        then,
+    }
+}
+
+/// An object named after `pq`'s table: `"schema"."queue_<suffix>"`.
+pub fn derived(pq: &Pq, suffix: &str) -> String {
+    let table = pq.table();
+    format!("{}_{suffix}\"", &table[..table.len() - 1])
 }

@@ -18,7 +18,8 @@ use crate::support::TestDb;
     expected_at = "2h",
     max_retries = 2,
     retry_in = "10s",
-    backoff = "exponential"
+    backoff = "exponential",
+    timeout = "5m"
 )]
 async fn eat(ctx: pq::TaskContext, kind: String, count: u32) {
     let _ = (ctx, kind, count);
@@ -161,33 +162,6 @@ async fn a_task_enqueued_in_a_committed_transaction_is_stored() {
 }
 
 #[tokio::test]
-async fn a_bare_connection_or_pool_enqueues_on_the_table_queue_of_its_search_path() {
-    let db = TestDb::new().await;
-    let search_path = format!("SET search_path TO \"{}\"", db.schema);
-
-    let mut tx = db.pq.pool().begin().await.unwrap();
-    sqlx::raw_sql(&search_path).execute(&mut *tx).await.unwrap();
-    let in_tx = tally(4).enqueue(&mut *tx).await.unwrap();
-    tx.commit().await.unwrap();
-
-    let options: sqlx::postgres::PgConnectOptions = crate::support::database_url().parse().unwrap();
-    let pool = sqlx::PgPool::connect_with(options.options([("search_path", &db.schema)]))
-        .await
-        .unwrap();
-    let on_pool = tally(5).enqueue(&pool).await.unwrap();
-
-    // Both landed in this test's table: the one pq knows as `"schema"."queue"`.
-    assert_eq!(
-        stored(&db.pq, in_tx).await.expect("stored").data,
-        json!({ "n": 4 })
-    );
-    assert_eq!(
-        stored(&db.pq, on_pool).await.expect("stored").data,
-        json!({ "n": 5 })
-    );
-}
-
-#[tokio::test]
 async fn arguments_round_trip_through_the_stored_job() {
     let db = TestDb::new().await;
     let basket = Basket {
@@ -250,6 +224,7 @@ fn the_registry_lists_every_task_with_its_options_and_location() {
             max_retries: 2,
             retry_in: Duration::from_secs(10),
             backoff: Backoff::Exponential,
+            timeout: Some(Duration::from_secs(300)),
         }
     );
     assert!(

@@ -6,29 +6,7 @@ use std::time::Duration;
 
 use pq::{Enqueue, JobId, NewJob, Pq, TaskContext, Worker};
 
-use crate::support::{burst, TestDb};
-
-/// Runs per (table, job id), so that tests in other schemas never share a counter.
-fn runs() -> &'static Mutex<HashMap<(String, i64), u32>> {
-    static RUNS: OnceLock<Mutex<HashMap<(String, i64), u32>>> = OnceLock::new();
-    RUNS.get_or_init(Mutex::default)
-}
-
-fn record_run(ctx: &TaskContext) -> u32 {
-    let mut runs = runs().lock().unwrap();
-    let count = runs.entry((ctx.pq().table(), ctx.job_id().0)).or_default();
-    *count += 1;
-    *count
-}
-
-fn runs_of(pq: &Pq, id: JobId) -> u32 {
-    runs()
-        .lock()
-        .unwrap()
-        .get(&(pq.table(), id.0))
-        .copied()
-        .unwrap_or(0)
-}
+use crate::support::{burst, record_run, runs_of, wait_until, Claimer, TestDb};
 
 #[pq::task(queue = "work")]
 async fn succeed(ctx: TaskContext, expected_id: Option<i64>) -> anyhow::Result<()> {
@@ -41,8 +19,7 @@ async fn succeed(ctx: TaskContext, expected_id: Option<i64>) -> anyhow::Result<(
 
 #[pq::task(queue = "work")]
 fn tally_by_id(job_id: JobId, table: String) {
-    let mut runs = runs().lock().unwrap();
-    *runs.entry((table, job_id.0)).or_default() += 1;
+    crate::support::record_run_of(&table, job_id);
 }
 
 #[pq::task(queue = "work", max_retries = 2, retry_in = "0s")]
@@ -239,14 +216,12 @@ async fn rescuable(ctx: TaskContext) {
     record_run(&ctx);
 }
 
-/// Claims every ready job of `work` like a worker that then dies: no renewal, no completion.
+/// Claims every ready job of `work` like a worker that then dies: its heartbeat stops, and its
+/// lease runs out.
 async fn claim_and_die(pq: &Pq) {
-    let claimed = pq
-        .claim("work", 10, Duration::from_millis(200))
-        .await
-        .unwrap();
-    assert!(!claimed.is_empty());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut claimer = Claimer::new(pq, &["work"]).await;
+    assert!(!claimer.claim(10).await.is_empty());
+    claimer.expire().await;
 }
 
 #[tokio::test]
@@ -255,7 +230,7 @@ async fn a_job_whose_worker_died_is_rescued_and_run_again_as_a_new_attempt() {
     let id = rescuable().enqueue(&db.pq).await.unwrap();
     claim_and_die(&db.pq).await;
 
-    assert_eq!(db.pq.rescue(100).await.unwrap(), 1);
+    assert_eq!(db.pq.rescue(100, 3).await.unwrap(), 1);
     burst(Worker::new(db.pq.clone()).keep_completed(true), "work").await;
 
     assert_eq!(runs_of(&db.pq, id), 1);
@@ -263,15 +238,15 @@ async fn a_job_whose_worker_died_is_rescued_and_run_again_as_a_new_attempt() {
     assert_eq!(
         (row.state.as_str(), row.attempts),
         ("done", 2),
-        "the lost run counts"
+        "the lost run counts as an attempt"
     );
     let lost = &row.errors.unwrap()[0];
     assert_eq!(lost["attempt"], 1);
-    assert!(lost["error"].as_str().unwrap().contains("lease expired"));
+    assert!(lost["error"].as_str().unwrap().contains("worker was lost"));
 }
 
 #[tokio::test]
-async fn a_worker_rescues_expired_leases_by_itself() {
+async fn a_worker_rescues_the_jobs_of_lost_workers_by_itself() {
     let db = TestDb::new().await;
     let id = rescuable().enqueue(&db.pq).await.unwrap();
     claim_and_die(&db.pq).await;
@@ -285,63 +260,32 @@ async fn a_worker_rescues_expired_leases_by_itself() {
 }
 
 #[tokio::test]
-async fn a_job_lost_on_its_last_attempt_is_failed_not_run_again() {
+async fn a_crash_does_not_spend_the_tasks_retries() {
     let db = TestDb::new().await;
     let id = sleep_for(0).enqueue(&db.pq).await.unwrap(); // max_retries = 0
     claim_and_die(&db.pq).await;
-    db.pq.rescue(100).await.unwrap();
+    db.pq.rescue(100, 3).await.unwrap();
 
-    run_burst(&db.pq).await;
+    burst(Worker::new(db.pq.clone()).keep_completed(true), "work").await;
 
-    assert_eq!(runs_of(&db.pq, id), 0);
+    assert_eq!(runs_of(&db.pq, id), 1, "run again, not failed for good");
     let row = row(&db.pq, id).await.unwrap();
-    assert_eq!(row.state, "failed");
-    assert!(row.last_error.unwrap().contains("was lost"));
+    assert_eq!((row.state.as_str(), row.attempts), ("done", 2));
 }
 
 #[tokio::test]
-async fn a_stale_completion_is_refused_after_a_rescue() {
+async fn a_job_that_keeps_losing_its_worker_fails_once_its_rescues_are_spent() {
     let db = TestDb::new().await;
-    sleep_for(0).enqueue(&db.pq).await.unwrap();
-    let first = db
-        .pq
-        .claim("work", 1, Duration::from_millis(100))
-        .await
-        .unwrap();
-    let stale = pq::Claim::of(&first[0]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(db.pq.rescue(10).await.unwrap(), 1);
-    let second = db
-        .pq
-        .claim("work", 1, Duration::from_secs(60))
-        .await
-        .unwrap();
-    assert_eq!(second[0].attempts(), 2);
-
-    let completed = db.pq.complete(db.pq.pool(), &[stale], false).await.unwrap();
-    assert!(
-        completed.is_empty(),
-        "the first worker's completion is fenced off"
-    );
-    assert!(!db
-        .pq
-        .fail(stale, "late", pq::Failure::GiveUp)
-        .await
-        .unwrap());
-    assert!(db
-        .pq
-        .renew(&[stale], Duration::from_secs(60))
-        .await
-        .unwrap()
-        .is_empty());
-    let row = row(&db.pq, second[0].id()).await.unwrap();
-    assert_eq!((row.state.as_str(), row.attempts), ("running", 2));
-
-    let fresh = pq::Claim::of(&second[0]);
-    assert_eq!(
-        db.pq.complete(db.pq.pool(), &[fresh], false).await.unwrap(),
-        [fresh.id]
-    );
+    let id = sleep_for(0).enqueue(&db.pq).await.unwrap();
+    for _ in 0..3 {
+        claim_and_die(&db.pq).await;
+        assert_eq!(db.pq.rescue(100, 2).await.unwrap(), 1);
+    }
+    let row = row(&db.pq, id).await.unwrap();
+    assert_eq!((row.state.as_str(), row.attempts), ("failed", 3));
+    let error = row.last_error.unwrap();
+    assert!(error.contains("lost with its worker 3 times"), "{error}");
+    assert_eq!(runs_of(&db.pq, id), 0);
 }
 
 #[tokio::test]
@@ -350,45 +294,32 @@ async fn a_batch_completion_finds_moved_rows_and_refuses_stale_claims() {
     for millis in 0..4 {
         sleep_for(millis).enqueue(&db.pq).await.unwrap();
     }
-    let jobs = db
-        .pq
-        .claim("work", 4, Duration::from_secs(60))
-        .await
-        .unwrap();
-    let claims: Vec<_> = jobs.iter().map(pq::Claim::of).collect();
-    // A renewed lease moves its row: the claim's row version is out of date.
-    assert_eq!(
-        db.pq
-            .renew(&claims[1..2], Duration::from_secs(90))
-            .await
-            .unwrap(),
-        [claims[1].id]
-    );
-    // A lost lease: the job is rescued and claimed again, so the first claim is stale.
+    let mut first = Claimer::new(&db.pq, &["work"]).await;
+    let jobs = first.claim(4).await;
+    let claims: Vec<_> = jobs.iter().filter_map(pq::Job::claim).collect();
+    // Other SQL moves a row: the claim's row version is out of date.
     sqlx::query(&format!(
-        "UPDATE {} SET locked_until = now() - interval '1 s' WHERE id = $1",
+        "UPDATE {} SET data = data WHERE id = $1",
         db.pq.table()
     ))
-    .bind(claims[2].id.0)
+    .bind(claims[1].id.0)
     .execute(db.pq.pool())
     .await
     .unwrap();
-    assert_eq!(db.pq.rescue(10).await.unwrap(), 1);
-    let again = db
-        .pq
-        .claim("work", 4, Duration::from_secs(60))
-        .await
-        .unwrap();
+    // A lost claim: the job is released and claimed again, so the first claim is stale.
+    assert_eq!(db.pq.release(&claims[2..3]).await.unwrap(), [claims[2].id]);
+    let again = Claimer::new(&db.pq, &["work"]).await.claim(4).await;
     assert_eq!(again.len(), 1);
 
     let mut done = db.pq.complete_claims(&claims, false).await.unwrap();
     done.sort_unstable();
     assert_eq!(done, [claims[0].id, claims[1].id, claims[3].id]);
     let lost = row(&db.pq, claims[2].id).await.unwrap();
-    assert_eq!((lost.state.as_str(), lost.attempts), ("running", 2));
-    // The fresh claim completes, kept as done this time, even built from its id and attempt
+    assert_eq!((lost.state.as_str(), lost.attempts), ("running", 1));
+    // The fresh claim completes, kept as done this time, even built from its id and number
     // alone (no row version: found by id).
-    let fresh = pq::Claim::new(again[0].id(), again[0].attempts());
+    let fresh = again[0].claim().unwrap();
+    let fresh = pq::Claim::new(fresh.id, fresh.number);
     assert_eq!(
         db.pq.complete_claims(&[fresh], true).await.unwrap(),
         [fresh.id]
@@ -698,12 +629,87 @@ async fn stop_once_started(
     worker
 }
 
-async fn wait_until(mut condition: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if condition() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+#[pq::task(queue = "failing")]
+async fn fail_at_once() -> Result<(), String> {
+    Err("no".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_failing_jobs_never_hold_more_leases_than_the_concurrency() {
+    let db = TestDb::new().await;
+    sqlx::query(&format!(
+        "INSERT INTO {} (q_name, task, data) SELECT 'failing', $1, '{{}}' \
+         FROM generate_series(1, 3000)",
+        db.pq.table()
+    ))
+    .bind(<fail_at_once as pq::Task>::NAME)
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+    let concurrency = 4;
+    let worker = tokio::spawn(burst(
+        Worker::new(db.pq.clone()).concurrency(concurrency),
+        "failing",
+    ));
+    let mut most = 0;
+    while !worker.is_finished() {
+        let running: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {} WHERE state = 'running'",
+            db.pq.table()
+        ))
+        .fetch_one(db.pq.pool())
+        .await
+        .unwrap();
+        most = most.max(running);
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    panic!("condition not met within 30 s");
+    worker.await.unwrap();
+    // Claimed jobs count until their outcome is recorded, however fast they fail.
+    assert!(most <= concurrency as i64, "{most} jobs leased at once");
+    let failed: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {} WHERE state = 'failed'",
+        db.pq.table()
+    ))
+    .fetch_one(db.pq.pool())
+    .await
+    .unwrap();
+    assert_eq!(failed, 3000);
+}
+
+/// Writes a row its transaction's commit refuses: a deferred unique constraint.
+#[pq::task(queue = "commit", max_retries = 1, retry_in = "1h")]
+async fn commit_refused(ctx: TaskContext, table: String) -> anyhow::Result<()> {
+    record_run(&ctx);
+    let mut tx = ctx.transaction().await?;
+    sqlx::query(&format!("INSERT INTO {table} VALUES (1), (1)"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_refused_commit_follows_the_retry_policy_with_the_commits_own_error() {
+    let db = TestDb::new().await;
+    let table = format!("\"{}\".once", db.schema);
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {table} (n int, CONSTRAINT once_unique UNIQUE (n) DEFERRABLE INITIALLY DEFERRED)"
+    ))
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+    let id = commit_refused(table).enqueue(&db.pq).await.unwrap();
+    burst(Worker::new(db.pq.clone()), "commit").await;
+    assert_eq!(runs_of(&db.pq, id), 1, "the retry waits its hour");
+    let (state, attempts, error, delay): (String, i32, String, f64) = sqlx::query_as(&format!(
+        "SELECT state, attempts, last_error, \
+           extract(epoch FROM schedule_at - now())::float8 FROM {} WHERE id = $1",
+        db.pq.table()
+    ))
+    .bind(id.0)
+    .fetch_one(db.pq.pool())
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), attempts), ("queued", 1));
+    assert!(delay > 3000.0, "retried in {delay} s, not in an hour");
+    assert!(error.contains("once_unique"), "{error}");
 }

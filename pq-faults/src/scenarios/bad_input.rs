@@ -330,3 +330,103 @@ async fn check_injection(env: &Env, report: &mut Report) -> Result<()> {
     );
     Ok(())
 }
+
+/// `profile.poison_among` good jobs (half of them transactional) with poison rows among them,
+/// written by SQL as no pq would: times pq cannot read (`enqueued_at = '-infinity'`, an
+/// `expected_at` in year 294000), a negative attempt count, an error history that is not a
+/// list. Each poison row fails alone with its reason, or runs once as the good ones do; no
+/// worker stops or stalls on them.
+pub async fn poison_rows(profile: &Profile, _seed: u64, logs: &Path) -> Result<Report> {
+    let mut report = Report::default();
+    let mut env = Env::start("poison-rows", logs).await?;
+    let options = WorkerOptions::default();
+    let mut producers = start_producers(&mut env, 2, profile.poison_among, Duration::ZERO, 0)?;
+    // Poison rows among the good jobs, not ahead of them all.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ledger = Ledger::default();
+    let mut keys = (9 * KEY_SPACE)..;
+    let insert = format!(
+        "INSERT INTO {} (q_name, task, data) VALUES ($1, $2, $3::json) RETURNING id",
+        env.table
+    );
+    // (task, the column other SQL sets, its value, the error the job must fail with: none if
+    // it must run once.)
+    let poison: &[(&str, &str, &str, Option<&str>)] = &[
+        (
+            "faults::plain",
+            "enqueued_at",
+            "'-infinity'",
+            Some("enqueued_at"),
+        ),
+        (
+            "faults::plain",
+            "expected_at",
+            "'294000-01-01'",
+            Some("expected_at"),
+        ),
+        ("faults::plain", "expected_at", "'infinity'", None),
+        ("faults::plain", "attempts", "-3", None),
+        (
+            "faults::fail",
+            "errors",
+            "'\"not a list\"'",
+            Some("poisoned"),
+        ),
+    ];
+    for &(task, column, value, fails) in poison {
+        let key = keys.next().expect("endless");
+        let data = match task {
+            "faults::fail" => serde_json::json!({ "message": "poisoned" }).to_string(),
+            _ => serde_json::json!({ "key": key, "work_ms": 0 }).to_string(),
+        };
+        let id: i64 = sqlx::query_scalar(&insert)
+            .bind(QUEUE)
+            .bind(task)
+            .bind(&data)
+            .fetch_one(&env.db)
+            .await?;
+        sqlx::query(&format!(
+            "UPDATE {} SET {column} = {value} WHERE id = $1",
+            env.table
+        ))
+        .bind(id)
+        .execute(&env.db)
+        .await?;
+        match fails {
+            Some(reason) => {
+                ledger.expected_failures.insert(id, reason.to_owned());
+            }
+            None => {
+                ledger.ok.insert(id, key);
+            }
+        }
+    }
+    let mut workers = start_workers(&mut env, 4, &options)?;
+    let (produced, _) = env
+        .wait_producers(&mut producers, allowance(profile.poison_among))
+        .await?;
+    ledger.ok.extend(produced.ok);
+    ledger.uncertain.extend(produced.uncertain);
+    env.wait_drained(allowance(profile.poison_among)).await?;
+    for worker in &mut workers {
+        report.check(
+            worker.exited().is_none(),
+            format!("{} stopped on a poison row", worker.name),
+        );
+    }
+    env.stop_workers(&mut workers, &mut report).await?;
+    report.line(format!(
+        "{} good jobs and {} poison rows drained by 4 workers",
+        profile.poison_among,
+        poison.len()
+    ));
+    env.account(
+        &ledger,
+        &HashSet::new(),
+        Duplicates::None,
+        options.keep_completed,
+        &mut report,
+    )
+    .await?;
+    Ok(report)
+}

@@ -19,8 +19,10 @@ use crate::tasks;
 const LISTENING: &str = "SELECT count(*) FROM pg_stat_activity \
      WHERE pid <> pg_backend_pid() AND query ILIKE 'LISTEN %'";
 
-/// `pg_ctl stop -m fast`, down for `downtime`, started again, mid-run. Enqueue calls made
-/// while it is down must fail, and fail fast; every job must still complete.
+/// The server crashes mid-run (`pg_ctl stop -m immediate`: nothing flushed, recovery from the
+/// WAL at the next start), stays down for `downtime`, and starts again. With durable commits,
+/// every enqueue that returned its id survives; enqueue calls made while it is down must fail,
+/// and fail fast; every job must still complete.
 pub async fn restart(profile: &Profile, _seed: u64, logs: &Path) -> Result<Report> {
     let mut report = Report::default();
     let mut env = Env::start("db-restart", logs).await?;
@@ -37,7 +39,7 @@ pub async fn restart(profile: &Profile, _seed: u64, logs: &Path) -> Result<Repor
 
     let running = env.count("state = 'running'").await?;
     let down = Instant::now();
-    env.server.stop().await?;
+    env.server.crash().await?;
     tokio::time::sleep(profile.downtime).await;
     env.server.start_again().await?;
     let downtime = down.elapsed();
@@ -58,7 +60,7 @@ pub async fn restart(profile: &Profile, _seed: u64, logs: &Path) -> Result<Repor
     let listening = wait_for_listeners(&env, 4, Duration::from_secs(20)).await?;
     env.stop_workers(&mut workers, &mut report).await?;
     report.line(format!(
-        "database stopped with {running} jobs running, down {:.1} s, started again; afterwards {listening} of 4 workers LISTEN again",
+        "database crashed with {running} jobs running, down {:.1} s, started again; afterwards {listening} of 4 workers LISTEN again",
         downtime.as_secs_f64()
     ));
     report.check(

@@ -151,8 +151,8 @@ pub async fn no_notify(profile: &Profile, _seed: u64, logs: &Path) -> Result<Rep
 }
 
 /// Worker A claims four slow jobs (3 s each; two plain, two transactional) and is frozen with
-/// SIGSTOP. Its lease (1.5 s) runs out; worker B rescues the jobs and runs them again as
-/// attempt 2. A is resumed with SIGCONT while B works: A's handlers finish and A tries to
+/// SIGSTOP. Its lease (1.5 s) runs out with its heartbeat; worker B rescues the jobs and runs
+/// them again as attempt 2. A is resumed with SIGCONT while B works: A's handlers finish and A tries to
 /// complete attempt 1. That stale completion must be refused, A's transactional writes must
 /// roll back, and B must be the one that completes every job: each job's completion time comes
 /// after B's run wrote its effect, which a completion by A could not.
@@ -188,13 +188,7 @@ pub async fn stopped_worker(_profile: &Profile, _seed: u64, logs: &Path) -> Resu
     // A's handlers finish where they were; wait until A has tried to complete all four.
     let deadline = Instant::now() + Duration::from_secs(15);
     let refused = loop {
-        let log = std::fs::read_to_string(&a_log).unwrap_or_default();
-        let refused = log.matches("lease lost before completion").count()
-            + log
-                .lines()
-                .filter(|l| l.contains("after their lease was lost"))
-                .filter_map(|l| l.rsplit("lost=").next()?.trim().parse::<usize>().ok())
-                .sum::<usize>();
+        let refused = refusals(&std::fs::read_to_string(&a_log).unwrap_or_default());
         if refused >= 4 || Instant::now() > deadline {
             break refused;
         }
@@ -248,6 +242,97 @@ pub async fn stopped_worker(_profile: &Profile, _seed: u64, logs: &Path) -> Resu
     )
     .await?;
     Ok(report)
+}
+
+/// Worker A (lease 1.5 s) claims four jobs that work 3 s and is frozen with SIGSTOP 2 s into
+/// them. B rescues them and runs them again, and being `once_or_fail`, their second runs fail
+/// for good. An operator retries them (`retry_failed`): their attempts start over at 0, so B's
+/// runs are attempt 1 again, as A's were. A is resumed while B runs them: A's runs end and
+/// report, and every one of those reports must be refused (a fence by attempt would take
+/// them), B must complete every job, and A's plain effects are its only extra ones.
+pub async fn operator_retry(_profile: &Profile, _seed: u64, logs: &Path) -> Result<Report> {
+    let mut report = Report::default();
+    let mut env = Env::start("operator-retry", logs).await?;
+    let options = WorkerOptions {
+        lease: Duration::from_millis(1500),
+        keep_completed: true,
+        ..WorkerOptions::default()
+    };
+    let a = env.fleet.worker(&options)?;
+    let (a_pid, a_log) = (a.pid, a.log.clone());
+    let mut ledger = Ledger::default();
+    for i in 0..4 {
+        let key = 10 * KEY_SPACE + i;
+        let id = tasks::once_or_fail(key, 3000).enqueue(&env.pq).await?;
+        ledger.ok.insert(id.0, key);
+    }
+    wait_for(&env, "state = 'running' AND attempts = 1", 4).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.signal("STOP")?;
+    let b = env.fleet.worker(&options)?;
+    let b_pid = b.pid;
+    wait_for(&env, "state = 'failed'", 4).await?;
+    let retried = env
+        .pq
+        .admin()
+        .retry_failed(&pq::JobFilter::new().queue(tasks::QUEUE))
+        .await?;
+    wait_for(&env, "state = 'running' AND attempts = 1", 4).await?;
+    a.signal("CONT")?;
+
+    // A's runs had a second left: wait until A has reported all four.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let refused = refusals(&std::fs::read_to_string(&a_log).unwrap_or_default());
+        if refused >= 4 || Instant::now() > deadline {
+            break refused;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let still_b = env.count("state = 'running' AND attempts = 1").await?;
+    report.line(format!(
+        "A frozen; B's runs failed for good, the operator retried {retried}; A resumed while {still_b} of B's runs went on, and logged {refused} of its 4 reports refused"
+    ));
+    report.check(retried == 4, format!("4 failed jobs retried ({retried})"));
+    report.check(
+        refused == 4,
+        format!("A's 4 stale reports are refused ({refused})"),
+    );
+    env.wait_drained(Duration::from_secs(30)).await?;
+    let completed_by_b: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {} q WHERE q.state = 'done' AND q.attempts = 1 \
+           AND q.finished_at >= (SELECT max(e.at) FROM {} e WHERE e.job_id = q.id AND e.pid = $1)",
+        env.table, env.effects
+    ))
+    .bind(i64::from(b_pid))
+    .fetch_one(&env.db)
+    .await?;
+    report.check(
+        completed_by_b == 4,
+        format!("B, not A, completed every job ({completed_by_b} of 4)"),
+    );
+    let mut workers = vec![a, b];
+    env.stop_workers(&mut workers, &mut report).await?;
+    env.account(
+        &ledger,
+        &HashSet::from([a_pid]),
+        Duplicates::OperatorRetried,
+        options.keep_completed,
+        &mut report,
+    )
+    .await?;
+    Ok(report)
+}
+
+/// How many of its runs' reports a worker's log says were refused: a completion in the job's
+/// transaction, or a batch of completions or failures, after its claim was lost.
+fn refusals(log: &str) -> usize {
+    log.matches("claim was lost before completion").count()
+        + log
+            .lines()
+            .filter(|l| l.contains("after their worker was declared lost"))
+            .filter_map(|l| l.rsplit("lost=").next()?.trim().parse::<usize>().ok())
+            .sum::<usize>()
 }
 
 async fn wait_for(env: &Env, condition: &str, n: i64) -> Result<()> {

@@ -32,8 +32,18 @@ pub async fn load(profile: &Profile, _seed: u64, logs: &Path) -> Result<Report> 
     env.wait_drained(allowance(profile.load_jobs)).await?;
     let drained = started.elapsed();
     env.stop_workers(&mut workers, &mut report).await?;
+    // The workers' backends have exited, and so reported their counts.
+    let deadlocks: i64 = sqlx::query_scalar(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&env.db)
+    .await?;
+    report.check(
+        deadlocks == 0,
+        format!("{deadlocks} deadlocks between the workers' statements"),
+    );
     report.line(format!(
-        "enqueued {} jobs in {:.1} s ({:.0}/s, slowest call {} ms); drained in {:.1} s ({:.0} jobs/s); deepest queue {deepest}",
+        "enqueued {} jobs in {:.1} s ({:.0}/s, slowest call {} ms); drained in {:.1} s ({:.0} jobs/s); deepest queue {deepest}; {deadlocks} deadlocks",
         ledger.ok.len(),
         produced.as_secs_f64(),
         ledger.ok.len() as f64 / produced.as_secs_f64(),

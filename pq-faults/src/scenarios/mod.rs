@@ -40,7 +40,7 @@ pub const SCENARIOS: &[Scenario] = &[
     ),
     (
         "db-restart",
-        "PostgreSQL stopped and started again mid-run",
+        "PostgreSQL crashed (immediate stop) and started again mid-run",
         |p, s, l| Box::pin(database::restart(p, s, l)),
     ),
     (
@@ -73,6 +73,26 @@ pub const SCENARIOS: &[Scenario] = &[
         "malformed, hostile and huge jobs beside good ones",
         |p, s, l| Box::pin(bad_input::bad_input(p, s, l)),
     ),
+    (
+        "poison-rows",
+        "rows other SQL wrote that pq cannot read, among 10,000 good jobs",
+        |p, s, l| Box::pin(bad_input::poison_rows(p, s, l)),
+    ),
+    (
+        "operator-retry",
+        "a frozen worker's jobs rescued, failed, retried by an operator; then it resumes",
+        |p, s, l| Box::pin(hostile::operator_retry(p, s, l)),
+    ),
+    (
+        "dropped-run",
+        "a worker whose run() future is dropped mid-drain",
+        |p, s, l| Box::pin(shutdown::dropped_run(p, s, l)),
+    ),
+    (
+        "shutdown-hung",
+        "SIGTERM to workers while the server hangs; a second SIGTERM stops at once",
+        |p, s, l| Box::pin(shutdown::shutdown_hung(p, s, l)),
+    ),
 ];
 
 /// How big each scenario is.
@@ -95,25 +115,30 @@ pub struct Profile {
     pub long_transaction_jobs: u64,
     pub trickle_jobs: u64,
     pub good_jobs: u64,
+    /// Good jobs among the poison rows.
+    pub poison_among: u64,
 }
 
 impl Profile {
-    /// The CI profile: under five minutes on two cores, server starts included.
+    /// The CI profile: about five minutes on two cores, server starts included.
     pub fn light() -> Profile {
+        // Commits are durable: on this kind of machine a scenario's processes (debug builds)
+        // enqueue some 300 jobs a second while workers drain them.
         Profile {
             name: "light",
             scenario_timeout: Duration::from_secs(240),
-            load_jobs: 50_000,
-            crash_jobs: 20_000,
+            load_jobs: 20_000,
+            crash_jobs: 8_000,
             crash_spread: Duration::from_secs(25),
-            outage_jobs: 10_000,
+            outage_jobs: 5_000,
             outage_spread: Duration::from_secs(16),
             downtime: Duration::from_secs(6),
-            shutdown_jobs: 3_000,
+            shutdown_jobs: 2_000,
             shutdown_rounds: 3,
-            long_transaction_jobs: 10_000,
+            long_transaction_jobs: 5_000,
             trickle_jobs: 300,
             good_jobs: 1_000,
+            poison_among: 10_000,
         }
     }
 
@@ -133,6 +158,7 @@ impl Profile {
             long_transaction_jobs: 40_000,
             trickle_jobs: 1_000,
             good_jobs: 5_000,
+            poison_among: 40_000,
         }
     }
 }

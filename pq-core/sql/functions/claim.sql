@@ -1,0 +1,100 @@
+-- The worker's claim: up to `want` ready jobs of its `queues`, leased to `worker`, in dequeue
+-- order within each queue, the queues taken in the order given (the worker turns it, so that
+-- none starves). One statement serves every queue of the worker.
+--
+-- The order, matching `ready_idx` (migration 0011) column for column: jobs with an expected
+-- time first, earliest first; then the jobs without one; within each, the job ready first
+-- (`GREATEST(schedule_at, enqueued_at)`), then the lower id. A queue is read in two ranges of
+-- the index, each stopped once it has its jobs: the expected ones, past those not due yet; then
+-- the others, from the start of their range up to the first one not due yet.
+--
+-- Each queue resumes after a position (`after_*`, NULL for the start) that the caller keeps
+-- from its last claim there while a backlog lasts (see `ClaimQueues` in pq-core/src/lease.rs):
+-- otherwise every claim steps again over the index entries of every job claimed since vacuum
+-- last ran, which it never does while an older transaction stays open, and a drain slows as it
+-- goes. A job that sorts before a position (released, rescued, retried, committed late, or more
+-- urgent) waits until the caller starts again from the top, at most 2 s.
+--
+-- `worker` must be registered (`<table>_workers`, see `register` in pq-core/src/sql.rs).
+--
+-- Every job of one claim gets the same `claim_id`, a number drawn once per claim that never
+-- repeats: the fence of everything done to these runs afterwards.
+--
+-- A set-returning function collects its rows in a tuplestore, written to temporary files once
+-- past `work_mem`: a claim of large jobs would copy them all there. So a job's data comes back
+-- only while it is small (stored inline, under 8 kB), which a claim's worth of fits in the
+-- function's own `work_mem`; a large job comes back without it (`data` NULL), and the caller
+-- reads it by id in a statement of its own (`claimed_data` in pq-core/src/sql.rs). Text comes
+-- back as its bytes (`convert_to(.., 'SQL_ASCII')` converts nothing), for the caller to check
+-- as UTF-8: sent as text, a value invalid in the client's encoding would fail the whole claim.
+--
+-- The plan is made once per connection (`plan_cache_mode`): as a plain statement, the claim
+-- was planned at every execution, which took as long as claiming 60 jobs. With `enable_seqscan`
+-- and `enable_sort` off that plan is the ordered index scan, whatever the statistics say.
+
+DROP FUNCTION IF EXISTS {{qualified:claim}}(int8, text[], int4, timestamptz[], timestamptz[], int8[]);
+
+CREATE FUNCTION {{qualified:claim}}(
+    worker int8, queues text[], want int4,
+    after_expected timestamptz[], after_ready timestamptz[], after_id int8[])
+RETURNS TABLE (claim_id int8, id int8, attempts int4, rescues int4, row_version tid,
+               expected timestamptz, ready timestamptz, q_name text, task bytea, data bytea,
+               enqueued_at timestamptz, schedule_at timestamptz, expected_at timestamptz,
+               timeout interval)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_sort = off
+SET work_mem = '16MB'
+AS {{dollar}}
+#variable_conflict use_column
+DECLARE
+    claim int8 := nextval({{literal:claims}});
+BEGIN
+    -- A claim holds its worker's row until it commits: a worker deregistering then waits for
+    -- a claim it abandoned half-way, and finds every job that claim took; a worker no longer
+    -- registered claims nothing. KEY SHARE does not hold up the worker's heartbeat.
+    PERFORM FROM {{qualified:workers}} AS w WHERE w.id = worker FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH next AS MATERIALIZED (
+        SELECT found.place, found.expected, found.ready
+        FROM unnest(queues, after_expected, after_ready, after_id) AS q(name, e, r, i)
+        CROSS JOIN LATERAL (
+            SELECT * FROM (SELECT j.ctid AS place, COALESCE(j.expected_at, 'infinity') AS expected,
+                    GREATEST(j.schedule_at, j.enqueued_at) AS ready
+             FROM {{table}} AS j
+             WHERE j.q_name = q.name AND j.state = 'queued'
+               AND COALESCE(j.expected_at, 'infinity') < 'infinity'
+               AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
+               AND ROW(COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id)
+                   > ROW(COALESCE(q.e, '-infinity'), COALESCE(q.r, '-infinity'),
+                         COALESCE(q.i, -9223372036854775808))
+             ORDER BY COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id
+             LIMIT want FOR UPDATE SKIP LOCKED) AS expected_first
+            UNION ALL
+            SELECT * FROM (SELECT j.ctid, 'infinity'::timestamptz, GREATEST(j.schedule_at, j.enqueued_at)
+             FROM {{table}} AS j
+             WHERE j.q_name = q.name AND j.state = 'queued'
+               AND COALESCE(j.expected_at, 'infinity') = 'infinity'
+               AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
+               AND ROW(GREATEST(j.schedule_at, j.enqueued_at), j.id)
+                   > ROW(CASE WHEN q.e = 'infinity' THEN q.r ELSE '-infinity' END,
+                         CASE WHEN q.e = 'infinity' THEN q.i ELSE -9223372036854775808 END)
+             ORDER BY GREATEST(j.schedule_at, j.enqueued_at), j.id
+             LIMIT want FOR UPDATE SKIP LOCKED) AS the_rest
+        ) AS found
+        LIMIT want)
+    UPDATE {{table}} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1,
+        claim_id = claim, worker_id = worker, dequeued_at = statement_timestamp(),
+        locked_until = NULL
+    FROM next
+    WHERE j.ctid = next.place
+    RETURNING claim, j.id, j.attempts, COALESCE(j.rescues, 0), j.ctid, next.expected, next.ready,
+        j.q_name, convert_to(j.task, 'SQL_ASCII'),
+        CASE WHEN pg_column_size(j.data) < 8192 THEN convert_to(j.data::text, 'SQL_ASCII') END,
+        j.enqueued_at, j.schedule_at, j.expected_at, j.timeout;
+END
+{{dollar}};

@@ -1,0 +1,4 @@
+#[pq::task(timeout = "0s")]
+async fn never(_n: u32) {}
+
+fn main() {}
