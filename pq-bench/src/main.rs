@@ -5,7 +5,9 @@
 //! by default `postgres://postgres@127.0.0.1:5432/test`); `--quick` is the smoke test.
 
 mod baseline;
+mod long_jobs;
 mod measure;
+mod migrations;
 mod report;
 mod tasks;
 mod workload;
@@ -81,9 +83,12 @@ struct Bench {
     /// Keep the benchmark's schema afterwards.
     #[arg(long)]
     keep: bool,
-    /// Only these figures (default: all).
+    /// Only these figures (default: all but `migrations`).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Figure>,
+    /// Jobs in the table each migration of the `migrations` figure upgrades.
+    #[arg(long, default_value_t = 1_000_000)]
+    migration_rows: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -96,11 +101,16 @@ enum Figure {
     Drain,
     /// Enqueue-to-start latency.
     Latency,
+    /// Each migration on a table of --migration-rows jobs: how long it takes and blocks puts.
+    Migrations,
+    /// What a worker writes to keep 16 long jobs claimed (a lease of 3 s, jobs of 20 s).
+    LongJobs,
 }
 
 impl Bench {
     fn runs(&self, figure: Figure) -> bool {
-        self.only.is_empty() || self.only.contains(&figure)
+        let by_default = !matches!(figure, Figure::Migrations | Figure::LongJobs) || self.quick;
+        (self.only.is_empty() && by_default) || self.only.contains(&figure)
     }
 
     fn largest_concurrency(&self) -> usize {
@@ -128,6 +138,7 @@ async fn run(mut bench: Bench) -> Result<()> {
         bench.jobs = 5_000;
         bench.latency_jobs = 200;
         bench.runs = 1;
+        bench.migration_rows = 5_000;
     }
     let admin = PgPoolOptions::new()
         .max_connections(2)
@@ -225,6 +236,25 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         report
             .notes
             .push(endurance(&pq, admin, bench, total).await?);
+    }
+    if bench.runs(Figure::LongJobs) {
+        let run = if bench.quick { 7 } else { 20 };
+        report.notes.push(
+            long_jobs::long_jobs(
+                admin,
+                &load_url,
+                schema,
+                16,
+                std::time::Duration::from_secs(run),
+                std::time::Duration::from_secs(3),
+            )
+            .await?,
+        );
+    }
+    if bench.runs(Figure::Migrations) {
+        report
+            .notes
+            .push(migrations::migrations(admin, &load_url, schema, bench.migration_rows).await?);
     }
     Ok(report)
 }

@@ -34,3 +34,9 @@ pub async fn probe(n: u32) {
         let _ = started.send((n, now));
     }
 }
+
+/// Runs for `millis` without doing anything: a long job, for the heartbeat figure.
+#[pq::task(name = "pq_bench::sleeper", queue = "bench_long")]
+pub async fn sleeper(millis: u64) {
+    tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+}
