@@ -68,8 +68,8 @@ impl Db {
             version: "test".into(),
         };
         let worker = self.pq.register_worker(&info).await.unwrap();
-        let mut queues = ClaimQueues::new([queue]).unwrap();
-        let claimed = self.pq.claim(worker, &mut queues, 1).await.unwrap();
+        let queues = ClaimQueues::new([queue]).unwrap();
+        let claimed = self.pq.claim(worker, &queues, 1).await.unwrap();
         assert_eq!(claimed.jobs[0].id(), id);
         claimed.jobs[0].claim().unwrap()
     }

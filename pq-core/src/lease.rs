@@ -120,18 +120,26 @@ struct Position {
 /// rescued, or committed late) waits at most this long during a backlog.
 pub const CURSOR_LIFETIME: Duration = Duration::from_secs(2);
 
-/// The queues a worker claims from, and where its last claims in each stopped.
+/// The queues a worker claims from, and where its last claims in each stopped; its claimers
+/// share one.
 ///
 /// During a backlog, each claim resumes after the jobs the last one took instead of reading
 /// the dequeue index from its start, past the entries of every job claimed since vacuum last
 /// ran (which it does not while an older transaction stays open): otherwise each claim reads
-/// more than the last and a drain slows as it goes. Positions are forgotten when a claim finds
-/// fewer jobs than it wanted (the backlog is drained) and every [`CURSOR_LIFETIME`]. The queues
-/// are taken in turn, so that none starves the others.
-#[derive(Debug, Clone)]
+/// more than the last and a drain slows as it goes. Claimers that share the positions step
+/// over each other's jobs no more than once. Positions are forgotten when a claim finds fewer
+/// jobs than it wanted (the backlog is drained) and every [`CURSOR_LIFETIME`]. The queues are
+/// taken in turn, so that none starves the others.
+#[derive(Debug)]
 pub struct ClaimQueues {
     names: Vec<String>,
     index: HashMap<String, usize>,
+    cursor: std::sync::Mutex<Cursor>,
+}
+
+/// Where the claims stopped, and whose turn it is.
+#[derive(Debug)]
+struct Cursor {
     positions: Vec<Option<Position>>,
     since: Option<Instant>,
     turn: usize,
@@ -158,11 +166,13 @@ impl ClaimQueues {
             .map(|(n, name)| (name.clone(), n))
             .collect();
         Ok(Self {
-            positions: vec![None; queues.len()],
+            cursor: std::sync::Mutex::new(Cursor {
+                positions: vec![None; queues.len()],
+                since: None,
+                turn: 0,
+            }),
             names: queues,
             index,
-            since: None,
-            turn: 0,
         })
     }
 
@@ -172,30 +182,36 @@ impl ClaimQueues {
     }
 
     /// Forgets where the last claims stopped: the next one takes the first jobs of each queue.
-    pub fn restart(&mut self) {
-        self.positions.iter_mut().for_each(|p| *p = None);
-        self.since = None;
+    pub fn restart(&self) {
+        self.lock().restart();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cursor> {
+        self.cursor
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The statement's arrays, the queues starting at this claim's turn.
     #[allow(clippy::type_complexity)]
     fn arrays(
-        &mut self,
+        &self,
     ) -> (
         Vec<&str>,
         Vec<Option<Timestamp>>,
         Vec<Option<Timestamp>>,
         Vec<Option<i64>>,
     ) {
-        if self
+        let mut cursor = self.lock();
+        if cursor
             .since
             .is_some_and(|since| since.elapsed() >= CURSOR_LIFETIME)
         {
-            self.restart();
+            cursor.restart();
         }
         let n = self.names.len();
-        let start = self.turn % n.max(1);
-        self.turn = self.turn.wrapping_add(1);
+        let start = cursor.turn % n.max(1);
+        cursor.turn = cursor.turn.wrapping_add(1);
         let order = (0..n).map(|k| (start + k) % n);
         let mut arrays = (
             Vec::with_capacity(n),
@@ -204,7 +220,7 @@ impl ClaimQueues {
             Vec::with_capacity(n),
         );
         for q in order {
-            let position = self.positions[q];
+            let position = cursor.positions[q];
             arrays.0.push(self.names[q].as_str());
             arrays.1.push(position.map(|p| p.expected));
             arrays.2.push(position.map(|p| p.ready));
@@ -215,18 +231,26 @@ impl ClaimQueues {
 
     /// Keeps where each queue's claim stopped, if it took every job it wanted (so more may be
     /// ready after them); forgets every position otherwise.
-    fn advance(&mut self, taken: &[(usize, Position)], wanted: usize) {
+    fn advance(&self, taken: &[(usize, Position)], wanted: usize) {
+        let mut cursor = self.lock();
         if taken.len() < wanted {
-            self.restart();
+            cursor.restart();
             return;
         }
         for &(queue, position) in taken {
-            let kept = &mut self.positions[queue];
+            let kept = &mut cursor.positions[queue];
             if kept.is_none_or(|kept| kept < position) {
                 *kept = Some(position);
             }
         }
-        self.since.get_or_insert_with(Instant::now);
+        cursor.since.get_or_insert_with(Instant::now);
+    }
+}
+
+impl Cursor {
+    fn restart(&mut self) {
+        self.positions.iter_mut().for_each(|p| *p = None);
+        self.since = None;
     }
 }
 
@@ -269,7 +293,7 @@ impl Pq {
     pub async fn claim(
         &self,
         worker: WorkerId,
-        queues: &mut ClaimQueues,
+        queues: &ClaimQueues,
         limit: u32,
     ) -> Result<Claimed> {
         if limit == 0 || queues.names.is_empty() {

@@ -80,6 +80,14 @@ impl TableName {
     pub fn wait_lock_key(&self) -> i64 {
         i64::from_ne_bytes(fnv1a(format!("pq wait {}", self.qualified()).as_bytes()).to_ne_bytes())
     }
+
+    /// The first half of the advisory locks that order a worker's claims and its
+    /// deregistration (the second is the worker's id): claims take it shared, the worker's
+    /// deregistration exclusively (see `sql/functions/claim.sql`).
+    pub fn claims_lock_key(&self) -> i32 {
+        let hash = fnv1a(format!("pq claims {}", self.qualified()).as_bytes());
+        i32::from_ne_bytes(((hash >> 32) as u32 ^ hash as u32).to_ne_bytes())
+    }
 }
 
 fn check_identifier(kind: &'static str, name: &str, max_len: usize) -> Result<()> {
@@ -149,6 +157,7 @@ pub(crate) fn render(template: &str, table: &TableName) -> String {
             None if key == "wait_lock" => table.wait_lock_key().to_string(),
             None if key == "dollar" => table.dollar_quote(),
             None if key == "claim_cursor" => quote_literal(&table.claim_cursor()),
+            None if key == "claims_lock" => table.claims_lock_key().to_string(),
             Some(("name", suffix)) => table.derived(suffix),
             Some(("qualified", suffix)) => table.qualified_derived(suffix),
             Some(("literal", suffix)) => quote_literal(&table.qualified_derived(suffix)),
@@ -414,15 +423,20 @@ impl Statements {
             ),
             clear: format!("DELETE FROM {t} WHERE q_name = $1"),
             update_data: format!("UPDATE {t} SET data = $2::json WHERE id = $1"),
-            // A worker that stops deletes its row, which waits for any claim of its still
-            // running (claims hold it), then gives back whatever it still holds (a claim it
-            // abandoned half-way, an outcome it could not record): two statements, so that the
-            // second sees what those claims committed.
-            deregister: format!("DELETE FROM {workers} WHERE id = $1"),
+            // A worker that stops deletes its row once no claim of its is running (claims hold
+            // its lock shared, see `sql/functions/claim.sql`), then gives back whatever it still
+            // holds (a claim it abandoned half-way, an outcome it could not record): two
+            // statements, so that the second sees what those claims committed.
+            deregister: format!(
+                "WITH locked AS (SELECT pg_advisory_xact_lock({}, ($1 & 2147483647)::int4)) \
+                 DELETE FROM {workers} WHERE id = $1 AND (SELECT true FROM locked)",
+                table.claims_lock_key()
+            ),
             release_held: format!(
                 "UPDATE {t} AS j SET state = 'queued', attempts = GREATEST(j.attempts - 1, 0), \
                    worker_id = NULL, locked_until = NULL \
                  WHERE COALESCE(j.state = 'running', false) AND j.worker_id = $1 \
+                   AND COALESCE(j.claim_id <> ALL($2::int8[]), true) \
                  RETURNING j.q_name"
             ),
             // Workers whose heartbeat ran out an hour ago: their jobs were rescued long since.

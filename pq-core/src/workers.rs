@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 
 use crate::error::Result;
-use crate::lease::micros;
+use crate::lease::{micros, Claim};
 use crate::pq::Pq;
 use crate::timestamp::Timestamp;
 
@@ -159,6 +159,36 @@ impl Pq {
                     .await?;
                 Ok(sqlx::query_scalar(&sql.release_held)
                     .bind(worker.0)
+                    .bind([0i64; 0])
+                    .fetch_all(connection)
+                    .await?)
+            })
+            .await?;
+        let count = released.len() as u64;
+        self.wake(released).await?;
+        Ok(count)
+    }
+
+    /// Gives back to the queue every job `worker` holds but those of `known`, their attempts
+    /// uncounted, waking their consumers; returns how many. A claim that failed may have
+    /// committed all the same (its connection was lost between the commit and the reply): its
+    /// jobs are then the worker's in the table, unbeknown to it, and its heartbeat would keep
+    /// them from rescue. No claim of the worker's may be in flight meanwhile.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq_core::Pq, worker: pq_core::WorkerId) -> pq_core::Result<()> {
+    /// let known = []; // the claims the worker is running, or recording the outcome of
+    /// let released = pq.release_unknown(worker, &known).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn release_unknown(&self, worker: WorkerId, known: &[Claim]) -> Result<u64> {
+        let sql = self.statements().await?;
+        let known: Vec<i64> = known.iter().map(|claim| claim.number).collect();
+        let released: Vec<String> = self
+            .with_connection("giving back unknown claims", async |connection| {
+                Ok(sqlx::query_scalar(&sql.release_held)
+                    .bind(worker.0)
+                    .bind(&known)
                     .fetch_all(connection)
                     .await?)
             })

@@ -47,10 +47,10 @@ impl Outcome {
     }
 }
 
-/// An outcome to record, with the lease slot its job holds until then.
+/// An outcome to record, with the lease its job holds until then.
 pub(crate) struct Recording {
     pub outcome: Outcome,
-    pub _slot: Option<OwnedSemaphorePermit>,
+    pub lease: Option<OwnedSemaphorePermit>,
 }
 
 /// A started job's promise of an outcome: [`finish`](Outcome) sends it; dropped without one
@@ -86,7 +86,7 @@ impl Pending {
             // dropped, and then its claims are released by its cleanup.
             let _ = outcomes.send(Recording {
                 outcome,
-                _slot: self.slot.take(),
+                lease: self.slot.take(),
             });
         }
     }
@@ -122,8 +122,16 @@ impl Completer {
                     }
                 }
             }
-            // Frees the batch's lease slots.
-            batch.clear();
+            // Frees the batch's leases at once: freed one by one, each would wake a claimer to
+            // claim for the few free so far.
+            let mut leases: Option<OwnedSemaphorePermit> = None;
+            for lease in batch.drain(..).filter_map(|recording| recording.lease) {
+                match &mut leases {
+                    Some(all) => all.merge(lease),
+                    None => leases = Some(lease),
+                }
+            }
+            drop(leases);
             self.progress.notify_waiters();
         }
     }

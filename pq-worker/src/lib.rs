@@ -22,7 +22,7 @@ pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition};
 pub use task::{
     Backoff, BoxFuture, IntoTaskResult, Task, TaskCall, TaskError, TaskOptions, TaskResult,
 };
-pub use worker::{Worker, WorkerError};
+pub use worker::{Worker, WorkerError, RECORDING};
 
 /// The message of a caught panic: its `&str` or `String` payload, if it has one.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {

@@ -2,11 +2,12 @@
 
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use pq_core::{ClaimQueues, Job, Pq, Subscription, WorkerId, WorkerInfo};
+use pq_core::{Claim, ClaimQueues, Job, Pq, Subscription, WorkerId, WorkerInfo};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -115,8 +116,9 @@ impl Worker {
 
     /// Runs at most this many jobs at once (default 16). A claim takes a job for each free
     /// slot, in one statement for all the worker's queues, once half the slots are free or 5 ms
-    /// after the first one freed. A slot stays taken until its job's outcome is recorded, so
-    /// the worker never holds more jobs than this.
+    /// after the first one freed. A finished job whose outcome is still being recorded holds a
+    /// lease, of which the worker has [`RECORDING`] more: it never holds more than this many
+    /// running jobs and `RECORDING` finished ones, however fast they fail.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.settings.concurrency = concurrency.clamp(1, 100_000);
         self
@@ -341,13 +343,26 @@ impl Drop for Cleanup {
 
 /// What the worker's two claimers share.
 struct Fetcher<'a> {
-    /// One permit per job that may run at once, taken when it is claimed and given back when
-    /// its outcome is recorded.
-    slots: Arc<Semaphore>,
+    slots: Slots,
     in_flight: &'a InFlight,
     outcomes: &'a mpsc::UnboundedSender<Recording>,
     /// Woken when a claim came back full: more is ready than one claim takes.
     backlog: Notify,
+    /// Claims hold it shared; giving back what a failed claim may have taken holds it alone.
+    claiming: tokio::sync::RwLock<()>,
+    /// Set when a claim failed or was abandoned: it may have committed all the same.
+    unsure: AtomicBool,
+}
+
+/// Marks the claims unsure unless disarmed: dropped with its claim, or on its error.
+struct Unsure<'a>(Option<&'a AtomicBool>);
+
+impl Drop for Unsure<'_> {
+    fn drop(&mut self) {
+        if let Some(unsure) = self.0 {
+            unsure.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A running worker.
@@ -396,27 +411,24 @@ impl Run {
         );
 
         let fetcher = Fetcher {
-            slots: Arc::new(Semaphore::new(self.settings.concurrency)),
+            slots: Slots::new(self.settings.concurrency),
             in_flight: &in_flight,
             outcomes: &outcomes,
             backlog: Notify::new(),
+            claiming: tokio::sync::RwLock::new(()),
+            unsure: AtomicBool::new(false),
         };
         let (stopped, stop_backlog) = watch::channel(false);
         let mut jobs = JoinSet::new();
         let mut backlog_jobs = JoinSet::new();
-        let mut backlog_queues = queues.clone();
+
         tokio::join!(
             async {
-                self.fetch(&fetcher, &mut jobs, queues, &progress, stop)
+                self.fetch(&fetcher, &mut jobs, &queues, &progress, stop)
                     .await;
                 stopped.send_replace(true);
             },
-            self.fetch_backlog(
-                &fetcher,
-                &mut backlog_jobs,
-                &mut backlog_queues,
-                stop_backlog
-            ),
+            self.fetch_backlog(&fetcher, &mut backlog_jobs, &queues, stop_backlog),
         );
         drop(fetcher);
         tracing::info!(
@@ -493,7 +505,7 @@ impl Run {
         &self,
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
-        mut queues: ClaimQueues,
+        queues: &ClaimQueues,
         progress: &Arc<Notify>,
         stop: &mut Stop,
     ) {
@@ -508,7 +520,7 @@ impl Run {
         loop {
             while jobs.try_join_next().is_some() {}
             let permits = tokio::select! {
-                permits = self.gather_slots(&fetcher.slots) => permits,
+                permits = self.gather(&fetcher.slots) => permits,
                 () = stop.next() => return,
             };
             let Some(mut permits) = permits else {
@@ -523,9 +535,9 @@ impl Run {
             tokio::pin!(work_done);
             work_done.as_mut().enable();
 
-            let wanted = permits.num_permits();
+            let wanted = permits.count();
             let claim = tokio::select! {
-                claim = self.claim(fetcher, jobs, &mut queues, &mut permits) => claim,
+                claim = self.claim(fetcher, jobs, queues, &mut permits) => claim,
                 () = stop.next() => return,
             };
             let mut claimed = match claim {
@@ -554,7 +566,7 @@ impl Run {
                     // that sorts before (a retry, say): one more from the top, then done.
                     queues.restart();
                     let claim = tokio::select! {
-                        claim = self.claim(fetcher, jobs, &mut queues, &mut permits) => claim,
+                        claim = self.claim(fetcher, jobs, queues, &mut permits) => claim,
                         () = stop.next() => return,
                     };
                     match claim {
@@ -579,7 +591,7 @@ impl Run {
                 };
                 queues.restart();
                 claimed = tokio::select! {
-                    claim = self.claim(fetcher, jobs, &mut queues, &mut permits) => claim,
+                    claim = self.claim(fetcher, jobs, queues, &mut permits) => claim,
                     () = stop.next() => return,
                 }
                 .unwrap_or_default();
@@ -604,7 +616,7 @@ impl Run {
         &self,
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
-        queues: &mut ClaimQueues,
+        queues: &ClaimQueues,
         mut stop: watch::Receiver<bool>,
     ) {
         if self.settings.concurrency < 2 {
@@ -622,12 +634,12 @@ impl Run {
                 let permits = tokio::select! {
                     biased;
                     _ = stop.wait_for(|stop| *stop) => return,
-                    permits = self.gather_slots(&fetcher.slots) => permits,
+                    permits = self.gather(&fetcher.slots) => permits,
                 };
                 let Some(mut permits) = permits else {
                     return;
                 };
-                let wanted = permits.num_permits();
+                let wanted = permits.count();
                 // An error is the main fetcher's to report and retry.
                 let claimed = tokio::select! {
                     claim = self.claim(fetcher, jobs, queues, &mut permits) => claim,
@@ -641,26 +653,33 @@ impl Run {
         }
     }
 
-    /// Waits for a free slot, then for a good share of them (see [`GATHER_SLOTS`]); `None`
-    /// once the worker closes its slots.
-    async fn gather_slots(&self, slots: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
-        let mut permits = Arc::clone(slots).acquire_owned().await.ok()?;
-        take_free(slots, &mut permits);
+    /// Waits for a free slot, then for a good share of them (see [`GATHER_SLOTS`]), and for as
+    /// many leases; `None` once the worker closes its slots.
+    async fn gather(&self, slots: &Slots) -> Option<Permits> {
+        let mut run = Arc::clone(&slots.run).acquire_owned().await.ok()?;
+        take_free(&slots.run, &mut run, usize::MAX);
         // Claim once a good share of the slots is free, not for the first free one: a claim
         // is a round trip and a commit whatever its size, and one claim of many jobs costs
         // the database far less than many claims of few. Slots of long jobs may not free up
         // soon, so the wait is short.
         let share = self.settings.concurrency.div_ceil(2);
-        if permits.num_permits() < share {
-            let missing = u32::try_from(share - permits.num_permits()).unwrap_or(u32::MAX);
-            let more =
-                tokio::time::timeout(GATHER_SLOTS, Arc::clone(slots).acquire_many_owned(missing));
+        if run.num_permits() < share {
+            let missing = u32::try_from(share - run.num_permits()).unwrap_or(u32::MAX);
+            let more = tokio::time::timeout(
+                GATHER_SLOTS,
+                Arc::clone(&slots.run).acquire_many_owned(missing),
+            );
             if let Ok(Ok(more)) = more.await {
-                permits.merge(more);
+                run.merge(more);
             }
-            take_free(slots, &mut permits);
+            take_free(&slots.run, &mut run, usize::MAX);
         }
-        Some(permits)
+        let mut lease = Arc::clone(&slots.lease).acquire_owned().await.ok()?;
+        take_free(&slots.lease, &mut lease, run.num_permits());
+        if let Some(unleased) = run.num_permits().checked_sub(lease.num_permits()) {
+            drop(run.split(unleased));
+        }
+        Some(Permits { run, lease })
     }
 
     /// Claims a job for each slot of `permits`, from every queue in one statement, and starts
@@ -669,22 +688,42 @@ impl Run {
         &self,
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
-        queues: &mut ClaimQueues,
-        permits: &mut OwnedSemaphorePermit,
+        queues: &ClaimQueues,
+        permits: &mut Permits,
     ) -> pq_core::Result<usize> {
-        let limit = u32::try_from(permits.num_permits()).unwrap_or(u32::MAX);
-        let claimed = self.resources.own.claim(self.worker, queues, limit).await?;
+        let own = &self.resources.own;
+        // A claim that failed may have committed all the same (its connection was lost after
+        // the commit, before the reply): it took jobs for this worker that the worker never
+        // saw, and its heartbeat would keep them from rescue. They go back first, with no
+        // other claim in flight to be mistaken for one.
+        if fetcher.unsure.load(Ordering::Relaxed) {
+            let _alone = fetcher.claiming.write().await;
+            if fetcher.unsure.load(Ordering::Relaxed) {
+                let known: Vec<Claim> = lock(fetcher.in_flight).iter().copied().collect();
+                let released = own.release_unknown(self.worker, &known).await?;
+                if released > 0 {
+                    tracing::warn!(
+                        released,
+                        "pq: gave back jobs a failed claim had taken unbeknown to the worker"
+                    );
+                }
+                fetcher.unsure.store(false, Ordering::Relaxed);
+            }
+        }
+        let _claiming = fetcher.claiming.read().await;
+        let mut unsure = Unsure(Some(&fetcher.unsure));
+        let limit = u32::try_from(permits.count()).unwrap_or(u32::MAX);
+        let claimed = own.claim(self.worker, queues, limit).await?;
         let taken = claimed.jobs.len() + claimed.unreadable.len();
         {
             let mut in_flight = lock(fetcher.in_flight);
             in_flight.extend(claimed.jobs.iter().filter_map(Job::claim));
             in_flight.extend(claimed.unreadable.iter().map(|(claim, _)| *claim));
         }
+        unsure.0 = None;
         for (claim, reason) in claimed.unreadable {
-            let slot = permits
-                .split(1)
-                .expect("a claim takes at most one job a slot");
-            Pending::new(claim, slot, fetcher.outcomes.clone())
+            let (_run, lease) = permits.one();
+            Pending::new(claim, lease, fetcher.outcomes.clone())
                 .finish(give_up(claim, format!("cannot be read: {reason}")));
         }
         let mut starting = Starting {
@@ -692,15 +731,14 @@ impl Run {
             inline: true,
         };
         for job in claimed.jobs {
-            let permit = permits
-                .split(1)
-                .expect("a claim takes at most one job a slot");
-            self.start(fetcher, jobs, &mut starting, job, permit);
+            let (run, lease) = permits.one();
+            self.start(fetcher, jobs, &mut starting, job, run, lease);
         }
         Ok(taken)
     }
 
-    /// Runs `job` on `permit`'s slot. The claimer polls it once itself: most short jobs end
+    /// Runs `job` on the `run` slot, holding `lease` until its outcome is recorded. The
+    /// claimer polls it once itself: most short jobs end
     /// there, without the cost of a task of their own (spawning, scheduling, waking another
     /// thread), which for a short job is most of the worker's work. A job that waits, or that
     /// the claimer cannot poll (see [`Starting`]), goes on in a task of its own.
@@ -710,7 +748,8 @@ impl Run {
         jobs: &mut JoinSet<()>,
         starting: &mut Starting,
         job: Job,
-        permit: OwnedSemaphorePermit,
+        run_slot: OwnedSemaphorePermit,
+        lease: OwnedSemaphorePermit,
     ) {
         let Some(claim) = job.claim() else { return };
         // Labels come from the worker's own queues and tasks, never from what a row says, so
@@ -727,10 +766,11 @@ impl Run {
         .unwrap_or_else(|_| Arc::new(TaskMetrics::noop()));
         let resources = Arc::clone(&self.resources);
         let registry = Arc::clone(&self.registry);
-        let pending = Pending::new(claim, permit, fetcher.outcomes.clone());
+        let pending = Pending::new(claim, lease, fetcher.outcomes.clone());
         // Boxed, so that it can move to a task after a first poll.
         let mut run = Box::pin(async move {
             let outcome = execute(&resources, &registry, job, claim, queue, &metrics).await;
+            drop(run_slot);
             pending.finish(outcome);
         });
         if starting.inline {
@@ -810,11 +850,57 @@ const INLINE_LIMIT: Duration = Duration::from_micros(500);
 /// for the slots free so far.
 const GATHER_SLOTS: Duration = Duration::from_millis(5);
 
-/// Adds every free slot to `permits`.
-fn take_free(slots: &Arc<Semaphore>, permits: &mut OwnedSemaphorePermit) {
-    let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+/// How many finished jobs a worker may hold beyond its concurrency while their outcomes are
+/// being recorded: as many as the completer records in one round.
+pub const RECORDING: usize = 1000;
+
+/// What a job holds of its worker: a slot while its handler runs, and a lease from its claim
+/// until its outcome is recorded. A worker has `concurrency` slots and [`RECORDING`] more
+/// leases: a claim can then take new jobs while the outcomes of the last ones are being
+/// recorded (a round trip that would otherwise leave the slots idle: a fifth of a drain at
+/// concurrency 1000, a third at 64, BENCHMARKS.md), and no worker ever holds more than
+/// `concurrency + RECORDING` jobs.
+struct Slots {
+    run: Arc<Semaphore>,
+    lease: Arc<Semaphore>,
+}
+
+impl Slots {
+    fn new(concurrency: usize) -> Self {
+        Self {
+            run: Arc::new(Semaphore::new(concurrency)),
+            lease: Arc::new(Semaphore::new(concurrency.saturating_add(RECORDING))),
+        }
+    }
+}
+
+/// Slots and as many leases, for the jobs of one claim.
+struct Permits {
+    run: OwnedSemaphorePermit,
+    lease: OwnedSemaphorePermit,
+}
+
+impl Permits {
+    fn count(&self) -> usize {
+        self.run.num_permits()
+    }
+
+    /// A slot and a lease for one job of the claim.
+    fn one(&mut self) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+        let taken = (self.run.split(1), self.lease.split(1));
+        match taken {
+            (Some(run), Some(lease)) => (run, lease),
+            _ => unreachable!("a claim takes at most one job for each slot and lease it has"),
+        }
+    }
+}
+
+/// Adds free permits of `semaphore` to `permits`, up to `most` in all.
+fn take_free(semaphore: &Arc<Semaphore>, permits: &mut OwnedSemaphorePermit, most: usize) {
+    let wanted = most.saturating_sub(permits.num_permits());
+    let free = u32::try_from(semaphore.available_permits().min(wanted)).unwrap_or(u32::MAX);
     if free > 0 {
-        if let Ok(more) = Arc::clone(slots).try_acquire_many_owned(free) {
+        if let Ok(more) = Arc::clone(semaphore).try_acquire_many_owned(free) {
             permits.merge(more);
         }
     }

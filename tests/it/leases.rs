@@ -312,3 +312,77 @@ async fn a_heartbeat_whose_connection_died_goes_through_on_a_fresh_one_at_once()
     let beat = pq.heartbeat(claimer.worker, &claimer.info).await;
     assert_eq!(beat.unwrap(), pq::Heartbeat::Renewed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_reply_was_lost_gives_its_jobs_back() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start().await;
+    let through_proxy = Pq::builder()
+        .schema(&db.schema)
+        .connect(&proxy.url())
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // A lease far longer than the test: only the worker itself can give the job back.
+    let worker = tokio::spawn(
+        Worker::new(through_proxy)
+            .queues(["held"])
+            .lease(Duration::from_secs(120))
+            .poll_interval(Duration::from_millis(100))
+            .shutdown_on(async {
+                let _ = stopped.await;
+            })
+            .run(),
+    );
+    let state = format!("SELECT state::text FROM {} WHERE id = $1", db.pq.table());
+    let state_of = async |id: pq::JobId| -> Option<String> {
+        sqlx::query_scalar(&state)
+            .bind(id.0)
+            .fetch_optional(db.pq.pool())
+            .await
+            .unwrap()
+    };
+    let registered = format!(
+        "SELECT count(*) FROM {}",
+        crate::support::derived(&db.pq, "workers")
+    );
+    for _ in 0..300 {
+        let workers: i64 = sqlx::query_scalar(&registered)
+            .fetch_one(db.pq.pool())
+            .await
+            .unwrap();
+        if workers == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The worker's next claim takes the job and commits, but its reply never comes back...
+    proxy.hold_replies();
+    let id = nap(0).enqueue(&db.pq).await.unwrap();
+    for _ in 0..300 {
+        if state_of(id).await.as_deref() == Some("running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state_of(id).await.as_deref(), Some("running"), "claimed");
+    // ...its connection breaks instead: the claim failed, as far as the worker knows.
+    proxy.cut();
+    proxy.thaw();
+    let mut finished = false;
+    for _ in 0..600 {
+        if state_of(id).await.is_none() {
+            finished = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(());
+    worker.await.unwrap().unwrap();
+    assert!(
+        finished,
+        "the job a lost reply claimed ran while its worker lived ({:?})",
+        state_of(id).await
+    );
+    assert_eq!(runs_of(&db.pq, id), 1, "run once");
+}

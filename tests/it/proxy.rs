@@ -22,6 +22,8 @@ pub struct Proxy {
 struct Shared {
     /// While true, nothing is forwarded: to the client, the server hangs.
     frozen: watch::Sender<bool>,
+    /// While true, nothing is forwarded to the clients: the server works, but never replies.
+    deaf: watch::Sender<bool>,
     /// Execute ('E') and simple query ('Q') messages the clients sent.
     statements: AtomicU64,
     connections: Mutex<JoinSet<()>>,
@@ -34,6 +36,7 @@ impl Proxy {
         let target = server_address();
         let shared = Arc::new(Shared {
             frozen: watch::channel(false).0,
+            deaf: watch::channel(false).0,
             statements: AtomicU64::new(0),
             connections: Mutex::new(JoinSet::new()),
         });
@@ -80,9 +83,16 @@ impl Proxy {
         self.shared.frozen.send_replace(true);
     }
 
-    /// Forwards again.
+    /// Forwards what clients send, but none of the server's replies: a statement runs, and
+    /// commits, but its client never learns of it.
+    pub fn hold_replies(&self) {
+        self.shared.deaf.send_replace(true);
+    }
+
+    /// Forwards again, both ways.
     pub fn thaw(&self) {
         self.shared.frozen.send_replace(false);
+        self.shared.deaf.send_replace(false);
     }
 
     /// Closes every connection made so far, as a network failure or a server restart would.
@@ -120,19 +130,22 @@ async fn forward(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (server_read, server_write) = server.into_split();
     let counting = Arc::clone(&shared);
     tokio::select! {
-        () = pump(client_read, server_write, &shared, Some(&counting.statements)) => {}
-        () = pump(server_read, client_write, &shared, None) => {}
+        () = pump(client_read, server_write, &shared, &shared.frozen, Some(&counting.statements)) => {}
+        () = pump(server_read, client_write, &shared, &shared.deaf, None) => {}
     }
 }
 
-/// Copies one direction; counts the client's statements when given a counter.
+/// Copies one direction, but not while `held` (or the proxy is frozen); counts the client's
+/// statements when given a counter.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     shared: &Shared,
+    held: &watch::Sender<bool>,
     statements: Option<&AtomicU64>,
 ) {
     let mut frozen = shared.frozen.subscribe();
+    let mut held = held.subscribe();
     let mut parser = Messages::default();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
@@ -147,7 +160,9 @@ async fn pump(
             counter.fetch_add(parser.statements(&buffer[..n]), Ordering::Relaxed);
         }
         // A freeze that came while reading holds these bytes back too.
-        if frozen.wait_for(|frozen| !frozen).await.is_err() {
+        if frozen.wait_for(|frozen| !frozen).await.is_err()
+            || held.wait_for(|held| !held).await.is_err()
+        {
             return;
         }
         if to.write_all(&buffer[..n]).await.is_err() {

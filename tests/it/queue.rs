@@ -794,8 +794,8 @@ async fn a_claim_of_no_jobs_or_of_no_queue_takes_nothing() {
         let err = pq::ClaimQueues::new([name]).unwrap_err();
         assert!(matches!(err, pq::Error::InvalidQueueName { .. }), "{err}");
     }
-    let mut none = pq::ClaimQueues::new(Vec::<String>::new()).unwrap();
-    let claimed = db.pq.claim(claimer.worker, &mut none, 10).await.unwrap();
+    let none = pq::ClaimQueues::new(Vec::<String>::new()).unwrap();
+    let claimed = db.pq.claim(claimer.worker, &none, 10).await.unwrap();
     assert!(claimed.jobs.is_empty());
     // Nothing was taken.
     let jobs = claimer.claim(1).await;

@@ -172,7 +172,7 @@ impl Claimer {
         self.queues.restart();
         let claimed = self
             .pq
-            .claim(self.worker, &mut self.queues, limit)
+            .claim(self.worker, &self.queues, limit)
             .await
             .expect("claim");
         assert!(claimed.unreadable.is_empty(), "{:?}", claimed.unreadable);

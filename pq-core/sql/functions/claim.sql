@@ -51,11 +51,13 @@ AS {{dollar}}
 DECLARE
     claim int8 := nextval({{literal:claims}});
 BEGIN
-    -- A claim holds its worker's row until it commits: a worker deregistering then waits for
-    -- a claim it abandoned half-way, and finds every job that claim took; a worker no longer
-    -- registered claims nothing. KEY SHARE does not hold up the worker's heartbeat.
-    PERFORM FROM {{qualified:workers}} AS w WHERE w.id = worker FOR KEY SHARE;
-    IF NOT FOUND THEN
+    -- A claim holds its worker's advisory lock shared until it commits: a worker
+    -- deregistering takes it exclusively, so it waits for a claim it abandoned half-way and
+    -- then finds every job that claim took; and a worker no longer registered claims nothing.
+    -- (A lock on the worker's row would do the same at the cost of a WAL record, and of a
+    -- MultiXact when two claims overlap: a third of the drain, BENCHMARKS.md.)
+    PERFORM pg_advisory_xact_lock_shared({{claims_lock}}, (worker & 2147483647)::int4);
+    IF NOT EXISTS (SELECT FROM {{qualified:workers}} AS w WHERE w.id = worker) THEN
         RETURN;
     END IF;
     RETURN QUERY
