@@ -273,7 +273,7 @@ pub(crate) fn micros(duration: Duration) -> i64 {
 }
 
 /// Claims sorted by id, as the fenced statements want them, and their two columns.
-fn columns(claims: &[Claim]) -> (Vec<Claim>, Vec<i64>, Vec<i64>) {
+pub(crate) fn columns(claims: &[Claim]) -> (Vec<Claim>, Vec<i64>, Vec<i64>) {
     let mut sorted = claims.to_vec();
     sorted.sort_unstable_by_key(|claim| claim.id);
     let ids = sorted.iter().map(|claim| claim.id.0).collect();

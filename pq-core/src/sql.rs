@@ -436,7 +436,8 @@ impl Statements {
                 "UPDATE {t} AS j SET state = 'queued', attempts = GREATEST(j.attempts - 1, 0), \
                    worker_id = NULL, locked_until = NULL \
                  WHERE COALESCE(j.state = 'running', false) AND j.worker_id = $1 \
-                   AND COALESCE(j.claim_id <> ALL($2::int8[]), true) \
+                   AND NOT EXISTS (SELECT FROM unnest($2::int8[], $3::int8[]) AS k(id, claim) \
+                     WHERE k.id = j.id AND k.claim = j.claim_id) \
                  RETURNING j.q_name"
             ),
             // Workers whose heartbeat ran out an hour ago: their jobs were rescued long since.

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 
 use crate::error::Result;
-use crate::lease::{micros, Claim};
+use crate::lease::{columns, micros, Claim};
 use crate::pq::Pq;
 use crate::timestamp::Timestamp;
 
@@ -151,22 +151,16 @@ impl Pq {
     /// (an outcome, a claim it abandoned half-way) runs again. Returns how many jobs it gave back.
     pub async fn deregister_worker(&self, worker: WorkerId) -> Result<u64> {
         let sql = self.statements().await?;
-        let released: Vec<String> = self
-            .with_connection("deregistering the worker", async |connection| {
-                sqlx::query(&sql.deregister)
-                    .bind(worker.0)
-                    .execute(&mut *connection)
-                    .await?;
-                Ok(sqlx::query_scalar(&sql.release_held)
-                    .bind(worker.0)
-                    .bind([0i64; 0])
-                    .fetch_all(connection)
-                    .await?)
-            })
-            .await?;
-        let count = released.len() as u64;
-        self.wake(released).await?;
-        Ok(count)
+        // Its own statement, so that the release sees what the claims it waited for committed.
+        self.with_connection("deregistering the worker", async |connection| {
+            sqlx::query(&sql.deregister)
+                .bind(worker.0)
+                .execute(connection)
+                .await?;
+            Ok(())
+        })
+        .await?;
+        self.release_unknown(worker, &[]).await
     }
 
     /// Gives back to the queue every job `worker` holds but those of `known`, their attempts
@@ -183,12 +177,13 @@ impl Pq {
     /// ```
     pub async fn release_unknown(&self, worker: WorkerId, known: &[Claim]) -> Result<u64> {
         let sql = self.statements().await?;
-        let known: Vec<i64> = known.iter().map(|claim| claim.number).collect();
+        let (_, ids, numbers) = columns(known);
         let released: Vec<String> = self
             .with_connection("giving back unknown claims", async |connection| {
                 Ok(sqlx::query_scalar(&sql.release_held)
                     .bind(worker.0)
-                    .bind(&known)
+                    .bind(&ids)
+                    .bind(&numbers)
                     .fetch_all(connection)
                     .await?)
             })

@@ -1,6 +1,6 @@
 //! Records outcomes, many at a time: the successes of a round in one statement, its failures in
-//! another, its releases in a third. A job keeps its lease slot until its outcome is recorded,
-//! so a worker never holds more jobs than its slots, however fast they fail. A database error is
+//! another, its releases in a third. A job keeps its lease until its outcome is recorded, so a
+//! worker never holds more jobs than its leases, however fast they fail. A database error is
 //! retried while it is transient; nothing is dropped on the floor.
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -59,19 +59,19 @@ pub(crate) struct Recording {
 /// longer runs it.
 pub(crate) struct Pending {
     claim: Claim,
-    slot: Option<OwnedSemaphorePermit>,
+    lease: Option<OwnedSemaphorePermit>,
     outcomes: Option<mpsc::UnboundedSender<Recording>>,
 }
 
 impl Pending {
     pub(crate) fn new(
         claim: Claim,
-        slot: OwnedSemaphorePermit,
+        lease: OwnedSemaphorePermit,
         outcomes: mpsc::UnboundedSender<Recording>,
     ) -> Self {
         Self {
             claim,
-            slot: Some(slot),
+            lease: Some(lease),
             outcomes: Some(outcomes),
         }
     }
@@ -86,7 +86,7 @@ impl Pending {
             // dropped, and then its claims are released by its cleanup.
             let _ = outcomes.send(Recording {
                 outcome,
-                lease: self.slot.take(),
+                lease: self.lease.take(),
             });
         }
     }

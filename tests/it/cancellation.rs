@@ -92,11 +92,7 @@ async fn a_dropped_worker_future_leaves_no_job_running_and_nothing_behind() {
 async fn an_enqueue_against_a_hung_server_fails_fast() {
     let db = TestDb::new().await;
     let proxy = Proxy::start().await;
-    let pq = Pq::builder()
-        .schema(&db.schema)
-        .connect(&proxy.url())
-        .await
-        .unwrap();
+    let pq = db.handle_at(&proxy.url()).await;
     long_nap().enqueue(&pq).await.unwrap();
     proxy.freeze();
     let started = Instant::now();
@@ -122,11 +118,7 @@ async fn quick(ctx: TaskContext) {
 async fn a_shutdown_while_the_database_hangs_ends_within_its_bounds() {
     let db = TestDb::new().await;
     let proxy = Proxy::start().await;
-    let pq = Pq::builder()
-        .schema(&db.schema)
-        .connect(&proxy.url())
-        .await
-        .unwrap();
+    let pq = db.handle_at(&proxy.url()).await;
     let id = quick().enqueue(&pq).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use pq::{Pq, Worker};
+use pq::Worker;
 
 use crate::proxy::Proxy;
 use crate::support::TestDb;
@@ -13,11 +13,7 @@ use crate::support::TestDb;
 /// after its first second (start-up, subscriptions and its first looks).
 async fn statements_while_idle(db: &TestDb, queues: Vec<String>, idle: Duration) -> u64 {
     let proxy = Proxy::start().await;
-    let pq = Pq::builder()
-        .schema(&db.schema)
-        .connect(&proxy.url())
-        .await
-        .unwrap();
+    let pq = db.handle_at(&proxy.url()).await;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(
         Worker::new(pq)
@@ -66,11 +62,7 @@ async fn a_burst_worker_does_not_spin_on_a_job_another_session_holds() {
     let mut taker = queue.begin().await.unwrap();
     assert!(taker.try_get().await.unwrap().is_some());
     let proxy = Proxy::start().await;
-    let pq = Pq::builder()
-        .schema(&db.schema)
-        .connect(&proxy.url())
-        .await
-        .unwrap();
+    let pq = db.handle_at(&proxy.url()).await;
     // Nothing it could claim: the burst worker returns, or at least waits without spinning.
     let run = Worker::new(pq)
         .registry(pq::Registry::default())

@@ -7,7 +7,7 @@ use std::time::Duration;
 use pq::{Pq, TaskContext, Worker};
 
 use crate::proxy::Proxy;
-use crate::support::{database_url, record_run, runs_of, TestDb};
+use crate::support::{database_url, eventually, record_run, runs_of, Claimer, TestDb};
 
 /// Another process on the same table, with a worker on `queue` that rescues whatever it finds
 /// lost and runs it, until `stop` is called.
@@ -114,11 +114,7 @@ async fn transactional_handlers_at_the_default_concurrency_do_not_starve_on_the_
     let effects = effects_table(&db).await;
     // The defaults: a pool of 10 connections, a worker running 16 jobs at once. Each job
     // holds a transaction for longer than the pool's acquire timeout (5 s).
-    let pq = Pq::builder()
-        .schema(&db.schema)
-        .connect(&database_url())
-        .await
-        .unwrap();
+    let pq = db.another_handle().await;
     let mut ids = Vec::new();
     for _ in 0..16 {
         let call = hold_transaction(6000, effects.clone());
@@ -238,11 +234,7 @@ async fn a_worker_whose_connections_are_cut_keeps_its_lease() {
     let db = TestDb::new().await;
     let id = nap(6000).enqueue(&db.pq).await.unwrap();
     let proxy = Proxy::start().await;
-    let through_proxy = Pq::builder()
-        .schema(&db.schema)
-        .connect(&proxy.url())
-        .await
-        .unwrap();
+    let through_proxy = db.handle_at(&proxy.url()).await;
     // Renewals every 800 ms, so a connection they used last is not checked when next taken.
     let lease = Duration::from_millis(2400);
     let first = tokio::spawn(
@@ -300,11 +292,7 @@ async fn a_worker_whose_connections_are_cut_keeps_its_lease() {
 async fn a_heartbeat_whose_connection_died_goes_through_on_a_fresh_one_at_once() {
     let db = TestDb::new().await;
     let proxy = Proxy::start().await;
-    let pq = Pq::builder()
-        .schema(&db.schema)
-        .connect(&proxy.url())
-        .await
-        .unwrap();
+    let pq = db.handle_at(&proxy.url()).await;
     // Registering leaves its connection kept for pq's next statement...
     let claimer = crate::support::Claimer::new(&pq, &["q"]).await;
     // ...which dies before that statement comes, unbeknown to the pool.
@@ -317,15 +305,10 @@ async fn a_heartbeat_whose_connection_died_goes_through_on_a_fresh_one_at_once()
 async fn a_claim_whose_reply_was_lost_gives_its_jobs_back() {
     let db = TestDb::new().await;
     let proxy = Proxy::start().await;
-    let through_proxy = Pq::builder()
-        .schema(&db.schema)
-        .connect(&proxy.url())
-        .await
-        .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // A lease far longer than the test: only the worker itself can give the job back.
     let worker = tokio::spawn(
-        Worker::new(through_proxy)
+        Worker::new(db.handle_at(&proxy.url()).await)
             .queues(["held"])
             .lease(Duration::from_secs(120))
             .poll_interval(Duration::from_millis(100))
@@ -334,55 +317,50 @@ async fn a_claim_whose_reply_was_lost_gives_its_jobs_back() {
             })
             .run(),
     );
-    let state = format!("SELECT state::text FROM {} WHERE id = $1", db.pq.table());
-    let state_of = async |id: pq::JobId| -> Option<String> {
-        sqlx::query_scalar(&state)
-            .bind(id.0)
-            .fetch_optional(db.pq.pool())
-            .await
-            .unwrap()
-    };
-    let registered = format!(
-        "SELECT count(*) FROM {}",
-        crate::support::derived(&db.pq, "workers")
-    );
-    for _ in 0..300 {
-        let workers: i64 = sqlx::query_scalar(&registered)
-            .fetch_one(db.pq.pool())
-            .await
-            .unwrap();
-        if workers == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // A job the worker runs meanwhile, which must stay its own.
+    let running = nap(3000).enqueue(&db.pq).await.unwrap();
+    eventually(|| async { db.state_of(running).await.as_deref() == Some("running") }).await;
     // The worker's next claim takes the job and commits, but its reply never comes back...
     proxy.hold_replies();
-    let id = nap(0).enqueue(&db.pq).await.unwrap();
-    for _ in 0..300 {
-        if state_of(id).await.as_deref() == Some("running") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(state_of(id).await.as_deref(), Some("running"), "claimed");
+    let lost = nap(0).enqueue(&db.pq).await.unwrap();
+    eventually(|| async { db.state_of(lost).await.as_deref() == Some("running") }).await;
     // ...its connection breaks instead: the claim failed, as far as the worker knows.
     proxy.cut();
     proxy.thaw();
-    let mut finished = false;
-    for _ in 0..600 {
-        if state_of(id).await.is_none() {
-            finished = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| async {
+        db.state_of(lost).await.is_none() && db.state_of(running).await.is_none()
+    })
+    .await;
     let _ = stop.send(());
     worker.await.unwrap().unwrap();
-    assert!(
-        finished,
-        "the job a lost reply claimed ran while its worker lived ({:?})",
-        state_of(id).await
+    assert_eq!(runs_of(&db.pq, lost), 1, "the lost claim's job ran once");
+    assert_eq!(
+        runs_of(&db.pq, running),
+        1,
+        "the running job was not given back"
     );
-    assert_eq!(runs_of(&db.pq, id), 1, "run once");
+}
+
+#[tokio::test]
+async fn releasing_unknown_claims_keeps_the_known_ones_and_other_workers_jobs() {
+    let db = TestDb::new().await;
+    let queue = db.pq.queue("q");
+    for n in 0..3 {
+        queue.put(&n).await.unwrap();
+    }
+    let mut mine = Claimer::new(&db.pq, &["q"]).await;
+    let mut theirs = Claimer::new(&db.pq, &["q"]).await;
+    let held = mine.claim(2).await;
+    let other = theirs.claim(1).await;
+    assert_eq!((held.len(), other.len()), (2, 1));
+    let known = held[0].claim().unwrap();
+    let released = db.pq.release_unknown(mine.worker, &[known]).await.unwrap();
+    assert_eq!(released, 1);
+    assert_eq!(db.state_of(held[0].id()).await.as_deref(), Some("running"));
+    assert_eq!(db.state_of(held[1].id()).await.as_deref(), Some("queued"));
+    assert_eq!(db.state_of(other[0].id()).await.as_deref(), Some("running"));
+    // Given back with its attempt uncounted.
+    let again = mine.claim(1).await;
+    assert_eq!(again[0].id(), held[1].id());
+    assert_eq!(again[0].attempts(), 1);
 }

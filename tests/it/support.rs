@@ -59,8 +59,13 @@ pub fn runs_of(pq: &Pq, id: JobId) -> u32 {
 
 /// Waits up to 30 s for `condition`.
 pub async fn wait_until(mut condition: impl FnMut() -> bool) {
+    eventually(|| std::future::ready(condition())).await;
+}
+
+/// Waits up to 30 s for `condition`, a question to the database, say.
+pub async fn eventually<F: std::future::Future<Output = bool>>(mut condition: impl FnMut() -> F) {
     for _ in 0..600 {
-        if condition() {
+        if condition().await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -107,11 +112,28 @@ impl TestDb {
 
     /// Another handle on the same table (another process, say).
     pub async fn another_handle(&self) -> Pq {
+        self.handle_at(&database_url()).await
+    }
+
+    /// A handle on the same table through the server at `url` (a proxy, say).
+    pub async fn handle_at(&self, url: &str) -> Pq {
         Pq::builder()
             .schema(&self.schema)
-            .connect(&database_url())
+            .connect(url)
             .await
             .expect("connect")
+    }
+
+    /// The state of job `id`, `None` once it is gone.
+    pub async fn state_of(&self, id: JobId) -> Option<String> {
+        sqlx::query_scalar(&format!(
+            "SELECT state::text FROM {} WHERE id = $1",
+            self.pq.table()
+        ))
+        .bind(id.0)
+        .fetch_optional(self.pq.pool())
+        .await
+        .expect("read the job's state")
     }
 }
 

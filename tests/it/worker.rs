@@ -635,7 +635,7 @@ async fn fail_at_once() -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fast_failing_jobs_never_hold_more_leases_than_the_concurrency() {
+async fn fast_failing_jobs_hold_no_more_than_the_slots_and_one_round_of_outcomes() {
     let db = TestDb::new().await;
     sqlx::query(&format!(
         "INSERT INTO {} (q_name, task, data) SELECT 'failing', $1, '{{}}' \
@@ -643,6 +643,19 @@ async fn fast_failing_jobs_never_hold_more_leases_than_the_concurrency() {
         db.pq.table()
     ))
     .bind(<fail_at_once as pq::Task>::NAME)
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+    // Each failure takes the server 2 ms to record, so that the worker's claims outrun its
+    // outcomes: only its leases stop it claiming.
+    sqlx::raw_sql(&format!(
+        "CREATE FUNCTION \"{schema}\".slowly() RETURNS trigger LANGUAGE plpgsql \
+           AS $$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$; \
+         CREATE TRIGGER slow_failures BEFORE UPDATE ON {table} FOR EACH ROW \
+           WHEN (NEW.state = 'failed') EXECUTE FUNCTION \"{schema}\".slowly()",
+        schema = db.schema,
+        table = db.pq.table()
+    ))
     .execute(db.pq.pool())
     .await
     .unwrap();
