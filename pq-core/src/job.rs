@@ -73,8 +73,6 @@ pub(crate) struct ClaimInfo {
     pub claim: Claim,
     pub rescues: u32,
     pub timeout: Option<Duration>,
-    /// Where the job stands in its queue's dequeue order (priority, ready time).
-    pub position: (Timestamp, Timestamp),
 }
 
 /// The parts of a claimed job, as the claim decodes them.
@@ -90,7 +88,6 @@ pub(crate) struct ClaimedParts {
     pub expected_at: Option<DateTime<Utc>>,
     pub timeout: Option<Duration>,
     pub claim: Claim,
-    pub position: (Timestamp, Timestamp),
     pub sql: Arc<Statements>,
 }
 
@@ -109,7 +106,6 @@ impl Job {
                 claim: parts.claim,
                 rescues: parts.rescues,
                 timeout: parts.timeout,
-                position: parts.position,
             }),
             sql: parts.sql,
         }

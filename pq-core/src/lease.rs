@@ -3,6 +3,7 @@
 //! is fenced by the claim: a run that is no longer the job's live one changes nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::encode::IsNull;
@@ -321,22 +322,33 @@ impl Pq {
         drop(names);
         let mut claimed = Claimed::default();
         let mut taken = Vec::with_capacity(rows.len());
+        let mut jobs = Vec::with_capacity(rows.len());
         let mut names = Names::default();
+        // The queue of the row before, and its place in `queues`: rows of one queue come
+        // together, and their names are then one shared string.
+        let mut last: Option<(Arc<str>, Option<usize>)> = None;
         for row in &rows {
             let decoded = decode_claimed(row, sql, &mut names, &mut large)?;
-            if let Some(&queue) = queues.index.get(decoded.queue.as_str()) {
+            let queue = match &last {
+                Some((name, queue)) if Arc::ptr_eq(name, &decoded.queue) => *queue,
+                _ => {
+                    let queue = queues.index.get(&*decoded.queue).copied();
+                    last = Some((Arc::clone(&decoded.queue), queue));
+                    queue
+                }
+            };
+            if let Some(queue) = queue {
                 taken.push((queue, decoded.position));
             }
             match decoded.job {
-                Ok(job) => claimed.jobs.push(job),
+                Ok(job) => jobs.push((decoded.position, job)),
                 Err(reason) => claimed.unreadable.push((decoded.claim, reason)),
             }
         }
         queues.advance(&taken, limit as usize);
         // RETURNING promises no order: restore the dequeue order.
-        claimed
-            .jobs
-            .sort_unstable_by_key(|job| job.position().map(|p| (p.expected, p.ready, p.id)));
+        jobs.sort_unstable_by_key(|(position, _)| *position);
+        claimed.jobs = jobs.into_iter().map(|(_, job)| job).collect();
         Ok(claimed)
     }
 
@@ -468,7 +480,7 @@ async fn large_data(
     let mut ids = Vec::new();
     let mut number = 0;
     for row in rows {
-        if row.try_get_unchecked::<Option<&[u8]>, _>(9)?.is_none() {
+        if row.try_get_unchecked::<Option<&[u8]>, _>(7)?.is_none() {
             ids.push(row.try_get_unchecked::<i64, _>(1)?);
             number = row.try_get_unchecked::<i64, _>(0)?;
         }
@@ -487,7 +499,7 @@ async fn large_data(
 /// One row of a claim, decoded as far as it can be.
 struct ClaimedRow {
     claim: Claim,
-    queue: String,
+    queue: Arc<str>,
     position: Position,
     /// The job, or why its row cannot be read.
     job: std::result::Result<Job, String>,
@@ -499,7 +511,7 @@ struct ClaimedRow {
 /// that job is unreadable.
 fn decode_claimed(
     row: &PgRow,
-    sql: &std::sync::Arc<crate::sql::Statements>,
+    sql: &Arc<crate::sql::Statements>,
     names: &mut Names,
     large: &mut HashMap<i64, Vec<u8>>,
 ) -> Result<ClaimedRow> {
@@ -510,52 +522,58 @@ fn decode_claimed(
         number,
         row: row.try_get_unchecked(4)?,
     };
+    let queue = names.queue(row.try_get_unchecked::<&str, _>(5)?);
+    let enqueued_at: Option<Timestamp> = row.try_get_unchecked(8)?;
+    let schedule_at: Option<Timestamp> = row.try_get_unchecked(9)?;
+    let expected_at: Option<Timestamp> = row.try_get_unchecked(10)?;
+    // The job's place in `ready_idx`: `COALESCE(expected_at, 'infinity')`, then
+    // `GREATEST(schedule_at, enqueued_at)`, which passes over a NULL as `Option::max` does.
     let position = Position {
-        expected: row.try_get_unchecked(5)?,
-        ready: row.try_get_unchecked(6)?,
+        expected: expected_at.unwrap_or(Timestamp::INFINITY),
+        ready: enqueued_at
+            .max(schedule_at)
+            .unwrap_or(Timestamp::NEG_INFINITY),
         id,
     };
-    let queue: String = row.try_get_unchecked::<&str, _>(7).map(str::to_owned)?;
     let job = (|| {
-        let text = |i: usize, column: &str| -> std::result::Result<&str, String> {
-            row.try_get_unchecked::<&str, _>(i)
-                .map_err(|_| format!("its {column} is not valid UTF-8 text"))
+        let text = |i: usize, column: &str| -> std::result::Result<Option<&str>, String> {
+            match row.try_get_unchecked::<Option<&[u8]>, _>(i) {
+                Ok(None) => Ok(None),
+                Ok(Some(bytes)) => std::str::from_utf8(bytes)
+                    .map(Some)
+                    .map_err(|_| format!("its {column} is not valid UTF-8 text")),
+                Err(e) => Err(format!("its {column} cannot be read: {e}")),
+            }
         };
-        let task = match row.try_get_unchecked::<Option<&[u8]>, _>(8) {
-            Ok(None) => None,
-            _ => Some(text(8, "task")?),
+        let task = text(6, "task")?;
+        let data = match text(7, "data")? {
+            Some(data) => data.to_owned(),
+            None => String::from_utf8(large.remove(&id).unwrap_or_default())
+                .map_err(|_| "its data is not valid UTF-8 text".to_owned())?,
         };
         let timeout: Option<PgInterval> = row
-            .try_get_unchecked(13)
+            .try_get_unchecked(11)
             .map_err(|e| format!("its timeout cannot be read: {e}"))?;
         Ok(Job::claimed(crate::job::ClaimedParts {
             id: JobId(id),
-            queue: names.queue(&queue),
+            queue: Arc::clone(&queue),
             task: task.map(|task| names.task(task)),
-            data: match row.try_get_unchecked::<Option<&[u8]>, _>(9) {
-                Ok(Some(_)) => text(9, "data")?.to_owned(),
-                _ => String::from_utf8(large.remove(&id).unwrap_or_default())
-                    .map_err(|_| "its data is not valid UTF-8 text".to_owned())?,
-            },
+            data,
             attempts: u32::try_from(row.try_get_unchecked::<i32, _>(2).unwrap_or(0)).unwrap_or(0),
             rescues: u32::try_from(row.try_get_unchecked::<i32, _>(3).unwrap_or(0)).unwrap_or(0),
-            enqueued_at: row
-                .try_get_unchecked::<Timestamp, _>(10)
-                .map_err(|e| e.to_string())?
+            enqueued_at: enqueued_at
+                .ok_or("its enqueued_at is NULL")?
                 .required("enqueued_at")?,
-            schedule_at: row
-                .try_get_unchecked::<Timestamp, _>(11)
-                .map_err(|e| e.to_string())?
+            schedule_at: schedule_at
+                .ok_or("its schedule_at is NULL")?
                 .finite("schedule_at")?,
-            expected_at: match row.try_get_unchecked::<Option<Timestamp>, _>(12) {
-                Ok(Some(time)) => time.finite("expected_at")?,
-                Ok(None) => None,
-                Err(e) => return Err(e.to_string()),
+            expected_at: match expected_at {
+                Some(time) => time.finite("expected_at")?,
+                None => None,
             },
             timeout: timeout.map(interval_duration),
             claim,
-            position: (position.expected, position.ready),
-            sql: std::sync::Arc::clone(sql),
+            sql: Arc::clone(sql),
         }))
     })();
     Ok(ClaimedRow {
@@ -580,13 +598,5 @@ impl Job {
     /// The claim this job was taken under, for jobs a worker claimed.
     pub fn claim(&self) -> Option<Claim> {
         self.claimed_info().map(|info| info.claim)
-    }
-
-    fn position(&self) -> Option<Position> {
-        self.claimed_info().map(|claimed| Position {
-            expected: claimed.position.0,
-            ready: claimed.position.1,
-            id: self.id().0,
-        })
     }
 }

@@ -9,13 +9,18 @@
 -- the others, from the start of their range up to the first one not due yet.
 --
 -- Each queue resumes after a position (`after_*`, NULL for the start) that the caller keeps
--- from its last claim there while a backlog lasts (see `ClaimQueues` in pq-core/src/lease.rs):
+-- from its last claim there while a backlog lasts (see `ClaimQueues` in pq-core/src/lease.rs;
+-- it computes a job's position from the times the claim returns, as the index does):
 -- otherwise every claim steps again over the index entries of every job claimed since vacuum
 -- last ran, which it never does while an older transaction stays open, and a drain slows as it
 -- goes. A job that sorts before a position (released, rescued, retried, committed late, or more
 -- urgent) waits until the caller starts again from the top, at most 2 s.
 --
 -- `worker` must be registered (`<table>_workers`, see `register` in pq-core/src/sql.rs).
+--
+-- The update finds the locked rows by `ctid = ANY (array)`: one TID scan of them all, in the
+-- table's order. Joined on `ctid` instead (a TID scan per row), claims took two thirds longer
+-- as soon as two ran at once (BENCHMARKS.md, #65).
 --
 -- Every job of one claim gets the same `claim_id`, a number drawn once per claim that never
 -- repeats: the fence of everything done to these runs afterwards.
@@ -38,9 +43,8 @@ CREATE FUNCTION {{qualified:claim}}(
     worker int8, queues text[], want int4,
     after_expected timestamptz[], after_ready timestamptz[], after_id int8[])
 RETURNS TABLE (claim_id int8, id int8, attempts int4, rescues int4, row_version tid,
-               expected timestamptz, ready timestamptz, q_name text, task bytea, data bytea,
-               enqueued_at timestamptz, schedule_at timestamptz, expected_at timestamptz,
-               timeout interval)
+               q_name text, task bytea, data bytea, enqueued_at timestamptz,
+               schedule_at timestamptz, expected_at timestamptz, timeout interval)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
@@ -62,12 +66,10 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH next AS MATERIALIZED (
-        SELECT found.place, found.expected, found.ready
+        SELECT found.place
         FROM unnest(queues, after_expected, after_ready, after_id) AS q(name, e, r, i)
         CROSS JOIN LATERAL (
-            SELECT * FROM (SELECT j.ctid AS place, COALESCE(j.expected_at, 'infinity') AS expected,
-                    GREATEST(j.schedule_at, j.enqueued_at) AS ready
-             FROM {{table}} AS j
+            SELECT * FROM (SELECT j.ctid AS place FROM {{table}} AS j
              WHERE j.q_name = q.name AND j.state = 'queued'
                AND COALESCE(j.expected_at, 'infinity') < 'infinity'
                AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
@@ -77,8 +79,7 @@ BEGIN
              ORDER BY COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id
              LIMIT want FOR UPDATE SKIP LOCKED) AS expected_first
             UNION ALL
-            SELECT * FROM (SELECT j.ctid, 'infinity'::timestamptz, GREATEST(j.schedule_at, j.enqueued_at)
-             FROM {{table}} AS j
+            SELECT * FROM (SELECT j.ctid FROM {{table}} AS j
              WHERE j.q_name = q.name AND j.state = 'queued'
                AND COALESCE(j.expected_at, 'infinity') = 'infinity'
                AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
@@ -92,10 +93,9 @@ BEGIN
     UPDATE {{table}} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1,
         claim_id = claim, worker_id = worker, dequeued_at = statement_timestamp(),
         locked_until = NULL
-    FROM next
-    WHERE j.ctid = next.place
-    RETURNING claim, j.id, j.attempts, COALESCE(j.rescues, 0), j.ctid, next.expected, next.ready,
-        j.q_name, convert_to(j.task, 'SQL_ASCII'),
+    WHERE j.ctid = ANY (ARRAY(SELECT place FROM next))
+    RETURNING claim, j.id, j.attempts, COALESCE(j.rescues, 0), j.ctid, j.q_name,
+        convert_to(j.task, 'SQL_ASCII'),
         CASE WHEN pg_column_size(j.data) < 8192 THEN convert_to(j.data::text, 'SQL_ASCII') END,
         j.enqueued_at, j.schedule_at, j.expected_at, j.timeout;
 END
