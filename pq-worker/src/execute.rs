@@ -12,7 +12,7 @@ use tracing::Instrument;
 use crate::complete::{give_up, Outcome};
 use crate::context::TaskContext;
 use crate::metrics::{self, TaskMetrics};
-use crate::registry::{Registry, TaskDefinition};
+use crate::registry::TaskDefinition;
 use crate::retry::retry_delay;
 
 /// What the worker lends a job's run: the application's handle, and the worker's own pool for
@@ -24,20 +24,20 @@ pub(crate) struct Resources {
     pub keep_completed: bool,
 }
 
-/// Runs `job`, taken from `queue`, and returns its outcome; never panics, whatever the handler
-/// does. `metrics` are its task's on `queue`.
+/// Runs `job`, taken from `queue`, by its task's `definition` (`None`: a task this worker does
+/// not run), and returns its outcome; never panics, whatever the handler does. `metrics` are
+/// its task's on `queue`.
 pub(crate) async fn execute(
     resources: &Resources,
-    registry: &Registry,
+    definition: Option<TaskDefinition>,
     job: Job,
     claim: Claim,
     queue: Arc<str>,
     metrics: &TaskMetrics,
 ) -> Outcome {
-    let definition = job.task().and_then(|name| registry.get(name));
     metrics.started(metrics::queue_latency(&job));
     let started = Instant::now();
-    let outcome = dispatch(resources, definition, job, claim, queue).await;
+    let outcome = dispatch(resources, definition.as_ref(), job, claim, queue).await;
     metrics.finished(metric(&outcome), started.elapsed());
     outcome
 }

@@ -1,6 +1,6 @@
 //! Every task linked into the program, collected once from `inventory` into a map by name.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use crate::context::TaskContext;
 use crate::task::{BoxFuture, Task, TaskError, TaskOptions, TaskResult};
@@ -97,7 +97,7 @@ impl Registry {
     pub fn from_definitions(
         definitions: impl IntoIterator<Item = TaskDefinition>,
     ) -> Result<Self, DuplicateTask> {
-        let mut tasks = HashMap::new();
+        let mut tasks = HashMap::default();
         for definition in definitions {
             if let Some(first) = tasks.insert(definition.name, definition) {
                 let (first, second) = if first.location <= definition.location {

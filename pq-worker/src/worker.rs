@@ -727,6 +727,7 @@ impl Run {
                 .finish(give_up(claim, format!("cannot be read: {reason}")));
         }
         let mut starting = Starting {
+            queue: None,
             metrics: None,
             inline: true,
         };
@@ -755,21 +756,18 @@ impl Run {
         // Labels come from the worker's own queues and tasks, never from what a row says, so
         // that a table of odd rows cannot grow the metrics without bound. The application's
         // recorder registers them: should it panic, the job runs unmeasured.
-        let queue: Arc<str> = Arc::from(job.queue());
-        let task = job
-            .task()
-            .and_then(|name| self.registry.get(name))
-            .map_or(UNREGISTERED, |definition| definition.name);
+        let queue = starting.queue(job.queue());
+        let definition = job.task().and_then(|name| self.registry.get(name)).copied();
+        let task = definition.map_or(UNREGISTERED, |definition| definition.name);
         let metrics = panic::catch_unwind(AssertUnwindSafe(|| {
             starting.metrics(&self.metrics, &queue, task)
         }))
         .unwrap_or_else(|_| Arc::new(TaskMetrics::noop()));
         let resources = Arc::clone(&self.resources);
-        let registry = Arc::clone(&self.registry);
         let pending = Pending::new(claim, lease, fetcher.outcomes.clone());
         // Boxed, so that it can move to a task after a first poll.
         let mut run = Box::pin(async move {
-            let outcome = execute(&resources, &registry, job, claim, queue, &metrics).await;
+            let outcome = execute(&resources, definition, job, claim, queue, &metrics).await;
             drop(run_slot);
             pending.finish(outcome);
         });
@@ -814,6 +812,8 @@ const UNREGISTERED: &str = "(unregistered)";
 
 /// What the jobs of one claim share: mostly their queue and task, and so their metrics.
 struct Starting {
+    /// The queue of the job started last.
+    queue: Option<Arc<str>>,
     /// The queue and task of the job started last, and its metrics.
     metrics: Option<(Arc<str>, &'static str, Arc<TaskMetrics>)>,
     /// Whether the claim still polls its jobs first. A job that computed for
@@ -824,6 +824,14 @@ struct Starting {
 }
 
 impl Starting {
+    /// The name of `queue`, shared with the job started before when it is the same.
+    fn queue(&mut self, queue: &str) -> Arc<str> {
+        match &self.queue {
+            Some(last) if **last == *queue => Arc::clone(last),
+            _ => Arc::clone(self.queue.insert(Arc::from(queue))),
+        }
+    }
+
     fn metrics(
         &mut self,
         registered: &Registered,
