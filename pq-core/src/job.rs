@@ -183,6 +183,12 @@ impl Job {
         &self.queue
     }
 
+    /// The queue it came from, as a string the jobs of one claim share: cloning it allocates
+    /// nothing.
+    pub fn shared_queue(&self) -> Arc<str> {
+        Arc::clone(&self.queue)
+    }
+
     /// The task it runs, for jobs written by a `#[pq::task]` call.
     pub fn task(&self) -> Option<&str> {
         self.task.as_deref()

@@ -727,7 +727,6 @@ impl Run {
                 .finish(give_up(claim, format!("cannot be read: {reason}")));
         }
         let mut starting = Starting {
-            queue: None,
             metrics: None,
             inline: true,
         };
@@ -756,7 +755,7 @@ impl Run {
         // Labels come from the worker's own queues and tasks, never from what a row says, so
         // that a table of odd rows cannot grow the metrics without bound. The application's
         // recorder registers them: should it panic, the job runs unmeasured.
-        let queue = starting.queue(job.queue());
+        let queue = job.shared_queue();
         let definition = job.task().and_then(|name| self.registry.get(name)).copied();
         let task = definition.map_or(UNREGISTERED, |definition| definition.name);
         let metrics = panic::catch_unwind(AssertUnwindSafe(|| {
@@ -812,8 +811,6 @@ const UNREGISTERED: &str = "(unregistered)";
 
 /// What the jobs of one claim share: mostly their queue and task, and so their metrics.
 struct Starting {
-    /// The queue of the job started last.
-    queue: Option<Arc<str>>,
     /// The queue and task of the job started last, and its metrics.
     metrics: Option<(Arc<str>, &'static str, Arc<TaskMetrics>)>,
     /// Whether the claim still polls its jobs first. A job that computed for
@@ -824,14 +821,6 @@ struct Starting {
 }
 
 impl Starting {
-    /// The name of `queue`, shared with the job started before when it is the same.
-    fn queue(&mut self, queue: &str) -> Arc<str> {
-        match &self.queue {
-            Some(last) if **last == *queue => Arc::clone(last),
-            _ => Arc::clone(self.queue.insert(Arc::from(queue))),
-        }
-    }
-
     fn metrics(
         &mut self,
         registered: &Registered,
