@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use pq::{JobId, Pq, TaskContext, Worker};
 
-use crate::support::{burst, TestDb};
+use crate::support::{burst, Claimer, TestDb};
 
 /// The jobs in the order they ran, per table.
 static RAN: Mutex<Vec<(String, i64)>> = Mutex::new(Vec::new());
@@ -91,6 +91,38 @@ async fn jobs_with_an_expected_time_come_first_however_late_they_became_ready() 
         .await
         .unwrap();
     assert_eq!(left, [scheduled.0]);
+}
+
+#[tokio::test]
+async fn during_a_backlog_a_claim_resumes_after_the_last_one_until_it_comes_up_short() {
+    let db = TestDb::new().await;
+    let pq = &db.pq;
+    let soon = in_turn().expected_at("1h").enqueue(pq).await.unwrap();
+    let late = in_turn().expected_at("2h").enqueue(pq).await.unwrap();
+    // Ready two minutes ago; one minute ago (enqueued before, but due since); 30 s ago.
+    let first = in_turn().enqueue(pq).await.unwrap();
+    set_times(pq, first, "2 minutes", "100 years").await;
+    let fell_due = in_turn().enqueue(pq).await.unwrap();
+    set_times(pq, fell_due, "3 minutes", "1 minute").await;
+    let last = in_turn().enqueue(pq).await.unwrap();
+    set_times(pq, last, "30 seconds", "100 years").await;
+    let ids = |jobs: Vec<pq::Job>| jobs.iter().map(pq::Job::id).collect::<Vec<_>>();
+    let give_back = |jobs: &[pq::Job]| {
+        let claims: Vec<pq::Claim> = jobs.iter().filter_map(pq::Job::claim).collect();
+        async move { pq.release(&claims).await.unwrap() }
+    };
+
+    let mut claimer = Claimer::new(pq, &["order"]).await;
+    let taken = claimer.claim(2).await;
+    assert_eq!(ids(taken.clone()), [soon, late]);
+    // A job given back sorts before where the claims stopped: it waits while they resume...
+    give_back(&taken[..1]).await;
+    let taken = claimer.resume(2).await;
+    assert_eq!(ids(taken.clone()), [first, fell_due]);
+    give_back(&taken[..1]).await;
+    assert_eq!(ids(claimer.resume(2).await), [last]);
+    // ...until a claim comes up short: the next starts from the top.
+    assert_eq!(ids(claimer.resume(2).await), [soon, first]);
 }
 
 #[tokio::test]

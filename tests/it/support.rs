@@ -192,6 +192,12 @@ impl Claimer {
     /// Claims up to `limit` ready jobs, the first in dequeue order.
     pub async fn claim(&mut self, limit: u32) -> Vec<pq::Job> {
         self.queues.restart();
+        self.resume(limit).await
+    }
+
+    /// Claims up to `limit` ready jobs after those the last claims took, as a worker's claims
+    /// do while a backlog lasts.
+    pub async fn resume(&mut self, limit: u32) -> Vec<pq::Job> {
         let claimed = self
             .pq
             .claim(self.worker, &self.queues, limit)
