@@ -20,10 +20,10 @@ pub struct Proxy {
 }
 
 struct Shared {
-    /// While true, nothing is forwarded: to the client, the server hangs.
-    frozen: watch::Sender<bool>,
-    /// While true, nothing is forwarded to the clients: the server works, but never replies.
-    deaf: watch::Sender<bool>,
+    /// While true, nothing the clients send is forwarded.
+    to_server_held: watch::Sender<bool>,
+    /// While true, nothing the server sends is forwarded.
+    to_clients_held: watch::Sender<bool>,
     /// Execute ('E') and simple query ('Q') messages the clients sent.
     statements: AtomicU64,
     connections: Mutex<JoinSet<()>>,
@@ -35,8 +35,8 @@ impl Proxy {
         let port = listener.local_addr().expect("address").port();
         let target = server_address();
         let shared = Arc::new(Shared {
-            frozen: watch::channel(false).0,
-            deaf: watch::channel(false).0,
+            to_server_held: watch::channel(false).0,
+            to_clients_held: watch::channel(false).0,
             statements: AtomicU64::new(0),
             connections: Mutex::new(JoinSet::new()),
         });
@@ -80,19 +80,20 @@ impl Proxy {
 
     /// Stops forwarding in both directions, connections left open: the server hangs.
     pub fn freeze(&self) {
-        self.shared.frozen.send_replace(true);
+        self.shared.to_server_held.send_replace(true);
+        self.shared.to_clients_held.send_replace(true);
     }
 
     /// Forwards what clients send, but none of the server's replies: a statement runs, and
     /// commits, but its client never learns of it.
     pub fn hold_replies(&self) {
-        self.shared.deaf.send_replace(true);
+        self.shared.to_clients_held.send_replace(true);
     }
 
     /// Forwards again, both ways.
     pub fn thaw(&self) {
-        self.shared.frozen.send_replace(false);
-        self.shared.deaf.send_replace(false);
+        self.shared.to_server_held.send_replace(false);
+        self.shared.to_clients_held.send_replace(false);
     }
 
     /// Closes every connection made so far, as a network failure or a server restart would.
@@ -128,28 +129,25 @@ fn server_address() -> String {
 async fn forward(client: TcpStream, server: TcpStream, shared: Arc<Shared>) {
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    let counting = Arc::clone(&shared);
     tokio::select! {
-        () = pump(client_read, server_write, &shared, &shared.frozen, Some(&counting.statements)) => {}
-        () = pump(server_read, client_write, &shared, &shared.deaf, None) => {}
+        () = pump(client_read, server_write, &shared.to_server_held, Some(&shared.statements)) => {}
+        () = pump(server_read, client_write, &shared.to_clients_held, None) => {}
     }
 }
 
-/// Copies one direction, but not while `held` (or the proxy is frozen); counts the client's
-/// statements when given a counter.
+/// Copies one direction, but not while `held`; counts the client's statements when given a
+/// counter.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    shared: &Shared,
     held: &watch::Sender<bool>,
     statements: Option<&AtomicU64>,
 ) {
-    let mut frozen = shared.frozen.subscribe();
     let mut held = held.subscribe();
     let mut parser = Messages::default();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        if frozen.wait_for(|frozen| !frozen).await.is_err() {
+        if held.wait_for(|held| !held).await.is_err() {
             return;
         }
         let n = match from.read(&mut buffer).await {
@@ -159,10 +157,8 @@ async fn pump(
         if let Some(counter) = statements {
             counter.fetch_add(parser.statements(&buffer[..n]), Ordering::Relaxed);
         }
-        // A freeze that came while reading holds these bytes back too.
-        if frozen.wait_for(|frozen| !frozen).await.is_err()
-            || held.wait_for(|held| !held).await.is_err()
-        {
+        // A hold that came while reading holds these bytes back too.
+        if held.wait_for(|held| !held).await.is_err() {
             return;
         }
         if to.write_all(&buffer[..n]).await.is_err() {
