@@ -55,8 +55,7 @@ impl TableName {
 
     /// The advisory lock that serialises migrations within one schema.
     pub fn migration_lock_key(&self) -> i64 {
-        let schema = self.schema.as_deref().unwrap_or("");
-        i64::from_ne_bytes(fnv1a(format!("pq migrate {schema}").as_bytes()).to_ne_bytes())
+        lock_key("migrate", self.schema.as_deref().unwrap_or(""))
     }
 
     /// A dollar-quote tag that occurs in neither name, to quote function bodies that name
@@ -78,14 +77,14 @@ impl TableName {
     /// The advisory lock that orders puts and waiting consumers (see
     /// `sql/functions/wait.sql`).
     pub fn wait_lock_key(&self) -> i64 {
-        i64::from_ne_bytes(fnv1a(format!("pq wait {}", self.qualified()).as_bytes()).to_ne_bytes())
+        lock_key("wait", &self.qualified())
     }
 
     /// The first half of the advisory locks that order a worker's claims and its
     /// deregistration (the second is the worker's id): claims take it shared, the worker's
     /// deregistration exclusively (see `sql/functions/claim.sql`).
     pub fn claims_lock_key(&self) -> i32 {
-        let hash = fnv1a(format!("pq claims {}", self.qualified()).as_bytes());
+        let hash = lock_key("claims", &self.qualified()) as u64;
         i32::from_ne_bytes(((hash >> 32) as u32 ^ hash as u32).to_ne_bytes())
     }
 }
@@ -133,6 +132,11 @@ fn format_literal(table: &TableName, suffix: &str) -> String {
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms, unlike `std`'s hasher.
+/// The advisory lock key for `purpose` on `name`: the same in every process and version.
+fn lock_key(purpose: &str, name: &str) -> i64 {
+    i64::from_ne_bytes(fnv1a(format!("pq {purpose} {name}").as_bytes()).to_ne_bytes())
+}
+
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -499,6 +503,15 @@ mod tests {
     fn identifiers_are_quoted_not_trusted() {
         let table = TableName::new(Some("my \"schema\""), "jobs; DROP TABLE x").unwrap();
         assert_eq!(table.qualified(), r#""my ""schema"""."jobs; DROP TABLE x""#);
+    }
+
+    #[test]
+    fn lock_keys_stay_what_earlier_versions_take() {
+        // Workers of two versions on one table must take the same locks.
+        let table = TableName::new(Some("s"), "queue").unwrap();
+        assert_eq!(table.migration_lock_key(), -6_849_646_510_763_888_526);
+        assert_eq!(table.wait_lock_key(), -7_346_036_269_567_208_573);
+        assert_eq!(table.claims_lock_key(), -1_306_385_000);
     }
 
     #[test]
