@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pq::{Pq, TaskContext, Worker};
 
 use crate::proxy::Proxy;
-use crate::support::{record_run, runs_of, wait_until, TestDb};
+use crate::support::{record_run, runs_of, wait_until, Running, TestDb};
 
 async fn states(pq: &Pq) -> Vec<(String, i64)> {
     sqlx::query_as(&format!(
@@ -120,20 +120,15 @@ async fn a_shutdown_while_the_database_hangs_ends_within_its_bounds() {
     let proxy = Proxy::start().await;
     let pq = db.handle_at(&proxy.url()).await;
     let id = quick().enqueue(&pq).await.unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(
+    let worker = Running::start(
         Worker::new(pq)
             .queues(["away"])
-            .grace_period(Duration::from_secs(1))
-            .shutdown_on(async {
-                let _ = stopped.await;
-            })
-            .run(),
+            .grace_period(Duration::from_secs(1)),
     );
     wait_until(|| runs_of(&db.pq, id) == 1).await;
     // The job ran; its completion and everything after meet a server that no longer answers.
     proxy.freeze();
-    stop.send(()).unwrap();
+    let worker = worker.stop();
     let started = Instant::now();
     tokio::time::timeout(Duration::from_secs(40), worker)
         .await

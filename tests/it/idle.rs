@@ -7,29 +7,23 @@ use std::time::Duration;
 use pq::Worker;
 
 use crate::proxy::Proxy;
-use crate::support::TestDb;
+use crate::support::{Running, TestDb};
 
 /// Runs a worker on `queues` through a proxy for `idle`, and returns the statements it sent
 /// after its first second (start-up, subscriptions and its first looks).
 async fn statements_while_idle(db: &TestDb, queues: Vec<String>, idle: Duration) -> u64 {
     let proxy = Proxy::start().await;
     let pq = db.handle_at(&proxy.url()).await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(
+    let worker = Running::start(
         Worker::new(pq)
             .queues(queues)
-            .poll_interval(Duration::from_secs(1))
-            .shutdown_on(async {
-                let _ = stopped.await;
-            })
-            .run(),
+            .poll_interval(Duration::from_secs(1)),
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = proxy.statements();
     tokio::time::sleep(idle).await;
     let sent = proxy.statements() - before;
-    stop.send(()).unwrap();
-    worker.await.unwrap().unwrap();
+    worker.stop().await.unwrap().unwrap();
     sent
 }
 

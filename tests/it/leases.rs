@@ -7,34 +7,16 @@ use std::time::Duration;
 use pq::{Pq, TaskContext, Worker};
 
 use crate::proxy::Proxy;
-use crate::support::{database_url, eventually, record_run, runs_of, Claimer, TestDb};
+use crate::support::{database_url, eventually, record_run, runs_of, Claimer, Running, TestDb};
 
 /// Another process on the same table, with a worker on `queue` that rescues whatever it finds
-/// lost and runs it, until `stop` is called.
-struct Rival {
-    stop: tokio::sync::oneshot::Sender<()>,
-    worker: tokio::task::JoinHandle<Result<(), pq::WorkerError>>,
-}
-
-impl Rival {
-    async fn start(db: &TestDb, queue: &str, lease: Duration) -> Rival {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let worker = tokio::spawn(
-            Worker::new(db.another_handle().await)
-                .queues([queue])
-                .lease(lease)
-                .shutdown_on(async {
-                    let _ = stopped.await;
-                })
-                .run(),
-        );
-        Rival { stop, worker }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.worker.await.unwrap().unwrap();
-    }
+/// lost and runs it, until stopped.
+async fn rival(db: &TestDb, queue: &str, lease: Duration) -> Running {
+    Running::start(
+        Worker::new(db.another_handle().await)
+            .queues([queue])
+            .lease(lease),
+    )
 }
 
 /// Holds its transaction open for `millis`, then writes its effect in it.
@@ -159,9 +141,9 @@ async fn a_healthy_worker_on_a_small_pool_keeps_its_leases_while_its_handlers_ho
             .run(),
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rival = Rival::start(&db, "held", lease).await;
+    let rival = rival(&db, "held", lease).await;
     first.await.unwrap().unwrap();
-    rival.stop().await;
+    rival.stop().await.unwrap().unwrap();
     for id in &ids {
         assert_eq!(
             runs_of(&pq, *id),
@@ -245,7 +227,7 @@ async fn a_worker_whose_connections_are_cut_keeps_its_lease() {
             .run(),
     );
     crate::support::wait_until(|| runs_of(&db.pq, id) == 1).await;
-    let rival = Rival::start(&db, "held", lease).await;
+    let rival = rival(&db, "held", lease).await;
     // The application keeps the handle's connections busy, so that none sits idle long enough
     // to be checked before reuse.
     let noise = tokio::spawn(async move {
@@ -272,7 +254,7 @@ async fn a_worker_whose_connections_are_cut_keeps_its_lease() {
     }
     noise.abort();
     first.await.unwrap().unwrap();
-    rival.stop().await;
+    rival.stop().await.unwrap().unwrap();
     assert_eq!(
         lapses, 0,
         "the worker's registration lapsed while its connections were cut"
@@ -305,17 +287,12 @@ async fn a_heartbeat_whose_connection_died_goes_through_on_a_fresh_one_at_once()
 async fn a_claim_whose_reply_was_lost_gives_its_jobs_back() {
     let db = TestDb::new().await;
     let proxy = Proxy::start().await;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     // A lease far longer than the test: only the worker itself can give the job back.
-    let worker = tokio::spawn(
+    let worker = Running::start(
         Worker::new(db.handle_at(&proxy.url()).await)
             .queues(["held"])
             .lease(Duration::from_secs(120))
-            .poll_interval(Duration::from_millis(100))
-            .shutdown_on(async {
-                let _ = stopped.await;
-            })
-            .run(),
+            .poll_interval(Duration::from_millis(100)),
     );
     // A job the worker runs meanwhile, which must stay its own.
     let running = nap(3000).enqueue(&db.pq).await.unwrap();
@@ -331,8 +308,7 @@ async fn a_claim_whose_reply_was_lost_gives_its_jobs_back() {
         db.state_of(lost).await.is_none() && db.state_of(running).await.is_none()
     })
     .await;
-    let _ = stop.send(());
-    worker.await.unwrap().unwrap();
+    worker.stop().await.unwrap().unwrap();
     assert_eq!(runs_of(&db.pq, lost), 1, "the lost claim's job ran once");
     assert_eq!(
         runs_of(&db.pq, running),

@@ -84,6 +84,32 @@ pub async fn burst(worker: Worker, queue: &str) {
     .expect("the worker starts");
 }
 
+/// A worker running in a task of its own until it is asked to stop.
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    worker: tokio::task::JoinHandle<Result<(), pq::WorkerError>>,
+}
+
+impl Running {
+    pub fn start(worker: Worker) -> Running {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(
+            worker
+                .shutdown_on(async {
+                    let _ = stopped.await;
+                })
+                .run(),
+        );
+        Running { stop, worker }
+    }
+
+    /// Signals it to shut down; returns its task, to await its return.
+    pub fn stop(self) -> tokio::task::JoinHandle<Result<(), pq::WorkerError>> {
+        let _ = self.stop.send(());
+        self.worker
+    }
+}
+
 /// A queue table in a schema of its own.
 pub struct TestDb {
     pub pq: Pq,

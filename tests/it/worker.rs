@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pq::{Enqueue, JobId, NewJob, Pq, TaskContext, Worker};
 
-use crate::support::{burst, record_run, runs_of, wait_until, Claimer, TestDb};
+use crate::support::{burst, record_run, runs_of, wait_until, Claimer, Running, TestDb};
 
 #[pq::task(queue = "work")]
 async fn succeed(ctx: TaskContext, expected_id: Option<i64>) -> anyhow::Result<()> {
@@ -615,18 +615,9 @@ async fn stop_once_started(
     id: JobId,
     worker: Worker,
 ) -> tokio::task::JoinHandle<Result<(), pq::WorkerError>> {
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(
-        worker
-            .queues(["work"])
-            .shutdown_on(async {
-                let _ = stopped.await;
-            })
-            .run(),
-    );
+    let worker = Running::start(worker.queues(["work"]));
     wait_until(|| runs_of(&db.pq, id) == 1).await;
-    stop.send(()).unwrap();
-    worker
+    worker.stop()
 }
 
 #[pq::task(queue = "failing")]
