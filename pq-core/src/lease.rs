@@ -497,9 +497,9 @@ struct ClaimedRow {
 }
 
 /// Decodes a claim's row by position, in the order the claim function returns its columns
-/// (`sql/functions/claim.sql`). The claim's own columns (its number, the job's id, where its row lies) are
-/// pq's and always decode; the job's, written by whoever enqueued it, may not, and then only
-/// that job is unreadable.
+/// (`sql/functions/claim.sql`). The claim's own columns (its number, the job's id, where its
+/// row lies) are pq's and always decode; the job's, written by whoever enqueued it, may not,
+/// and then only that job is unreadable.
 fn decode_claimed(
     row: &PgRow,
     sql: &Arc<crate::sql::Statements>,
