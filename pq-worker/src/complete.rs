@@ -112,12 +112,12 @@ impl Completer {
     pub async fn run(self, mut outcomes: mpsc::UnboundedReceiver<Recording>) {
         let mut batch = Vec::with_capacity(BATCH);
         while outcomes.recv_many(&mut batch, BATCH).await > 0 {
-            let settled = self.record(&batch).await;
+            let unsettled = self.record(&batch).await;
             {
                 let mut in_flight = lock(&self.in_flight);
                 for recording in &batch {
                     let claim = recording.outcome.claim();
-                    if settled.contains(&claim) {
+                    if !unsettled.contains(&claim) {
                         in_flight.remove(&claim);
                     }
                 }
@@ -136,57 +136,54 @@ impl Completer {
         }
     }
 
-    /// Records a batch; returns the claims it settled (recorded, or found lost). A claim whose
-    /// statement failed for good stays in flight, to be released when the worker stops.
+    /// Records a batch; returns the claims it could not settle (record, or find lost): their
+    /// statement failed for good, and they stay in flight, to be released when the worker
+    /// stops. Nearly always none, so nothing is hashed for the others.
     async fn record(&self, batch: &[Recording]) -> HashSet<Claim> {
-        let mut settled = HashSet::default();
+        let mut unsettled = HashSet::default();
         let mut succeeded = Vec::new();
         let mut failed = Vec::new();
         let mut released = Vec::new();
         for recording in batch {
             match &recording.outcome {
                 Outcome::Succeeded(claim) => succeeded.push(*claim),
-                Outcome::Recorded(claim) => {
-                    settled.insert(*claim);
-                }
+                Outcome::Recorded(_) => {}
                 Outcome::Failed(failure) => failed.push(failure.clone()),
                 Outcome::Release(claim) => released.push(*claim),
             }
         }
         if !succeeded.is_empty() {
-            if let Some(completed) = retrying("complete jobs", || {
+            match retrying("complete jobs", || {
                 self.pq.complete_claims(&succeeded, self.keep_completed)
             })
             .await
             {
-                if completed.len() < succeeded.len() {
-                    tracing::warn!(
-                        lost = succeeded.len() - completed.len(),
-                        "pq: some jobs finished after their worker was declared lost; another worker runs them again"
-                    );
-                }
-                settled.extend(succeeded);
+                Some(completed) if completed.len() < succeeded.len() => tracing::warn!(
+                    lost = succeeded.len() - completed.len(),
+                    "pq: some jobs finished after their worker was declared lost; another worker runs them again"
+                ),
+                Some(_) => {}
+                None => unsettled.extend(succeeded),
             }
         }
         if !failed.is_empty() {
-            if let Some(held) = retrying("record failures", || self.pq.fail(&failed)).await {
-                if held.len() < failed.len() {
-                    tracing::warn!(
-                        lost = failed.len() - held.len(),
-                        "pq: some failures came after their worker was declared lost"
-                    );
-                }
-                settled.extend(failed.iter().map(|f| f.claim));
+            match retrying("record failures", || self.pq.fail(&failed)).await {
+                Some(held) if held.len() < failed.len() => tracing::warn!(
+                    lost = failed.len() - held.len(),
+                    "pq: some failures came after their worker was declared lost"
+                ),
+                Some(_) => {}
+                None => unsettled.extend(failed.iter().map(|f| f.claim)),
             }
         }
         if !released.is_empty()
             && retrying("release jobs", || self.pq.release(&released))
                 .await
-                .is_some()
+                .is_none()
         {
-            settled.extend(released);
+            unsettled.extend(released);
         }
-        settled
+        unsettled
     }
 }
 
