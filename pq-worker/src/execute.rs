@@ -1,19 +1,21 @@
 //! Runs one claimed job: finds its task, decodes its arguments, runs the body (catching
 //! panics, within its timeout), and decides what its outcome means for the job.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use pq_core::{Claim, Failed, Failure, Job, Pq};
-use tracing::Instrument;
+use tracing::instrument::{Instrument, Instrumented};
 
 use crate::complete::{give_up, Outcome};
 use crate::context::TaskContext;
 use crate::metrics::{self, TaskMetrics};
 use crate::registry::TaskDefinition;
 use crate::retry::retry_delay;
+use crate::task::{BoxFuture, TaskOptions, TaskResult};
 
 /// What the worker lends a job's run: the application's handle, and the worker's own pool for
 /// the job's transaction.
@@ -24,22 +26,83 @@ pub(crate) struct Resources {
     pub keep_completed: bool,
 }
 
-/// Runs `job`, taken from `queue`, by its task's `definition` (`None`: a task this worker does
-/// not run), and returns its outcome; never panics, whatever the handler does. `metrics` are
-/// its task's on `queue`.
-pub(crate) async fn execute(
-    resources: &Resources,
+/// Starts `job`, taken from `queue`, by its task's `definition` (`None`: a task this worker
+/// does not run): decodes its arguments and calls the body. Returns the run to await for its
+/// outcome, or the outcome at once of a job that cannot run. Neither panics, whatever the
+/// handler does. `metrics` are its task's on `queue`.
+///
+/// Everything a run does before its body's first wait happens here, outside the run's future,
+/// so that the future holds only what the end of the run needs: one is built and moved for
+/// every job.
+pub(crate) fn begin(
+    resources: &Arc<Resources>,
     definition: Option<TaskDefinition>,
     job: Job,
     claim: Claim,
     queue: Arc<str>,
-    metrics: &TaskMetrics,
-) -> Outcome {
+    metrics: Arc<TaskMetrics>,
+) -> Result<Instrumented<impl Future<Output = Outcome> + Send + 'static>, Outcome> {
     metrics.started(metrics::queue_latency(&job));
     let started = Instant::now();
-    let outcome = dispatch(resources, definition.as_ref(), job, claim, queue).await;
-    metrics.finished(metric(&outcome), started.elapsed());
-    outcome
+    let refuse = |error: String| {
+        let outcome = give_up(claim, error);
+        metrics.finished(metric(&outcome), started.elapsed());
+        outcome
+    };
+    let Some(name) = job.task() else {
+        return Err(refuse(
+            "the job names no task: jobs put with `Queue::put` are for `get`, not for workers"
+                .into(),
+        ));
+    };
+    let Some(definition) = definition else {
+        return Err(refuse(format!(
+            "no task named `{name}` is registered in this worker"
+        )));
+    };
+    let span = tracing::info_span!(
+        "pq.job",
+        task = definition.name,
+        job_id = claim.id.0,
+        queue = job.queue(),
+        attempt = job.attempts(),
+    );
+    let entered = span.enter();
+    let ctx = TaskContext::for_job(resources, &job, definition.name, queue);
+    // Decoding runs the arguments' `Deserialize`, which may panic like the body (as may the
+    // start of a hand-written `Task::execute`, which is reported the same way).
+    let body = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        (definition.handler)(ctx.clone(), job.raw_data())
+    })) {
+        Ok(Ok(body)) => body,
+        // Arguments that do not decode now never will: retrying cannot help.
+        Ok(Err(error)) => return Err(refuse(error.to_string())),
+        Err(panic) => {
+            return Err(refuse(format!(
+                "panicked decoding its arguments: {}",
+                crate::panic_message(panic.as_ref())
+            )))
+        }
+    };
+    let options = definition.options;
+    let running = Running {
+        body,
+        deadline: job
+            .timeout()
+            .or(options.timeout)
+            .map(|limit| (tokio::time::Instant::now() + limit, limit)),
+        ctx,
+        resources: Arc::clone(resources),
+        claim,
+        options,
+        // Runs lost with their worker do not count: only the runs that failed themselves spend
+        // the task's retries (rescues have their own budget, kept by the rescue).
+        failures: job.attempts().saturating_sub(job.rescues()).max(1),
+        metrics,
+        started,
+    };
+    drop(entered);
+    Ok(running.finish().instrument(span))
 }
 
 fn metric(outcome: &Outcome) -> metrics::Outcome {
@@ -53,120 +116,79 @@ fn metric(outcome: &Outcome) -> metrics::Outcome {
     }
 }
 
-async fn dispatch(
-    resources: &Resources,
-    definition: Option<&TaskDefinition>,
-    job: Job,
+/// A job whose body has been called: what deciding its outcome needs.
+struct Running {
+    body: BoxFuture<'static, TaskResult>,
+    /// When the run is stopped, and its limit.
+    deadline: Option<(tokio::time::Instant, Duration)>,
+    ctx: TaskContext,
+    resources: Arc<Resources>,
     claim: Claim,
-    queue: Arc<str>,
-) -> Outcome {
-    let Some(name) = job.task() else {
-        return give_up(
-            claim,
-            "the job names no task: jobs put with `Queue::put` are for `get`, not for workers"
-                .into(),
-        );
-    };
-    let Some(definition) = definition else {
-        return give_up(
-            claim,
-            format!("no task named `{name}` is registered in this worker"),
-        );
-    };
-    let span = tracing::info_span!(
-        "pq.job",
-        task = definition.name,
-        job_id = claim.id.0,
-        queue = job.queue(),
-        attempt = job.attempts(),
-    );
-    run(resources, definition, job, claim, queue)
-        .instrument(span)
-        .await
+    options: TaskOptions,
+    /// The runs of the job that failed, this one included should it fail.
+    failures: u32,
+    metrics: Arc<TaskMetrics>,
+    started: Instant,
 }
 
-async fn run(
-    resources: &Resources,
-    definition: &TaskDefinition,
-    job: Job,
-    claim: Claim,
-    queue: Arc<str>,
-) -> Outcome {
-    let options = definition.options;
-    // Runs lost with their worker do not count: only the runs that failed themselves spend the
-    // task's retries (rescues have their own budget, kept by the rescue).
-    let failures = job.attempts().saturating_sub(job.rescues()).max(1);
-    let then = |error: &str| {
-        let then = if failures <= options.max_retries {
-            Failure::RetryIn(retry_delay(&options, claim, failures))
-        } else {
-            Failure::GiveUp
+impl Running {
+    /// Awaits the body (catching its panic, within its deadline), then completes or fails the
+    /// job.
+    async fn finish(self) -> Outcome {
+        let then = |error: &str| {
+            let then = if self.failures <= self.options.max_retries {
+                Failure::RetryIn(retry_delay(&self.options, self.claim, self.failures))
+            } else {
+                Failure::GiveUp
+            };
+            tracing::warn!(%error, ?then, "pq: job failed");
+            then
         };
-        tracing::warn!(%error, ?then, "pq: job failed");
-        then
-    };
-    let timeout = job.timeout().or(options.timeout);
-    let ctx = TaskContext::for_job(resources, &job, definition.name, queue);
-    let started = Instant::now();
-    // Decoding runs the arguments' `Deserialize`, which may panic like the body (as may the
-    // start of a hand-written `Task::execute`, which is reported the same way).
-    let body = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        (definition.handler)(ctx.clone(), job.raw_data())
-    })) {
-        Ok(Ok(body)) => body,
-        // Arguments that do not decode now never will: retrying cannot help.
-        Ok(Err(error)) => return give_up(claim, error.to_string()),
-        Err(panic) => {
-            return give_up(
-                claim,
-                format!(
-                    "panicked decoding its arguments: {}",
-                    crate::panic_message(panic.as_ref())
-                ),
-            )
-        }
-    };
-    let body = AssertUnwindSafe(body).catch_unwind();
-    let result = match timeout {
-        None => body.await,
-        Some(limit) => match tokio::time::timeout(limit, body).await {
-            Ok(result) => result,
-            // The body's future is dropped here; its transaction is rolled back below.
-            Err(_) => Ok(Err(pq_core_timeout(limit))),
-        },
-    };
-    let result = match result {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(panic) => Err(format!(
-            "panicked: {}",
-            crate::panic_message(panic.as_ref())
-        )),
-    };
-    let elapsed = started.elapsed();
-    match result {
-        Ok(()) => match ctx.take_transaction().await {
-            None => {
-                tracing::debug!(?elapsed, "pq: job succeeded");
-                Outcome::Succeeded(claim)
+        let claim = self.claim;
+        let body = AssertUnwindSafe(self.body).catch_unwind();
+        let result = match self.deadline {
+            None => body.await,
+            Some((at, limit)) => match tokio::time::timeout_at(at, body).await {
+                Ok(result) => result,
+                // The body's future is dropped here; its transaction is rolled back below.
+                Err(_) => Ok(Err(pq_core_timeout(limit))),
+            },
+        };
+        let result = match result {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(panic) => Err(format!(
+                "panicked: {}",
+                crate::panic_message(panic.as_ref())
+            )),
+        };
+        let outcome = match result {
+            Ok(()) => match self.ctx.take_transaction().await {
+                None => {
+                    tracing::debug!(elapsed = ?self.started.elapsed(), "pq: job succeeded");
+                    Outcome::Succeeded(claim)
+                }
+                // Boxed: its statements make a large future, and every job's task would carry it.
+                Some(tx) => {
+                    Box::pin(commit_with_completion(
+                        &self.resources.own,
+                        tx,
+                        claim,
+                        self.resources.keep_completed,
+                        then,
+                    ))
+                    .await
+                }
+            },
+            Err(error) => {
+                // The handler's own writes, if any, are rolled back with its transaction.
+                drop(self.ctx.take_transaction().await);
+                let then = then(&error);
+                Outcome::Failed(Failed { claim, error, then })
             }
-            // Boxed: its statements make a large future, and every job's task would carry it.
-            Some(tx) => {
-                Box::pin(commit_with_completion(
-                    &resources.own,
-                    tx,
-                    claim,
-                    resources.keep_completed,
-                    then,
-                ))
-                .await
-            }
-        },
-        Err(error) => {
-            // The handler's own writes, if any, are rolled back with its transaction.
-            drop(ctx.take_transaction().await);
-            let then = then(&error);
-            Outcome::Failed(Failed { claim, error, then })
-        }
+        };
+        self.metrics
+            .finished(metric(&outcome), self.started.elapsed());
+        outcome
     }
 }
 

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use pq_core::{Claim, ClaimQueues, Job, Pq, Subscription, WorkerId, WorkerInfo};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::complete::{give_up, lock, Completer, InFlight, Pending, Recording};
-use crate::execute::{execute, Resources};
+use crate::execute::{self, Resources};
 use crate::metrics::{Registered, TaskMetrics};
 use crate::registry::{DuplicateTask, Registry};
 use crate::shutdown::{Signal, Stop};
@@ -762,14 +763,27 @@ impl Run {
             starting.metrics(&self.metrics, &queue, task)
         }))
         .unwrap_or_else(|_| Arc::new(TaskMetrics::noop()));
-        let resources = Arc::clone(&self.resources);
         let pending = Pending::new(claim, lease, fetcher.outcomes.clone());
+        // A panic here is the application's recorder's: the pending outcome, dropped with it,
+        // releases the job.
+        let Ok(begun) = panic::catch_unwind(AssertUnwindSafe(|| {
+            execute::begin(&self.resources, definition, job, claim, queue, metrics)
+        })) else {
+            return;
+        };
+        let run = match begun {
+            Ok(run) => run,
+            Err(outcome) => {
+                drop(run_slot);
+                pending.finish(outcome);
+                return;
+            }
+        };
         // Boxed, so that it can move to a task after a first poll.
-        let mut run = Box::pin(async move {
-            let outcome = execute(&resources, definition, job, claim, queue, &metrics).await;
+        let mut run = Box::pin(run.map(move |outcome| {
             drop(run_slot);
             pending.finish(outcome);
-        });
+        }));
         if starting.inline {
             let started = Instant::now();
             // A job whose first poll panics here must not stop the claim: its pending outcome,
