@@ -40,6 +40,9 @@ pub(crate) enum Command {
     /// Every queue with its jobs counted by state, and how long its oldest ready job has waited.
     Status,
 
+    /// Every registered worker: where it runs, its queues, its jobs running, its last heartbeat.
+    Workers,
+
     /// List, show, retry, cancel or delete jobs.
     #[command(subcommand)]
     Jobs(Jobs),

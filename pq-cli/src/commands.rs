@@ -39,6 +39,7 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
     let result = match &cli.command {
         Command::Migrate => migrate(cli, &pq, out).await,
         Command::Status => status(cli, &admin, out).await,
+        Command::Workers => workers(cli, &admin, out).await,
         Command::Jobs(jobs) => match jobs {
             Jobs::List {
                 filter,
@@ -160,6 +161,45 @@ async fn status(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<(
     Ok(())
 }
 
+async fn workers(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let workers = admin.workers().await?;
+    if cli.json {
+        return output::json(out, &workers);
+    }
+    if workers.is_empty() {
+        writeln!(out, "no workers")?;
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        ">ID",
+        "HOST",
+        ">PID",
+        "VERSION",
+        "QUEUES",
+        ">CONCURRENCY",
+        ">RUNNING",
+        "STARTED",
+        "LAST SEEN",
+        "ALIVE",
+    ]);
+    for worker in &workers {
+        table.row(vec![
+            worker.id.to_string(),
+            worker.host.clone(),
+            worker.pid.to_string(),
+            worker.version.clone(),
+            output::truncate(&worker.queues.join(","), 40),
+            worker.concurrency.to_string(),
+            worker.running.to_string(),
+            output::time(Some(worker.started_at)),
+            output::time(Some(worker.seen_at)),
+            if worker.alive { "yes" } else { "no" }.to_owned(),
+        ]);
+    }
+    table.print(out)?;
+    Ok(())
+}
+
 async fn list(
     cli: &Cli,
     admin: &Admin,
@@ -231,6 +271,7 @@ async fn show(cli: &Cli, admin: &Admin, id: JobId, out: &mut Vec<u8>) -> anyhow:
         ("state", job.state.to_string()),
         ("attempts", job.attempts.to_string()),
         ("rescues", job.rescues.to_string()),
+        ("snoozes", job.snoozes.to_string()),
         (
             "worker",
             job.worker.map_or_else(|| "-".to_owned(), |w| w.to_string()),

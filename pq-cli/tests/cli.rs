@@ -186,6 +186,45 @@ async fn migrate_creates_the_table_and_can_run_again() {
 }
 
 #[tokio::test]
+async fn workers_lists_each_registered_worker_with_its_running_jobs() {
+    let db = Db::new().await;
+    assert_eq!(db.pq(&["workers"]).ok().trim(), "no workers");
+    let id = db.pq.queue("apples").put(&json!({"n": 1})).await.unwrap();
+    db.claim("apples", id).await;
+
+    let table = db.pq(&["workers"]).ok();
+    let json = db.pq(&["workers", "--json"]).json();
+
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "ID",
+            "HOST",
+            "PID",
+            "VERSION",
+            "QUEUES",
+            "CONCURRENCY",
+            "RUNNING",
+            "STARTED",
+            "LAST",
+            "SEEN",
+            "ALIVE"
+        ]
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(row[3..7], ["test", "apples", "1", "1"], "{table}");
+    assert_eq!(row.last(), Some(&"yes"), "{table}");
+    let worker = &json[0];
+    assert_eq!(worker["queues"], json!(["apples"]));
+    assert_eq!(worker["running"], json!(1));
+    assert_eq!(worker["alive"], json!(true));
+    assert_eq!(worker["pid"], json!(std::process::id()));
+}
+
+#[tokio::test]
 async fn status_shows_each_queue_counted_by_state_in_aligned_columns() {
     let db = Db::new().await;
     db.failed_job("apples", "boom").await;
@@ -600,7 +639,12 @@ async fn work_in_the_standalone_tool_explains_where_it_runs() {
     let help = run(&["--help"]).ok();
 
     assert!(err.contains("registers no task"), "{err}");
-    assert!(!help.contains("work"), "{help}");
+    let commands: Vec<&str> = help
+        .lines()
+        .filter_map(|line| line.strip_prefix("  ")?.split_whitespace().next())
+        .collect();
+    assert!(!commands.contains(&"work"), "{help}");
+    assert!(commands.contains(&"workers"), "{help}");
     assert!(help.contains("enqueue"), "{help}");
 }
 

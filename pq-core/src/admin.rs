@@ -143,6 +143,9 @@ pub struct JobInfo {
     /// How many of those runs were lost with their worker (crashed, frozen, cut off); they do
     /// not count against its task's retries.
     pub rescues: u32,
+    /// How many times its runs snoozed it (`TaskError::snooze`), none of them counted as
+    /// attempts.
+    pub snoozes: u32,
     /// The worker running it, for a running job.
     pub worker: Option<crate::WorkerId>,
     /// When it was enqueued.
@@ -203,6 +206,8 @@ impl JobInfo {
                 .map_err(|_| unreadable(format!("its state {state:?} is not one pq knows")))?,
             attempts: u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0),
             rescues: u32::try_from(row.try_get::<Option<i32>, _>("rescues")?.unwrap_or(0))
+                .unwrap_or(0),
+            snoozes: u32::try_from(row.try_get::<Option<i32>, _>("snoozes")?.unwrap_or(0))
                 .unwrap_or(0),
             worker: row
                 .try_get::<Option<i64>, _>("worker_id")?
@@ -346,7 +351,7 @@ fn job_info_columns(workers: &str) -> String {
     format!(
         "t.id, {q_name} AS q_name, {task} AS task, {data} AS data, \
          {state} AS state, \
-         t.attempts, t.rescues, t.worker_id, t.enqueued_at, t.schedule_at, t.expected_at, \
+         t.attempts, t.rescues, t.snoozes, t.worker_id, t.enqueued_at, t.schedule_at, t.expected_at, \
          t.dequeued_at, \
          COALESCE(t.locked_until, (SELECT w.expires_at FROM {workers} AS w \
            WHERE w.id = t.worker_id AND t.state = 'running')) AS locked_until, \
@@ -423,7 +428,7 @@ impl Statements {
             format!(
                 "WITH moved AS ( \
                    UPDATE {t} AS j SET state = 'queued', schedule_at = statement_timestamp(), \
-                     attempts = 0, rescues = NULL, worker_id = NULL, finished_at = NULL, \
+                     attempts = 0, rescues = NULL, snoozes = NULL, worker_id = NULL, finished_at = NULL, \
                      locked_until = NULL \
                    {selected} RETURNING j.id, j.q_name), \
                  woken AS ( \
@@ -516,6 +521,21 @@ impl Admin {
             .sql
             .get_or_init(|| async { Statements::new(table) })
             .await)
+    }
+
+    /// Every registered worker, by id: where it runs, what it works, how many jobs it is
+    /// running, and whether its heartbeat holds. A worker that stopped is gone; one that died
+    /// shows `alive: false` until a live worker reaps it.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// for worker in pq.admin().workers().await? {
+    ///     println!("{} on {} (pid {}): {} running", worker.id, worker.host, worker.pid, worker.running);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn workers(&self) -> Result<Vec<crate::WorkerRow>> {
+        self.pq.workers().await
     }
 
     /// Every queue of the table with its jobs counted by state and the age of its oldest ready
@@ -641,8 +661,8 @@ impl Admin {
     }
 
     /// Queues the failed job `id` again, ready at once (behind the jobs ready before it);
-    /// `false` if there is no failed job of this id. It starts over: its attempts and rescues
-    /// are reset, so its task's retries apply again, while its `last_error` and `errors` history
+    /// `false` if there is no failed job of this id. It starts over: its attempts, rescues and
+    /// snoozes are reset, so its task's retries apply again, while its `last_error` and `errors` history
     /// are kept.
     pub async fn retry(&self, id: JobId) -> Result<bool> {
         let sql = self.sql().await?;

@@ -94,7 +94,14 @@ pub enum Failure {
     RetryIn(Duration),
     /// Keep it in the `failed` state for inspection and manual re-queueing.
     GiveUp,
+    /// Queue it again after this delay without counting the attempt, nor recording an error:
+    /// the run asked to wait. A job snoozed [`MAX_SNOOZES`] times fails for good instead.
+    Snooze(Duration),
 }
+
+/// How many times one job may snooze; the snooze after that fails it for good, so that a job
+/// that always snoozes still ends.
+pub const MAX_SNOOZES: u32 = 100;
 
 /// A failed attempt to record: the claim, its error and what comes next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -412,33 +419,55 @@ impl Pq {
     pub async fn fail(&self, failures: &[Failed]) -> Result<Vec<JobId>> {
         let mut sorted: Vec<&Failed> = failures.iter().collect();
         sorted.sort_unstable_by_key(|failed| failed.claim.id);
-        let ids_column: Vec<i64> = sorted.iter().map(|f| f.claim.id.0).collect();
-        let numbers: Vec<i64> = sorted.iter().map(|f| f.claim.number).collect();
+        let (snoozed, failed): (Vec<&Failed>, Vec<&Failed>) = sorted
+            .into_iter()
+            .partition(|f| matches!(f.then, Failure::Snooze(_)));
+        let column = |of: &[&Failed], f: fn(&Failed) -> i64| -> Vec<i64> {
+            of.iter().map(|&failed| f(failed)).collect()
+        };
         // PostgreSQL's text cannot hold NUL: a message with one would be refused on every try.
-        let errors: Vec<String> = sorted
+        let errors: Vec<String> = failed
             .iter()
             .map(|f| f.error.replace('\0', "\\0"))
             .collect();
-        let retry_in: Vec<Option<i64>> = sorted
+        let retry_in: Vec<Option<i64>> = failed
             .iter()
             .map(|f| match f.then {
-                Failure::RetryIn(delay) => Some(micros(delay)),
+                Failure::RetryIn(delay) | Failure::Snooze(delay) => Some(micros(delay)),
                 Failure::GiveUp => None,
             })
             .collect();
+        let delays = column(&snoozed, |f| match f.then {
+            Failure::Snooze(delay) | Failure::RetryIn(delay) => micros(delay),
+            Failure::GiveUp => 0,
+        });
         let sql = self.statements().await?;
-        let touched = self
-            .with_connection("recording failures", async |connection| {
-                Ok(sqlx::query_scalar(&sql.fail)
-                    .bind(&ids_column)
-                    .bind(&numbers)
+        self.with_connection("recording failures", async |connection| {
+            let mut touched = Vec::new();
+            if !failed.is_empty() {
+                touched.extend(ids(sqlx::query_scalar(&sql.fail)
+                    .bind(column(&failed, |f| f.claim.id.0))
+                    .bind(column(&failed, |f| f.claim.number))
                     .bind(&errors)
                     .bind(&retry_in)
-                    .fetch_one(connection)
-                    .await?)
-            })
-            .await?;
-        Ok(ids(touched))
+                    .fetch_one(&mut *connection)
+                    .await?));
+            }
+            if !snoozed.is_empty() {
+                touched.extend(ids(sqlx::query_scalar(&sql.snooze)
+                    .bind(column(&snoozed, |f| f.claim.id.0))
+                    .bind(column(&snoozed, |f| f.claim.number))
+                    .bind(&delays)
+                    .bind(i32::try_from(MAX_SNOOZES).unwrap_or(i32::MAX))
+                    .bind(format!(
+                        "snoozed {MAX_SNOOZES} times, the most a job may: failed for good"
+                    ))
+                    .fetch_one(&mut *connection)
+                    .await?));
+            }
+            Ok(touched)
+        })
+        .await
     }
 
     /// Gives claimed jobs back to the queue without counting the attempt (a worker that stops

@@ -28,7 +28,7 @@ pub use admin::{
 pub use enqueue::{Enqueue, OnConnection};
 pub use error::{Error, Result};
 pub use job::{Job, JobId, NewJob};
-pub use lease::{Claim, ClaimQueues, Claimed, Failed, Failure, CURSOR_LIFETIME};
+pub use lease::{Claim, ClaimQueues, Claimed, Failed, Failure, CURSOR_LIFETIME, MAX_SNOOZES};
 pub use listen::Subscription;
 pub use migrate::{Function, Migration, FUNCTIONS, LATEST, MIGRATIONS};
 pub use pq::{Pq, PqBuilder, DEFAULT_GET_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};

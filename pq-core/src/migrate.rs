@@ -64,6 +64,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009_claim_with_a_cached_plan.sql"),
     migration!(10, "0010_workers_and_claim_ids.sql"),
     migration!(11, "0011_ready_first.sql"),
+    migration!(12, "0012_snoozes.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.

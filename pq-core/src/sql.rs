@@ -196,6 +196,7 @@ pub(crate) struct Statements {
     pub complete_delete_by_row: String,
     pub complete_keep_by_row: String,
     pub fail: String,
+    pub snooze: String,
     pub release: String,
     pub register: String,
     pub heartbeat: String,
@@ -357,6 +358,26 @@ impl Statements {
                AS f(id, claim, error, retry_in) \
              WHERE {held}"
         ));
+        // Snoozed runs ($3: each one's delay), many at a time: queued again after the delay,
+        // their attempt uncounted, unless the job has snoozed $4 times already: then it fails
+        // for good, saying so ($5).
+        let again = "COALESCE(j.snoozes, 0) < $4";
+        let snooze = touched(format!(
+            "UPDATE {t} AS j SET \
+               state = CASE WHEN {again} THEN 'queued' ELSE 'failed' END, \
+               schedule_at = CASE WHEN {again} \
+                 THEN statement_timestamp() + f.delay * interval '1 microsecond' \
+                 ELSE j.schedule_at END, \
+               attempts = CASE WHEN {again} THEN GREATEST(j.attempts - 1, 0) ELSE j.attempts END, \
+               finished_at = CASE WHEN {again} THEN NULL ELSE statement_timestamp() END, \
+               last_error = CASE WHEN {again} THEN j.last_error ELSE $5 END, \
+               errors = CASE WHEN {again} THEN j.errors \
+                 ELSE COALESCE(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
+                   'attempt', j.attempts, 'error', $5::text, 'at', statement_timestamp())) END, \
+               snoozes = COALESCE(j.snoozes, 0) + 1, worker_id = NULL, locked_until = NULL \
+             FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS f(id, claim, delay) \
+             WHERE {held}"
+        ));
         // Gives claimed jobs back untouched (a worker stopping before it ran them, or whose
         // run was cut short by its shutdown): the attempt is not counted. Returns the queues,
         // to wake their consumers.
@@ -466,6 +487,7 @@ impl Statements {
             complete_delete_by_row,
             complete_keep_by_row,
             fail,
+            snooze,
             release,
             register,
             heartbeat,

@@ -15,7 +15,7 @@ use crate::context::TaskContext;
 use crate::metrics::{self, TaskMetrics};
 use crate::registry::TaskDefinition;
 use crate::retry::retry_delay;
-use crate::task::{BoxFuture, TaskOptions, TaskResult};
+use crate::task::{BoxFuture, TaskError, TaskOptions, TaskResult, Then};
 
 /// What the worker lends a job's run: the application's handle, and the worker's own pool for
 /// the job's transaction.
@@ -108,7 +108,7 @@ pub(crate) fn begin(
 fn metric(outcome: &Outcome) -> metrics::Outcome {
     match outcome {
         Outcome::Failed(Failed {
-            then: Failure::RetryIn(_),
+            then: Failure::RetryIn(_) | Failure::Snooze(_),
             ..
         }) => metrics::Outcome::Retried,
         Outcome::Failed(_) => metrics::Outcome::Failed,
@@ -135,13 +135,21 @@ impl Running {
     /// Awaits the body (catching its panic, within its deadline), then completes or fails the
     /// job.
     async fn finish(self) -> Outcome {
-        let then = |error: &str| {
-            let then = if self.failures <= self.options.max_retries {
-                Failure::RetryIn(retry_delay(&self.options, self.claim, self.failures))
-            } else {
-                Failure::GiveUp
+        // What follows a failed run: what the handler asked for, within the task's retries.
+        let then = |error: &str, asked: Then| {
+            let retry = self.failures <= self.options.max_retries;
+            let then = match asked {
+                Then::Policy if retry => {
+                    Failure::RetryIn(retry_delay(&self.options, self.claim, self.failures))
+                }
+                Then::RetryIn(delay) if retry => Failure::RetryIn(delay),
+                Then::Snooze(delay) => Failure::Snooze(delay),
+                Then::Policy | Then::RetryIn(_) | Then::GiveUp => Failure::GiveUp,
             };
-            tracing::warn!(%error, ?then, "pq: job failed");
+            match then {
+                Failure::Snooze(_) => tracing::debug!(?then, "pq: job snoozed"),
+                _ => tracing::warn!(%error, ?then, "pq: job failed"),
+            }
             then
         };
         let claim = self.claim;
@@ -155,11 +163,11 @@ impl Running {
             },
         };
         let result = match result {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(panic) => Err(format!(
+            Ok(result) => result,
+            Err(panic) => Err(TaskError::new(format!(
                 "panicked: {}",
                 crate::panic_message(panic.as_ref())
-            )),
+            ))),
         };
         let outcome = match result {
             Ok(()) => match self.ctx.take_transaction().await {
@@ -174,7 +182,7 @@ impl Running {
                         tx,
                         claim,
                         self.resources.keep_completed,
-                        then,
+                        |error| then(error, Then::Policy),
                     ))
                     .await
                 }
@@ -182,7 +190,8 @@ impl Running {
             Err(error) => {
                 // The handler's own writes, if any, are rolled back with its transaction.
                 drop(self.ctx.take_transaction().await);
-                let then = then(&error);
+                let then = then(error.message(), error.then());
+                let error = error.into_message();
                 Outcome::Failed(Failed { claim, error, then })
             }
         };
@@ -193,8 +202,8 @@ impl Running {
 }
 
 /// The error of a run stopped at its timeout.
-fn pq_core_timeout(limit: Duration) -> crate::TaskError {
-    crate::TaskError::new(format!(
+fn pq_core_timeout(limit: Duration) -> TaskError {
+    TaskError::new(format!(
         "timed out after {}: the run was stopped and its transaction rolled back",
         humantime::format_duration(limit)
     ))

@@ -50,7 +50,7 @@ pub const JOB_QUEUE_LATENCY: &str = "pq_job_queue_latency_seconds";
 pub enum Outcome {
     /// The task returned `Ok`.
     Succeeded,
-    /// The task failed and the job was queued again.
+    /// The task failed, or snoozed, and the job was queued again.
     Retried,
     /// The task failed and the job gave up.
     Failed,

@@ -21,23 +21,134 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What running a task once yields: `Ok(())`, or the error that makes the attempt a failure.
 pub type TaskResult = Result<(), TaskError>;
 
-/// Why one attempt of a task failed, as recorded on the job.
+/// Why one attempt of a task failed, as recorded on the job, and what should follow: by
+/// default the task's retry policy decides; [`permanent`](TaskError::permanent),
+/// [`retry_in`](TaskError::retry_in) and [`snooze`](TaskError::snooze) let the handler decide.
+///
+/// A handler returning `anyhow::Result` or `Result<_, Box<dyn Error + Send + Sync>>` may wrap
+/// one of these: the worker finds it inside, context and all.
+///
+/// ```
+/// # async fn send(_: &str) -> Result<(), Smtp> { Ok(()) }
+/// # enum Smtp { Bounced, Greylisted, Down }
+/// #[pq::task(max_retries = 5)]
+/// async fn deliver(to: String) -> Result<(), pq::TaskError> {
+///     match send(&to).await {
+///         Ok(()) => Ok(()),
+///         // Failed now, whatever retries are left.
+///         Err(Smtp::Bounced) => Err(pq::TaskError::permanent(format!("{to} bounced"))),
+///         // Again in ten minutes; this attempt does not count.
+///         Err(Smtp::Greylisted) => Err(pq::TaskError::snooze("10m")),
+///         // A retry like any other, but after the delay the server asked for.
+///         Err(Smtp::Down) => Err(pq::TaskError::retry_in("5m", "the server is down")),
+///     }
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskError {
     message: String,
+    then: Then,
+}
+
+/// What a failed attempt asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// The task's retry policy decides.
+    Policy,
+    /// No retry.
+    GiveUp,
+    /// A retry if any is left, after this delay instead of the policy's.
+    RetryIn(Duration),
+    /// Run again after this delay, the attempt uncounted.
+    Snooze(Duration),
 }
 
 impl TaskError {
-    /// An error with this message.
+    /// An error with this message: the task's retry policy decides what follows.
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            then: Then::Policy,
+        }
+    }
+
+    /// A failure no retry can mend (an address that bounced, a record that is gone): the job
+    /// fails for good now, whatever retries it has left, with this error.
+    pub fn permanent(error: impl fmt::Display) -> Self {
+        Self {
+            message: format!("{error:#}"),
+            then: Then::GiveUp,
+        }
+    }
+
+    /// A failure retried after `delay` (a `"90s"` string, a `Duration`, or a time) instead of
+    /// the policy's delay, a `Retry-After` header's say: it counts as an attempt, and when
+    /// `max_retries` are spent the job fails for good as usual.
+    pub fn retry_in(delay: impl IntoWhen, error: impl fmt::Display) -> Self {
+        match delay_of(delay) {
+            Ok(delay) => Self {
+                message: format!("{error:#}"),
+                then: Then::RetryIn(delay),
+            },
+            Err(invalid) => Self::new(format!("{error:#} (and its retry delay is {invalid})")),
+        }
+    }
+
+    /// Not a failure: run the job again after `delay` (a `"10m"` string, a `Duration`, or a
+    /// time). The attempt does not count against `max_retries`, and no error is recorded. A job
+    /// may snooze [`pq_core::MAX_SNOOZES`] times; the next snooze fails it for good. A delay
+    /// that cannot be read is a failure saying so, which the retry policy handles.
+    pub fn snooze(delay: impl IntoWhen) -> Self {
+        match delay_of(delay) {
+            Ok(delay) => Self {
+                message: format!("snoozed for {}", humantime::format_duration(delay)),
+                then: Then::Snooze(delay),
+            },
+            Err(invalid) => Self::new(format!("cannot snooze: the delay is {invalid}")),
         }
     }
 
     /// The message recorded on the job.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    pub(crate) fn then(&self) -> Then {
+        self.then
+    }
+
+    pub(crate) fn into_message(self) -> String {
+        self.message
+    }
+
+    /// This error as the handler's `error` has it, with whatever it asks for that `error`
+    /// carries inside (a `TaskError` itself, or one inside an `anyhow::Error` or a boxed error).
+    fn from_handler<E: fmt::Display + 'static>(error: E) -> Self {
+        let any: &dyn std::any::Any = &error;
+        let inner = any
+            .downcast_ref::<TaskError>()
+            .or_else(|| {
+                any.downcast_ref::<anyhow::Error>()
+                    .and_then(|e| e.downcast_ref::<TaskError>())
+            })
+            .or_else(|| {
+                any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
+                    .and_then(|e| e.downcast_ref::<TaskError>())
+            });
+        Self {
+            then: inner.map_or(Then::Policy, |inner| inner.then),
+            // `{:#}` gives anyhow's whole chain of causes on one line; other types ignore the flag.
+            message: format!("{error:#}"),
+        }
+    }
+}
+
+/// A delay from now (a time already past is no delay), or why it cannot be read.
+fn delay_of(delay: impl IntoWhen) -> Result<Duration, String> {
+    match delay.into_when() {
+        Ok(When::In(delay)) => Ok(delay),
+        Ok(When::At(at)) => Ok((at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO)),
+        Err(error) => Err(error.to_string()),
     }
 }
 
@@ -132,10 +243,9 @@ impl IntoTaskResult for () {
     }
 }
 
-impl<E: fmt::Display> IntoTaskResult for Result<(), E> {
+impl<E: fmt::Display + 'static> IntoTaskResult for Result<(), E> {
     fn into_task_result(self) -> TaskResult {
-        // `{:#}` gives anyhow's whole chain of causes on one line; other types ignore the flag.
-        self.map_err(|e| TaskError::new(format!("{e:#}")))
+        self.map_err(TaskError::from_handler)
     }
 }
 

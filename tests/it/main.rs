@@ -13,6 +13,7 @@ mod metrics;
 mod migrations;
 mod model;
 mod order;
+mod outcomes;
 mod poison;
 mod proxy;
 mod queue;
