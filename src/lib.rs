@@ -56,6 +56,6 @@ pub mod __private {
 
     pub use pq_worker::private::{assert_argument, run_blocking};
     pub use pq_worker::{
-        Backoff, BoxFuture, IntoTaskResult, Task, TaskDefinition, TaskOptions, TaskResult,
+        Backoff, BoxFuture, IntoTaskResult, OnCancel, Task, TaskDefinition, TaskOptions, TaskResult,
     };
 }

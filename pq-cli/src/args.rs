@@ -43,6 +43,10 @@ pub(crate) enum Command {
     /// Every registered worker: where it runs, its queues, its jobs running, its last heartbeat.
     Workers,
 
+    /// Pause or resume a queue.
+    #[command(subcommand)]
+    Queues(Queues),
+
     /// List, show, retry, cancel or delete jobs.
     #[command(subcommand)]
     Jobs(Jobs),
@@ -90,6 +94,32 @@ pub(crate) enum Command {
         /// Return once no job is ready and none is running, instead of waiting for more.
         #[arg(long)]
         burst: bool,
+
+        /// How long the worker's registration holds without a heartbeat (it beats every third
+        /// of it): its jobs are rescued by other workers once it ran out, such as 30s.
+        #[arg(long, value_parser = parse_duration)]
+        lease: Option<Duration>,
+
+        /// How long running jobs may finish after SIGINT or SIGTERM before they go back to the
+        /// queue, such as 30s.
+        #[arg(long, value_parser = parse_duration)]
+        grace_period: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Queues {
+    /// Stop every worker from starting the queue's jobs (running ones finish); puts go on.
+    /// Returns once no worker can start one.
+    Pause {
+        /// The queue.
+        queue: String,
+    },
+
+    /// Let workers start the queue's jobs again.
+    Resume {
+        /// The queue.
+        queue: String,
     },
 }
 
@@ -138,7 +168,8 @@ pub(crate) enum Jobs {
         batch_size: u32,
     },
 
-    /// Cancel ready or scheduled jobs: they stay in the table, cancelled, and never run.
+    /// Cancel jobs that have not ended: they stay in the table, cancelled, and never run again.
+    /// A running job is stopped by its worker at its next heartbeat, its transaction rolled back.
     Cancel {
         /// The jobs' ids.
         #[arg(required = true)]

@@ -7,7 +7,7 @@ use pq_core::{Admin, Enqueue, JobId, JobInfo, JobState, NewJob, Pq};
 use pq_worker::{Registry, Worker};
 use serde_json::json;
 
-use crate::args::{ids, Cli, Command, Filter, Jobs};
+use crate::args::{ids, Cli, Command, Filter, Jobs, Queues};
 use crate::output::{self, Progress, Table};
 
 /// The pool of a one-shot command: one statement at a time.
@@ -40,6 +40,8 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
         Command::Migrate => migrate(cli, &pq, out).await,
         Command::Status => status(cli, &admin, out).await,
         Command::Workers => workers(cli, &admin, out).await,
+        Command::Queues(Queues::Pause { queue }) => pause(cli, &admin, queue, true, out).await,
+        Command::Queues(Queues::Resume { queue }) => pause(cli, &admin, queue, false, out).await,
         Command::Jobs(jobs) => match jobs {
             Jobs::List {
                 filter,
@@ -84,7 +86,26 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
             queues,
             concurrency,
             burst,
-        } => work(&pq, registry, queues, *concurrency, *burst).await,
+            lease,
+            grace_period,
+        } => {
+            let mut worker = Worker::new(pq.clone())
+                .registry(registry.clone())
+                .concurrency(usize::try_from(*concurrency).unwrap_or(usize::MAX));
+            if !queues.is_empty() {
+                worker = worker.queues(queues.iter().cloned());
+            }
+            if *burst {
+                worker = worker.burst();
+            }
+            if let Some(lease) = *lease {
+                worker = worker.lease(lease);
+            }
+            if let Some(grace) = *grace_period {
+                worker = worker.grace_period(grace);
+            }
+            worker.run().await.map_err(anyhow::Error::from)
+        }
     };
     result.map_err(|e| explain(e, &pq))
 }
@@ -144,6 +165,7 @@ async fn status(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<(
         ">DONE",
         ">CANCELLED",
         "OLDEST READY",
+        "PAUSED",
     ]);
     for queue in &stats {
         table.row(vec![
@@ -155,9 +177,38 @@ async fn status(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<(
             queue.done.to_string(),
             queue.cancelled.to_string(),
             output::age(queue.oldest_ready),
+            if queue.paused { "yes" } else { "-" }.to_owned(),
         ]);
     }
     table.print(out)?;
+    Ok(())
+}
+
+/// Pauses `queue`, or resumes it.
+async fn pause(
+    cli: &Cli,
+    admin: &Admin,
+    queue: &str,
+    pause: bool,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let changed = if pause {
+        admin.pause(queue).await?
+    } else {
+        admin.resume(queue).await?
+    };
+    if cli.json {
+        return output::json(
+            out,
+            &json!({"queue": queue, "paused": pause, "changed": changed}),
+        );
+    }
+    match (pause, changed) {
+        (true, true) => writeln!(out, "paused {queue}: no worker starts its jobs")?,
+        (true, false) => writeln!(out, "{queue} was paused already")?,
+        (false, true) => writeln!(out, "resumed {queue}")?,
+        (false, false) => writeln!(out, "{queue} was not paused")?,
+    }
     Ok(())
 }
 
@@ -310,7 +361,7 @@ async fn show(cli: &Cli, admin: &Admin, id: JobId, out: &mut Vec<u8>) -> anyhow:
 }
 
 /// An operation on jobs given by id.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Action {
     Retry,
     Cancel,
@@ -321,7 +372,10 @@ impl Action {
     fn applies_to(self, state: JobState) -> bool {
         match self {
             Action::Retry => state == JobState::Failed,
-            Action::Cancel => matches!(state, JobState::Ready | JobState::Scheduled),
+            Action::Cancel => matches!(
+                state,
+                JobState::Ready | JobState::Scheduled | JobState::Running
+            ),
             Action::Delete => state != JobState::Running,
         }
     }
@@ -330,7 +384,7 @@ impl Action {
     fn rule(self) -> &'static str {
         match self {
             Action::Retry => "only failed jobs can be retried",
-            Action::Cancel => "only ready or scheduled jobs can be cancelled",
+            Action::Cancel => "only jobs that have not ended can be cancelled",
             Action::Delete => {
                 "a running job cannot be deleted: let it finish, or its lease run out"
             }
@@ -364,12 +418,17 @@ async fn act(
     out: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
     let mut problems = Vec::new();
+    let mut running = Vec::new();
     for &id in ids {
         match admin.job(id).await? {
             None => problems.push(format!("no job has id {id}")),
             Some(JobInfo { state, .. }) if !action.applies_to(state) => {
                 problems.push(format!("job {id} is {state}: {}", action.rule()));
             }
+            Some(JobInfo {
+                state: JobState::Running,
+                ..
+            }) => running.push(id),
             Some(_) => {}
         }
     }
@@ -392,7 +451,14 @@ async fn act(
         return output::json(out, &json!({"count": applied.len(), "ids": applied}));
     }
     for id in applied {
-        writeln!(out, "{} job {id}", action.done())?;
+        if action == Action::Cancel && running.contains(&id) {
+            writeln!(
+                out,
+                "cancelling job {id}: its worker stops it at its next heartbeat"
+            )?;
+        } else {
+            writeln!(out, "{} job {id}", action.done())?;
+        }
     }
     Ok(())
 }
@@ -512,25 +578,5 @@ async fn enqueue(
         return output::json(out, &json!({"id": id, "task": task, "queue": queue}));
     }
     writeln!(out, "enqueued job {id}: task {task} on queue {queue}")?;
-    Ok(())
-}
-
-async fn work(
-    pq: &Pq,
-    registry: &Registry,
-    queues: &[String],
-    concurrency: u32,
-    burst: bool,
-) -> anyhow::Result<()> {
-    let mut worker = Worker::new(pq.clone())
-        .registry(registry.clone())
-        .concurrency(usize::try_from(concurrency).unwrap_or(usize::MAX));
-    if !queues.is_empty() {
-        worker = worker.queues(queues.iter().cloned());
-    }
-    if burst {
-        worker = worker.burst();
-    }
-    worker.run().await?;
     Ok(())
 }

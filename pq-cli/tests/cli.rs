@@ -225,6 +225,49 @@ async fn workers_lists_each_registered_worker_with_its_running_jobs() {
 }
 
 #[tokio::test]
+async fn queues_pause_and_resume_show_in_status_and_say_when_nothing_changed() {
+    let db = Db::new().await;
+    db.pq.queue("apples").put(&1).await.unwrap();
+
+    assert_eq!(
+        db.pq(&["queues", "pause", "pears"]).ok(),
+        "paused pears: no worker starts its jobs\n"
+    );
+    assert_eq!(
+        db.pq(&["queues", "pause", "pears"]).ok(),
+        "pears was paused already\n"
+    );
+    let status = db.pq(&["status", "--json"]).json();
+    assert_eq!(status[0]["queue"], "apples");
+    assert_eq!(status[0]["paused"], false);
+    assert_eq!(
+        status[1]["queue"], "pears",
+        "a paused queue shows without jobs"
+    );
+    assert_eq!(status[1]["paused"], true);
+
+    let json = db.pq(&["queues", "resume", "pears", "--json"]).json();
+    assert_eq!(
+        json,
+        json!({"queue": "pears", "paused": false, "changed": true})
+    );
+    assert_eq!(
+        db.pq(&["queues", "resume", "pears"]).ok(),
+        "pears was not paused\n"
+    );
+    assert_eq!(
+        db.pq(&["status", "--json"])
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let err = db.pq(&["queues", "pause", ""]).fails();
+    assert!(err.contains("queue"), "{err}");
+}
+
+#[tokio::test]
 async fn status_shows_each_queue_counted_by_state_in_aligned_columns() {
     let db = Db::new().await;
     db.failed_job("apples", "boom").await;
@@ -254,7 +297,8 @@ async fn status_shows_each_queue_counted_by_state_in_aligned_columns() {
             "DONE",
             "CANCELLED",
             "OLDEST",
-            "READY"
+            "READY",
+            "PAUSED"
         ]
     );
     let apples: Vec<&str> = lines[1].split_whitespace().collect();
@@ -458,24 +502,49 @@ async fn jobs_retry_needs_ids_or_all() {
 }
 
 #[tokio::test]
-async fn jobs_cancel_stops_queued_jobs_but_not_running_ones() {
+async fn jobs_cancel_stops_queued_jobs_asks_the_worker_of_running_ones_and_refuses_ended_ones() {
     let db = Db::new().await;
     let running = db.pq.queue("mail").put(&1).await.unwrap();
     db.claim("mail", running).await;
     let scheduled = db.pq.queue("mail").put(&2).schedule_at("1h").await.unwrap();
+    let failed = db.failed_job("sms", "boom").await;
 
-    let err = db.pq(&["jobs", "cancel", &id(running)]).fails();
-    let out = db.pq(&["jobs", "cancel", &id(scheduled)]).ok();
-
+    let err = db
+        .pq(&["jobs", "cancel", &id(failed), &id(scheduled)])
+        .fails();
     assert!(
         err.contains(&format!(
-            "job {running} is running: only ready or scheduled jobs can be cancelled"
+            "job {failed} is failed: only jobs that have not ended can be cancelled"
         )),
         "{err}"
     );
-    assert_eq!(out, format!("cancelled job {scheduled}\n"));
-    assert_eq!(db.state(running).await, Some(JobState::Running));
+    assert_eq!(
+        db.state(scheduled).await,
+        Some(JobState::Scheduled),
+        "nothing was cancelled"
+    );
+
+    let out = db
+        .pq(&["jobs", "cancel", &id(scheduled), &id(running)])
+        .ok();
+    assert_eq!(
+        out,
+        format!(
+            "cancelled job {scheduled}\n\
+             cancelling job {running}: its worker stops it at its next heartbeat\n"
+        )
+    );
     assert_eq!(db.state(scheduled).await, Some(JobState::Cancelled));
+    // The running job ends when its worker hears of the request, which waits in its row.
+    assert_eq!(db.state(running).await, Some(JobState::Running));
+    let asked: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT unnest(cancel) FROM \"{}\".queue_workers",
+        db.schema
+    ))
+    .fetch_all(db.pq.pool())
+    .await
+    .unwrap();
+    assert_eq!(asked, [running.0]);
 }
 
 #[tokio::test]
@@ -644,6 +713,8 @@ async fn work_in_the_standalone_tool_explains_where_it_runs() {
         .filter_map(|line| line.strip_prefix("  ")?.split_whitespace().next())
         .collect();
     assert!(!commands.contains(&"work"), "{help}");
+    let err = db.pq(&["work", "--lease", "soon"]).fails();
+    assert!(err.contains("write a duration such as"), "{err}");
     assert!(commands.contains(&"workers"), "{help}");
     assert!(help.contains("enqueue"), "{help}");
 }

@@ -186,3 +186,35 @@ async fn work_runs_the_registered_tasks_until_nothing_is_ready_in_burst_mode() {
     assert_eq!(jobs[0].state, JobState::Ready, "its queue was not worked");
     assert!(EATEN.load(Ordering::SeqCst) >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_registers_its_worker_with_the_lease_it_was_given() {
+    let db = std::sync::Arc::new(Db::new().await);
+    let work = tokio::spawn({
+        let db = std::sync::Arc::clone(&db);
+        async move {
+            db.cli(&[
+                "work",
+                "--queue",
+                "apples",
+                "--lease",
+                "90s",
+                "--grace-period",
+                "1s",
+            ])
+            .await
+        }
+    });
+    let mut workers = Vec::new();
+    for _ in 0..300 {
+        workers = db.pq.admin().workers().await.unwrap();
+        if !workers.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    work.abort();
+    let worker = workers.first().expect("the worker registered");
+    let lease = worker.expires_at - worker.seen_at;
+    assert_eq!(lease.num_seconds(), 90, "{lease}");
+}

@@ -250,6 +250,8 @@ pub struct QueueStats {
     /// How long the oldest ready job has been ready: how far behind the workers are.
     #[serde(rename = "oldest_ready_seconds", serialize_with = "as_seconds")]
     pub oldest_ready: Option<Duration>,
+    /// Whether it is paused ([`Admin::pause`]): its jobs wait, none starts.
+    pub paused: bool,
 }
 
 fn as_seconds<S: Serializer>(duration: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -380,6 +382,9 @@ struct Statements {
     retry_one: String,
     retry_batch: String,
     cancel: String,
+    pause: String,
+    hold_claims: String,
+    resume: String,
     delete: String,
     prune_batch: String,
 }
@@ -393,18 +398,27 @@ impl Statements {
         // Counting every row is inherently a scan of the table; it takes no lock that a worker
         // waits on. Pruning keeps it small. A job whose ready time is infinite (other SQL's) has
         // no age.
+        // Paused queues show even without jobs.
         let stats = format!(
-            "SELECT {}, {}, {}, {}, {}, {}, {}, \
-               EXTRACT(EPOCH FROM statement_timestamp() \
-                 - min({READY_AT}) FILTER (WHERE {ready} AND isfinite({READY_AT})))::float8 \
-             FROM {t} GROUP BY q_name ORDER BY q_name",
-            as_bytes("q_name"),
+            "SELECT {}, COALESCE(c.ready, 0), COALESCE(c.scheduled, 0), COALESCE(c.running, 0), \
+               COALESCE(c.done, 0), COALESCE(c.failed, 0), COALESCE(c.cancelled, 0), c.age, \
+               p.q_name IS NOT NULL \
+             FROM (SELECT q_name, {} AS ready, {} AS scheduled, {} AS running, {} AS done, \
+                 {} AS failed, {} AS cancelled, \
+                 EXTRACT(EPOCH FROM statement_timestamp() \
+                   - min({READY_AT}) FILTER (WHERE {ready} AND isfinite({READY_AT})))::float8 AS age \
+               FROM {t} GROUP BY q_name) AS c \
+             FULL JOIN (SELECT q_name FROM {queues} WHERE paused_at IS NOT NULL) AS p \
+               ON p.q_name = c.q_name \
+             ORDER BY COALESCE(c.q_name, p.q_name)",
+            as_bytes("COALESCE(c.q_name, p.q_name)"),
             count(JobState::Ready),
             count(JobState::Scheduled),
             count(JobState::Running),
             count(JobState::Done),
             count(JobState::Failed),
             count(JobState::Cancelled),
+            queues = table.qualified_derived("queues"),
         );
         // Two reads of the dequeue index, each stopped after a bounded number of entries: the
         // oldest ready job without an expected time is the first of its range, exactly; among
@@ -465,9 +479,40 @@ impl Statements {
             list: format!("SELECT {columns} FROM {t} AS t WHERE id > "),
             retry_one,
             retry_batch,
+            // A queued job is cancelled at once; a running one by asking its worker, whose
+            // heartbeat reads the request (see `heartbeat` in sql.rs).
             cancel: format!(
-                "UPDATE {t} SET state = 'cancelled', finished_at = statement_timestamp() \
-                 WHERE id = $1 AND state = 'queued'"
+                "WITH queued AS ( \
+                   UPDATE {t} SET state = 'cancelled', finished_at = statement_timestamp() \
+                   WHERE id = $1 AND state = 'queued' RETURNING id), \
+                 asked AS ( \
+                   UPDATE {workers} AS w SET cancel = CASE \
+                     WHEN j.id = ANY (COALESCE(w.cancel, '{{}}')) THEN w.cancel \
+                     ELSE array_append(COALESCE(w.cancel, '{{}}'), j.id) END \
+                   FROM {t} AS j \
+                   WHERE j.id = $1 AND j.state = 'running' AND w.id = j.worker_id \
+                   RETURNING j.id) \
+                 SELECT id FROM queued UNION ALL SELECT id FROM asked",
+                workers = table.qualified_derived("workers"),
+            ),
+            pause: format!(
+                "INSERT INTO {queues} AS s (q_name, paused_at) VALUES ($1, statement_timestamp()) \
+                 ON CONFLICT (q_name) DO UPDATE \
+                   SET paused_at = COALESCE(s.paused_at, excluded.paused_at) \
+                 RETURNING s.paused_at = statement_timestamp()",
+                queues = table.qualified_derived("queues"),
+            ),
+            // Takes every worker's claims lock in turn, and so waits for each claim under way
+            // (which may not have seen the pause) to end; claims hold it shared.
+            hold_claims: format!(
+                "SELECT count(*) FROM (SELECT pg_advisory_xact_lock({}, (id & 2147483647)::int4) \
+                   FROM (SELECT id FROM {} ORDER BY id) AS w) AS held",
+                table.claims_lock_key(),
+                table.qualified_derived("workers"),
+            ),
+            resume: format!(
+                "UPDATE {} SET paused_at = NULL WHERE q_name = $1 AND paused_at IS NOT NULL",
+                table.qualified_derived("queues"),
             ),
             delete: format!("DELETE FROM {t} WHERE id = $1 AND state <> 'running'"),
             prune_batch,
@@ -565,6 +610,7 @@ impl Admin {
                     failed: count(row, 5)?,
                     cancelled: count(row, 6)?,
                     oldest_ready: seconds(row.try_get(7)?),
+                    paused: row.try_get(8)?,
                 })
             })
             .collect()
@@ -726,12 +772,69 @@ impl Admin {
         Ok((u64::try_from(count).unwrap_or(0), last.map(JobId)))
     }
 
-    /// Cancels a ready or scheduled job: it stays in the table, `cancelled`, and never runs.
-    /// `false` if no queued job has this id (a running job cannot be cancelled: let it finish,
-    /// or fail it from the task).
+    /// Cancels a job that has not ended: it stays in the table, `cancelled`, and never runs
+    /// again. A ready or scheduled job is cancelled at once. A running job is cancelled by its
+    /// worker, which hears of it at its next heartbeat (within a third of its lease, 10 s by
+    /// default): the run is told through `ctx.cancelled()` (its `TaskContext`), or stopped at once for a
+    /// task with `on_cancel = "abort"`; either way its transaction is rolled back and it is
+    /// not retried. A run that ends before its worker hears of it ends as it would have.
+    /// `false` if no queued or running job has this id.
     pub async fn cancel(&self, id: JobId) -> Result<bool> {
         self.one_job("cancelling a job", |sql| &sql.cancel, id)
             .await
+    }
+
+    /// Pauses `queue`: once this returns, no worker takes a job of it, until
+    /// [`resume`](Admin::resume). Runs already going finish; jobs are still enqueued, and wait.
+    /// The pause is in the table: it holds across restarts, for every worker, and shows in
+    /// [`stats`](Admin::stats). `get` and `try_get` are not workers and still take its jobs.
+    /// `false` if it was paused already. A queue may be paused before it has jobs.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// pq.admin().pause("mail").await?;
+    /// // ...no mail job starts here, on any worker...
+    /// pq.admin().resume("mail").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn pause(&self, queue: &str) -> Result<bool> {
+        crate::job::check_queue_name(queue)?;
+        let sql = self.sql().await?;
+        self.pq
+            .with_connection("pausing a queue", async |connection| {
+                let paused: bool = sqlx::query_scalar(&sql.pause)
+                    .bind(queue)
+                    .fetch_one(&mut *connection)
+                    .await?;
+                // Committed: claims from now on see it. Those already under way may not have;
+                // they end before this does.
+                sqlx::query(&sql.hold_claims)
+                    .execute(&mut *connection)
+                    .await?;
+                Ok(paused)
+            })
+            .await
+    }
+
+    /// Resumes a paused `queue`, waking its workers; `false` if it was not paused.
+    pub async fn resume(&self, queue: &str) -> Result<bool> {
+        crate::job::check_queue_name(queue)?;
+        let sql = self.sql().await?;
+        let resumed = self
+            .pq
+            .with_connection("resuming a queue", async |connection| {
+                Ok(sqlx::query(&sql.resume)
+                    .bind(queue)
+                    .execute(&mut *connection)
+                    .await?
+                    .rows_affected())
+            })
+            .await?;
+        if resumed == 0 {
+            return Ok(false);
+        }
+        self.pq.wake(vec![queue.to_owned()]).await?;
+        Ok(true)
     }
 
     /// Deletes a job that is not running; `false` if there is no such job.

@@ -97,6 +97,8 @@ pub enum Failure {
     /// Queue it again after this delay without counting the attempt, nor recording an error:
     /// the run asked to wait. A job snoozed [`MAX_SNOOZES`] times fails for good instead.
     Snooze(Duration),
+    /// End it `cancelled`, never retried: someone cancelled the job while it ran.
+    Cancel,
 }
 
 /// How many times one job may snooze; the snooze after that fails it for good, so that a job
@@ -414,32 +416,37 @@ impl Pq {
         .await
     }
 
-    /// Records failed attempts with their errors, in one statement, each queued again or given
-    /// up as it says. Returns the ids whose claim still held.
+    /// Records failed attempts with their errors, in one statement for each kind of outcome
+    /// among them (failed, snoozed, cancelled), each queued again or ended as it says. Returns
+    /// the ids whose claim still held.
     pub async fn fail(&self, failures: &[Failed]) -> Result<Vec<JobId>> {
         let mut sorted: Vec<&Failed> = failures.iter().collect();
         sorted.sort_unstable_by_key(|failed| failed.claim.id);
-        let (snoozed, failed): (Vec<&Failed>, Vec<&Failed>) = sorted
-            .into_iter()
-            .partition(|f| matches!(f.then, Failure::Snooze(_)));
+        let (mut failed, mut snoozed, mut cancelled) = (Vec::new(), Vec::new(), Vec::new());
+        for failure in sorted {
+            match failure.then {
+                Failure::RetryIn(_) | Failure::GiveUp => failed.push(failure),
+                Failure::Snooze(_) => snoozed.push(failure),
+                Failure::Cancel => cancelled.push(failure),
+            }
+        }
         let column = |of: &[&Failed], f: fn(&Failed) -> i64| -> Vec<i64> {
             of.iter().map(|&failed| f(failed)).collect()
         };
         // PostgreSQL's text cannot hold NUL: a message with one would be refused on every try.
-        let errors: Vec<String> = failed
-            .iter()
-            .map(|f| f.error.replace('\0', "\\0"))
-            .collect();
+        let errors = |of: &[&Failed]| -> Vec<String> {
+            of.iter().map(|f| f.error.replace('\0', "\\0")).collect()
+        };
         let retry_in: Vec<Option<i64>> = failed
             .iter()
             .map(|f| match f.then {
                 Failure::RetryIn(delay) | Failure::Snooze(delay) => Some(micros(delay)),
-                Failure::GiveUp => None,
+                Failure::GiveUp | Failure::Cancel => None,
             })
             .collect();
         let delays = column(&snoozed, |f| match f.then {
             Failure::Snooze(delay) | Failure::RetryIn(delay) => micros(delay),
-            Failure::GiveUp => 0,
+            Failure::GiveUp | Failure::Cancel => 0,
         });
         let sql = self.statements().await?;
         self.with_connection("recording failures", async |connection| {
@@ -448,7 +455,7 @@ impl Pq {
                 touched.extend(ids(sqlx::query_scalar(&sql.fail)
                     .bind(column(&failed, |f| f.claim.id.0))
                     .bind(column(&failed, |f| f.claim.number))
-                    .bind(&errors)
+                    .bind(errors(&failed))
                     .bind(&retry_in)
                     .fetch_one(&mut *connection)
                     .await?));
@@ -462,6 +469,14 @@ impl Pq {
                     .bind(format!(
                         "snoozed {MAX_SNOOZES} times, the most a job may: failed for good"
                     ))
+                    .fetch_one(&mut *connection)
+                    .await?));
+            }
+            if !cancelled.is_empty() {
+                touched.extend(ids(sqlx::query_scalar(&sql.cancel_running)
+                    .bind(column(&cancelled, |f| f.claim.id.0))
+                    .bind(column(&cancelled, |f| f.claim.number))
+                    .bind(errors(&cancelled))
                     .fetch_one(&mut *connection)
                     .await?));
             }

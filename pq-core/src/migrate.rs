@@ -65,6 +65,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(10, "0010_workers_and_claim_ids.sql"),
     migration!(11, "0011_ready_first.sql"),
     migration!(12, "0012_snoozes.sql"),
+    migration!(13, "0013_cancel_requests.sql"),
+    migration!(14, "0014_queue_settings.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.

@@ -197,6 +197,7 @@ pub(crate) struct Statements {
     pub complete_keep_by_row: String,
     pub fail: String,
     pub snooze: String,
+    pub cancel_running: String,
     pub release: String,
     pub register: String,
     pub heartbeat: String,
@@ -378,6 +379,14 @@ impl Statements {
              FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS f(id, claim, delay) \
              WHERE {held}"
         ));
+        // Runs stopped because an operator cancelled their job: `cancelled` for good, saying
+        // so, never retried.
+        let cancel_running = touched(format!(
+            "UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp(), \
+               worker_id = NULL, locked_until = NULL, last_error = f.error \
+             FROM unnest($1::int8[], $2::int8[], $3::text[]) AS f(id, claim, error) \
+             WHERE {held}"
+        ));
         // Gives claimed jobs back untouched (a worker stopping before it ran them, or whose
         // run was cut short by its shutdown): the attempt is not counted. Returns the queues,
         // to wake their consumers.
@@ -396,11 +405,19 @@ impl Statements {
         // The heartbeat: one write per worker, whatever it runs. Says whether the worker's
         // lease had run out before it (its jobs may have been rescued), or whether its row was
         // gone altogether (reaped long after its lease ran out).
+        //
+        // It also answers the requests to cancel this worker's jobs, keeping those of its jobs
+        // still running: a request lasts until its job ends, so a reply lost on the way costs
+        // only a heartbeat.
         let heartbeat = format!(
             "WITH before AS (SELECT expires_at FROM {workers} WHERE id = $1 FOR UPDATE) \
-             UPDATE {workers} AS w SET seen_at = statement_timestamp(), expires_at = {lease} \
+             UPDATE {workers} AS w SET seen_at = statement_timestamp(), expires_at = {lease}, \
+               cancel = CASE WHEN w.cancel IS NOT NULL THEN NULLIF(ARRAY( \
+                 SELECT j.id FROM {t} AS j WHERE j.id = ANY (w.cancel) AND j.worker_id = w.id \
+                   AND COALESCE(j.state = 'running', false) ORDER BY j.id), '{{}}') END \
              FROM before WHERE w.id = $1 \
-             RETURNING before.expires_at < statement_timestamp() AS lapsed"
+             RETURNING before.expires_at < statement_timestamp() AS lapsed, \
+               COALESCE(w.cancel, '{{}}') AS cancel"
         );
         let register_again = format!(
             "INSERT INTO {workers} (id, host, pid, queues, concurrency, version, expires_at) \
@@ -488,6 +505,7 @@ impl Statements {
             complete_keep_by_row,
             fail,
             snooze,
+            cancel_running,
             release,
             register,
             heartbeat,

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection};
 
 use crate::error::Result;
+use crate::job::JobId;
 use crate::lease::{columns, micros, Claim};
 use crate::pq::Pq;
 use crate::timestamp::Timestamp;
@@ -37,13 +38,16 @@ pub struct WorkerInfo {
 }
 
 /// What a heartbeat found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Heartbeat {
-    /// The worker's lease held, and is renewed.
-    Renewed,
-    /// The lease had run out before this heartbeat: other workers may have rescued its jobs
-    /// (their outcomes will then be refused). Renewed from now on.
-    Lapsed,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Whether the worker's lease had run out before this heartbeat: other workers may have
+    /// rescued its jobs (their outcomes will then be refused). Renewed from now on.
+    pub lapsed: bool,
+    /// The worker's running jobs that someone asked to cancel ([`Admin::cancel`]), asked again
+    /// at every heartbeat until they end.
+    ///
+    /// [`Admin::cancel`]: crate::Admin::cancel
+    pub cancel: Vec<JobId>,
 }
 
 /// A worker as the table of workers shows it: [`Pq::workers`].
@@ -289,14 +293,16 @@ async fn beat(
     info: &WorkerInfo,
 ) -> Result<Heartbeat> {
     let sql = pq.statements().await?;
-    let lapsed: Option<bool> = sqlx::query_scalar(&sql.heartbeat)
+    let beat: Option<(bool, Vec<i64>)> = sqlx::query_as(&sql.heartbeat)
         .bind(worker.0)
         .bind(micros(info.lease))
         .fetch_optional(&mut *connection)
         .await?;
-    match lapsed {
-        Some(false) => Ok(Heartbeat::Renewed),
-        Some(true) => Ok(Heartbeat::Lapsed),
+    match beat {
+        Some((lapsed, cancel)) => Ok(Heartbeat {
+            lapsed,
+            cancel: cancel.into_iter().map(JobId).collect(),
+        }),
         None => {
             // Reaped: back under the same id, so that the jobs it still runs are its own.
             sqlx::query(&sql.register_again)
@@ -309,7 +315,10 @@ async fn beat(
                 .bind(&info.version)
                 .execute(&mut *connection)
                 .await?;
-            Ok(Heartbeat::Lapsed)
+            Ok(Heartbeat {
+                lapsed: true,
+                cancel: Vec::new(),
+            })
         }
     }
 }

@@ -20,6 +20,14 @@ pub(crate) struct TaskArgs {
     pub(crate) retry_in: Option<Duration>,
     pub(crate) backoff: Option<Backoff>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) on_cancel: Option<OnCancel>,
+}
+
+/// `on_cancel = "cooperate" | "abort"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnCancel {
+    Cooperate,
+    Abort,
 }
 
 /// `backoff = "fixed" | "exponential"`.
@@ -40,10 +48,11 @@ enum Key {
     RetryIn,
     Backoff,
     Timeout,
+    OnCancel,
 }
 
 impl Key {
-    const ALL: [Key; 8] = [
+    const ALL: [Key; 9] = [
         Key::Queue,
         Key::Name,
         Key::ScheduleAt,
@@ -52,6 +61,7 @@ impl Key {
         Key::RetryIn,
         Key::Backoff,
         Key::Timeout,
+        Key::OnCancel,
     ];
 
     fn as_str(self) -> &'static str {
@@ -64,6 +74,7 @@ impl Key {
             Key::RetryIn => "retry_in",
             Key::Backoff => "backoff",
             Key::Timeout => "timeout",
+            Key::OnCancel => "on_cancel",
         }
     }
 
@@ -78,6 +89,7 @@ impl Key {
             Key::RetryIn => r#"retry_in = "30s""#,
             Key::Backoff => r#"backoff = "exponential""#,
             Key::Timeout => r#"timeout = "5m""#,
+            Key::OnCancel => r#"on_cancel = "abort""#,
         }
     }
 
@@ -156,6 +168,7 @@ impl TaskArgs {
             Key::RetryIn => self.retry_in = duration(key, value, errors),
             Key::Backoff => self.backoff = backoff(value, errors),
             Key::Timeout => self.timeout = timeout(value, errors),
+            Key::OnCancel => self.on_cancel = on_cancel(value, errors),
         }
     }
 }
@@ -298,6 +311,21 @@ fn max_retries(value: &Expr, errors: &mut Errors) -> Option<u32> {
     None
 }
 
+fn on_cancel(value: &Expr, errors: &mut Errors) -> Option<OnCancel> {
+    let string = string(Key::OnCancel, value, errors)?;
+    match string.value().as_str() {
+        "cooperate" => Some(OnCancel::Cooperate),
+        "abort" => Some(OnCancel::Abort),
+        other => {
+            errors.spanned(
+                &string,
+                format!(r#"unknown on_cancel {other:?}, expected "cooperate" or "abort""#),
+            );
+            None
+        }
+    }
+}
+
 fn backoff(value: &Expr, errors: &mut Errors) -> Option<Backoff> {
     let string = string(Key::Backoff, value, errors)?;
     match string.value().as_str() {
@@ -376,7 +404,7 @@ mod tests {
             errors_of(quote!(queues = "apples")),
             [
                 "unknown argument `queues`; expected one of `queue`, `name`, `schedule_at`, \
-              `expected_at`, `max_retries`, `retry_in`, `backoff`, `timeout`"
+              `expected_at`, `max_retries`, `retry_in`, `backoff`, `timeout`, `on_cancel`"
             ]
         );
     }

@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Attribute, ItemFn};
 
-use crate::args::{Backoff, TaskArgs};
+use crate::args::{Backoff, OnCancel, TaskArgs};
 use crate::errors::Errors;
 use crate::signature::{Signature, Supplied};
 
@@ -213,6 +213,11 @@ fn options(args: &TaskArgs) -> TokenStream {
         Some(Backoff::Exponential) => quote!(::pq::__private::Backoff::Exponential),
         None => default("backoff"),
     };
+    let on_cancel = match args.on_cancel {
+        Some(OnCancel::Cooperate) => quote!(::pq::__private::OnCancel::Cooperate),
+        Some(OnCancel::Abort) => quote!(::pq::__private::OnCancel::Abort),
+        None => default("on_cancel"),
+    };
     quote! {
         ::pq::__private::TaskOptions {
             queue: #queue,
@@ -222,6 +227,7 @@ fn options(args: &TaskArgs) -> TokenStream {
             retry_in: #retry_in,
             backoff: #backoff,
             timeout: #timeout,
+            on_cancel: #on_cancel,
         }
     }
 }

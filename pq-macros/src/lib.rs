@@ -39,6 +39,7 @@ use proc_macro::TokenStream;
 /// | `retry_in` | the delay before a retry, `"10s"`; zero is allowed | `"30s"` |
 /// | `backoff` | `"fixed"` (every retry waits `retry_in`) or `"exponential"` (retry `n` waits `retry_in * 2^(n-1)`, with jitter) | `"fixed"` |
 /// | `timeout` | how long one run may take, `"5m"`: the worker then drops its future, rolls back its transaction, and records the failure, retried as any other | none |
+/// | `on_cancel` | what a run of a cancelled job does: `"cooperate"` (it hears of it through `ctx.cancelled()` and stops when it chooses) or `"abort"` (the worker drops its future at once); either way the job ends `cancelled`, its transaction rolled back | `"cooperate"` |
 ///
 /// Durations are strings in the format of the [`humantime`](https://docs.rs/humantime) crate,
 /// which pq also uses to parse durations at run time: numbers with units, such as `"90s"`,
@@ -136,6 +137,7 @@ use proc_macro::TokenStream;
 ///         retry_in: Duration::new(10, 0),
 ///         backoff: pq::TaskOptions::DEFAULT.backoff,
 ///         timeout: pq::TaskOptions::DEFAULT.timeout,
+///         on_cancel: pq::TaskOptions::DEFAULT.on_cancel,
 ///     };
 ///     fn execute(self, ctx: pq::TaskContext) -> pq::BoxFuture<'static, pq::TaskResult> {
 ///         let eat { kind, count } = self;

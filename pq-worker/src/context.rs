@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use pq_core::{Job, JobId, Pq};
 use sqlx::{PgConnection, PgPool, Postgres};
 
+use crate::cancel::Cancels;
 use crate::execute::Resources;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
@@ -40,6 +41,8 @@ pub struct TaskContext {
     attempt: u32,
     enqueued_at: DateTime<Utc>,
     transaction: JobTransaction,
+    /// Where a request to cancel the job arrives; none outside a worker.
+    cancels: Option<Arc<Cancels>>,
 }
 
 impl TaskContext {
@@ -55,6 +58,7 @@ impl TaskContext {
             attempt: 1,
             enqueued_at: Utc::now(),
             transaction: JobTransaction::default(),
+            cancels: None,
         }
     }
 
@@ -73,6 +77,7 @@ impl TaskContext {
             attempt: job.attempts(),
             enqueued_at: job.enqueued_at(),
             transaction: JobTransaction::default(),
+            cancels: Some(Arc::clone(&resources.cancels)),
         }
     }
 
@@ -100,6 +105,36 @@ impl TaskContext {
     /// When the job was enqueued.
     pub fn enqueued_at(&self) -> DateTime<Utc> {
         self.enqueued_at
+    }
+
+    /// Resolves once someone cancels the job ([`Admin::cancel`](pq_core::Admin::cancel),
+    /// `pq jobs cancel`): the handler should then stop soon. Whatever it returns afterwards, the
+    /// job ends `cancelled`, its transaction rolled back, and it is not retried. The request
+    /// reaches the worker at its next heartbeat, within a third of its lease. Never resolves
+    /// for a context made with [`TaskContext::new`].
+    ///
+    /// ```no_run
+    /// # async fn convert(_: &str) -> anyhow::Result<()> { Ok(()) }
+    /// #[pq::task]
+    /// async fn transcode(ctx: pq::TaskContext, video: String) -> anyhow::Result<()> {
+    ///     tokio::select! {
+    ///         () = ctx.cancelled() => Ok(()), // the job ends `cancelled`
+    ///         done = convert(&video) => done,
+    ///     }
+    /// }
+    /// ```
+    pub async fn cancelled(&self) {
+        match &self.cancels {
+            Some(cancels) => cancels.wait(self.job_id).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether someone cancelled the job: a cheap check for a handler working in steps.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancels
+            .as_ref()
+            .is_some_and(|cancels| cancels.asked(self.job_id))
     }
 
     /// The queue handle, to enqueue follow-up tasks or use its pool.

@@ -10,12 +10,13 @@ use futures_util::FutureExt;
 use pq_core::{Claim, Failed, Failure, Job, Pq};
 use tracing::instrument::{Instrument, Instrumented};
 
+use crate::cancel::Cancels;
 use crate::complete::{give_up, Outcome};
 use crate::context::TaskContext;
 use crate::metrics::{self, TaskMetrics};
 use crate::registry::TaskDefinition;
 use crate::retry::retry_delay;
-use crate::task::{BoxFuture, TaskError, TaskOptions, TaskResult, Then};
+use crate::task::{BoxFuture, OnCancel, TaskError, TaskOptions, TaskResult, Then};
 
 /// What the worker lends a job's run: the application's handle, and the worker's own pool for
 /// the job's transaction.
@@ -24,6 +25,8 @@ pub(crate) struct Resources {
     /// The worker's handle, whose pool has a connection for every job that may run at once.
     pub own: Pq,
     pub keep_completed: bool,
+    /// The requests to cancel this worker's running jobs.
+    pub cancels: Arc<Cancels>,
 }
 
 /// Starts `job`, taken from `queue`, by its task's `definition` (`None`: a task this worker
@@ -153,14 +156,38 @@ impl Running {
             then
         };
         let claim = self.claim;
+        let cancels = &self.resources.cancels;
         let body = AssertUnwindSafe(self.body).catch_unwind();
-        let result = match self.deadline {
-            None => body.await,
-            Some((at, limit)) => match tokio::time::timeout_at(at, body).await {
-                Ok(result) => result,
-                // The body's future is dropped here; its transaction is rolled back below.
-                Err(_) => Ok(Err(pq_core_timeout(limit))),
+        let limited = async {
+            match self.deadline {
+                None => body.await,
+                Some((at, limit)) => match tokio::time::timeout_at(at, body).await {
+                    Ok(result) => result,
+                    // The body's future is dropped here; its transaction is rolled back below.
+                    Err(_) => Ok(Err(pq_core_timeout(limit))),
+                },
+            }
+        };
+        let result = match self.options.on_cancel {
+            OnCancel::Cooperate => Some(limited.await),
+            OnCancel::Abort => tokio::select! {
+                result = limited => Some(result),
+                () = cancels.wait(claim.id) => None,
             },
+        };
+        // Cancelled: whatever the run made of it, the job ends so, and nothing it wrote in its
+        // transaction stays.
+        let Some(result) = result.filter(|_| !cancels.asked(claim.id)) else {
+            drop(self.ctx.take_transaction().await);
+            tracing::info!("pq: job cancelled while it ran");
+            let outcome = Outcome::Failed(Failed {
+                claim,
+                error: "cancelled while it ran".into(),
+                then: Failure::Cancel,
+            });
+            self.metrics
+                .finished(metric(&outcome), self.started.elapsed());
+            return outcome;
         };
         let result = match result {
             Ok(result) => result,

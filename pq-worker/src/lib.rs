@@ -3,6 +3,7 @@
 //!
 //! Use it through the `pq` crate, which re-exports everything here.
 
+mod cancel;
 mod complete;
 mod context;
 mod execute;
@@ -20,7 +21,8 @@ pub mod private;
 pub use context::TaskContext;
 pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition};
 pub use task::{
-    Backoff, BoxFuture, IntoTaskResult, Task, TaskCall, TaskError, TaskOptions, TaskResult,
+    Backoff, BoxFuture, IntoTaskResult, OnCancel, Task, TaskCall, TaskError, TaskOptions,
+    TaskResult,
 };
 pub use worker::{Worker, WorkerError, RECORDING};
 

@@ -188,6 +188,18 @@ pub struct TaskOptions {
     /// How long one run may take (default: no limit): a run still going then is stopped (its
     /// future dropped, its transaction rolled back) and fails, retried as any failure is.
     pub timeout: Option<Duration>,
+    /// What a cancelled run does (default [`OnCancel::Cooperate`]).
+    pub on_cancel: OnCancel,
+}
+
+/// How a run learns that its job was cancelled ([`TaskContext::cancelled`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCancel {
+    /// The handler is told, through its context, and stops when it chooses.
+    Cooperate,
+    /// The worker drops the run's future at once: for handlers that hold nothing an abrupt stop
+    /// could leave half-done outside their transaction.
+    Abort,
 }
 
 impl TaskOptions {
@@ -200,6 +212,7 @@ impl TaskOptions {
         retry_in: Duration::from_secs(30),
         backoff: Backoff::Fixed,
         timeout: None,
+        on_cancel: OnCancel::Cooperate,
     };
 }
 

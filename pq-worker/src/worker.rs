@@ -229,6 +229,7 @@ impl Worker {
                 pq: self.pq,
                 own: own.clone(),
                 keep_completed: self.settings.keep_completed,
+                cancels: Arc::default(),
             }),
             worker,
             registry: Arc::new(registry),
@@ -397,6 +398,7 @@ impl Run {
             self.worker,
             info,
             self.settings.max_rescues,
+            Arc::clone(&self.resources.cancels),
         ));
         let progress = Arc::new(Notify::new());
         let (outcomes, received) = mpsc::unbounded_channel();

@@ -5,6 +5,7 @@
 mod admin;
 mod cancellation;
 mod connections;
+mod control;
 mod faults;
 mod fencing;
 mod idle;

@@ -225,6 +225,7 @@ fn the_registry_lists_every_task_with_its_options_and_location() {
             retry_in: Duration::from_secs(10),
             backoff: Backoff::Exponential,
             timeout: Some(Duration::from_secs(300)),
+            on_cancel: pq::OnCancel::Cooperate,
         }
     );
     assert!(

@@ -18,6 +18,10 @@
 --
 -- `worker` must be registered (`<table>_workers`, see `register` in pq-core/src/sql.rs).
 --
+-- A paused queue (`<table>_queues`) gives nothing. The claim reads it in a snapshot taken after
+-- its worker's lock, so that `pause`, which waits for every worker's lock, returns only once no
+-- claim can take a job of the queue (`pause` in pq-core/src/admin.rs).
+--
 -- The update finds the locked rows by `ctid = ANY (array)`: one TID scan of them all, in the
 -- table's order. Joined on `ctid` instead (a TID scan per row), claims took two thirds longer
 -- as soon as two ran at once (BENCHMARKS.md, #65).
@@ -65,9 +69,13 @@ BEGIN
         RETURN;
     END IF;
     RETURN QUERY
-    WITH next AS MATERIALIZED (
+    WITH open AS MATERIALIZED (
+        SELECT * FROM unnest(queues, after_expected, after_ready, after_id) AS q(name, e, r, i)
+        WHERE NOT EXISTS (SELECT FROM {{qualified:queues}} AS s
+            WHERE s.q_name = q.name AND s.paused_at IS NOT NULL)),
+    next AS MATERIALIZED (
         SELECT found.place
-        FROM unnest(queues, after_expected, after_ready, after_id) AS q(name, e, r, i)
+        FROM open AS q
         CROSS JOIN LATERAL (
             SELECT * FROM (SELECT j.ctid AS place FROM {{table}} AS j
              WHERE j.q_name = q.name AND j.state = 'queued'

@@ -1,0 +1,233 @@
+//! Control over running work: cancelling a job while it runs, cooperatively or by aborting it,
+//! and pausing a queue.
+
+use std::time::Duration;
+
+use pq::{JobState, Pq, TaskContext, Worker};
+
+use crate::support::{database_url, eventually, record_run, runs_of, Running, TestDb};
+
+/// Writes in its transaction, then waits to be cancelled.
+#[pq::task(queue = "control", max_retries = 3, retry_in = "0s")]
+async fn until_cancelled(ctx: TaskContext, effects: String) -> anyhow::Result<()> {
+    record_run(&ctx);
+    let mut tx = ctx.transaction().await?;
+    sqlx::query(&format!("INSERT INTO {effects} (job) VALUES ($1)"))
+        .bind(ctx.job_id().0)
+        .execute(&mut *tx)
+        .await?;
+    drop(tx);
+    assert!(!ctx.is_cancelled());
+    ctx.cancelled().await;
+    assert!(ctx.is_cancelled());
+    Ok(()) // it ends cancelled all the same
+}
+
+/// Writes in its transaction, then sleeps, deaf to cancellation.
+#[pq::task(
+    queue = "control",
+    max_retries = 3,
+    retry_in = "0s",
+    on_cancel = "abort"
+)]
+async fn sleep_through(ctx: TaskContext, effects: String) -> anyhow::Result<()> {
+    record_run(&ctx);
+    let mut tx = ctx.transaction().await?;
+    sqlx::query(&format!("INSERT INTO {effects} (job) VALUES ($1)"))
+        .bind(ctx.job_id().0)
+        .execute(&mut *tx)
+        .await?;
+    drop(tx);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    Ok(())
+}
+
+#[pq::task(queue = "control")]
+async fn quick(ctx: TaskContext) {
+    record_run(&ctx);
+}
+
+async fn effects_table(db: &TestDb) -> String {
+    let effects = format!("\"{}\".effects", db.schema);
+    sqlx::raw_sql(&format!("CREATE TABLE {effects} (job bigint)"))
+        .execute(db.pq.pool())
+        .await
+        .unwrap();
+    effects
+}
+
+async fn written(pq: &Pq, effects: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM {effects}"))
+        .fetch_one(pq.pool())
+        .await
+        .unwrap()
+}
+
+/// A worker of one slot whose heartbeat comes every half second, on a handle of its own named
+/// `name` in `pg_stat_activity`.
+async fn worker(db: &TestDb, name: &str) -> Running {
+    let pq = db
+        .handle_at(&format!("{}?application_name={name}", database_url()))
+        .await;
+    Running::start(
+        Worker::new(pq)
+            .queues(["control"])
+            .concurrency(1)
+            .lease(Duration::from_millis(1500))
+            .poll_interval(Duration::from_millis(100)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_is_told_ends_cancelled_and_keeps_none_of_its_writes() {
+    let db = TestDb::new().await;
+    let effects = effects_table(&db).await;
+    let name = format!("control-{}", std::process::id());
+    let worker = worker(&db, &name).await;
+    let id = until_cancelled(effects.clone())
+        .enqueue(&db.pq)
+        .await
+        .unwrap();
+    eventually(|| async { db.state_of(id).await.as_deref() == Some("running") }).await;
+    // The request does not need the worker's notifications: its LISTEN connection is gone.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name = $1 AND query ILIKE 'LISTEN%'",
+    )
+    .bind(&name)
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+
+    assert!(db.pq.admin().cancel(id).await.unwrap());
+    eventually(|| async { db.state_of(id).await.as_deref() == Some("cancelled") }).await;
+
+    let job = db.pq.admin().job(id).await.unwrap().unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Cancelled, 1));
+    assert_eq!(job.last_error.as_deref(), Some("cancelled while it ran"));
+    assert!(job.finished_at.is_some());
+    assert_eq!(
+        written(&db.pq, &effects).await,
+        0,
+        "its transaction rolled back"
+    );
+    assert_eq!(runs_of(&db.pq, id), 1, "not retried (max_retries = 3)");
+    assert!(
+        !db.pq.admin().cancel(id).await.unwrap(),
+        "a cancelled job cannot be cancelled again"
+    );
+    worker.stop().await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_aborting_run_is_stopped_at_once_and_frees_its_slot() {
+    let db = TestDb::new().await;
+    let effects = effects_table(&db).await;
+    let worker = worker(&db, "control-abort").await;
+    let id = sleep_through(effects.clone())
+        .enqueue(&db.pq)
+        .await
+        .unwrap();
+    eventually(|| async { db.state_of(id).await.as_deref() == Some("running") }).await;
+    let next = quick().enqueue(&db.pq).await.unwrap();
+
+    assert!(db.pq.admin().cancel(id).await.unwrap());
+    eventually(|| async { db.state_of(id).await.as_deref() == Some("cancelled") }).await;
+    // The worker's one slot was the sleeping run's: it is free once that run was dropped.
+    eventually(|| async { db.state_of(next).await.is_none() }).await;
+
+    assert_eq!(
+        written(&db.pq, &effects).await,
+        0,
+        "its transaction rolled back"
+    );
+    assert_eq!((runs_of(&db.pq, id), runs_of(&db.pq, next)), (1, 1));
+    worker.stop().await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_a_job_that_ended_or_never_was_changes_nothing() {
+    let db = TestDb::new().await;
+    let admin = db.pq.admin();
+    let done = quick().enqueue(&db.pq).await.unwrap();
+    crate::support::burst(Worker::new(db.pq.clone()).keep_completed(true), "control").await;
+
+    assert!(!admin.cancel(done).await.unwrap());
+    assert!(!admin.cancel(pq::JobId(i64::MAX)).await.unwrap());
+    assert_eq!(db.state_of(done).await.as_deref(), Some("done"));
+}
+
+#[pq::task(queue = "pausable")]
+async fn tick(ctx: TaskContext) {
+    record_run(&ctx);
+}
+
+async fn queued(pq: &Pq) -> i64 {
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {} WHERE state = 'queued'",
+        pq.table()
+    ))
+    .fetch_one(pq.pool())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_pause_returns_no_worker_takes_a_job_of_the_queue_until_it_resumes() {
+    let db = TestDb::new().await;
+    sqlx::query(&format!(
+        "INSERT INTO {} (q_name, task, data) \
+         SELECT 'pausable', 'it::control::tick', '{{}}' FROM generate_series(1, 10000)",
+        db.pq.table()
+    ))
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+    // Three workers claiming as fast as they can, small claims back to back: a pause that did
+    // not wait for the claims under way would see one of them commit after it returned.
+    let workers: Vec<Running> = (0..3)
+        .map(|_| {
+            Running::start(
+                Worker::new(db.pq.clone())
+                    .queues(["pausable"])
+                    .concurrency(2),
+            )
+        })
+        .collect();
+    // Each round is a chance for a claim to be under way as the pause commits.
+    for round in 0..5 {
+        let before = queued(&db.pq).await;
+        eventually(|| async { queued(&db.pq).await < before - 100 }).await;
+        assert!(db.pq.admin().pause("pausable").await.unwrap());
+        let left = queued(&db.pq).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            queued(&db.pq).await,
+            left,
+            "round {round}: a job was taken after the pause"
+        );
+        assert!(db.pq.admin().stats().await.unwrap()[0].paused);
+        assert!(db.pq.admin().resume("pausable").await.unwrap());
+    }
+    // Puts go on while paused.
+    db.pq.admin().pause("pausable").await.unwrap();
+    let left = queued(&db.pq).await;
+    tick().enqueue(&db.pq).await.unwrap();
+    assert_eq!(queued(&db.pq).await, left + 1);
+    assert!(db.pq.admin().resume("pausable").await.unwrap());
+    eventually(|| async { queued(&db.pq).await == 0 }).await;
+    for worker in workers {
+        worker.stop().await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn pausing_a_queue_with_a_name_no_queue_may_have_is_an_error() {
+    let db = TestDb::new().await;
+    let error = db.pq.admin().pause("").await.unwrap_err();
+    assert!(
+        matches!(error, pq::Error::InvalidQueueName { .. }),
+        "{error}"
+    );
+    assert!(!db.pq.admin().resume("never-paused").await.unwrap());
+}
