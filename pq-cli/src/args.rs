@@ -170,10 +170,26 @@ pub(crate) enum Jobs {
 
     /// Cancel jobs that have not ended: they stay in the table, cancelled, and never run again.
     /// A running job is stopped by its worker at its next heartbeat, its transaction rolled back.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all"])))]
     Cancel {
         /// The jobs' ids.
-        #[arg(required = true)]
+        #[arg(conflicts_with = "all")]
         ids: Vec<i64>,
+
+        /// Every job matching --queue, --task and --state that has not ended, in batches.
+        #[arg(long)]
+        all: bool,
+
+        #[command(flatten)]
+        filter: Filter,
+
+        /// Only jobs in this state (with --all): ready, scheduled or running.
+        #[arg(long, requires = "all")]
+        state: Option<JobState>,
+
+        /// How many jobs each statement cancels (with --all).
+        #[arg(long, default_value_t = pq_core::DEFAULT_BATCH_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
+        batch_size: u32,
     },
 
     /// Delete jobs that are not running.

@@ -57,7 +57,16 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
                 batch_size,
             } if list.is_empty() => retry_all(cli, &admin, filter, *batch_size, out).await,
             Jobs::Retry { ids: list, .. } => act(cli, &admin, Action::Retry, &ids(list), out).await,
-            Jobs::Cancel { ids: list } => act(cli, &admin, Action::Cancel, &ids(list), out).await,
+            Jobs::Cancel {
+                ids: list,
+                all: true,
+                filter,
+                state,
+                batch_size,
+            } if list.is_empty() => cancel_all(cli, &admin, filter, *state, *batch_size, out).await,
+            Jobs::Cancel { ids: list, .. } => {
+                act(cli, &admin, Action::Cancel, &ids(list), out).await
+            }
             Jobs::Delete { ids: list } => act(cli, &admin, Action::Delete, &ids(list), out).await,
         },
         Command::Prune {
@@ -491,6 +500,41 @@ async fn retry_all(
         return output::json(out, &json!({"count": total}));
     }
     writeln!(out, "retried {total} failed jobs")?;
+    Ok(())
+}
+
+async fn cancel_all(
+    cli: &Cli,
+    admin: &Admin,
+    filter: &Filter,
+    state: Option<JobState>,
+    batch_size: u32,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let filter = filter.to_job_filter(state);
+    let mut progress = Progress::new("cancelled");
+    let mut total = 0;
+    let mut after = None;
+    loop {
+        let batch = admin
+            .cancel_batch(&filter, after, batch_size)
+            .await
+            .with_context(|| format!("stopped after cancelling {total} jobs"))?;
+        total += batch.count;
+        match batch.last {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+        progress.update(total);
+    }
+    progress.finish();
+    if cli.json {
+        return output::json(out, &json!({"count": total}));
+    }
+    writeln!(
+        out,
+        "cancelled {total} jobs (running ones stop at their worker's next heartbeat)"
+    )?;
     Ok(())
 }
 

@@ -548,6 +548,77 @@ async fn jobs_cancel_stops_queued_jobs_asks_the_worker_of_running_ones_and_refus
 }
 
 #[tokio::test]
+async fn jobs_cancel_all_cancels_every_matching_job_that_has_not_ended() {
+    let db = Db::new().await;
+    let mut mail = Vec::new();
+    for n in 0..3 {
+        mail.push(db.pq.queue("mail").put(&n).await.unwrap());
+    }
+    let scheduled = db.pq.queue("mail").put(&3).schedule_at("1h").await.unwrap();
+    let running = db.pq.queue("mail").put(&4).await.unwrap();
+    // The claim takes the oldest ready job of mail first: make `running` the only one.
+    sqlx::query(&format!(
+        "UPDATE {} SET schedule_at = now() + interval '1 day' WHERE id = ANY($1)",
+        db.pq.table()
+    ))
+    .bind(mail.iter().map(|id| id.0).collect::<Vec<_>>())
+    .execute(db.pq.pool())
+    .await
+    .unwrap();
+    db.claim("mail", running).await;
+    let failed = db.failed_job("mail", "boom").await;
+    let sms = db.pq.queue("sms").put(&5).await.unwrap();
+
+    let only_scheduled = db
+        .pq(&[
+            "jobs",
+            "cancel",
+            "--all",
+            "--queue",
+            "mail",
+            "--state",
+            "scheduled",
+            "--json",
+        ])
+        .json();
+    assert_eq!(
+        only_scheduled,
+        json!({"count": 4}),
+        "the three tomorrow and the one in an hour"
+    );
+    let rest = db
+        .pq(&[
+            "jobs",
+            "cancel",
+            "--all",
+            "--queue",
+            "mail",
+            "--batch-size",
+            "1",
+        ])
+        .ok();
+
+    assert_eq!(
+        rest,
+        "cancelled 1 jobs (running ones stop at their worker's next heartbeat)\n"
+    );
+    assert_eq!(db.state(scheduled).await, Some(JobState::Cancelled));
+    assert_eq!(
+        db.state(running).await,
+        Some(JobState::Running),
+        "asked of its worker"
+    );
+    assert_eq!(
+        db.state(failed).await,
+        Some(JobState::Failed),
+        "it had ended"
+    );
+    assert_eq!(db.state(sms).await, Some(JobState::Ready), "another queue");
+    let err = db.pq(&["jobs", "cancel", "--state", "running"]).fails();
+    assert!(err.contains("--all"), "{err}");
+}
+
+#[tokio::test]
 async fn jobs_delete_removes_jobs_but_not_running_ones() {
     let db = Db::new().await;
     let running = db.pq.queue("mail").put(&1).await.unwrap();

@@ -382,6 +382,7 @@ struct Statements {
     retry_one: String,
     retry_batch: String,
     cancel: String,
+    cancel_batch: (String, String),
     pause: String,
     hold_claims: String,
     resume: String,
@@ -494,6 +495,32 @@ impl Statements {
                    RETURNING j.id) \
                  SELECT id FROM queued UNION ALL SELECT id FROM asked",
                 workers = table.qualified_derived("workers"),
+            ),
+            // The jobs not ended, in id order; the filters go between the two parts. Queued
+            // ones are cancelled (unless claimed meanwhile), running ones asked of their workers.
+            cancel_batch: (
+                format!(
+                    "WITH batch AS (SELECT id, state, worker_id FROM {t} \
+                       WHERE state IN ('queued', 'running') AND id > "
+                ),
+                format!(
+                    "), \
+                     queued AS ( \
+                       UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp() \
+                       FROM batch WHERE j.id = batch.id AND batch.state = 'queued' \
+                         AND j.state = 'queued' RETURNING j.id), \
+                     asked AS ( \
+                       UPDATE {workers} AS w SET cancel = ARRAY( \
+                         SELECT DISTINCT c FROM unnest(COALESCE(w.cancel, '{{}}') || r.ids) AS c \
+                         ORDER BY c) \
+                       FROM (SELECT worker_id, array_agg(id) AS ids FROM batch \
+                         WHERE state = 'running' GROUP BY worker_id) AS r \
+                       WHERE w.id = r.worker_id RETURNING cardinality(r.ids) AS n) \
+                     SELECT ((SELECT count(*) FROM queued) \
+                       + COALESCE((SELECT sum(n) FROM asked), 0))::int8, \
+                       (SELECT max(id) FROM batch)",
+                    workers = table.qualified_derived("workers"),
+                ),
             ),
             pause: format!(
                 "INSERT INTO {queues} AS s (q_name, paused_at) VALUES ($1, statement_timestamp()) \
@@ -782,6 +809,73 @@ impl Admin {
     pub async fn cancel(&self, id: JobId) -> Result<bool> {
         self.one_job("cancelling a job", |sql| &sql.cancel, id)
             .await
+    }
+
+    /// Cancels, like [`cancel`](Admin::cancel), up to `limit` jobs matching `filter` that have
+    /// not ended, with ids above `after`: `count` says how many were cancelled or asked of
+    /// their workers. A filter on a state that has ended matches nothing. Call it again from
+    /// the returned [`Batch::last`] until that is `None`, or use
+    /// [`cancel_matching`](Admin::cancel_matching).
+    pub async fn cancel_batch(
+        &self,
+        filter: &JobFilter,
+        after: Option<JobId>,
+        limit: u32,
+    ) -> Result<Batch> {
+        filter.check()?;
+        if filter.state.is_some_and(|state| {
+            !matches!(
+                state,
+                JobState::Ready | JobState::Scheduled | JobState::Running
+            )
+        }) {
+            return Ok(Batch {
+                count: 0,
+                last: None,
+            });
+        }
+        let sql = self.sql().await?;
+        let (head, tail) = &sql.cancel_batch;
+        let mut query = QueryBuilder::<Postgres>::new(head);
+        query.push_bind(after.map_or(0, |id| id.0));
+        filter.push_conditions(&mut query);
+        query
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit))
+            .push(tail);
+        let row = self
+            .pq
+            .with_connection("cancelling jobs", async |connection| {
+                Ok(query.build().fetch_one(connection).await?)
+            })
+            .await?;
+        let count: i64 = row.try_get(0)?;
+        let last: Option<i64> = row.try_get(1)?;
+        Ok(Batch {
+            count: u64::try_from(count).unwrap_or(0),
+            last: last.map(JobId),
+        })
+    }
+
+    /// Cancels every job matching `filter` that has not ended, in batches of
+    /// [`DEFAULT_BATCH_SIZE`]; returns how many were cancelled or asked of their workers.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// let stopped = pq.admin().cancel_matching(&pq::JobFilter::new().queue("mail")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn cancel_matching(&self, filter: &JobFilter) -> Result<u64> {
+        let mut total = 0;
+        let mut after = None;
+        loop {
+            let batch = self.cancel_batch(filter, after, DEFAULT_BATCH_SIZE).await?;
+            total += batch.count;
+            match batch.last {
+                Some(last) => after = Some(last),
+                None => return Ok(total),
+            }
+        }
     }
 
     /// Pauses `queue`: once this returns, no worker takes a job of it, until

@@ -231,3 +231,26 @@ async fn pausing_a_queue_with_a_name_no_queue_may_have_is_an_error() {
     );
     assert!(!db.pq.admin().resume("never-paused").await.unwrap());
 }
+
+#[tokio::test]
+async fn a_dead_worker_shows_as_not_alive_then_ages_out_of_the_list() {
+    let db = TestDb::new().await;
+    let lapsed = crate::support::Claimer::new(&db.pq, &["control"]).await;
+    let dead = crate::support::Claimer::new(&db.pq, &["control"]).await;
+    let workers = crate::support::derived(&db.pq, "workers");
+    for (worker, ago) in [(lapsed.worker, "1 minute"), (dead.worker, "2 hours")] {
+        sqlx::query(&format!(
+            "UPDATE {workers} SET expires_at = now() - interval '{ago}' WHERE id = $1"
+        ))
+        .bind(worker.0)
+        .execute(db.pq.pool())
+        .await
+        .unwrap();
+    }
+
+    db.pq.rescue(100, 3).await.unwrap(); // what every live worker runs every half lease
+
+    let listed = db.pq.admin().workers().await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0].id, listed[0].alive), (lapsed.worker, false));
+}
