@@ -511,6 +511,9 @@ async fn cancel_all(
     batch_size: u32,
     out: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
+    if let Some(state @ (JobState::Done | JobState::Failed | JobState::Cancelled)) = state {
+        bail!("jobs that are {state} have ended: only ready, scheduled or running jobs can be cancelled");
+    }
     let filter = filter.to_job_filter(state);
     let mut progress = Progress::new("cancelled");
     let mut total = 0;

@@ -616,6 +616,10 @@ async fn jobs_cancel_all_cancels_every_matching_job_that_has_not_ended() {
     assert_eq!(db.state(sms).await, Some(JobState::Ready), "another queue");
     let err = db.pq(&["jobs", "cancel", "--state", "running"]).fails();
     assert!(err.contains("--all"), "{err}");
+    let err = db
+        .pq(&["jobs", "cancel", "--all", "--state", "failed"])
+        .fails();
+    assert!(err.contains("have ended"), "{err}");
 }
 
 #[tokio::test]

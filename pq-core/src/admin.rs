@@ -481,34 +481,37 @@ impl Statements {
             retry_one,
             retry_batch,
             // A queued job is cancelled at once; a running one by asking its worker, whose
-            // heartbeat reads the request (see `heartbeat` in sql.rs).
+            // heartbeat reads the request (see `heartbeat` in sql.rs). The row is locked first,
+            // so that a claim under way is waited for and its job asked of its new worker.
             cancel: format!(
-                "WITH queued AS ( \
-                   UPDATE {t} SET state = 'cancelled', finished_at = statement_timestamp() \
-                   WHERE id = $1 AND state = 'queued' RETURNING id), \
+                "WITH job AS ( \
+                   SELECT id, state, worker_id FROM {t} \
+                   WHERE id = $1 AND state IN ('queued', 'running') FOR NO KEY UPDATE), \
+                 queued AS ( \
+                   UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp() \
+                   FROM job WHERE j.id = job.id AND job.state = 'queued' RETURNING j.id), \
                  asked AS ( \
                    UPDATE {workers} AS w SET cancel = CASE \
-                     WHEN j.id = ANY (COALESCE(w.cancel, '{{}}')) THEN w.cancel \
-                     ELSE array_append(COALESCE(w.cancel, '{{}}'), j.id) END \
-                   FROM {t} AS j \
-                   WHERE j.id = $1 AND j.state = 'running' AND w.id = j.worker_id \
-                   RETURNING j.id) \
+                     WHEN job.id = ANY (COALESCE(w.cancel, '{{}}')) THEN w.cancel \
+                     ELSE array_append(COALESCE(w.cancel, '{{}}'), job.id) END \
+                   FROM job WHERE job.state = 'running' AND w.id = job.worker_id \
+                   RETURNING job.id) \
                  SELECT id FROM queued UNION ALL SELECT id FROM asked",
                 workers = table.qualified_derived("workers"),
             ),
-            // The jobs not ended, in id order; the filters go between the two parts. Queued
-            // ones are cancelled (unless claimed meanwhile), running ones asked of their workers.
+            // The jobs not ended, in id order, locked as `cancel` locks its one; the filters go
+            // between the two parts. Queued ones are cancelled, running ones asked of their
+            // workers.
             cancel_batch: (
                 format!(
                     "WITH batch AS (SELECT id, state, worker_id FROM {t} \
                        WHERE state IN ('queued', 'running') AND id > "
                 ),
                 format!(
-                    "), \
+                    " FOR NO KEY UPDATE), \
                      queued AS ( \
                        UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp() \
-                       FROM batch WHERE j.id = batch.id AND batch.state = 'queued' \
-                         AND j.state = 'queued' RETURNING j.id), \
+                       FROM batch WHERE j.id = batch.id AND batch.state = 'queued' RETURNING j.id), \
                      asked AS ( \
                        UPDATE {workers} AS w SET cancel = ARRAY( \
                          SELECT DISTINCT c FROM unnest(COALESCE(w.cancel, '{{}}') || r.ids) AS c \

@@ -449,7 +449,7 @@ impl Pq {
             Failure::GiveUp | Failure::Cancel => 0,
         });
         let sql = self.statements().await?;
-        self.with_connection("recording failures", async |connection| {
+        let record = async |connection: &mut sqlx::PgConnection| -> Result<Vec<JobId>> {
             let mut touched = Vec::new();
             if !failed.is_empty() {
                 touched.extend(ids(sqlx::query_scalar(&sql.fail)
@@ -480,6 +480,18 @@ impl Pq {
                     .fetch_one(&mut *connection)
                     .await?));
             }
+            Ok(touched)
+        };
+        let kinds = [&failed, &snoozed, &cancelled];
+        let several = kinds.iter().filter(|kind| !kind.is_empty()).count() > 1;
+        self.with_connection("recording failures", async |connection| {
+            if !several {
+                return record(connection).await;
+            }
+            // All or none, so that a retry of the whole after an error repeats nothing.
+            let mut tx = sqlx::Connection::begin(connection).await?;
+            let touched = record(&mut tx).await?;
+            tx.commit().await?;
             Ok(touched)
         })
         .await

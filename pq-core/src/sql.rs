@@ -406,15 +406,15 @@ impl Statements {
         // lease had run out before it (its jobs may have been rescued), or whether its row was
         // gone altogether (reaped long after its lease ran out).
         //
-        // It also answers the requests to cancel this worker's jobs, keeping those of its jobs
-        // still running: a request lasts until its job ends, so a reply lost on the way costs
-        // only a heartbeat.
+        // It also answers the requests to cancel this worker's jobs, keeping each until its job
+        // has ended: a reply lost on the way costs only a heartbeat. (Its snapshot may predate
+        // the claim of a job asked since, so "running on this worker" would drop that one.)
         let heartbeat = format!(
             "WITH before AS (SELECT expires_at FROM {workers} WHERE id = $1 FOR UPDATE) \
              UPDATE {workers} AS w SET seen_at = statement_timestamp(), expires_at = {lease}, \
                cancel = CASE WHEN w.cancel IS NOT NULL THEN NULLIF(ARRAY( \
-                 SELECT j.id FROM {t} AS j WHERE j.id = ANY (w.cancel) AND j.worker_id = w.id \
-                   AND COALESCE(j.state = 'running', false) ORDER BY j.id), '{{}}') END \
+                 SELECT j.id FROM {t} AS j WHERE j.id = ANY (w.cancel) \
+                   AND COALESCE(j.state IN ('queued', 'running'), false) ORDER BY j.id), '{{}}') END \
              FROM before WHERE w.id = $1 \
              RETURNING before.expires_at < statement_timestamp() AS lapsed, \
                COALESCE(w.cancel, '{{}}') AS cancel"
@@ -429,14 +429,17 @@ impl Statements {
         // worker's row is gone (and, for a job claimed by a pq before migration 10, once its
         // own lease ran out). A run lost with its worker does not count against the task's
         // retries, but against its own budget ($2), so that a job that kills its worker each
-        // time still ends: past it, the job fails for good. Returns each job's queue and
-        // whether it was queued again, to wake their consumers.
+        // time still ends: past it, the job fails for good. A job someone asked its worker to
+        // cancel ends cancelled instead. Returns each job's queue and whether it was queued
+        // again, to wake their consumers.
         let lost_with_worker = "jsonb_build_array(jsonb_build_object('attempt', j.attempts, \
              'error', CASE WHEN COALESCE(j.rescues, 0) < $2 THEN $3::text ELSE $4::text END, \
              'at', statement_timestamp()))";
         let rescue = format!(
             "WITH lost AS ( \
-               SELECT j.id FROM {t} AS j \
+               SELECT j.id, EXISTS (SELECT FROM {workers} AS w \
+                   WHERE w.id = j.worker_id AND j.id = ANY (w.cancel)) AS cancelled \
+               FROM {t} AS j \
                WHERE j.state = 'running' \
                  AND NOT EXISTS (SELECT FROM {workers} AS w \
                    WHERE w.id = j.worker_id AND w.expires_at >= statement_timestamp()) \
@@ -444,10 +447,12 @@ impl Statements {
                    OR j.locked_until < statement_timestamp()) \
                ORDER BY j.id LIMIT $1 FOR UPDATE OF j SKIP LOCKED) \
              UPDATE {t} AS j SET \
-               state = CASE WHEN COALESCE(j.rescues, 0) < $2 THEN 'queued' ELSE 'failed' END, \
-               finished_at = CASE WHEN COALESCE(j.rescues, 0) < $2 THEN NULL \
-                 ELSE statement_timestamp() END, \
-               last_error = CASE WHEN COALESCE(j.rescues, 0) < $2 THEN $3 ELSE $4 END, \
+               state = CASE WHEN lost.cancelled THEN 'cancelled' \
+                 WHEN COALESCE(j.rescues, 0) < $2 THEN 'queued' ELSE 'failed' END, \
+               finished_at = CASE WHEN COALESCE(j.rescues, 0) < $2 AND NOT lost.cancelled \
+                 THEN NULL ELSE statement_timestamp() END, \
+               last_error = CASE WHEN lost.cancelled THEN 'cancelled while it ran' \
+                 WHEN COALESCE(j.rescues, 0) < $2 THEN $3 ELSE $4 END, \
                errors = COALESCE(j.errors, '[]'::jsonb) || {lost_with_worker}, \
                rescues = COALESCE(j.rescues, 0) + 1, worker_id = NULL, locked_until = NULL \
              FROM lost WHERE j.id = lost.id \

@@ -8,14 +8,21 @@ use foldhash::HashSet;
 use pq_core::JobId;
 use tokio::sync::Notify;
 
-/// Which running jobs of this worker someone asked to cancel. Every heartbeat replaces the
-/// whole set: a request stays in the table until its job ends.
+/// Which running jobs of this worker someone asked to cancel, and which of their runs saw it.
+/// Every heartbeat replaces the requests: one stays in the table until its job ends.
 #[derive(Debug, Default)]
 pub(crate) struct Cancels {
-    asked: Mutex<HashSet<JobId>>,
-    /// Whether `asked` holds any: every run checks it as it ends, most often finding none.
+    asked: Mutex<Asked>,
+    /// Whether any job is asked: every run checks it as it ends, most often finding none.
     any: AtomicBool,
     changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Asked {
+    ids: HashSet<JobId>,
+    /// Those whose run was told (`TaskContext::cancelled` or `is_cancelled`).
+    seen: HashSet<JobId>,
 }
 
 impl Cancels {
@@ -25,30 +32,53 @@ impl Cancels {
             return;
         }
         let any = !ids.is_empty();
-        *self.lock() = ids.into_iter().collect();
+        {
+            let mut asked = self.lock();
+            asked.ids = ids.into_iter().collect();
+            let Asked { ids, seen } = &mut *asked;
+            seen.retain(|id| ids.contains(id));
+        }
         self.any.store(any, Ordering::Release);
         if any {
             self.changed.notify_waiters();
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashSet<JobId>> {
+    fn lock(&self) -> MutexGuard<'_, Asked> {
         self.asked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether someone asked to cancel job `id`.
     pub(crate) fn asked(&self, id: JobId) -> bool {
-        self.any.load(Ordering::Acquire) && self.lock().contains(&id)
+        self.any.load(Ordering::Acquire) && self.lock().ids.contains(&id)
     }
 
-    /// Resolves once someone asked to cancel job `id`.
+    /// Whether someone asked to cancel job `id`, its run now told so.
+    pub(crate) fn tell(&self, id: JobId) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut asked = self.lock();
+        let told = asked.ids.contains(&id);
+        if told {
+            asked.seen.insert(id);
+        }
+        told
+    }
+
+    /// Whether the run of job `id` was told of its cancel.
+    pub(crate) fn told(&self, id: JobId) -> bool {
+        self.any.load(Ordering::Acquire) && self.lock().seen.contains(&id)
+    }
+
+    /// Resolves once someone asked to cancel job `id`, its run then told.
     pub(crate) async fn wait(&self, id: JobId) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             // Registered before the check, so that a request arriving in between still wakes it.
             changed.as_mut().enable();
-            if self.asked(id) {
+            if self.tell(id) {
                 return;
             }
             changed.await;

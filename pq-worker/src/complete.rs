@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use foldhash::HashSet;
 use pq_core::{Claim, Failed, Failure, Pq};
+
+use crate::cancel::Cancels;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
 /// At most this many outcomes are recorded per round.
@@ -105,6 +107,8 @@ pub(crate) struct Completer {
     pub in_flight: InFlight,
     /// Woken after each round, so that a waiting fetcher looks again (a retry may be due).
     pub progress: Arc<Notify>,
+    /// The requests to cancel the worker's jobs.
+    pub cancels: Arc<Cancels>,
 }
 
 impl Completer {
@@ -149,6 +153,12 @@ impl Completer {
                 Outcome::Succeeded(claim) => succeeded.push(*claim),
                 Outcome::Recorded(_) => {}
                 Outcome::Failed(failure) => failed.push(failure.clone()),
+                // Cancelled meanwhile (a run cut short by the shutdown): it must not run again.
+                Outcome::Release(claim) if self.cancels.asked(claim.id) => failed.push(Failed {
+                    claim: *claim,
+                    error: "cancelled while it ran".into(),
+                    then: Failure::Cancel,
+                }),
                 Outcome::Release(claim) => released.push(*claim),
             }
         }

@@ -109,9 +109,11 @@ impl TaskContext {
 
     /// Resolves once someone cancels the job ([`Admin::cancel`](pq_core::Admin::cancel),
     /// `pq jobs cancel`): the handler should then stop soon. Whatever it returns afterwards, the
-    /// job ends `cancelled`, its transaction rolled back, and it is not retried. The request
-    /// reaches the worker at its next heartbeat, within a third of its lease. Never resolves
-    /// for a context made with [`TaskContext::new`].
+    /// job ends `cancelled`, its transaction rolled back, and it is not retried. (A run that
+    /// returns `Ok` without having been told, here or by [`is_cancelled`](Self::is_cancelled),
+    /// completes as it would have.) The request reaches the worker at its next heartbeat,
+    /// within a third of its lease. Never resolves for a context made with
+    /// [`TaskContext::new`].
     ///
     /// ```no_run
     /// # async fn convert(_: &str) -> anyhow::Result<()> { Ok(()) }
@@ -134,7 +136,7 @@ impl TaskContext {
     pub fn is_cancelled(&self) -> bool {
         self.cancels
             .as_ref()
-            .is_some_and(|cancels| cancels.asked(self.job_id))
+            .is_some_and(|cancels| cancels.tell(self.job_id))
     }
 
     /// The queue handle, to enqueue follow-up tasks or use its pool.

@@ -175,9 +175,15 @@ impl Running {
                 () = cancels.wait(claim.id) => None,
             },
         };
-        // Cancelled: whatever the run made of it, the job ends so, and nothing it wrote in its
-        // transaction stays.
-        let Some(result) = result.filter(|_| !cancels.asked(claim.id)) else {
+        // Cancelled: a run dropped for it, told of it, or failing since it was asked ends so,
+        // never retried, and nothing it wrote in its transaction stays. A run that succeeded
+        // without looking ends as it would have.
+        let cancelled = match &result {
+            None => true,
+            Some(Ok(Ok(()))) => cancels.told(claim.id),
+            Some(_) => cancels.asked(claim.id),
+        };
+        let Some(result) = result.filter(|_| !cancelled) else {
             drop(self.ctx.take_transaction().await);
             tracing::info!("pq: job cancelled while it ran");
             let outcome = Outcome::Failed(Failed {

@@ -409,6 +409,7 @@ impl Run {
                 keep_completed: self.settings.keep_completed,
                 in_flight: Arc::clone(&in_flight),
                 progress: Arc::clone(&progress),
+                cancels: Arc::clone(&self.resources.cancels),
             }
             .run(received),
         );
@@ -766,43 +767,51 @@ impl Run {
         }))
         .unwrap_or_else(|_| Arc::new(TaskMetrics::noop()));
         let pending = Pending::new(claim, lease, fetcher.outcomes.clone());
-        // A panic here is the application's recorder's: the pending outcome, dropped with it,
-        // releases the job.
-        let Ok(begun) = panic::catch_unwind(AssertUnwindSafe(|| {
-            execute::begin(&self.resources, definition, job, claim, queue, metrics)
-        })) else {
-            return;
-        };
-        let run = match begun {
-            Ok(run) => run,
-            Err(outcome) => {
+        if !starting.inline {
+            // Its beginning too (decoding its arguments, calling the body) runs in its task,
+            // beside the others, not on the claim's path.
+            let resources = Arc::clone(&self.resources);
+            jobs.spawn(async move {
+                let outcome =
+                    match execute::begin(&resources, definition, job, claim, queue, metrics) {
+                        Ok(run) => run.await,
+                        Err(outcome) => outcome,
+                    };
                 drop(run_slot);
                 pending.finish(outcome);
-                return;
-            }
-        };
-        // Boxed, so that it can move to a task after a first poll.
-        let mut run = Box::pin(run.map(move |outcome| {
-            drop(run_slot);
-            pending.finish(outcome);
-        }));
-        if starting.inline {
-            let started = Instant::now();
-            // A job whose first poll panics here must not stop the claim: its pending outcome,
-            // dropped with it, releases it. The waker is never used: a job still pending is
-            // polled again by its task.
-            let first = panic::catch_unwind(AssertUnwindSafe(|| {
-                run.as_mut().poll(&mut Context::from_waker(Waker::noop()))
-            }));
-            if started.elapsed() >= INLINE_LIMIT {
-                starting.inline = false;
-            }
-            match first {
-                Ok(Poll::Ready(())) | Err(_) => return,
-                Ok(Poll::Pending) => {}
-            }
+            });
+            return;
         }
-        jobs.spawn(run);
+        let started = Instant::now();
+        // A job whose beginning or first poll panics here (the application's recorder, say)
+        // must not stop the claim: its pending outcome, dropped with it, releases it. The
+        // waker is never used: a job still pending is polled again by its task.
+        let first = panic::catch_unwind(AssertUnwindSafe(|| {
+            match execute::begin(&self.resources, definition, job, claim, queue, metrics) {
+                Ok(run) => {
+                    // Boxed, so that it can move to a task after its first poll.
+                    let mut run = Box::pin(run.map(move |outcome| {
+                        drop(run_slot);
+                        pending.finish(outcome);
+                    }));
+                    match run.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                        Poll::Ready(()) => None,
+                        Poll::Pending => Some(run),
+                    }
+                }
+                Err(outcome) => {
+                    drop(run_slot);
+                    pending.finish(outcome);
+                    None
+                }
+            }
+        }));
+        if started.elapsed() >= INLINE_LIMIT {
+            starting.inline = false;
+        }
+        if let Ok(Some(run)) = first {
+            jobs.spawn(run);
+        }
     }
 
     /// Subscribes to every queue, retrying while the database is unreachable.

@@ -254,3 +254,77 @@ async fn a_dead_worker_shows_as_not_alive_then_ages_out_of_the_list() {
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!((listed[0].id, listed[0].alive), (lapsed.worker, false));
 }
+
+/// Sleeps, never looking at its cancellation, then succeeds.
+#[pq::task(queue = "control")]
+async fn sleep_deaf(ctx: TaskContext, millis: u64) {
+    record_run(&ctx);
+    tokio::time::sleep(Duration::from_millis(millis)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_that_succeeds_without_looking_completes_and_one_cut_short_stays_cancelled() {
+    let db = TestDb::new().await;
+    let worker = Running::start(
+        Worker::new(db.pq.clone())
+            .queues(["control"])
+            .concurrency(2)
+            .lease(Duration::from_millis(1500))
+            .grace_period(Duration::from_millis(200))
+            .poll_interval(Duration::from_millis(100)),
+    );
+    let finishes = sleep_deaf(2500).enqueue(&db.pq).await.unwrap();
+    let outlasts = sleep_deaf(600_000).enqueue(&db.pq).await.unwrap();
+    for id in [finishes, outlasts] {
+        eventually(|| async { db.state_of(id).await.as_deref() == Some("running") }).await;
+        assert!(db.pq.admin().cancel(id).await.unwrap());
+    }
+    // It never looked: it ends as it would have.
+    eventually(|| async { db.state_of(finishes).await.is_none() }).await;
+    // Heard of at the worker's heartbeats (every half second); then the shutdown cuts the
+    // other short: asked to cancel, it is not given back to run again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    worker.stop().await.unwrap().unwrap();
+    assert_eq!(db.state_of(outlasts).await.as_deref(), Some("cancelled"));
+    assert_eq!(runs_of(&db.pq, outlasts), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_that_meets_a_claim_under_way_asks_the_claiming_worker() {
+    let db = TestDb::new().await;
+    let id = quick().enqueue(&db.pq).await.unwrap();
+    let claimer = crate::support::Claimer::new(&db.pq, &["control"]).await;
+    // A claim held open: it has the job's row locked, and has not committed.
+    let mut claim = db.pq.pool().begin().await.unwrap();
+    let claimed: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT id FROM {}($1, ARRAY['control'], 1, ARRAY[NULL]::timestamptz[], \
+           ARRAY[NULL]::timestamptz[], ARRAY[NULL]::int8[])",
+        crate::support::derived(&db.pq, "claim")
+    ))
+    .bind(claimer.worker.0)
+    .fetch_all(&mut *claim)
+    .await
+    .unwrap();
+    assert_eq!(claimed, [id.0]);
+    let cancel = tokio::spawn({
+        let pq = db.pq.clone();
+        async move { pq.admin().cancel(id).await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!cancel.is_finished(), "the cancel waits for the claim");
+    claim.commit().await.unwrap();
+
+    assert!(
+        cancel.await.unwrap(),
+        "the job is now running: its worker is asked"
+    );
+    let asked: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT unnest(cancel) FROM {} WHERE id = $1",
+        crate::support::derived(&db.pq, "workers")
+    ))
+    .bind(claimer.worker.0)
+    .fetch_all(db.pq.pool())
+    .await
+    .unwrap();
+    assert_eq!(asked, [id.0]);
+}

@@ -107,6 +107,9 @@ struct Model {
     hands: [Vec<Held>; WORKERS],
     /// Workers whose leases ran out and were not renewed since.
     frozen: [bool; WORKERS],
+    /// The jobs each worker was asked to cancel, as its row lists them: a heartbeat drops
+    /// those that have ended.
+    asked: [std::collections::BTreeSet<JobId>; WORKERS],
     next_run: u64,
 }
 
@@ -296,6 +299,10 @@ async fn check(db: &TestDb, fleet: &mut Fleet, ops: &[Op]) -> Result<(), TestCas
             Op::Renew { worker } => {
                 fleet.renew(worker).await;
                 model.frozen[worker] = false;
+                let jobs = &model.jobs;
+                model.asked[worker].retain(|id| {
+                    matches!(jobs.get(id), Some(Expected::Queued | Expected::Running(_)))
+                });
             }
             Op::Freeze { worker } => {
                 fleet.freeze(worker).await;
@@ -306,7 +313,10 @@ async fn check(db: &TestDb, fleet: &mut Fleet, ops: &[Op]) -> Result<(), TestCas
                 for worker in (0..WORKERS).filter(|&w| model.frozen[w]) {
                     for held in model.live(worker) {
                         let rescues = model.rescues.entry(held.job).or_default();
-                        let next = if *rescues < RESCUE_BUDGET {
+                        // A job its worker was asked to cancel ends so, not queued again.
+                        let next = if model.asked[worker].contains(&held.job) {
+                            Expected::Cancelled
+                        } else if *rescues < RESCUE_BUDGET {
                             Expected::Queued
                         } else {
                             Expected::Failed
@@ -333,8 +343,14 @@ async fn check(db: &TestDb, fleet: &mut Fleet, ops: &[Op]) -> Result<(), TestCas
                 if let Some(id) = model.pick_job(pick) {
                     let queued = model.jobs[&id] == Expected::Queued;
                     // A running job's cancel is a request to its worker, which the model's
-                    // workers never hear (they have no heartbeat): the job stays theirs.
+                    // workers never act on: the job stays theirs, unless it is rescued, which
+                    // ends it cancelled.
                     let running = matches!(model.jobs[&id], Expected::Running(_));
+                    if running {
+                        let holder =
+                            (0..WORKERS).find(|&w| model.live(w).iter().any(|held| held.job == id));
+                        model.asked[holder.expect("a running job has a worker")].insert(id);
+                    }
                     let cancelled = pq.admin().cancel(id).await.unwrap();
                     prop_assert_eq!(
                         cancelled,
