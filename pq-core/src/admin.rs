@@ -807,7 +807,9 @@ impl Admin {
     /// worker, which hears of it at its next heartbeat (within a third of its lease, 10 s by
     /// default): the run is told through `ctx.cancelled()` (its `TaskContext`), or stopped at once for a
     /// task with `on_cancel = "abort"`; either way its transaction is rolled back and it is
-    /// not retried. A run that ends before its worker hears of it ends as it would have.
+    /// not retried. A run that ends before its worker hears of it, or that succeeds without
+    /// looking, ends as it would have; one cut short by its worker's shutdown, or lost with
+    /// its worker, ends cancelled.
     /// `false` if no queued or running job has this id.
     pub async fn cancel(&self, id: JobId) -> Result<bool> {
         self.one_job("cancelling a job", |sql| &sql.cancel, id)

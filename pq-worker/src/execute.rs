@@ -157,23 +157,19 @@ impl Running {
         };
         let claim = self.claim;
         let cancels = &self.resources.cancels;
-        let body = AssertUnwindSafe(self.body).catch_unwind();
-        let limited = async {
-            match self.deadline {
-                None => body.await,
-                Some((at, limit)) => match tokio::time::timeout_at(at, body).await {
-                    Ok(result) => result,
-                    // The body's future is dropped here; its transaction is rolled back below.
-                    Err(_) => Ok(Err(pq_core_timeout(limit))),
-                },
-            }
-        };
+        let body = within(self.body, self.deadline);
         let result = match self.options.on_cancel {
-            OnCancel::Cooperate => Some(limited.await),
-            OnCancel::Abort => tokio::select! {
-                result = limited => Some(result),
-                () = cancels.wait(claim.id) => None,
-            },
+            OnCancel::Cooperate => Some(body.await),
+            // Boxed: what waits for the cancel would make every job's future larger.
+            OnCancel::Abort => {
+                Box::pin(async {
+                    tokio::select! {
+                        result = body => Some(result),
+                        () = cancels.wait(claim.id) => None,
+                    }
+                })
+                .await
+            }
         };
         // Cancelled: a run dropped for it, told of it, or failing since it was asked ends so,
         // never retried, and nothing it wrote in its transaction stays. A run that succeeded
@@ -231,6 +227,22 @@ impl Running {
         self.metrics
             .finished(metric(&outcome), self.started.elapsed());
         outcome
+    }
+}
+
+/// Runs `body`, catching its panic, until its `deadline` (and its limit) if it has one.
+async fn within(
+    body: BoxFuture<'static, TaskResult>,
+    deadline: Option<(tokio::time::Instant, Duration)>,
+) -> std::thread::Result<TaskResult> {
+    let body = AssertUnwindSafe(body).catch_unwind();
+    match deadline {
+        None => body.await,
+        Some((at, limit)) => match tokio::time::timeout_at(at, body).await {
+            Ok(result) => result,
+            // The body's future is dropped here; its transaction is rolled back by the caller.
+            Err(_) => Ok(Err(pq_core_timeout(limit))),
+        },
     }
 }
 

@@ -733,6 +733,7 @@ impl Run {
         let mut starting = Starting {
             metrics: None,
             inline: true,
+            slow: false,
         };
         for job in claimed.jobs {
             let (run, lease) = permits.one();
@@ -806,9 +807,12 @@ impl Run {
                 }
             }
         }));
-        if started.elapsed() >= INLINE_LIMIT {
+        // Twice in a row: once may be the thread's preemption, not the job's work.
+        let slow = started.elapsed() >= INLINE_LIMIT;
+        if slow && starting.slow {
             starting.inline = false;
         }
+        starting.slow = slow;
         if let Ok(Some(run)) = first {
             jobs.spawn(run);
         }
@@ -838,11 +842,13 @@ const UNREGISTERED: &str = "(unregistered)";
 struct Starting {
     /// The queue and task of the job started last, and its metrics.
     metrics: Option<(Arc<str>, &'static str, Arc<TaskMetrics>)>,
-    /// Whether the claim still polls its jobs first. A job that computed for
-    /// [`INLINE_LIMIT`] without waiting (a handler that should use `spawn_blocking`) would
-    /// hold back the jobs after it: those go straight to tasks of their own, which other
-    /// threads run in parallel.
+    /// Whether the claim still begins and polls its jobs itself. Two jobs in a row that took
+    /// [`INLINE_LIMIT`] without waiting (large arguments to decode, a handler that should use
+    /// `spawn_blocking`) would hold back the jobs after them: those go straight to tasks of
+    /// their own, which other threads run in parallel.
     inline: bool,
+    /// Whether the job started last took that long.
+    slow: bool,
 }
 
 impl Starting {
