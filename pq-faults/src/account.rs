@@ -370,14 +370,23 @@ fn explain(
     duplicates: Duplicates,
 ) -> Option<String> {
     let was_interrupted = u32::try_from(earlier.pid).is_ok_and(|pid| interrupted.contains(&pid));
-    if later.attempt <= earlier.attempt {
-        // One attempt ran twice: nothing explains that, unless the attempts started over.
-        return (duplicates == Duplicates::OperatorRetried && was_interrupted).then(|| {
-            "running when their worker was stopped, then retried by an operator".to_owned()
-        });
-    }
     if duplicates == Duplicates::None {
         return None;
+    }
+    if later.attempt <= earlier.attempt {
+        // One attempt ran twice: only an operator's retry starts the count over, and only a
+        // worker that stops gives a job back without counting its attempt (and may have cut
+        // it short just after its effect, or not recorded its end).
+        return match duplicates {
+            Duplicates::OperatorRetried if was_interrupted => Some(
+                "running when their worker was stopped, then retried by an operator".to_owned(),
+            ),
+            _ if was_interrupted && later.attempt == earlier.attempt => Some(
+                "given back by their stopping worker after their effect, attempt uncounted"
+                    .to_owned(),
+            ),
+            _ => None,
+        };
     }
     if was_interrupted {
         return Some("running when their worker was killed or stopped".to_owned());

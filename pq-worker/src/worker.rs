@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::FutureExt;
 use pq_core::{Claim, ClaimQueues, Job, Pq, Subscription, WorkerId, WorkerInfo};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::complete::{give_up, lock, Completer, InFlight, Pending, Recording};
 use crate::execute::{self, Resources};
@@ -192,8 +192,9 @@ impl Worker {
     /// every job it took has finished or been returned to the queue.
     ///
     /// Dropping the future (in a `select!`, a timeout) stops the worker at once: every task it
-    /// started ends with it, and a task of its own returns its unfinished jobs to the queue
-    /// (should that fail, they return when its lease runs out).
+    /// started ends with it, and a task of its own records the outcomes its jobs reached, then
+    /// returns its unfinished jobs to the queue (should that fail, they return when its lease
+    /// runs out).
     pub async fn run(mut self) -> Result<(), WorkerError> {
         let registry = match self.registry {
             Some(registry) => registry,
@@ -236,16 +237,7 @@ impl Worker {
             settings: self.settings,
             metrics: Registered::default(),
         };
-        let in_flight = InFlight::default();
-        // Whatever happens to this future from here, its claims are given back.
-        let cleanup = Cleanup {
-            pq: own,
-            worker,
-            in_flight: Arc::clone(&in_flight),
-            armed: true,
-        };
-        run.run(claim_queues, info, in_flight, &mut stop).await;
-        cleanup.disarm();
+        run.run(claim_queues, info, &mut stop).await;
         Ok(())
     }
 }
@@ -306,16 +298,37 @@ async fn warn_of_connection_budget(pq: &Pq, info: &WorkerInfo) {
 }
 
 /// Gives back a worker's unfinished jobs and its registration when its `run` future is dropped:
-/// a task of its own, bounded by the statement timeout, since a drop cannot wait.
+/// a task of its own, bounded by the flush timeout, since a drop cannot wait. It lets the
+/// completer record what the jobs decided first: a job that finished, released instead, would
+/// run again.
 struct Cleanup {
     pq: Pq,
     worker: WorkerId,
     in_flight: InFlight,
+    /// Until the worker, stopping, waits for it itself.
+    completer: Option<JoinHandle<()>>,
     armed: bool,
 }
 
 impl Cleanup {
+    /// Waits for the completer to record every outcome, until `deadline`: false if it could
+    /// not, and it is then stopped.
+    async fn flush(&mut self, deadline: tokio::time::Instant) -> bool {
+        let Some(completer) = &mut self.completer else {
+            return true;
+        };
+        let flushed = tokio::time::timeout_at(deadline, completer).await.is_ok();
+        if let Some(completer) = self.completer.take() {
+            completer.abort();
+        }
+        flushed
+    }
+
+    /// Stops the completer, if it still runs, and leaves the rest to the caller.
     fn disarm(mut self) {
+        if let Some(completer) = self.completer.take() {
+            completer.abort();
+        }
         self.armed = false;
     }
 }
@@ -325,6 +338,7 @@ impl Drop for Cleanup {
         if !self.armed {
             return;
         }
+        let completer = self.completer.take();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return; // Its jobs return when its lease runs out.
         };
@@ -333,8 +347,15 @@ impl Drop for Cleanup {
         runtime.spawn(async move {
             tracing::warn!(
                 unfinished,
-                "pq: the worker's future was dropped; returning its jobs to the queue"
+                "pq: the worker's future was dropped; recording what its jobs did and returning the rest to the queue"
             );
+            // The completer ends once the jobs' tasks, aborted with the future, are gone.
+            if let Some(completer) = completer {
+                let abort = completer.abort_handle();
+                if tokio::time::timeout(FLUSH_TIMEOUT, completer).await.is_err() {
+                    abort.abort();
+                }
+            }
             if let Err(error) = pq.deregister_worker(worker).await {
                 tracing::error!(%error, "pq: cannot return a dropped worker's jobs; they return when its lease runs out");
             }
@@ -377,13 +398,7 @@ struct Run {
 }
 
 impl Run {
-    async fn run(
-        self,
-        queues: ClaimQueues,
-        info: WorkerInfo,
-        in_flight: InFlight,
-        stop: &mut Stop,
-    ) {
+    async fn run(self, queues: ClaimQueues, info: WorkerInfo, stop: &mut Stop) {
         let own = &self.resources.own;
         tracing::info!(
             worker = self.worker.0,
@@ -402,17 +417,24 @@ impl Run {
         ));
         let progress = Arc::new(Notify::new());
         let (outcomes, received) = mpsc::unbounded_channel();
-        let mut completer = JoinSet::new();
-        completer.spawn(
-            Completer {
-                pq: own.clone(),
-                keep_completed: self.settings.keep_completed,
-                in_flight: Arc::clone(&in_flight),
-                progress: Arc::clone(&progress),
-                cancels: Arc::clone(&self.resources.cancels),
-            }
-            .run(received),
-        );
+        let in_flight = InFlight::default();
+        // Whatever happens to this future from here, its claims are recorded or given back.
+        let mut cleanup = Cleanup {
+            pq: own.clone(),
+            worker: self.worker,
+            in_flight: Arc::clone(&in_flight),
+            completer: Some(tokio::spawn(
+                Completer {
+                    pq: own.clone(),
+                    keep_completed: self.settings.keep_completed,
+                    in_flight: Arc::clone(&in_flight),
+                    progress: Arc::clone(&progress),
+                    cancels: Arc::clone(&self.resources.cancels),
+                }
+                .run(received),
+            )),
+            armed: true,
+        };
 
         let fetcher = Fetcher {
             slots: Slots::new(self.settings.concurrency),
@@ -446,7 +468,7 @@ impl Run {
                 while jobs.join_next().await.is_some() {}
                 while backlog_jobs.join_next().await.is_some() {}
             }) => finished.is_ok(),
-            () = stop.next() => return self.stop_now(&in_flight),
+            () = stop.next() => return self.stop_now(&in_flight, cleanup),
         };
         if !finished {
             tracing::warn!(
@@ -461,10 +483,9 @@ impl Run {
         let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
         // Records what it can, heartbeat still beating.
         let flushed = tokio::select! {
-            flushed = tokio::time::timeout_at(deadline, completer.join_next()) => flushed.is_ok(),
-            () = stop.next() => return self.stop_now(&in_flight),
+            flushed = cleanup.flush(deadline) => flushed,
+            () = stop.next() => return self.stop_now(&in_flight, cleanup),
         };
-        completer.shutdown().await;
         if !flushed {
             tracing::error!(
                 unrecorded = lock(&in_flight).len(),
@@ -488,12 +509,14 @@ impl Run {
         }
         // Closing waits for connections still out, which a server that hangs may never give back.
         let _ = tokio::time::timeout(Duration::from_millis(500), own.pool().close()).await;
+        cleanup.disarm();
         tracing::info!("pq: worker stopped");
     }
 
     /// A second signal: every task ends now, nothing more is recorded; the worker's jobs
     /// return when its lease runs out.
-    fn stop_now(&self, in_flight: &InFlight) {
+    fn stop_now(&self, in_flight: &InFlight, cleanup: Cleanup) {
+        cleanup.disarm();
         tracing::warn!(
             unrecorded = lock(in_flight).len(),
             "pq: stopping at once; unfinished jobs return when this worker's lease runs out"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use pq::{Pq, TaskContext, Worker};
 
 use crate::proxy::Proxy;
-use crate::support::{record_run, runs_of, wait_until, Running, TestDb};
+use crate::support::{eventually, record_run, runs_of, wait_until, Running, TestDb};
 
 async fn states(pq: &Pq) -> Vec<(String, i64)> {
     sqlx::query_as(&format!(
@@ -86,6 +86,33 @@ async fn a_dropped_worker_future_leaves_no_job_running_and_nothing_behind() {
     assert_eq!(left, [("queued".to_owned(), 4)]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(states(&db.pq).await, [("queued".to_owned(), 4)]);
+}
+
+#[pq::task(queue = "dropped-done")]
+async fn nap_then_finish(ctx: TaskContext) {
+    record_run(&ctx);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_worker_future_records_the_jobs_that_finished() {
+    let db = TestDb::new().await;
+    let proxy = Proxy::start().await;
+    let pq = db.handle_at(&proxy.url()).await;
+    let id = nap_then_finish().enqueue(&db.pq).await.unwrap();
+    let run = tokio::spawn(Worker::new(pq).queues(["dropped-done"]).run());
+    wait_until(|| runs_of(&db.pq, id) == 1).await;
+    // The run ends while the server hangs, so its completion goes unanswered; then the
+    // connection breaks, and the future is dropped while the completion waits to be retried.
+    proxy.freeze();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.cut();
+    run.abort();
+    let _ = run.await;
+    proxy.thaw();
+    // Recorded, not given back to the queue to run again.
+    eventually(|| async { db.state_of(id).await.is_none() }).await;
+    assert_eq!(runs_of(&db.pq, id), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
