@@ -600,7 +600,7 @@ impl Admin {
 
     /// Every registered worker, by id: where it runs, what it works, how many jobs it is
     /// running, and whether its heartbeat holds. A worker that stopped is gone; one that died
-    /// shows `alive: false` until a live worker reaps it.
+    /// shows `alive: false` for a minute after its lease ran out, until a live worker reaps it.
     ///
     /// ```no_run
     /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {

@@ -375,7 +375,8 @@ impl Statements {
                errors = CASE WHEN {again} THEN j.errors \
                  ELSE COALESCE(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
                    'attempt', j.attempts, 'error', $5::text, 'at', statement_timestamp())) END, \
-               snoozes = COALESCE(j.snoozes, 0) + 1, worker_id = NULL, locked_until = NULL \
+               snoozes = COALESCE(j.snoozes, 0) + CASE WHEN {again} THEN 1 ELSE 0 END, \
+               worker_id = NULL, locked_until = NULL \
              FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS f(id, claim, delay) \
              WHERE {held}"
         ));
@@ -487,9 +488,11 @@ impl Statements {
                      WHERE k.id = j.id AND k.claim = j.claim_id) \
                  RETURNING j.q_name"
             ),
-            // Workers whose heartbeat ran out an hour ago: their jobs were rescued long since.
+            // Workers whose heartbeat ran out a minute ago, listed as dead until then: their
+            // jobs were rescued meanwhile (or are, their worker's row gone), and a worker that
+            // comes back registers again.
             reap_workers: format!(
-                "DELETE FROM {workers} WHERE expires_at < statement_timestamp() - interval '1 hour'"
+                "DELETE FROM {workers} WHERE expires_at < statement_timestamp() - interval '1 minute'"
             ),
             schema_version: format!(
                 "SELECT COALESCE(max(version), 0) FROM {}",

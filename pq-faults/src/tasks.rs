@@ -30,9 +30,11 @@ pub fn effects_table(schema: &str) -> String {
 }
 
 static RECORD: OnceLock<String> = OnceLock::new();
+static EFFECTS: OnceLock<String> = OnceLock::new();
 
 /// Makes the tasks of this process write their effects into `schema`'s effects table.
 pub fn use_schema(schema: &str) {
+    let _ = EFFECTS.set(effects_table(schema));
     let _ = RECORD.set(format!(
         "INSERT INTO {} (key, job_id, attempt, pid, kind, enqueued_at, note) \
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -145,4 +147,71 @@ pub async fn once_or_fail(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::R
         .execute(ctx.pq().pool())
         .await?;
     Ok(())
+}
+
+/// The queue of the control scenario's tasks, which a pause of the suite's queue leaves alone.
+pub const CONTROL_QUEUE: &str = "control";
+
+/// Records its effect in the job's transaction and a `started` note with a statement of its
+/// own, then waits to be cancelled (two minutes at most) and returns: a run told to stop, whose
+/// transaction the worker must roll back.
+#[pq::task(queue = "control", name = "faults::until_cancelled", max_retries = 5)]
+pub async fn until_cancelled(ctx: TaskContext, key: i64) -> anyhow::Result<()> {
+    start_then_hold(&ctx, key, "until_cancelled").await?;
+    tokio::time::timeout(Duration::from_secs(120), ctx.cancelled())
+        .await
+        .map_err(|_| anyhow::anyhow!("never cancelled"))
+}
+
+/// As `until_cancelled`, but deaf to the request: the worker must drop its run.
+#[pq::task(
+    queue = "control",
+    name = "faults::aborted",
+    max_retries = 5,
+    on_cancel = "abort"
+)]
+pub async fn aborted(ctx: TaskContext, key: i64) -> anyhow::Result<()> {
+    start_then_hold(&ctx, key, "aborted").await?;
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    anyhow::bail!("never cancelled")
+}
+
+async fn start_then_hold(ctx: &TaskContext, key: i64, kind: &str) -> anyhow::Result<()> {
+    let mut tx = ctx.transaction().await?;
+    record(ctx, key, kind, None).execute(&mut *tx).await?;
+    drop(tx);
+    record(ctx, key, "started", None)
+        .execute(ctx.pq().pool())
+        .await?;
+    Ok(())
+}
+
+/// Snoozes (for no time) until it has run `snoozes` times, each run noted with a statement of
+/// its own, then records its effect in the job's transaction.
+#[pq::task(queue = "control", name = "faults::snoozer", max_retries = 0)]
+pub async fn snoozer(ctx: TaskContext, key: i64, snoozes: i64) -> anyhow::Result<()> {
+    record(&ctx, key, "run", None)
+        .execute(ctx.pq().pool())
+        .await?;
+    let runs: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {} WHERE key = $1 AND kind = 'run'",
+        EFFECTS
+            .get()
+            .expect("use_schema is called before the worker runs")
+    ))
+    .bind(key)
+    .fetch_one(ctx.pq().pool())
+    .await?;
+    if runs <= snoozes {
+        return Err(pq::TaskError::snooze(Duration::ZERO).into());
+    }
+    let mut tx = ctx.transaction().await?;
+    record(&ctx, key, "snoozer", None).execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Fails for good at once, though it has retries left.
+#[pq::task(queue = "control", name = "faults::permanent", max_retries = 5)]
+pub async fn permanent(key: i64) -> anyhow::Result<()> {
+    Err(pq::TaskError::permanent(format!("job {key}: the address bounced")).into())
 }

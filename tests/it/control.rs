@@ -238,7 +238,7 @@ async fn a_dead_worker_shows_as_not_alive_then_ages_out_of_the_list() {
     let lapsed = crate::support::Claimer::new(&db.pq, &["control"]).await;
     let dead = crate::support::Claimer::new(&db.pq, &["control"]).await;
     let workers = crate::support::derived(&db.pq, "workers");
-    for (worker, ago) in [(lapsed.worker, "1 minute"), (dead.worker, "2 hours")] {
+    for (worker, ago) in [(lapsed.worker, "30 seconds"), (dead.worker, "2 minutes")] {
         sqlx::query(&format!(
             "UPDATE {workers} SET expires_at = now() - interval '{ago}' WHERE id = $1"
         ))

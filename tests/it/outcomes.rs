@@ -116,7 +116,10 @@ async fn a_job_that_always_snoozes_fails_for_good_after_max_snoozes() {
     work(&db.pq).await;
     let job = job(&db.pq, id).await;
     assert_eq!(runs_of(&db.pq, id), MAX_SNOOZES + 1);
-    assert_eq!((job.state, job.attempts), (JobState::Failed, 1));
+    assert_eq!(
+        (job.state, job.attempts, job.snoozes),
+        (JobState::Failed, 1, MAX_SNOOZES)
+    );
     let error = job.last_error.unwrap();
     assert!(error.contains("snoozed 100 times"), "{error}");
     assert_eq!(job.errors.len(), 1, "only the last snooze is an error");

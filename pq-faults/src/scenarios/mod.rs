@@ -1,6 +1,7 @@
 //! The scenarios, in the order they run, and the profiles that size them.
 
 mod bad_input;
+mod control;
 mod database;
 mod hostile;
 mod load;
@@ -87,6 +88,11 @@ pub const SCENARIOS: &[Scenario] = &[
         "dropped-run",
         "a worker whose run() future is dropped mid-drain",
         |p, s, l| Box::pin(shutdown::dropped_run(p, s, l)),
+    ),
+    (
+        "control",
+        "a queue paused under load, running jobs cancelled with LISTEN dead, snoozes, a killed worker",
+        |p, s, l| Box::pin(control::control(p, s, l)),
     ),
     (
         "shutdown-hung",
