@@ -83,8 +83,9 @@ pub(crate) enum Command {
 
     /// Run the tasks registered in this program until SIGINT or SIGTERM.
     Work {
-        /// A queue to work (repeat for several; default: the queues of the registered tasks).
-        #[arg(long = "queue")]
+        /// A queue to work (repeat for several, or list them: --queues mail,sms; default: the
+        /// queues of the registered tasks).
+        #[arg(long = "queue", visible_alias = "queues", value_delimiter = ',')]
         queues: Vec<String>,
 
         /// How many jobs to run at once.
@@ -104,6 +105,11 @@ pub(crate) enum Command {
         /// queue, such as 30s.
         #[arg(long, value_parser = parse_duration)]
         grace_period: Option<Duration>,
+
+        /// What the worker logs to stderr (off, error, warn, info, debug or trace), unless the
+        /// program installed a tracing subscriber of its own.
+        #[arg(long, default_value = "info")]
+        log: tracing::level_filters::LevelFilter,
     },
 }
 

@@ -97,7 +97,13 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
             burst,
             lease,
             grace_period,
+            log,
         } => {
+            // A program that installed its own subscriber keeps it.
+            let _ = tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_max_level(*log)
+                .try_init();
             let mut worker = Worker::new(pq.clone())
                 .registry(registry.clone())
                 .concurrency(usize::try_from(*concurrency).unwrap_or(usize::MAX));

@@ -218,3 +218,50 @@ async fn work_registers_its_worker_with_the_lease_it_was_given() {
     let lease = worker.expires_at - worker.seen_at;
     assert_eq!(lease.num_seconds(), 90, "{lease}");
 }
+
+/// Not a test by itself: run by `work_logs_to_stderr_unless_the_program_has_a_subscriber` as a
+/// child process, it is the application's binary, running the embedded CLI with the arguments
+/// in `PQ_CLI_CHILD_ARGS` (a JSON array).
+#[test]
+fn embedded_cli_child() {
+    let Ok(args) = std::env::var("PQ_CLI_CHILD_ARGS") else {
+        return;
+    };
+    let args: Vec<String> = serde_json::from_str(&args).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(pq_cli::run_from(args))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn work_logs_to_stderr_unless_the_program_has_a_subscriber() {
+    let db = Db::new().await;
+    db.cli(&["enqueue", "cli::eat", r#"{"kind": "Fuji"}"#])
+        .await
+        .unwrap();
+    let url = database_url();
+    let args = [
+        "my-app",
+        "--database-url",
+        &url,
+        "--schema",
+        &db.schema,
+        "work",
+        "--queues",
+        "apples,pears",
+        "--burst",
+    ];
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "embedded_cli_child", "--nocapture"])
+        .env("PQ_CLI_CHILD_ARGS", serde_json::to_string(&args).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&child.stderr);
+    assert!(child.status.success(), "{stderr}");
+    assert!(stderr.contains("pq: worker started"), "{stderr}");
+    assert!(stderr.contains(r#"queues=["apples", "pears"]"#), "{stderr}");
+    assert!(db.jobs().await.is_empty(), "the job was worked");
+}
