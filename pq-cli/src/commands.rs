@@ -486,22 +486,10 @@ async fn retry_all(
     out: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
     let filter = filter.to_job_filter(None);
-    let mut progress = Progress::new("retried");
-    let mut total = 0;
-    let mut after = None;
-    loop {
-        let batch = admin
-            .retry_failed_batch(&filter, after, batch_size)
-            .await
-            .with_context(|| format!("stopped after retrying {total} jobs"))?;
-        total += batch.count;
-        match batch.last {
-            Some(last) => after = Some(last),
-            None => break,
-        }
-        progress.update(total);
-    }
-    progress.finish();
+    let total = in_batches("retried", "retrying", |after| {
+        admin.retry_failed_batch(&filter, after, batch_size)
+    })
+    .await?;
     if cli.json {
         return output::json(out, &json!({"count": total}));
     }
@@ -521,22 +509,10 @@ async fn cancel_all(
         bail!("jobs that are {state} have ended: only ready, scheduled or running jobs can be cancelled");
     }
     let filter = filter.to_job_filter(state);
-    let mut progress = Progress::new("cancelled");
-    let mut total = 0;
-    let mut after = None;
-    loop {
-        let batch = admin
-            .cancel_batch(&filter, after, batch_size)
-            .await
-            .with_context(|| format!("stopped after cancelling {total} jobs"))?;
-        total += batch.count;
-        match batch.last {
-            Some(last) => after = Some(last),
-            None => break,
-        }
-        progress.update(total);
-    }
-    progress.finish();
+    let total = in_batches("cancelled", "cancelling", |after| {
+        admin.cancel_batch(&filter, after, batch_size)
+    })
+    .await?;
     if cli.json {
         return output::json(out, &json!({"count": total}));
     }
@@ -545,6 +521,31 @@ async fn cancel_all(
         "cancelled {total} jobs (running ones stop at their worker's next heartbeat)"
     )?;
     Ok(())
+}
+
+/// Runs `batch` from the start of the table, then from where each batch ended, until one finds
+/// nothing, with a running count on stderr: how many jobs the batches moved. `done` and `doing`
+/// say what they do ("cancelled", "cancelling").
+async fn in_batches<F, Fut>(done: &'static str, doing: &str, mut batch: F) -> anyhow::Result<u64>
+where
+    F: FnMut(Option<JobId>) -> Fut,
+    Fut: std::future::Future<Output = pq_core::Result<pq_core::Batch>>,
+{
+    let mut progress = Progress::new(done);
+    let (mut total, mut after) = (0, None);
+    loop {
+        let step = batch(after)
+            .await
+            .with_context(|| format!("stopped after {doing} {total} jobs"))?;
+        total += step.count;
+        match step.last {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+        progress.update(total);
+    }
+    progress.finish();
+    Ok(total)
 }
 
 async fn prune(

@@ -771,18 +771,7 @@ impl Admin {
     /// Queues again every failed job matching `filter` (its state is ignored), in batches of
     /// [`DEFAULT_BATCH_SIZE`]; returns how many.
     pub async fn retry_failed(&self, filter: &JobFilter) -> Result<u64> {
-        let mut total = 0;
-        let mut after = None;
-        loop {
-            let batch = self
-                .retry_failed_batch(filter, after, DEFAULT_BATCH_SIZE)
-                .await?;
-            total += batch.count;
-            match batch.last {
-                Some(last) => after = Some(last),
-                None => return Ok(total),
-            }
-        }
+        in_batches(|after| self.retry_failed_batch(filter, after, DEFAULT_BATCH_SIZE)).await
     }
 
     /// Runs a re-queue statement (`$1` the channel, bound here first by the caller): how many
@@ -871,16 +860,7 @@ impl Admin {
     /// # Ok(()) }
     /// ```
     pub async fn cancel_matching(&self, filter: &JobFilter) -> Result<u64> {
-        let mut total = 0;
-        let mut after = None;
-        loop {
-            let batch = self.cancel_batch(filter, after, DEFAULT_BATCH_SIZE).await?;
-            total += batch.count;
-            match batch.last {
-                Some(last) => after = Some(last),
-                None => return Ok(total),
-            }
-        }
+        in_batches(|after| self.cancel_batch(filter, after, DEFAULT_BATCH_SIZE)).await
     }
 
     /// Pauses `queue`: once this returns, no worker takes a job of it, until
@@ -1006,6 +986,24 @@ fn prune_age(older_than: Duration) -> Result<i64> {
 
 fn seconds(seconds: Option<f64>) -> Option<Duration> {
     seconds.map(|s| Duration::from_secs_f64(s.max(0.0)))
+}
+
+/// Runs `batch` from the start of the table (`None`), then from where each batch ended, until
+/// one finds nothing: how many jobs the batches moved.
+async fn in_batches<F, Fut>(mut batch: F) -> Result<u64>
+where
+    F: FnMut(Option<JobId>) -> Fut,
+    Fut: std::future::Future<Output = Result<Batch>>,
+{
+    let (mut total, mut after) = (0, None);
+    loop {
+        let Batch { count, last } = batch(after).await?;
+        total += count;
+        match last {
+            Some(last) => after = Some(last),
+            None => return Ok(total),
+        }
+    }
 }
 
 #[cfg(test)]
