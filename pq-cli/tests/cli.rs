@@ -759,6 +759,25 @@ async fn a_database_that_is_down_is_reported_quickly() {
 }
 
 #[tokio::test]
+async fn migrate_status_and_enqueue_work_over_tls_and_an_untrusted_certificate_is_refused() {
+    let server = pq_pgserver::Server::start_tls_only("cli").await.unwrap();
+    let verified = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        server.url(),
+        server.ca_certificate().display()
+    );
+    let require = format!("{}?sslmode=require", server.url());
+    run(&["--database-url", &require, "migrate"]).ok();
+    run(&["--database-url", &verified, "enqueue", "app::mail", "{}"]).ok();
+    let status = run(&["--database-url", &verified, "status"]).ok();
+    assert!(status.contains("default"), "{status}");
+
+    let untrusted = format!("{}?sslmode=verify-full", server.url());
+    let err = run(&["--database-url", &untrusted, "status"]).fails();
+    assert!(err.contains("certificate"), "{err}");
+}
+
+#[tokio::test]
 async fn a_missing_database_url_says_how_to_give_one() {
     let output = Command::new(env!("CARGO_BIN_EXE_pq"))
         .env_remove("DATABASE_URL")

@@ -124,8 +124,10 @@ impl Error {
             _ => return false,
         };
         match error {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Protocol(_)
+            // rustls reports a certificate it does not trust, or a handshake the server
+            // refused, as invalid data: it will be as invalid on the next try.
+            sqlx::Error::Io(error) => error.kind() != std::io::ErrorKind::InvalidData,
+            sqlx::Error::Protocol(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,

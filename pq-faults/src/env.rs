@@ -13,8 +13,8 @@ use sqlx::PgPool;
 use crate::account::{Accounting, Duplicates, Ledger};
 use crate::procs::{Fleet, Proc};
 use crate::report::Report;
-use crate::server::Server;
 use crate::tasks;
+use pq_pgserver::Server;
 
 pub struct Env {
     pub server: Server,

@@ -17,7 +17,6 @@ mod procs;
 mod report;
 mod rng;
 mod scenarios;
-mod server;
 mod tasks;
 
 use std::path::PathBuf;
@@ -34,7 +33,7 @@ const USAGE: &str = "\
 usage: pq-faults [--profile light|heavy] [--scenario NAME]... [--seed N] [--keep-logs]
 
 Runs pq's fault and load scenarios, each against a PostgreSQL server of its own (initdb into a
-temporary folder; PostgreSQL's binaries from /usr/lib/postgresql/*/bin or $PQ_FAULTS_PG_BIN),
+temporary folder; PostgreSQL's binaries from /usr/lib/postgresql/*/bin or $PQ_PG_BIN),
 and prints each one's accounting and PASS or FAIL. Exits non-zero if any fails.
 
   --profile   light (default; the CI profile, under 5 minutes) or heavy (more jobs, more faults)
@@ -105,7 +104,7 @@ fn suite(args: &[String]) -> Result<ExitCode> {
     let keep_logs = flags.is_set("keep-logs");
     let logs = std::env::temp_dir().join(format!("pq-faults-logs-{}", std::process::id()));
 
-    server::reap_orphans();
+    pq_pgserver::reap_orphans();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -118,7 +117,7 @@ fn suite(args: &[String]) -> Result<ExitCode> {
     );
     println!(
         "pq-faults: each scenario starts its own PostgreSQL on 127.0.0.1, default configuration but {}",
-        server::SETTINGS
+        pq_pgserver::SETTINGS
     );
     let (mut passed, mut failed) = (0, 0);
     for (name, what, run) in SCENARIOS {

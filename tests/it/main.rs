@@ -20,4 +20,5 @@ mod proxy;
 mod queue;
 mod support;
 mod tasks;
+mod tls;
 mod worker;

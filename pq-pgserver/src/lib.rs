@@ -1,6 +1,7 @@
 //! A throwaway PostgreSQL server: `initdb` into a temporary folder, started on a free port of
-//! 127.0.0.1, stopped and deleted when dropped, also when a scenario fails or panics. Scenarios
-//! that stop, restart or disturb the database do it to this server, never to a shared one.
+//! 127.0.0.1, stopped and deleted when dropped, also when its test fails or panics. The fault
+//! suite's scenarios stop, restart or disturb it, never a shared server; tests that need a
+//! server set up their own way (TLS only, say) make one.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,14 +10,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::process::Command;
 
-/// Where PostgreSQL's binaries are: `$PQ_FAULTS_PG_BIN`, else the newest
+/// Where PostgreSQL's binaries are: `$PQ_PG_BIN`, else the newest
 /// `/usr/lib/postgresql/<version>/bin` (Debian's layout, which `.ci/ensure-postgres` installs).
 fn binaries() -> Result<PathBuf> {
-    if let Ok(dir) = std::env::var("PQ_FAULTS_PG_BIN") {
+    if let Ok(dir) = std::env::var("PQ_PG_BIN") {
         return Ok(PathBuf::from(dir));
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .context("no /usr/lib/postgresql: install PostgreSQL (bash .ci/ensure-postgres) or set PQ_FAULTS_PG_BIN")?
+        .context("no /usr/lib/postgresql: install PostgreSQL (bash .ci/ensure-postgres) or set PQ_PG_BIN")?
         .filter_map(|entry| {
             let entry = entry.ok()?;
             let version = entry.file_name().to_str()?.parse().ok()?;
@@ -27,7 +28,7 @@ fn binaries() -> Result<PathBuf> {
     versions.sort();
     match versions.pop() {
         Some((_, bin)) => Ok(bin),
-        None => bail!("no PostgreSQL with initdb under /usr/lib/postgresql; set PQ_FAULTS_PG_BIN"),
+        None => bail!("no PostgreSQL with initdb under /usr/lib/postgresql; set PQ_PG_BIN"),
     }
 }
 
@@ -50,6 +51,9 @@ fn is_root() -> bool {
 /// them: a promise proved only with asynchronous commits would not be proved.
 pub const SETTINGS: &str = "listen_addresses=127.0.0.1";
 
+/// The prefix of the servers' folders in the system's temporary folder: `<prefix><pid>-<label>`.
+const PREFIX: &str = "pq-pgserver-";
+
 /// One PostgreSQL server of our own.
 pub struct Server {
     root: PathBuf,
@@ -57,6 +61,8 @@ pub struct Server {
     port: u16,
     as_postgres: bool,
     running: bool,
+    /// Settings beside [`SETTINGS`], as `name=value`.
+    settings: Vec<String>,
 }
 
 impl Server {
@@ -64,7 +70,17 @@ impl Server {
     /// Configuration is PostgreSQL's default except for [`SETTINGS`], and initdb runs with
     /// `--no-sync` (the new cluster's files are not flushed to disk; nothing depends on that).
     pub async fn start(label: &str) -> Result<Server> {
-        let root = std::env::temp_dir().join(format!("pq-faults-{}-{label}", std::process::id()));
+        Self::start_with(label, |_| Ok(Vec::new())).await
+    }
+
+    /// As [`start`](Server::start), but `setup` may first write files into the new cluster's
+    /// data folder (a certificate, `pg_hba.conf`) and returns settings (`name=value`, paths
+    /// relative to that folder) for the server to start with.
+    pub async fn start_with(
+        label: &str,
+        setup: impl FnOnce(&Path) -> Result<Vec<String>>,
+    ) -> Result<Server> {
+        let root = std::env::temp_dir().join(format!("{PREFIX}{}-{label}", std::process::id()));
         if root.exists() {
             std::fs::remove_dir_all(&root)?;
         }
@@ -75,6 +91,7 @@ impl Server {
             port: 0,
             as_postgres: is_root(),
             running: false,
+            settings: Vec::new(),
         };
         if server.as_postgres {
             run(Command::new("chown")
@@ -99,6 +116,13 @@ impl Server {
             )
             .await
             .context("initdb")?;
+        server.settings = setup(&data)?;
+        if server.as_postgres {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&data))
+            .await?;
+        }
         // Another program may take the port between our look and the server's bind: try again.
         let mut last = None;
         for _ in 0..3 {
@@ -109,6 +133,55 @@ impl Server {
             }
         }
         Err(last.expect("tried at least once"))
+    }
+
+    /// As [`start`](Server::start), but taking TLS connections only (on 127.0.0.1; the
+    /// Unix socket stays open), with a certificate for 127.0.0.1 and localhost signed by a CA
+    /// made for this server, whose certificate is [`ca_certificate`](Server::ca_certificate).
+    /// Runs `openssl`.
+    pub async fn start_tls_only(label: &str) -> Result<Server> {
+        Self::start_with(label, |data| {
+            let root = data.parent().context("a data folder has a parent")?;
+            // webpki refuses a CA's certificate as a server's, so there are two.
+            openssl(
+                root,
+                "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=pq-test-CA -keyout ca.key -out ca.crt",
+            )?;
+            openssl(
+                root,
+                "req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr",
+            )?;
+            std::fs::write(
+                root.join("server.ext"),
+                "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+            )?;
+            openssl(
+                root,
+                "x509 -req -days 2 -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -extfile server.ext -out server.crt",
+            )?;
+            for file in ["server.crt", "server.key"] {
+                std::fs::copy(root.join(file), data.join(file))?;
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(data.join("server.key"), private)?;
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )?;
+            Ok(["ssl=on", "ssl_cert_file=server.crt", "ssl_key_file=server.key"]
+                .map(str::to_owned)
+                .to_vec())
+        })
+        .await
+    }
+
+    /// The certificate of the CA that signed a [`start_tls_only`](Server::start_tls_only)
+    /// server's: trust it (`sslrootcert`) to verify the server.
+    pub fn ca_certificate(&self) -> PathBuf {
+        self.root.join("ca.crt")
     }
 
     fn data(&self) -> PathBuf {
@@ -123,7 +196,10 @@ impl Server {
     /// Starts the stopped server again, on the same port.
     pub async fn start_again(&mut self) -> Result<()> {
         let mut options = format!("-p {} -k {}", self.port, path_str(&self.root)?);
-        for setting in SETTINGS.split(' ') {
+        for setting in SETTINGS
+            .split(' ')
+            .chain(self.settings.iter().map(String::as_str))
+        {
             options.push_str(" -c ");
             options.push_str(setting);
         }
@@ -249,8 +325,8 @@ fn stop_now(bin: &Path, root: &Path, as_postgres: bool) {
         .status();
 }
 
-/// Stops and deletes the servers of earlier runs of the suite that died without cleaning up
-/// (killed with SIGKILL, say): folders `pq-faults-<pid>-<scenario>` whose process is gone.
+/// Stops and deletes the servers of earlier processes that died without cleaning up (killed
+/// with SIGKILL, say): folders `pq-pgserver-<pid>-<label>` whose process is gone.
 pub fn reap_orphans() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -261,11 +337,11 @@ pub fn reap_orphans() {
     let as_postgres = is_root();
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("pq-faults-")) else {
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)) else {
             continue;
         };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue; // pq-faults-logs-<pid>: kept on purpose
+            continue;
         };
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
@@ -274,12 +350,25 @@ pub fn reap_orphans() {
         if root.join("data").join("postmaster.pid").exists() {
             stop_now(&bin, &root, as_postgres);
         }
-        println!(
-            "pq-faults: removed {} left by a run that died",
-            root.display()
-        );
+        println!("removed {}, left by a process that died", root.display());
         let _ = std::fs::remove_dir_all(&root);
     }
+}
+
+/// Runs `openssl ARGS` (split at spaces) in `folder`.
+fn openssl(folder: &Path, args: &str) -> Result<()> {
+    let made = std::process::Command::new("openssl")
+        .args(args.split(' '))
+        .current_dir(folder)
+        .output()
+        .context("cannot run openssl: install it (.ci/run does)")?;
+    if !made.status.success() {
+        bail!(
+            "openssl {args} failed: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    Ok(())
 }
 
 fn path_str(path: &Path) -> Result<&str> {
