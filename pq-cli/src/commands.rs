@@ -36,7 +36,7 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
     };
     let pq = crate::connect(cli, connections).await?;
     let admin = pq.admin();
-    let result = match &cli.command {
+    match &cli.command {
         Command::Migrate => migrate(cli, &pq, out).await,
         Command::Status => status(cli, &admin, out).await,
         Command::Workers => workers(cli, &admin, out).await,
@@ -121,26 +121,6 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
             }
             worker.run().await.map_err(anyhow::Error::from)
         }
-    };
-    result.map_err(|e| explain(e, &pq))
-}
-
-/// Adds what to do to the errors that have an obvious remedy.
-fn explain(error: anyhow::Error, pq: &Pq) -> anyhow::Error {
-    let missing_table = error.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<pq_core::Error>(),
-            Some(pq_core::Error::Database(sqlx::Error::Database(db)))
-                if db.code().as_deref() == Some("42P01")
-        )
-    });
-    if missing_table {
-        error.context(format!(
-            "the queue table {} does not exist: create it with `pq migrate` (check --schema and --table)",
-            pq.table()
-        ))
-    } else {
-        error
     }
 }
 

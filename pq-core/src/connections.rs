@@ -25,9 +25,10 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions as _, PgConnection, PgPool, Postgres};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How long a kept connection may sit unused before it returns to the pool.
 pub(crate) const IDLE: Duration = Duration::from_millis(250);
@@ -57,6 +58,12 @@ impl Connections {
         &self.pool
     }
 
+    /// Why the pool gave no connection within `after`; see [`why_no_connection`].
+    pub(crate) async fn why_none(&self, what: &'static str, after: Duration) -> Error {
+        let size = self.pool.options().get_max_connections();
+        why_no_connection(&self.pool.connect_options(), what, after, size).await
+    }
+
     /// The connection used last, or one from the pool.
     pub(crate) async fn acquire(&self) -> Result<Warm<'_>> {
         let kept = self.kept.take();
@@ -69,6 +76,25 @@ impl Connections {
             home: self,
             finished: false,
         })
+    }
+}
+
+/// Why a pool of `size` connections to `options` gave none within `after`, which it does not
+/// say (a server that refuses connections and one slow to answer both make it time out): one
+/// connection of its own, for at most a second.
+pub(crate) async fn why_no_connection(
+    options: &PgConnectOptions,
+    what: &'static str,
+    after: Duration,
+    size: u32,
+) -> Error {
+    match tokio::time::timeout(Duration::from_secs(1), options.connect()).await {
+        Ok(Err(error)) => Error::Unreachable { what, error },
+        Ok(Ok(connection)) => {
+            let _ = sqlx::Connection::close(connection).await;
+            Error::PoolBusy { what, after, size }
+        }
+        Err(_) => Error::Timeout { what, after },
     }
 }
 

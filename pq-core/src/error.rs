@@ -87,6 +87,41 @@ pub enum Error {
         needed: i64,
     },
 
+    /// A statement met a table of pq's that does not exist: the queue table was never created
+    /// (or is in another schema), or lacks a migration this pq needs. Run
+    /// [`Pq::create`](crate::Pq::create) (`pq migrate`).
+    #[error("the table {table} does not exist or lacks pq's migrations ({reason}): create it with `pq.create()` or `pq migrate`")]
+    NoTable {
+        /// The queue table.
+        table: String,
+        /// What the database said.
+        reason: String,
+    },
+
+    /// No connection to the database could be made: it refuses connections (it is down, or the
+    /// address is wrong), or refuses this client (its password, its certificate).
+    /// [`is_transient`](Error::is_transient) tells which.
+    #[error("{what}: cannot connect to the database: {error}")]
+    Unreachable {
+        /// What pq was doing.
+        what: &'static str,
+        /// Why the connection failed.
+        error: sqlx::Error,
+    },
+
+    /// Every connection of the pool was in use for as long as the statement could wait: the
+    /// application holds them (in long transactions, say), or the pool is too small for its
+    /// load. The database itself answers.
+    #[error("{what}: no connection of the pool was free within {after:?} (all {size} in use): raise the pool's max_connections, or hold its connections for less time")]
+    PoolBusy {
+        /// What pq was doing.
+        what: &'static str,
+        /// How long it waited.
+        after: std::time::Duration,
+        /// The pool's size.
+        size: u32,
+    },
+
     /// A statement (with the wait for a connection) took longer than the handle's
     /// [`statement_timeout`](crate::PqBuilder::statement_timeout): the server hangs or is
     /// overloaded. Its connection was closed; the statement may or may not have taken effect.
@@ -119,8 +154,8 @@ impl Error {
     /// repeat on every try.
     pub fn is_transient(&self) -> bool {
         let error = match self {
-            Error::Timeout { .. } => return true,
-            Error::Database(error) => error,
+            Error::Timeout { .. } | Error::PoolBusy { .. } => return true,
+            Error::Database(error) | Error::Unreachable { error, .. } => error,
             _ => return false,
         };
         match error {

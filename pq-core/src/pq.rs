@@ -8,7 +8,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 
-use crate::connections::Connections;
+use crate::connections::{why_no_connection, Connections};
 use crate::enqueue::OnConnection;
 use crate::error::{Error, Result};
 use crate::listen::Listener;
@@ -191,8 +191,10 @@ impl Pq {
         statements: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
     ) -> Result<T> {
         let timeout = self.inner.statement_timeout;
+        let mut acquired = false;
         let run = async {
             let mut connection = self.inner.connections.acquire().await?;
+            acquired = true;
             let output = statements(&mut connection).await;
             match output {
                 Ok(output) => {
@@ -201,16 +203,35 @@ impl Pq {
                 }
                 Err(error) => {
                     connection.finished();
-                    Err(error)
+                    Err(self.explain(error))
                 }
             }
         };
-        match tokio::time::timeout(timeout, run).await {
+        let output = tokio::time::timeout(timeout, run).await;
+        match output {
+            Ok(Err(Error::Database(sqlx::Error::PoolTimedOut))) => {
+                Err(self.inner.connections.why_none(what, timeout).await)
+            }
             Ok(output) => output,
+            Err(_) if !acquired => Err(self.inner.connections.why_none(what, timeout).await),
             Err(_) => Err(Error::Timeout {
                 what,
                 after: timeout,
             }),
+        }
+    }
+
+    /// Says what to do about an error of one of pq's own statements, where the database's
+    /// message would not.
+    fn explain(&self, error: Error) -> Error {
+        match &error {
+            Error::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
+                Error::NoTable {
+                    table: self.table(),
+                    reason: db.message().to_owned(),
+                }
+            }
+            _ => error,
         }
     }
 
@@ -389,9 +410,16 @@ impl PqBuilder {
     /// Connects a pool to `url`, and resolves the table's schema if none was given.
     pub async fn connect(self, url: &str) -> Result<Pq> {
         let options: PgConnectOptions = url.parse()?;
-        let pool = pool_options(self.max_connections)
-            .connect_with(options)
-            .await?;
+        let pool = match pool_options(self.max_connections)
+            .connect_with(options.clone())
+            .await
+        {
+            Ok(pool) => pool,
+            Err(sqlx::Error::PoolTimedOut) => {
+                return Err(why_no_connection(&options, "connecting", ACQUIRE_TIMEOUT, 1).await)
+            }
+            Err(error) => return Err(error.into()),
+        };
         self.from_pool(pool).await
     }
 
@@ -424,11 +452,14 @@ impl PqBuilder {
     }
 }
 
+/// How long the pool tries to give out a connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn pool_options(max_connections: u32) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         // Fail fast when the database is down rather than hang a caller.
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         // sqlx checks every connection with a round trip before handing it out, which
         // costs a busy producer a sixth of its enqueues. Check only one that sat idle, as
         // pgx's pool does: a connection in use moments ago is alive, and a server restart

@@ -6,6 +6,7 @@ mod admin;
 mod cancellation;
 mod connections;
 mod control;
+mod errors;
 mod faults;
 mod fencing;
 mod idle;
