@@ -74,13 +74,9 @@ async fn main() -> anyhow::Result<()> {
         .run()
         .await?;
 
-    let (state, error): (String, Option<String>) = sqlx::query_as(&format!(
-        "SELECT state, last_error FROM {} WHERE id = $1",
-        pq.table()
-    ))
-    .bind(bake_id.0)
-    .fetch_one(pq.pool())
-    .await?;
-    println!("job {bake_id} is {state}: {}", error.unwrap_or_default());
+    if let Some(job) = pq.admin().job(bake_id).await? {
+        let error = job.last_error.unwrap_or_default();
+        println!("job {bake_id} is {}: {error}", job.state);
+    }
     Ok(())
 }

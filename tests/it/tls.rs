@@ -8,7 +8,7 @@ use std::time::Duration;
 use pq::{Pq, TaskContext, Worker};
 use pq_pgserver::Server;
 
-use crate::support::{record_run, runs_of};
+use crate::support::{record_run, runs_of, unique_schema};
 
 fn url(server: &Server, query: &str) -> String {
     format!("{}?{query}", server.url())
@@ -22,7 +22,10 @@ async fn over_tls(ctx: TaskContext) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_are_enqueued_and_worked_over_tls_with_sslmode_require_and_verify_full() {
     let tls = Server::start_tls_only("works").await.unwrap();
+    // A schema no other test's table has, as runs are counted by table name.
+    let schema = unique_schema("tls");
     let pq = Pq::builder()
+        .schema(&schema)
         .connect(&url(&tls, "sslmode=require"))
         .await
         .unwrap();
@@ -32,7 +35,11 @@ async fn jobs_are_enqueued_and_worked_over_tls_with_sslmode_require_and_verify_f
         "sslmode=verify-full&sslrootcert={}",
         tls.ca_certificate().display()
     );
-    let pq = Pq::builder().connect(&url(&tls, &verified)).await.unwrap();
+    let pq = Pq::builder()
+        .schema(&schema)
+        .connect(&url(&tls, &verified))
+        .await
+        .unwrap();
     let second = over_tls().enqueue(&pq).await.unwrap();
     tokio::time::timeout(
         Duration::from_secs(60),
