@@ -209,18 +209,22 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
 
     if bench.runs(Figure::Batch) {
         const BATCH: u64 = 1_000;
-        let (mut raw_runs, mut pq_runs) = (Vec::new(), Vec::new());
+        let (mut raw_runs, mut pq_runs, mut task_runs) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             raw_runs.push(raw.insert_batches(admin, BATCH, jobs).await?);
             pq_runs.push(pq.enqueue_batches(admin, BATCH, jobs).await?);
+            task_runs.push(pq.enqueue_task_batches(admin, BATCH, jobs).await?);
         }
+        let raw_batch = median(raw_runs).context("no run")?;
         report.rows.push(Row {
             figure: format!("enqueue, batches of {BATCH} (`put_many`)"),
             pq: median(pq_runs).context("no run")?,
-            raw: (
-                format!("multi-row INSERT of {BATCH}"),
-                median(raw_runs).context("no run")?,
-            ),
+            raw: (format!("multi-row INSERT of {BATCH}"), raw_batch),
+        });
+        report.rows.push(Row {
+            figure: format!("enqueue, batches of {BATCH} task calls (`TaskBatch`)"),
+            pq: median(task_runs).context("no run")?,
+            raw: (format!("multi-row INSERT of {BATCH}"), raw_batch),
         });
     }
     if bench.runs(Figure::Drain) {

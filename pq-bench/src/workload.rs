@@ -117,6 +117,32 @@ impl PqTable {
         Ok(measured)
     }
 
+    /// `jobs` no-op task calls enqueued in batches of `batch` with a `TaskBatch`, one producer.
+    pub async fn enqueue_task_batches(
+        &self,
+        admin: &PgPool,
+        batch: u64,
+        jobs: u64,
+    ) -> Result<Measured> {
+        self.truncate(admin).await?;
+        let pq = connect(&self.url, &self.schema).await?;
+        let probe = Probe::start(admin).await?;
+        let mut done = 0;
+        while done < jobs {
+            let size = batch.min(jobs - done);
+            let calls: pq::TaskBatch = (done..done + size)
+                .map(|n| crate::tasks::noop(u32::try_from(n).unwrap_or(u32::MAX)))
+                .collect();
+            calls.enqueue(&pq).await?;
+            done += size;
+        }
+        let stopped = probe.stop();
+        close(pq).await;
+        let measured = stopped.finish(admin, jobs).await?;
+        self.expect_ready(admin, jobs).await?;
+        Ok(measured)
+    }
+
     /// Writes `jobs` ready no-op jobs in one statement, as a batch put would (not timed).
     pub async fn fill(&self, admin: &PgPool, jobs: u64) -> Result<()> {
         self.truncate(admin).await?;

@@ -7,7 +7,7 @@ use sqlx::PgConnection;
 use crate::error::Result;
 use crate::job::{JobId, NewJob};
 use crate::pq::Pq;
-use crate::queue::{insert, insert_warm};
+use crate::queue::{insert, insert_jobs, insert_warm};
 use crate::transaction::Transaction;
 
 /// Somewhere a job can be written, as task calls do with `enqueue(target)`:
@@ -34,17 +34,38 @@ use crate::transaction::Transaction;
 pub trait Enqueue<'c> {
     /// Writes `job`, returning its id.
     fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c;
+
+    /// Writes `jobs` (of any queues and tasks) in one statement, returning their ids in order.
+    fn enqueue_many(
+        self,
+        jobs: Vec<NewJob>,
+    ) -> impl Future<Output = Result<Vec<JobId>>> + Send + 'c;
 }
 
 impl<'c> Enqueue<'c> for &'c Pq {
     fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c {
         insert_warm(self, job)
     }
+
+    async fn enqueue_many(self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let sql = self.statements().await?;
+        self.with_connection("an enqueue", async |connection| {
+            insert_jobs(sql, connection, jobs).await
+        })
+        .await
+    }
 }
 
 impl<'c> Enqueue<'c> for &'c mut Transaction {
     fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c {
         self.put_job(job)
+    }
+
+    fn enqueue_many(
+        self,
+        jobs: Vec<NewJob>,
+    ) -> impl Future<Output = Result<Vec<JobId>>> + Send + 'c {
+        self.put_jobs(jobs)
     }
 }
 
@@ -63,5 +84,9 @@ impl<'c> OnConnection<'c> {
 impl<'c> Enqueue<'c> for OnConnection<'c> {
     async fn enqueue(self, job: NewJob) -> Result<JobId> {
         insert(self.pq.statements().await?, self.connection, job).await
+    }
+
+    async fn enqueue_many(self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        insert_jobs(self.pq.statements().await?, self.connection, jobs).await
     }
 }

@@ -532,6 +532,61 @@ pub(crate) async fn insert<'e>(
     Ok(JobId(id))
 }
 
+/// Writes `jobs` (of any queues and tasks) in one statement, returning their ids in order.
+pub(crate) async fn insert_jobs<'e>(
+    sql: &Statements,
+    executor: impl PgExecutor<'e>,
+    jobs: Vec<NewJob>,
+) -> Result<Vec<JobId>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = jobs.len();
+    let mut queues = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    let mut data = Vec::with_capacity(n);
+    let (mut schedule_at, mut schedule_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut expected_at, mut expected_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut timeouts = Vec::with_capacity(n);
+    for job in jobs {
+        job.check()?;
+        schedule_at.push(job.schedule_at.and_then(When::at));
+        schedule_in.push(job.schedule_at.and_then(When::in_micros));
+        expected_at.push(job.expected_at.and_then(When::at));
+        expected_in.push(job.expected_at.and_then(When::in_micros));
+        timeouts.push(job.timeout.map(crate::lease::micros));
+        queues.push(job.queue);
+        tasks.push(job.task);
+        data.push(job.data);
+    }
+    let timed = [&schedule_at, &expected_at]
+        .iter()
+        .any(|c| c.iter().any(Option::is_some))
+        || [&schedule_in, &expected_in, &timeouts]
+            .iter()
+            .any(|c| c.iter().any(Option::is_some));
+    let query = if timed {
+        sqlx::query_scalar(&sql.put_jobs)
+            .bind(queues)
+            .bind(tasks)
+            .bind(data)
+            .bind(schedule_at)
+            .bind(schedule_in)
+            .bind(expected_at)
+            .bind(expected_in)
+            .bind(timeouts)
+    } else {
+        sqlx::query_scalar(&sql.put_jobs_now)
+            .bind(queues)
+            .bind(tasks)
+            .bind(data)
+    };
+    let mut ids: Vec<i64> = query.fetch_all(executor).await?;
+    // The sequence numbered the rows in their order, whatever order RETURNING gives them in.
+    ids.sort_unstable();
+    Ok(ids.into_iter().map(JobId).collect())
+}
+
 /// A batch of jobs being put; see [`Queue::put_many`].
 #[must_use = "nothing is put until the PutMany is awaited or executed"]
 pub struct PutMany<'a> {

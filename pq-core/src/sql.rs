@@ -182,6 +182,8 @@ pub(crate) struct Statements {
     pub channel: String,
     pub put: String,
     pub put_many: String,
+    pub put_jobs: String,
+    pub put_jobs_now: String,
     pub get: String,
     pub give_back: String,
     pub fail_unreadable: String,
@@ -223,20 +225,24 @@ pub(crate) const EXPECTED: &str = "COALESCE(expected_at, 'infinity')";
 impl Statements {
     pub fn new(table: TableName) -> Self {
         let t = table.qualified();
-        // Whether a put on queue $1 notified (see `sql/functions/notify.sql`): it takes the
-        // wait lock shared until it commits, then reads the table-wide registration; only while
-        // that holds, or while someone else holds the lock, does it call the function that reads
-        // the queue's own registration and notifies.
-        let notified = format!(
-            "CASE WHEN (CASE WHEN pg_try_advisory_xact_lock_shared({lock}) \
-                            THEN pg_sequence_last_value({waiting}::regclass) \
-                                 > extract(epoch FROM clock_timestamp()) * 1000 \
-                            ELSE true END) \
-                  THEN {notify}($1) ELSE false END",
-            lock = table.wait_lock_key(),
-            waiting = quote_literal(&table.qualified_derived("waiting")),
-            notify = table.qualified_derived("notify"),
-        );
+        // Whether a put on the queues `notify` calls for notified (see
+        // `sql/functions/notify.sql`): it takes the wait lock shared until it commits, then
+        // reads the table-wide registration; only while that holds, or while someone else
+        // holds the lock, does it call the function that reads a queue's own registration and
+        // notifies.
+        let notified_by = |notify: &str| {
+            format!(
+                "CASE WHEN (CASE WHEN pg_try_advisory_xact_lock_shared({lock}) \
+                                THEN pg_sequence_last_value({waiting}::regclass) \
+                                     > extract(epoch FROM clock_timestamp()) * 1000 \
+                                ELSE true END) \
+                      THEN {notify} ELSE false END",
+                lock = table.wait_lock_key(),
+                waiting = quote_literal(&table.qualified_derived("waiting")),
+            )
+        };
+        let notify = table.qualified_derived("notify");
+        let notified = notified_by(&format!("{notify}($1)"));
         // `$n * interval '1 microsecond'` turns a bound delay into an interval; a NULL delay
         // leaves the time NULL so that COALESCE falls through to the next choice.
         let put = format!(
@@ -246,6 +252,31 @@ impl Statements {
                COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond'), \
                $8 * interval '1 microsecond') \
              RETURNING id, {notified} AS notified"
+        );
+        // Jobs of any queues and tasks, each with its own times ($1 to $8: one array a column,
+        // in the order of `put`'s parameters; a shorter one is padded with NULLs); each queue
+        // is notified once. The rows are inserted in the arrays' order, and so numbered by
+        // the sequence. Jobs that set no time or timeout, as most batches, skip the five
+        // columns' arrays and their expressions: a quarter of the statement's time.
+        let notified_jobs = notified_by(&format!(
+            "(SELECT bool_or({notify}(q)) FROM (SELECT DISTINCT q FROM unnest($1::text[]) AS q) AS queues)"
+        ));
+        let put_jobs = format!(
+            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout) \
+             SELECT q, task, d::json, \
+               COALESCE(s_at, statement_timestamp() + s_in * interval '1 microsecond', '-infinity'), \
+               COALESCE(e_at, statement_timestamp() + e_in * interval '1 microsecond'), \
+               limit_us * interval '1 microsecond' \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
+               $6::timestamptz[], $7::int8[], $8::int8[]) \
+               AS j(q, task, d, s_at, s_in, e_at, e_in, limit_us) \
+             RETURNING id, (SELECT {notified_jobs}) AS notified"
+        );
+        let put_jobs_now = format!(
+            "INSERT INTO {t} (q_name, task, data, schedule_at) \
+             SELECT q, task, d::json, '-infinity' \
+             FROM unnest($1::text[], $2::text[], $3::text[]) AS j(q, task, d) \
+             RETURNING id, (SELECT {notified_jobs}) AS notified"
         );
         // The same decision once for the statement, not once a row: a sub-select's value.
         let put_many = format!(
@@ -502,6 +533,8 @@ impl Statements {
             functions_table: table.qualified_derived("functions"),
             put,
             put_many,
+            put_jobs,
+            put_jobs_now,
             get,
             give_back,
             fail_unreadable,

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, Postgres};
 use crate::error::{Error, Result};
 use crate::job::check_queue_name;
 use crate::job::{Job, JobId, NewJob};
-use crate::queue::{insert, take, wait_for_job, Put, Queue, Target};
+use crate::queue::{insert, insert_jobs, take, wait_for_job, Put, Queue, Target};
 
 /// A database transaction on one [`Queue`]: a job taken in it returns to the queue, and jobs
 /// put in it vanish, unless it commits. It dereferences to the connection, so the caller's own
@@ -96,6 +96,14 @@ impl Transaction {
         let queue = self.queue.clone();
         let sql = queue.pq().statements().await?;
         insert(sql, &mut **self.tx(), job).await
+    }
+
+    /// Writes prepared jobs (any queues and tasks) in this transaction, in one statement;
+    /// returns their ids in order.
+    pub async fn put_jobs(&mut self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let queue = self.queue.clone();
+        let sql = queue.pq().statements().await?;
+        insert_jobs(sql, &mut **self.tx(), jobs).await
     }
 
     /// Makes everything done in the transaction permanent.

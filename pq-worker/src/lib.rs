@@ -3,6 +3,7 @@
 //!
 //! Use it through the `pq` crate, which re-exports everything here.
 
+mod batch;
 mod cancel;
 mod complete;
 mod context;
@@ -18,6 +19,7 @@ pub mod metrics;
 #[doc(hidden)]
 pub mod private;
 
+pub use batch::TaskBatch;
 pub use context::TaskContext;
 pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition};
 pub use task::{

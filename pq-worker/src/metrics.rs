@@ -109,7 +109,17 @@ pub fn describe() {
 /// Labels are [`SharedString`]s: a `&'static str`, a `String`, or an `Arc<str>` shared with
 /// every other use, so that a busy worker does not copy its task and queue names for each job.
 pub fn job_enqueued(task: impl Into<SharedString>, queue: impl Into<SharedString>) {
-    ::metrics::counter!(JOBS_ENQUEUED, "task" => task.into(), "queue" => queue.into()).increment(1);
+    jobs_enqueued(task, queue, 1);
+}
+
+/// Counts `count` jobs written.
+pub(crate) fn jobs_enqueued(
+    task: impl Into<SharedString>,
+    queue: impl Into<SharedString>,
+    count: u64,
+) {
+    ::metrics::counter!(JOBS_ENQUEUED, "task" => task.into(), "queue" => queue.into())
+        .increment(count);
 }
 
 /// Counts an attempt started, and records how long its job had been ready (see

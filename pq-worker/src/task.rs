@@ -340,6 +340,11 @@ impl<T: Task> TaskCall<T> {
         self
     }
 
+    /// The queue this call's job goes to.
+    pub(crate) fn queue_name(&self) -> &Cow<'static, str> {
+        &self.queue
+    }
+
     /// Sends this call to another queue than the task's default.
     pub fn queue(mut self, queue: impl Into<Cow<'static, str>>) -> Self {
         self.queue = queue.into();

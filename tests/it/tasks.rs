@@ -162,6 +162,96 @@ async fn a_task_enqueued_in_a_committed_transaction_is_stored() {
 }
 
 #[tokio::test]
+async fn a_batch_of_calls_of_several_tasks_writes_each_with_its_own_options_in_order() {
+    let db = TestDb::new().await;
+    let mut batch: pq::TaskBatch = (0..500).map(tally).collect();
+    batch.push(eat("Cox".into(), 3));
+    batch.push(eat("Gala".into(), 1).queue("pears").schedule_at("1m"));
+    batch.extend([tally(500).expected_at("2h")]);
+    assert_eq!(batch.len(), 503);
+
+    let ids = batch.enqueue(&db.pq).await.unwrap();
+
+    assert_eq!(ids.len(), 503);
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "in the order of the calls"
+    );
+    for (n, id) in ids[..500].iter().enumerate() {
+        let job = stored(&db.pq, *id).await.expect("stored");
+        assert_eq!(job.data, json!({ "n": n }));
+        assert_eq!((job.queue.as_str(), job.schedule_at), ("default", None));
+    }
+    let cox = stored(&db.pq, ids[500]).await.unwrap();
+    assert_eq!(
+        (cox.queue.as_str(), cox.task.as_deref()),
+        ("apples", Some("it::tasks::eat"))
+    );
+    assert_about(cox.schedule_at, from_now(Duration::from_secs(3600)));
+    let gala = stored(&db.pq, ids[501]).await.unwrap();
+    assert_eq!(gala.data, json!({ "kind": "Gala", "count": 1 }));
+    assert_eq!(gala.queue, "pears");
+    assert_about(gala.schedule_at, from_now(Duration::from_secs(60)));
+    let last = stored(&db.pq, ids[502]).await.unwrap();
+    assert_about(last.expected_at, from_now(Duration::from_secs(7200)));
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_call_writes_nothing_and_one_in_a_rolled_back_transaction_leaves_nothing(
+) {
+    let db = TestDb::new().await;
+    let mut batch = pq::TaskBatch::new();
+    batch.push(tally(1));
+    batch.push(tally(2).schedule_at("soon"));
+    batch.push(tally(3));
+    let error = batch.enqueue(&db.pq).await.unwrap_err();
+    assert!(error.to_string().contains("soon"), "{error}");
+    assert_eq!(db.pq.queue("default").len().await.unwrap(), 0);
+
+    let mut tx = db.pq.pool().begin().await.unwrap();
+    let batch: pq::TaskBatch = (0..3).map(tally).collect();
+    let ids = batch.enqueue(db.pq.on(&mut tx)).await.unwrap();
+    tx.rollback().await.unwrap();
+    assert!(stored(&db.pq, ids[0]).await.is_none());
+
+    let mut tx = db.pq.queue("default").begin().await.unwrap();
+    let batch: pq::TaskBatch = (0..3).map(tally).collect();
+    batch.enqueue(&mut tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(db.pq.queue("default").len().await.unwrap(), 3);
+
+    assert_eq!(pq::TaskBatch::new().enqueue(&db.pq).await.unwrap(), []);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_wakes_the_workers_of_each_of_its_queues() {
+    let db = TestDb::new().await;
+    // A worker that would look by itself only after a minute: only a notification wakes it.
+    let worker = crate::support::Running::start(
+        pq::Worker::new(db.pq.clone())
+            .queues(["apples", "pears"])
+            .poll_interval(Duration::from_secs(60)),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut batch = pq::TaskBatch::new();
+    batch.push(eat("Cox".into(), 1).schedule_at("0s"));
+    batch.push(eat("Gala".into(), 1).schedule_at("0s").queue("pears"));
+    let ids = batch.enqueue(&db.pq).await.unwrap();
+    let enqueued = std::time::Instant::now();
+    crate::support::eventually(|| async {
+        stored(&db.pq, ids[0]).await.is_none() && stored(&db.pq, ids[1]).await.is_none()
+    })
+    .await;
+    // Woken, both ran at once; unwoken, the worker finds them at its heartbeat (10 s).
+    assert!(
+        enqueued.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        enqueued.elapsed()
+    );
+    worker.stop().await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn arguments_round_trip_through_the_stored_job() {
     let db = TestDb::new().await;
     let basket = Basket {
