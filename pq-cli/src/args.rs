@@ -83,10 +83,13 @@ pub(crate) enum Command {
 
     /// Run the tasks registered in this program until SIGINT or SIGTERM.
     Work {
-        /// A queue to work (repeat for several, or list them: --queues mail,sms; default: the
-        /// queues of the registered tasks).
-        #[arg(long = "queue", visible_alias = "queues", value_delimiter = ',')]
+        /// A queue to work (repeat for several; default: the queues of the registered tasks).
+        #[arg(long = "queue")]
         queues: Vec<String>,
+
+        /// Queues to work, separated by commas (mail,sms), beside any --queue.
+        #[arg(long = "queues", value_delimiter = ',')]
+        queue_lists: Vec<String>,
 
         /// How many jobs to run at once.
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]

@@ -93,6 +93,7 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
         }
         Command::Work {
             queues,
+            queue_lists,
             concurrency,
             burst,
             lease,
@@ -107,8 +108,8 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
             let mut worker = Worker::new(pq.clone())
                 .registry(registry.clone())
                 .concurrency(usize::try_from(*concurrency).unwrap_or(usize::MAX));
-            if !queues.is_empty() {
-                worker = worker.queues(queues.iter().cloned());
+            if !queues.is_empty() || !queue_lists.is_empty() {
+                worker = worker.queues(queues.iter().chain(queue_lists).cloned());
             }
             if *burst {
                 worker = worker.burst();

@@ -58,10 +58,14 @@ impl Connections {
         &self.pool
     }
 
-    /// Why the pool gave no connection within `after`; see [`why_no_connection`].
+    /// Why the pool gave no connection within `after`: every one was in use, or, when it had
+    /// room for more, see [`why_no_connection`].
     pub(crate) async fn why_none(&self, what: &'static str, after: Duration) -> Error {
         let size = self.pool.options().get_max_connections();
-        why_no_connection(&self.pool.connect_options(), what, after, size).await
+        if self.pool.size() >= size && self.pool.num_idle() == 0 {
+            return Error::PoolBusy { what, after, size };
+        }
+        why_no_connection(&self.pool.connect_options(), what, after).await
     }
 
     /// The connection used last, or one from the pool.
@@ -79,22 +83,23 @@ impl Connections {
     }
 }
 
-/// Why a pool of `size` connections to `options` gave none within `after`, which it does not
-/// say (a server that refuses connections and one slow to answer both make it time out): one
-/// connection of its own, for at most a second.
+/// Why a pool that had room for a connection to `options` made none within `after`, which it
+/// does not say (a server that refuses connections and one slow to answer both make it time
+/// out): one connection of its own, for at most a second, closed at once.
 pub(crate) async fn why_no_connection(
     options: &PgConnectOptions,
     what: &'static str,
     after: Duration,
-    size: u32,
 ) -> Error {
-    match tokio::time::timeout(Duration::from_secs(1), options.connect()).await {
+    let probe = async {
+        let connection = options.connect().await?;
+        let _ = sqlx::Connection::close(connection).await;
+        Ok::<_, sqlx::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(1), probe).await {
         Ok(Err(error)) => Error::Unreachable { what, error },
-        Ok(Ok(connection)) => {
-            let _ = sqlx::Connection::close(connection).await;
-            Error::PoolBusy { what, after, size }
-        }
-        Err(_) => Error::Timeout { what, after },
+        // It connects now: it was only slow.
+        Ok(Ok(())) | Err(_) => Error::Timeout { what, after },
     }
 }
 

@@ -155,14 +155,18 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         let error = match self {
             Error::Timeout { .. } | Error::PoolBusy { .. } => return true,
+            // rustls reports a certificate it does not trust, or a handshake the server
+            // refused, as invalid data: on a new connection, it will be as invalid next time.
+            Error::Unreachable {
+                error: sqlx::Error::Io(error),
+                ..
+            } if error.kind() == std::io::ErrorKind::InvalidData => return false,
             Error::Database(error) | Error::Unreachable { error, .. } => error,
             _ => return false,
         };
         match error {
-            // rustls reports a certificate it does not trust, or a handshake the server
-            // refused, as invalid data: it will be as invalid on the next try.
-            sqlx::Error::Io(error) => error.kind() != std::io::ErrorKind::InvalidData,
-            sqlx::Error::Protocol(_)
+            sqlx::Error::Io(_)
+            | sqlx::Error::Protocol(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed => true,

@@ -212,6 +212,8 @@ impl Pq {
             Ok(Err(Error::Database(sqlx::Error::PoolTimedOut))) => {
                 Err(self.inner.connections.why_none(what, timeout).await)
             }
+            // The pool's own connection failed (TLS, authentication): it says why.
+            Ok(Err(Error::Database(error))) if !acquired => Err(Error::Unreachable { what, error }),
             Ok(output) => output,
             Err(_) if !acquired => Err(self.inner.connections.why_none(what, timeout).await),
             Err(_) => Err(Error::Timeout {
@@ -416,9 +418,14 @@ impl PqBuilder {
         {
             Ok(pool) => pool,
             Err(sqlx::Error::PoolTimedOut) => {
-                return Err(why_no_connection(&options, "connecting", ACQUIRE_TIMEOUT, 1).await)
+                return Err(why_no_connection(&options, "connecting", ACQUIRE_TIMEOUT).await)
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => {
+                return Err(Error::Unreachable {
+                    what: "connecting",
+                    error,
+                })
+            }
         };
         self.from_pool(pool).await
     }

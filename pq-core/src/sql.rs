@@ -519,11 +519,13 @@ impl Statements {
                      WHERE k.id = j.id AND k.claim = j.claim_id) \
                  RETURNING j.q_name"
             ),
-            // Workers whose heartbeat ran out a minute ago, listed as dead until then: their
-            // jobs were rescued meanwhile (or are, their worker's row gone), and a worker that
-            // comes back registers again.
+            // Workers whose heartbeat ran out a minute ago, listed as dead until then, once
+            // every job of theirs was rescued (a row holds its cancel requests until then);
+            // a worker that comes back registers again.
             reap_workers: format!(
-                "DELETE FROM {workers} WHERE expires_at < statement_timestamp() - interval '1 minute'"
+                "DELETE FROM {workers} AS w WHERE w.expires_at < statement_timestamp() - interval '1 minute' \
+                   AND NOT EXISTS (SELECT FROM {t} AS j \
+                     WHERE COALESCE(j.state = 'running', false) AND j.worker_id = w.id)"
             ),
             schema_version: format!(
                 "SELECT COALESCE(max(version), 0) FROM {}",

@@ -101,6 +101,10 @@ pub enum Duplicates {
     None,
     /// Only where the earlier run's worker process was interrupted (killed or stopped).
     OnlyInterrupted,
+    /// As `OnlyInterrupted`, but the interrupted workers gave their jobs back (their `run()`
+    /// was dropped), which does not count the attempt: a later run may have the attempt
+    /// number of the interrupted one.
+    GivenBack,
     /// As `OnlyInterrupted`, but an operator's retry started the jobs' attempts over, so a
     /// later run may have the attempt number of the interrupted one.
     OperatorRetried,
@@ -375,14 +379,14 @@ fn explain(
     }
     if later.attempt <= earlier.attempt {
         // One attempt ran twice: only an operator's retry starts the count over, and only a
-        // worker that stops gives a job back without counting its attempt (and may have cut
-        // it short just after its effect, or not recorded its end).
+        // worker that gives its jobs back does not count the attempt (it may have cut a run
+        // short just after its effect).
         return match duplicates {
             Duplicates::OperatorRetried if was_interrupted => Some(
                 "running when their worker was stopped, then retried by an operator".to_owned(),
             ),
-            _ if was_interrupted && later.attempt == earlier.attempt => Some(
-                "given back by their stopping worker after their effect, attempt uncounted"
+            Duplicates::GivenBack if was_interrupted && later.attempt == earlier.attempt => Some(
+                "given back by their dropped worker after their effect, attempt uncounted"
                     .to_owned(),
             ),
             _ => None,
@@ -393,7 +397,7 @@ fn explain(
     }
     if matches!(
         duplicates,
-        Duplicates::OnlyInterrupted | Duplicates::OperatorRetried
+        Duplicates::OnlyInterrupted | Duplicates::GivenBack | Duplicates::OperatorRetried
     ) {
         return None;
     }

@@ -38,6 +38,8 @@ pub struct TaskBatch {
     jobs: Result<Vec<NewJob>, pq_core::Error>,
     /// How many jobs of each task and queue, in runs of the same, for the metrics.
     counts: Vec<(&'static str, Cow<'static, str>, u64)>,
+    /// Calls pushed, those that failed included.
+    len: usize,
 }
 
 impl TaskBatch {
@@ -46,11 +48,13 @@ impl TaskBatch {
         Self {
             jobs: Ok(Vec::new()),
             counts: Vec::new(),
+            len: 0,
         }
     }
 
     /// Adds a call.
     pub fn push<T: Task>(&mut self, call: TaskCall<T>) {
+        self.len += 1;
         let Ok(jobs) = &mut self.jobs else {
             return;
         };
@@ -70,7 +74,7 @@ impl TaskBatch {
 
     /// How many calls it holds.
     pub fn len(&self) -> usize {
-        self.jobs.as_ref().map_or(0, Vec::len)
+        self.len
     }
 
     /// Whether it holds no call.
@@ -88,6 +92,7 @@ impl TaskBatch {
         // A plain future, as `TaskCall::enqueue` is, to be `Send` inside task bodies.
         let counts = self.counts;
         let written = match self.jobs {
+            Ok(jobs) if jobs.is_empty() => Either::Right(std::future::ready(Ok(Vec::new()))),
             Ok(jobs) => Either::Left(target.enqueue_many(jobs)),
             Err(error) => Either::Right(std::future::ready(Err(error))),
         };

@@ -298,12 +298,14 @@ async fn warn_of_connection_budget(pq: &Pq, info: &WorkerInfo) {
 }
 
 /// Gives back a worker's unfinished jobs and its registration when its `run` future is dropped:
-/// a task of its own, bounded by the flush timeout, since a drop cannot wait. It lets the
+/// a task of its own, bounded by the flush timeout (or half the lease), since a drop cannot wait. It lets the
 /// completer record what the jobs decided first: a job that finished, released instead, would
 /// run again.
 struct Cleanup {
     pq: Pq,
     worker: WorkerId,
+    /// How long a drop lets the completer go on.
+    flush: Duration,
     in_flight: InFlight,
     /// Until the worker, stopping, waits for it itself.
     completer: Option<JoinHandle<()>>,
@@ -340,8 +342,12 @@ impl Drop for Cleanup {
         }
         let completer = self.completer.take();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            if let Some(completer) = completer {
+                completer.abort();
+            }
             return; // Its jobs return when its lease runs out.
         };
+        let flush = self.flush;
         let unfinished = lock(&self.in_flight).len();
         let (pq, worker) = (self.pq.clone(), self.worker);
         runtime.spawn(async move {
@@ -352,7 +358,7 @@ impl Drop for Cleanup {
             // The completer ends once the jobs' tasks, aborted with the future, are gone.
             if let Some(completer) = completer {
                 let abort = completer.abort_handle();
-                if tokio::time::timeout(FLUSH_TIMEOUT, completer).await.is_err() {
+                if tokio::time::timeout(flush, completer).await.is_err() {
                     abort.abort();
                 }
             }
@@ -422,6 +428,9 @@ impl Run {
         let mut cleanup = Cleanup {
             pq: own.clone(),
             worker: self.worker,
+            // The heartbeat ends with the future: past half the lease, other workers may rescue
+            // the jobs, and an outcome recorded then would be refused anyway.
+            flush: FLUSH_TIMEOUT.min(self.settings.lease / 2),
             in_flight: Arc::clone(&in_flight),
             completer: Some(tokio::spawn(
                 Completer {

@@ -197,13 +197,16 @@ async fn cancel(env: &Env, report: &mut Report) -> Result<()> {
         }
     });
     let asked = Instant::now();
-    for id in [cooperative, aborted] {
-        env.pq.admin().cancel(id).await?;
+    let ended = async {
+        for id in [cooperative, aborted] {
+            env.pq.admin().cancel(id).await?;
+        }
+        wait("both runs to end cancelled", || async {
+            Ok(state(env, cooperative).await? == Some(JobState::Cancelled)
+                && state(env, aborted).await? == Some(JobState::Cancelled))
+        })
+        .await
     }
-    let ended = wait("both runs to end cancelled", || async {
-        Ok(state(env, cooperative).await? == Some(JobState::Cancelled)
-            && state(env, aborted).await? == Some(JobState::Cancelled))
-    })
     .await;
     let took = asked.elapsed();
     deafen.abort();

@@ -167,7 +167,7 @@ pub async fn dropped_run(profile: &Profile, _seed: u64, logs: &Path) -> Result<R
     env.account(
         &ledger,
         &HashSet::from([dropped.pid]),
-        Duplicates::OnlyInterrupted,
+        Duplicates::GivenBack,
         options.keep_completed,
         &mut report,
     )
