@@ -298,9 +298,9 @@ async fn warn_of_connection_budget(pq: &Pq, info: &WorkerInfo) {
 }
 
 /// Gives back a worker's unfinished jobs and its registration when its `run` future is dropped:
-/// a task of its own, bounded by the flush timeout (or half the lease), since a drop cannot wait. It lets the
-/// completer record what the jobs decided first: a job that finished, released instead, would
-/// run again.
+/// a task of its own, bounded by the flush timeout (or half the lease), since a drop cannot
+/// wait. It lets the completer record what the jobs decided first: a job that finished,
+/// released instead, would run again.
 struct Cleanup {
     pq: Pq,
     worker: WorkerId,
