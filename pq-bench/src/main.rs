@@ -212,8 +212,8 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         let (mut raw_runs, mut pq_runs, mut task_runs) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             raw_runs.push(raw.insert_batches(admin, BATCH, jobs).await?);
-            pq_runs.push(pq.enqueue_batches(admin, BATCH, jobs).await?);
-            task_runs.push(pq.enqueue_task_batches(admin, BATCH, jobs).await?);
+            pq_runs.push(pq.enqueue_batches(admin, BATCH, jobs, false).await?);
+            task_runs.push(pq.enqueue_batches(admin, BATCH, jobs, true).await?);
         }
         let raw_batch = median(raw_runs).context("no run")?;
         report.rows.push(Row {

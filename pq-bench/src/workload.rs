@@ -93,8 +93,15 @@ impl PqTable {
         Ok(measured)
     }
 
-    /// `jobs` jobs put in batches of `batch` with `Queue::put_many`, one producer.
-    pub async fn enqueue_batches(&self, admin: &PgPool, batch: u64, jobs: u64) -> Result<Measured> {
+    /// `jobs` jobs enqueued in batches of `batch` by one producer: no-op task calls in a
+    /// `TaskBatch` when `typed`, else values with `Queue::put_many`.
+    pub async fn enqueue_batches(
+        &self,
+        admin: &PgPool,
+        batch: u64,
+        jobs: u64,
+        typed: bool,
+    ) -> Result<Measured> {
         #[derive(serde::Serialize)]
         struct Args {
             n: u64,
@@ -105,36 +112,17 @@ impl PqTable {
         let probe = Probe::start(admin).await?;
         let mut done = 0;
         while done < jobs {
-            let size = batch.min(jobs - done);
-            let items: Vec<Args> = (done..done + size).map(|n| Args { n }).collect();
-            queue.put_many(&items).await?;
-            done += size;
-        }
-        let stopped = probe.stop();
-        close(pq).await;
-        let measured = stopped.finish(admin, jobs).await?;
-        self.expect_ready(admin, jobs).await?;
-        Ok(measured)
-    }
-
-    /// `jobs` no-op task calls enqueued in batches of `batch` with a `TaskBatch`, one producer.
-    pub async fn enqueue_task_batches(
-        &self,
-        admin: &PgPool,
-        batch: u64,
-        jobs: u64,
-    ) -> Result<Measured> {
-        self.truncate(admin).await?;
-        let pq = connect(&self.url, &self.schema).await?;
-        let probe = Probe::start(admin).await?;
-        let mut done = 0;
-        while done < jobs {
-            let size = batch.min(jobs - done);
-            let calls: pq::TaskBatch = (done..done + size)
-                .map(|n| crate::tasks::noop(u32::try_from(n).unwrap_or(u32::MAX)))
-                .collect();
-            calls.enqueue(&pq).await?;
-            done += size;
+            let numbers = done..done + batch.min(jobs - done);
+            done = numbers.end;
+            if typed {
+                let calls: pq::TaskBatch = numbers
+                    .map(|n| crate::tasks::noop(u32::try_from(n).unwrap_or(u32::MAX)))
+                    .collect();
+                calls.enqueue(&pq).await?;
+            } else {
+                let items: Vec<Args> = numbers.map(|n| Args { n }).collect();
+                queue.put_many(&items).await?;
+            }
         }
         let stopped = probe.stop();
         close(pq).await;

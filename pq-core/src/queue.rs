@@ -548,8 +548,10 @@ pub(crate) async fn insert_jobs<'e>(
     let (mut schedule_at, mut schedule_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut expected_at, mut expected_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut timeouts = Vec::with_capacity(n);
+    let mut timed = false;
     for job in jobs {
         job.check()?;
+        timed |= job.schedule_at.is_some() || job.expected_at.is_some() || job.timeout.is_some();
         schedule_at.push(job.schedule_at.and_then(When::at));
         schedule_in.push(job.schedule_at.and_then(When::in_micros));
         expected_at.push(job.expected_at.and_then(When::at));
@@ -559,12 +561,6 @@ pub(crate) async fn insert_jobs<'e>(
         tasks.push(job.task);
         data.push(job.data);
     }
-    let timed = [&schedule_at, &expected_at]
-        .iter()
-        .any(|c| c.iter().any(Option::is_some))
-        || [&schedule_in, &expected_in, &timeouts]
-            .iter()
-            .any(|c| c.iter().any(Option::is_some));
     let query = if timed {
         sqlx::query_scalar(&sql.put_jobs)
             .bind(queues)
