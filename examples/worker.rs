@@ -69,10 +69,11 @@ async fn main() -> anyhow::Result<()> {
 
     // Work for four seconds, long enough for the retries, then shut down gracefully. A real
     // worker binary runs `pq::Worker::new(pq).run().await?` and stops on SIGINT or SIGTERM.
-    pq::Worker::new(pq.clone())
+    let report = pq::Worker::new(pq.clone())
         .shutdown_on(tokio::time::sleep(std::time::Duration::from_secs(4)))
         .run()
         .await?;
+    println!("the worker's runs: {report}");
 
     if let Some(job) = pq.admin().job(bake_id).await? {
         let error = job.last_error.unwrap_or_default();

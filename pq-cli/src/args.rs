@@ -16,6 +16,16 @@ pub(crate) struct Cli {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
+    /// DATABASE_URL is a transaction pooler's (PgBouncer's `pool_mode = transaction`): no
+    /// statement is kept prepared, each command's statements run in transactions.
+    #[arg(long, env = "PQ_TRANSACTION_POOLER", global = true)]
+    pub transaction_pooler: bool,
+
+    /// The server's own URL, past the transaction pooler, for `migrate` and for `work`'s
+    /// LISTEN (without it, `work` polls).
+    #[arg(long, env = "PQ_DIRECT_URL", global = true, hide_env_values = true)]
+    pub direct_url: Option<String>,
+
     /// The schema of the queue table (default: the first of the connection's search path).
     #[arg(long, env = "PQ_SCHEMA", global = true)]
     pub schema: Option<String>,

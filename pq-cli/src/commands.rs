@@ -120,7 +120,9 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
             if let Some(grace) = *grace_period {
                 worker = worker.grace_period(grace);
             }
-            worker.run().await.map_err(anyhow::Error::from)
+            let report = worker.run().await?;
+            writeln!(out, "{report}")?;
+            Ok(())
         }
     }
 }

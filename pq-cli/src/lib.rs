@@ -115,6 +115,12 @@ async fn connect(cli: &Cli, max_connections: u32) -> anyhow::Result<Pq> {
     if let Some(schema) = &cli.schema {
         builder = builder.schema(schema);
     }
+    if cli.transaction_pooler {
+        builder = builder.transaction_pooler();
+    }
+    if let Some(direct) = &cli.direct_url {
+        builder = builder.direct_url(direct);
+    }
     // Checks the URL, schema and table without connecting.
     let pq = builder.connect_lazy(url)?;
     // Then one plain connection: when the database is down it fails at once with the reason

@@ -778,6 +778,32 @@ async fn migrate_status_and_enqueue_work_over_tls_and_an_untrusted_certificate_i
 }
 
 #[tokio::test]
+async fn through_a_transaction_pooler_commands_work_and_migrate_asks_for_the_direct_url() {
+    let db = Db::without_table().await;
+    let server: sqlx::postgres::PgConnectOptions = database_url().parse().unwrap();
+    let bouncer = pq_pgserver::Bouncer::start("cli", server.get_port())
+        .await
+        .expect("start pgbouncer (.ci/run installs it)");
+    let pooled = bouncer.url(server.get_database().unwrap_or("postgres"));
+    let through = |args: &[&str]| {
+        db.pq(&[&["--database-url", &pooled, "--transaction-pooler"], args].concat())
+    };
+
+    let err = through(&["migrate"]).fails();
+    assert!(
+        err.contains("--direct-url") || err.contains("direct_url"),
+        "{err}"
+    );
+    through(&["--direct-url", &database_url(), "migrate"]).ok();
+    through(&["enqueue", "app::mail", "{}"]).ok();
+    through(&["enqueue", "app::mail", "{}"]).ok();
+    let status = through(&["status"]).ok();
+    assert!(status.contains("default"), "{status}");
+    let jobs = through(&["jobs", "list"]).ok();
+    assert_eq!(jobs.matches("app::mail").count(), 2, "{jobs}");
+}
+
+#[tokio::test]
 async fn a_missing_database_url_says_how_to_give_one() {
     let output = Command::new(env!("CARGO_BIN_EXE_pq"))
         .env_remove("DATABASE_URL")

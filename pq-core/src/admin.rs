@@ -19,7 +19,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use crate::error::{Error, Result};
 use crate::job::{check_queue_name, JobId};
 use crate::pq::Pq;
-use crate::sql::{as_bytes, TableName, EXPECTED, READY_AT};
+use crate::sql::{as_bytes, EXPECTED, READY_AT};
 use crate::timestamp::Timestamp;
 
 /// The state of a job as an operator sees it. The table stores `queued` for both
@@ -374,6 +374,8 @@ fn job_info_columns(workers: &str) -> String {
 /// depends on the filter and is built per call (see [`Admin::list`]).
 #[derive(Debug)]
 struct Statements {
+    /// The table's other statements, and how statements are prepared.
+    core: std::sync::Arc<crate::sql::Statements>,
     channel: String,
     stats: String,
     oldest_ready: String,
@@ -388,10 +390,13 @@ struct Statements {
     resume: String,
     delete: String,
     prune_batch: String,
+    schedule_now: String,
+    waiting_like: String,
 }
 
 impl Statements {
-    fn new(table: &TableName) -> Self {
+    fn new(core: std::sync::Arc<crate::sql::Statements>) -> Self {
+        let table = &core.table;
         let t = table.qualified();
         let ready = JobState::Ready.condition();
         let columns = job_info_columns(&table.qualified_derived("workers"));
@@ -478,6 +483,15 @@ impl Statements {
             oldest_ready,
             job: format!("SELECT {columns} FROM {t} AS t WHERE id = $1"),
             list: format!("SELECT {columns} FROM {t} AS t WHERE id > "),
+            // The filter's conditions follow.
+            schedule_now: format!(
+                "UPDATE {t} SET schedule_at = statement_timestamp() \
+                 WHERE state = 'queued' AND {READY_AT} > statement_timestamp()"
+            ),
+            waiting_like: format!(
+                "SELECT id FROM {t} WHERE state = 'queued' AND q_name = $1 \
+                   AND task IS NOT DISTINCT FROM $2 AND data::jsonb = $3::jsonb ORDER BY id"
+            ),
             retry_one,
             retry_batch,
             // A queued job is cancelled at once; a running one by asking its worker, whose
@@ -546,6 +560,7 @@ impl Statements {
             ),
             delete: format!("DELETE FROM {t} WHERE id = $1 AND state <> 'running'"),
             prune_batch,
+            core,
         }
     }
 }
@@ -591,10 +606,10 @@ impl Pq {
 
 impl Admin {
     async fn sql(&self) -> Result<&Statements> {
-        let table = &self.pq.statements().await?.table;
+        let core = self.pq.statements().await?;
         Ok(self
             .sql
-            .get_or_init(|| async { Statements::new(table) })
+            .get_or_init(|| async { Statements::new(std::sync::Arc::clone(core)) })
             .await)
     }
 
@@ -620,7 +635,7 @@ impl Admin {
         let rows = self
             .pq
             .with_connection("counting jobs", async |connection| {
-                Ok(sqlx::query(&sql.stats).fetch_all(connection).await?)
+                Ok(sql.core.query(&sql.stats).fetch_all(connection).await?)
             })
             .await?;
         let count = |row: &PgRow, i| -> Result<u64> {
@@ -656,7 +671,9 @@ impl Admin {
         let age: Option<f64> = self
             .pq
             .with_connection("reading the oldest ready job", async |connection| {
-                Ok(sqlx::query_scalar(&sql.oldest_ready)
+                Ok(sql
+                    .core
+                    .query_scalar(&sql.oldest_ready)
                     .bind(queue)
                     .fetch_one(connection)
                     .await?)
@@ -672,7 +689,9 @@ impl Admin {
         let row = self
             .pq
             .with_connection("reading a job", async |connection| {
-                Ok(sqlx::query(&sql.job)
+                Ok(sql
+                    .core
+                    .query(&sql.job)
                     .bind(id.0)
                     .fetch_optional(connection)
                     .await?)
@@ -742,7 +761,7 @@ impl Admin {
     /// are kept.
     pub async fn retry(&self, id: JobId) -> Result<bool> {
         let sql = self.sql().await?;
-        let query = sqlx::query(&sql.retry_one).bind(&sql.channel).bind(id.0);
+        let query = sql.core.query(&sql.retry_one).bind(&sql.channel).bind(id.0);
         let (count, _) = self.requeue(query).await?;
         Ok(count == 1)
     }
@@ -758,7 +777,9 @@ impl Admin {
     ) -> Result<Batch> {
         filter.check()?;
         let sql = self.sql().await?;
-        let query = sqlx::query(&sql.retry_batch)
+        let query = sql
+            .core
+            .query(&sql.retry_batch)
             .bind(&sql.channel)
             .bind(after.map_or(0, |id| id.0))
             .bind(filter.queue.as_deref())
@@ -879,20 +900,26 @@ impl Admin {
     pub async fn pause(&self, queue: &str) -> Result<bool> {
         crate::job::check_queue_name(queue)?;
         let sql = self.sql().await?;
+        let paused: bool = self
+            .pq
+            .with_connection("pausing a queue", async |connection| {
+                Ok(sql
+                    .core
+                    .query_scalar(&sql.pause)
+                    .bind(queue)
+                    .fetch_one(connection)
+                    .await?)
+            })
+            .await?;
+        // Committed: claims from now on see it. Those already under way may not have; they
+        // end before this does.
         self.pq
             .with_connection("pausing a queue", async |connection| {
-                let paused: bool = sqlx::query_scalar(&sql.pause)
-                    .bind(queue)
-                    .fetch_one(&mut *connection)
-                    .await?;
-                // Committed: claims from now on see it. Those already under way may not have;
-                // they end before this does.
-                sqlx::query(&sql.hold_claims)
-                    .execute(&mut *connection)
-                    .await?;
-                Ok(paused)
+                sql.core.query(&sql.hold_claims).execute(connection).await?;
+                Ok(())
             })
-            .await
+            .await?;
+        Ok(paused)
     }
 
     /// Resumes a paused `queue`, waking its workers; `false` if it was not paused.
@@ -902,7 +929,9 @@ impl Admin {
         let resumed = self
             .pq
             .with_connection("resuming a queue", async |connection| {
-                Ok(sqlx::query(&sql.resume)
+                Ok(sql
+                    .core
+                    .query(&sql.resume)
                     .bind(queue)
                     .execute(&mut *connection)
                     .await?
@@ -914,6 +943,74 @@ impl Admin {
         }
         self.pq.wake(vec![queue.to_owned()]).await?;
         Ok(true)
+    }
+
+    /// Makes the scheduled jobs matching `filter` (its state is ignored) ready now, retries
+    /// waiting for their delay included, and wakes their workers; returns how many. In a test,
+    /// to run at once what would run later; for an operator, to run a delayed job now.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// pq.admin().schedule_now(&pq::JobFilter::new().queue("mail")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn schedule_now(&self, filter: &JobFilter) -> Result<u64> {
+        filter.check()?;
+        let sql = self.sql().await?;
+        let mut query = QueryBuilder::<Postgres>::new(&sql.schedule_now);
+        filter.push_conditions(&mut query);
+        self.make_ready(sql, query).await
+    }
+
+    /// Makes job `id` ready now, as [`schedule_now`](Admin::schedule_now) does; `false` if it
+    /// is not scheduled.
+    pub async fn schedule_job_now(&self, id: JobId) -> Result<bool> {
+        let sql = self.sql().await?;
+        let mut query = QueryBuilder::<Postgres>::new(&sql.schedule_now);
+        query.push(" AND id = ").push_bind(id.0);
+        Ok(self.make_ready(sql, query).await? == 1)
+    }
+
+    async fn make_ready(
+        &self,
+        sql: &Statements,
+        mut query: QueryBuilder<'_, Postgres>,
+    ) -> Result<u64> {
+        query.push(" RETURNING q_name");
+        let queues: Vec<String> = self
+            .pq
+            .with_connection("scheduling jobs now", async |connection| {
+                let rows = query
+                    .build_query_scalar()
+                    .persistent(sql.core.prepared)
+                    .fetch_all(connection)
+                    .await?;
+                Ok(rows)
+            })
+            .await?;
+        let count = queues.len() as u64;
+        self.pq.wake(queues).await?;
+        Ok(count)
+    }
+
+    /// The waiting jobs (ready or scheduled) with `job`'s queue, task and arguments, by id: in
+    /// a test, what a call enqueued (see `pq::testing::enqueued`).
+    pub async fn waiting_like(&self, job: &crate::NewJob) -> Result<Vec<JobId>> {
+        let sql = self.sql().await?;
+        let ids: Vec<i64> = self
+            .pq
+            .with_connection("finding jobs", async |connection| {
+                Ok(sql
+                    .core
+                    .query_scalar(&sql.waiting_like)
+                    .bind(&job.queue)
+                    .bind(job.task.as_deref())
+                    .bind(&job.data)
+                    .fetch_all(connection)
+                    .await?)
+            })
+            .await?;
+        Ok(ids.into_iter().map(JobId).collect())
     }
 
     /// Deletes a job that is not running; `false` if there is no such job.
@@ -931,7 +1028,9 @@ impl Admin {
         let done = self
             .pq
             .with_connection(what, async |connection| {
-                Ok(sqlx::query(statement(sql))
+                Ok(sql
+                    .core
+                    .query(statement(sql))
                     .bind(id.0)
                     .execute(connection)
                     .await?)
@@ -949,7 +1048,9 @@ impl Admin {
         let done = self
             .pq
             .with_connection("pruning jobs", async |connection| {
-                Ok(sqlx::query(&sql.prune_batch)
+                Ok(sql
+                    .core
+                    .query(&sql.prune_batch)
                     .bind(older_than)
                     .bind(i64::from(limit))
                     .execute(connection)

@@ -133,6 +133,15 @@ pub enum Error {
         after: std::time::Duration,
     },
 
+    /// What pq was asked needs a session on the server itself, which a transaction pooler
+    /// cannot give: set [`PqBuilder::direct_url`](crate::PqBuilder::direct_url), or run it
+    /// (`pq migrate`) against the server.
+    #[error("{what} needs a direct connection to the server, not through the transaction pooler: set PqBuilder::direct_url, or run `pq migrate --url <the server's URL>`")]
+    NoDirectConnection {
+        /// What pq was asked.
+        what: &'static str,
+    },
+
     /// A job's row holds what pq cannot read (written by other SQL: a time out of range, text
     /// that is not UTF-8, a state pq does not know).
     #[error("job {id} cannot be read: {reason}")]

@@ -267,7 +267,8 @@ impl Job {
         data: &T,
     ) -> Result<()> {
         let data = serde_json::to_string(data).map_err(Error::Encode)?;
-        sqlx::query(&self.sql.update_data)
+        self.sql
+            .query(&self.sql.update_data)
             .bind(self.id.0)
             .bind(&data)
             .execute(executor)

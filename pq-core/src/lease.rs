@@ -317,7 +317,8 @@ impl Pq {
         // start before (its completion would not find it claimed).
         let (rows, mut large) = self
             .with_connection("a claim", async |connection| {
-                let rows = sqlx::query(&sql.claim)
+                let rows = sql
+                    .query(&sql.claim)
                     .bind(worker.0)
                     .bind(&names)
                     .bind(i32::try_from(limit).unwrap_or(i32::MAX))
@@ -352,6 +353,35 @@ impl Pq {
         Ok(claimed)
     }
 
+    /// Claims these jobs for `worker`, those of them that are ready (due, not running), in
+    /// whatever queue, paused or not: a test's run of one job (`pq::testing::run_job`).
+    pub async fn claim_jobs(&self, worker: WorkerId, ids: &[JobId]) -> Result<Claimed> {
+        let sql = self.statements().await?;
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let (rows, mut large) = self
+            .with_connection("a claim", async |connection| {
+                let rows = sql
+                    .query(&sql.claim_jobs)
+                    .bind(worker.0)
+                    .bind(&ids)
+                    .fetch_all(&mut *connection)
+                    .await?;
+                let large = large_data(sql, connection, &rows).await?;
+                Ok((rows, large))
+            })
+            .await?;
+        let mut claimed = Claimed::default();
+        let mut names = Names::default();
+        for row in &rows {
+            let decoded = decode_claimed(row, sql, &mut names, &mut large)?;
+            match decoded.job {
+                Ok(job) => claimed.jobs.push(job),
+                Err(reason) => claimed.unreadable.push((decoded.claim, reason)),
+            }
+        }
+        Ok(claimed)
+    }
+
     /// Marks these claimed jobs done on `executor` (the handler's own transaction, say), in one
     /// statement: deleted, or kept in the `done` state when `keep` is set. Returns the ids it
     /// completed; a job missing from it was no longer this claim's.
@@ -368,7 +398,8 @@ impl Pq {
             &sql.complete_delete
         };
         let (_, ids_column, numbers) = columns(claims);
-        let touched = sqlx::query_scalar(statement)
+        let touched = sql
+            .query_scalar(statement)
             .bind(ids_column)
             .bind(numbers)
             .fetch_one(executor)
@@ -395,7 +426,8 @@ impl Pq {
             let mut done = if located.is_empty() {
                 Vec::new()
             } else {
-                ids(sqlx::query_scalar(statement)
+                ids(sql
+                    .query_scalar(statement)
                     .bind(&ids_column)
                     .bind(&numbers)
                     .bind(&rows)
@@ -452,7 +484,8 @@ impl Pq {
         let record = async |connection: &mut sqlx::PgConnection| -> Result<Vec<JobId>> {
             let mut touched = Vec::new();
             if !failed.is_empty() {
-                touched.extend(ids(sqlx::query_scalar(&sql.fail)
+                touched.extend(ids(sql
+                    .query_scalar(&sql.fail)
                     .bind(column(&failed, |f| f.claim.id.0))
                     .bind(column(&failed, |f| f.claim.number))
                     .bind(errors(&failed))
@@ -461,7 +494,8 @@ impl Pq {
                     .await?));
             }
             if !snoozed.is_empty() {
-                touched.extend(ids(sqlx::query_scalar(&sql.snooze)
+                touched.extend(ids(sql
+                    .query_scalar(&sql.snooze)
                     .bind(column(&snoozed, |f| f.claim.id.0))
                     .bind(column(&snoozed, |f| f.claim.number))
                     .bind(&delays)
@@ -473,7 +507,8 @@ impl Pq {
                     .await?));
             }
             if !cancelled.is_empty() {
-                touched.extend(ids(sqlx::query_scalar(&sql.cancel_running)
+                touched.extend(ids(sql
+                    .query_scalar(&sql.cancel_running)
                     .bind(column(&cancelled, |f| f.claim.id.0))
                     .bind(column(&cancelled, |f| f.claim.number))
                     .bind(errors(&cancelled))
@@ -504,7 +539,8 @@ impl Pq {
         let sql = self.statements().await?;
         let released: Vec<(i64, String)> = self
             .with_connection("a release", async |connection| {
-                Ok(sqlx::query_as(&sql.release)
+                Ok(sql
+                    .query_as(&sql.release)
                     .bind(&ids_column)
                     .bind(&numbers)
                     .fetch_all(connection)
@@ -535,7 +571,8 @@ async fn large_data(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let found: Vec<(i64, Vec<u8>)> = sqlx::query_as(&sql.claimed_data)
+    let found: Vec<(i64, Vec<u8>)> = sql
+        .query_as(&sql.claimed_data)
         .bind(&ids)
         .bind(number)
         .fetch_all(connection)

@@ -16,7 +16,9 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 pub(crate) struct Listener {
     channel: String,
-    options: PgConnectOptions,
+    /// `None` behind a transaction pooler without a direct URL: nothing is heard, and waiters
+    /// wake at their poll intervals.
+    options: Option<PgConnectOptions>,
     waiters: Arc<Waiters>,
     task: OnceCell<JoinHandle<()>>,
 }
@@ -99,7 +101,7 @@ impl Waiters {
 }
 
 impl Listener {
-    pub fn new(channel: String, options: PgConnectOptions) -> Self {
+    pub fn new(channel: String, options: Option<PgConnectOptions>) -> Self {
         Self {
             channel,
             options,
@@ -112,23 +114,22 @@ impl Listener {
     /// been missed. The first call connects and LISTENs before it returns, so a job put after it
     /// returns is never missed.
     pub async fn subscribe(&self, queues: &[&str]) -> Result<Arc<Notify>> {
+        let Some(options) = &self.options else {
+            return Ok(self.waiters.subscribe(queues));
+        };
         self.task
             .get_or_try_init(|| async {
-                let listener = self.connect().await?;
+                let listener = connect(options, &self.channel).await?;
                 let waiters = Arc::downgrade(&self.waiters);
                 let task = ListenTask {
                     channel: self.channel.clone(),
-                    options: self.options.clone(),
+                    options: options.clone(),
                     waiters,
                 };
                 Ok::<_, crate::Error>(tokio::spawn(task.run(listener)))
             })
             .await?;
         Ok(self.waiters.subscribe(queues))
-    }
-
-    async fn connect(&self) -> Result<PgListener> {
-        connect(&self.options, &self.channel).await
     }
 }
 

@@ -17,7 +17,8 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection, Executor, PgConnection, PgPool};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, Executor, PgConnection};
 
 use crate::error::{Error, Result};
 use crate::sql::{fnv1a, quote, render, Statements};
@@ -104,8 +105,8 @@ const LOCK_TIMEOUT: &str = "2s";
 /// How many times a migration whose locks were not free is tried.
 const LOCK_TRIES: u32 = 30;
 
-pub(crate) async fn run(pool: &PgPool, sql: &Statements, to: i64) -> Result<()> {
-    let mut connection = PgConnection::connect_with(&pool.connect_options()).await?;
+pub(crate) async fn run(options: &PgConnectOptions, sql: &Statements, to: i64) -> Result<()> {
+    let mut connection = PgConnection::connect_with(options).await?;
     let migrated = migrate(&mut connection, sql, to).await;
     // Releases the migration lock too, whatever happened above.
     let _ = connection.close().await;

@@ -52,6 +52,15 @@ struct Inner {
     resolved: Arc<OnceCell<Resolved>>,
     get_timeout: Duration,
     statement_timeout: Duration,
+    /// Set when the pool's URL is a transaction pooler's (see
+    /// [`PqBuilder::transaction_pooler`]).
+    pooler: Option<Arc<Pooler>>,
+}
+
+/// A transaction pooler between pq and the server.
+struct Pooler {
+    /// A connection to the server itself, for LISTEN and migrations: `None` polls instead.
+    direct: Option<PgConnectOptions>,
 }
 
 /// What depends on the table's schema: its statements and its notification channel.
@@ -109,7 +118,10 @@ impl Pq {
     /// need.
     pub async fn migrate_to(&self, version: i64) -> Result<()> {
         let sql = self.statements().await?;
-        crate::migrate::run(self.pool(), sql, version).await
+        let options = self.direct_options().ok_or(Error::NoDirectConnection {
+            what: "migrating the table",
+        })?;
+        crate::migrate::run(&options, sql, version).await
     }
 
     /// The newest migration applied to the table (0 if it has none).
@@ -117,7 +129,8 @@ impl Pq {
         let sql = self.statements().await?;
         let version = self
             .with_connection("reading the schema version", async |connection| {
-                Ok(sqlx::query_scalar(&sql.schema_version)
+                Ok(sql
+                    .query_scalar(&sql.schema_version)
                     .fetch_one(connection)
                     .await)
             })
@@ -177,25 +190,54 @@ impl Pq {
                 resolved: Arc::clone(&self.inner.resolved),
                 get_timeout: self.inner.get_timeout,
                 statement_timeout: self.inner.statement_timeout,
+                pooler: self.inner.pooler.clone(),
             }),
+        }
+    }
+
+    /// Whether the pool's connections go through a transaction pooler (see
+    /// [`PqBuilder::transaction_pooler`]).
+    pub fn behind_pooler(&self) -> bool {
+        self.inner.pooler.is_some()
+    }
+
+    /// Whether consumers and workers hear of new jobs by LISTEN: not behind a transaction
+    /// pooler without a [`direct_url`](PqBuilder::direct_url), where they poll.
+    pub fn listens(&self) -> bool {
+        self.inner
+            .pooler
+            .as_ref()
+            .is_none_or(|p| p.direct.is_some())
+    }
+
+    /// Where a session of its own (LISTEN, the migrations' lock) connects: the server, past any
+    /// pooler. `None` behind a pooler without a direct URL.
+    pub(crate) fn direct_options(&self) -> Option<PgConnectOptions> {
+        match &self.inner.pooler {
+            None => Some(self.pool().connect_options().as_ref().clone()),
+            Some(pooler) => pooler.direct.clone(),
         }
     }
 
     /// Runs pq's own `statements` on a connection kept warm between them (see
     /// [`Connections`]), within the handle's statement timeout (the wait for the connection
     /// included): kept for the next statements if these succeeded, back to the pool if they
-    /// failed, closed if they did not finish.
+    /// failed, closed if they did not finish. Behind a transaction pooler they run in one
+    /// transaction, committed if they succeeded: statements that must commit one by one take
+    /// a call each.
     pub(crate) async fn with_connection<T>(
         &self,
         what: &'static str,
         statements: impl AsyncFnOnce(&mut PgConnection) -> Result<T>,
     ) -> Result<T> {
+        let in_transaction = self.inner.pooler.is_some();
         let timeout = self.inner.statement_timeout;
         let mut acquired = false;
         let run = async {
-            let mut connection = self.inner.connections.acquire().await?;
+            let mut connection = self.inner.connections.acquire(in_transaction).await?;
             acquired = true;
             let output = statements(&mut connection).await;
+            let (connection, output) = connection.end(output).await;
             match output {
                 Ok(output) => {
                     connection.keep();
@@ -257,7 +299,7 @@ impl Pq {
         }
         let sql = self.statements().await?;
         self.with_connection("a notification", async |connection| {
-            sqlx::query(&sql.notify)
+            sql.query(&sql.notify)
                 .bind(&sql.channel)
                 .bind(&queues)
                 .execute(connection)
@@ -305,11 +347,8 @@ impl Pq {
                         TableName::new(Some(&schema), &self.inner.table.table)?
                     }
                 };
-                let sql = Arc::new(Statements::new(table));
-                let listener = Arc::new(Listener::new(
-                    sql.channel.clone(),
-                    self.pool().connect_options().as_ref().clone(),
-                ));
+                let sql = Arc::new(Statements::new(table, self.inner.pooler.is_none()));
+                let listener = Arc::new(Listener::new(sql.channel.clone(), self.direct_options()));
                 Ok::<_, Error>(Resolved { sql, listener })
             })
             .await
@@ -321,9 +360,9 @@ impl Pq {
         let timeout = self.inner.statement_timeout;
         let ask = async {
             let mut connection = PgConnection::connect_with(&options).await?;
-            let schema: Option<String> = sqlx::query_scalar("SELECT current_schema()")
-                .fetch_one(&mut connection)
-                .await?;
+            // The simple protocol: one exchange, never prepared, which any pooler passes.
+            let row = sqlx::Executor::fetch_one(&mut connection, "SELECT current_schema()").await?;
+            let schema: Option<String> = sqlx::Row::try_get(&row, 0)?;
             let _ = connection.close().await;
             Ok::<_, Error>(schema)
         };
@@ -357,6 +396,8 @@ pub struct PqBuilder {
     max_connections: u32,
     get_timeout: Duration,
     statement_timeout: Duration,
+    pooler: bool,
+    direct_url: Option<String>,
 }
 
 impl Default for PqBuilder {
@@ -367,6 +408,8 @@ impl Default for PqBuilder {
             max_connections: 10,
             get_timeout: DEFAULT_GET_TIMEOUT,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            pooler: false,
+            direct_url: None,
         }
     }
 }
@@ -409,9 +452,49 @@ impl PqBuilder {
         self
     }
 
+    /// The URL given to [`connect`](PqBuilder::connect) (or the pool given to
+    /// [`from_pool`](PqBuilder::from_pool)) is a transaction pooler's, PgBouncer's with
+    /// `pool_mode = transaction` say, which hands each transaction whatever server connection
+    /// is free. pq then keeps no session state there: its statements are not kept prepared,
+    /// and each call's run in a transaction of their own (a round trip or two more than on a
+    /// direct connection). LISTEN and migrations need a session: they connect to
+    /// [`direct_url`](PqBuilder::direct_url), or without one, consumers and workers poll (a
+    /// worker every [`poll_interval`], a blocking get every second) and
+    /// [`Pq::create`] fails with [`Error::NoDirectConnection`]: migrate with `pq migrate`
+    /// against the server.
+    ///
+    /// Your own statements through such a pool (in a handler's `ctx.transaction()`, say) must
+    /// not be prepared either: `sqlx::query(..).persistent(false)`, in a transaction, unless
+    /// the pooler keeps prepared statements itself (PgBouncer 1.21's
+    /// `max_prepared_statements`).
+    ///
+    /// [`poll_interval`]: https://docs.rs/pq/latest/pq/struct.Worker.html#method.poll_interval
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), pq::Error> {
+    /// let pq = pq::Pq::builder()
+    ///     .transaction_pooler()
+    ///     .direct_url("postgres://app@db.internal:5432/app")
+    ///     .connect("postgres://app@pgbouncer.internal:6432/app")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn transaction_pooler(mut self) -> Self {
+        self.pooler = true;
+        self
+    }
+
+    /// The server's own URL, past the [`transaction_pooler`](PqBuilder::transaction_pooler),
+    /// for what needs a session: one LISTEN connection per handle, and migrations. Without a
+    /// pooler, it is not used.
+    pub fn direct_url(mut self, url: &str) -> Self {
+        self.direct_url = Some(url.to_owned());
+        self
+    }
+
     /// Connects a pool to `url`, and resolves the table's schema if none was given.
     pub async fn connect(self, url: &str) -> Result<Pq> {
-        let options: PgConnectOptions = url.parse()?;
+        let options = self.connect_options(url)?;
         let pool = match pool_options(self.max_connections)
             .connect_with(options.clone())
             .await
@@ -433,7 +516,7 @@ impl PqBuilder {
     /// A pool that connects to `url` when first used; the schema, if none was given, is
     /// resolved by the first statement.
     pub fn connect_lazy(self, url: &str) -> Result<Pq> {
-        let options: PgConnectOptions = url.parse()?;
+        let options = self.connect_options(url)?;
         let pool = pool_options(self.max_connections).connect_lazy_with(options);
         self.handle(pool)
     }
@@ -445,8 +528,25 @@ impl PqBuilder {
         Ok(pq)
     }
 
+    /// `url`'s options. Behind a transaction pooler sqlx keeps no statement prepared, whose
+    /// server connection the next transaction may not get.
+    fn connect_options(&self, url: &str) -> Result<PgConnectOptions> {
+        let options: PgConnectOptions = url.parse()?;
+        Ok(match self.pooler {
+            true => options.statement_cache_capacity(0),
+            false => options,
+        })
+    }
+
     fn handle(self, pool: PgPool) -> Result<Pq> {
         let table = TableName::new(self.schema.as_deref(), &self.table)?;
+        let pooler = match (self.pooler, &self.direct_url) {
+            (false, _) => None,
+            (true, None) => Some(Arc::new(Pooler { direct: None })),
+            (true, Some(url)) => Some(Arc::new(Pooler {
+                direct: Some(url.parse()?),
+            })),
+        };
         Ok(Pq {
             inner: Arc::new(Inner {
                 connections: Connections::new(pool),
@@ -454,6 +554,7 @@ impl PqBuilder {
                 resolved: Arc::default(),
                 get_timeout: self.get_timeout,
                 statement_timeout: self.statement_timeout,
+                pooler,
             }),
         })
     }

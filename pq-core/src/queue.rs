@@ -153,7 +153,8 @@ impl Queue {
         let count: i64 = self
             .pq
             .with_connection("counting jobs", async |connection| {
-                Ok(sqlx::query_scalar(&sql.len)
+                Ok(sql
+                    .query_scalar(&sql.len)
                     .bind(&*self.name)
                     .fetch_one(connection)
                     .await?)
@@ -172,7 +173,8 @@ impl Queue {
         let sql = self.pq.statements().await?;
         self.pq
             .with_connection("clearing a queue", async |connection| {
-                let done = sqlx::query(&sql.clear)
+                let done = sql
+                    .query(&sql.clear)
                     .bind(&*self.name)
                     .execute(connection)
                     .await?;
@@ -197,7 +199,8 @@ pub(crate) async fn take(
     queue: &str,
 ) -> Result<Option<Job>> {
     loop {
-        let row = sqlx::query(&sql.get)
+        let row = sql
+            .query(&sql.get)
             .bind(queue)
             .fetch_optional(&mut *connection)
             .await?;
@@ -222,7 +225,7 @@ async fn fail_unreadable(
         reason,
         "pq: a job's row cannot be read; it is failed"
     );
-    sqlx::query(&sql.fail_unreadable)
+    sql.query(&sql.fail_unreadable)
         .bind(id)
         .bind(format!("cannot be read: {reason}"))
         .execute(connection)
@@ -239,30 +242,37 @@ async fn fail_unreadable(
 async fn take_committed(queue: &Queue) -> Result<Option<Job>> {
     let pq = &queue.pq;
     let sql = pq.statements().await?;
-    pq.with_connection("a get", async |connection| loop {
-        let mut tx = connection.begin().await?;
-        let row = sqlx::query(&sql.get)
-            .bind(&*queue.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let Some(row) = row else {
-            tx.commit().await?;
-            return Ok(None);
-        };
-        let job = match Job::got(&row, sql) {
-            Err(Error::Unreadable { id, reason }) => {
-                fail_unreadable(sql, &mut tx, id, &reason).await?;
+    let taken = pq
+        .with_connection("a get", async |connection| loop {
+            let mut tx = connection.begin().await?;
+            let row = sql
+                .query(&sql.get)
+                .bind(&*queue.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let Some(row) = row else {
                 tx.commit().await?;
-                continue;
-            }
-            job => job?,
-        };
-        let give_back = GiveBack::new(pq, &job);
-        tx.commit().await?;
+                return Ok(None);
+            };
+            let job = match Job::got(&row, sql) {
+                Err(Error::Unreadable { id, reason }) => {
+                    fail_unreadable(sql, &mut tx, id, &reason).await?;
+                    tx.commit().await?;
+                    continue;
+                }
+                job => job?,
+            };
+            let give_back = GiveBack::new(pq, &job);
+            tx.commit().await?;
+            return Ok(Some((job, give_back)));
+        })
+        .await?;
+    // Committed once `with_connection` returns (behind a transaction pooler, its transaction
+    // holds this one).
+    Ok(taken.map(|(job, give_back)| {
         give_back.disarm();
-        return Ok(Some(job));
-    })
-    .await
+        job
+    }))
 }
 
 /// Gives a taken job back to its queue when dropped armed: its `get` was dropped or failed
@@ -306,7 +316,7 @@ impl Drop for GiveBack {
                 };
                 let given = pq
                     .with_connection("giving a job back", async |connection| {
-                        Ok(sqlx::query(&sql.give_back)
+                        Ok(sql.query(&sql.give_back)
                             .bind(id)
                             .bind(taken_at)
                             .execute(connection)
@@ -422,7 +432,8 @@ impl Pq {
         let sql = self.statements().await?;
         let seconds: Option<f64> = self
             .with_connection("registering a wait", async |connection| {
-                Ok(sqlx::query_scalar(&sql.wait)
+                Ok(sql
+                    .query_scalar(&sql.wait)
                     .bind(queues)
                     .fetch_one(connection)
                     .await?)
@@ -519,6 +530,7 @@ pub(crate) async fn insert<'e>(
 ) -> Result<JobId> {
     job.check()?;
     let id: i64 = sqlx::query_scalar(&sql.put)
+        .persistent(sql.prepared)
         .bind(&job.queue)
         .bind(&job.task)
         .bind(&job.data)
@@ -562,7 +574,7 @@ pub(crate) async fn insert_jobs<'e>(
         data.push(job.data);
     }
     let query = if timed {
-        sqlx::query_scalar(&sql.put_jobs)
+        sql.query_scalar(&sql.put_jobs)
             .bind(queues)
             .bind(tasks)
             .bind(data)
@@ -572,7 +584,7 @@ pub(crate) async fn insert_jobs<'e>(
             .bind(expected_in)
             .bind(timeouts)
     } else {
-        sqlx::query_scalar(&sql.put_jobs_now)
+        sql.query_scalar(&sql.put_jobs_now)
             .bind(queues)
             .bind(tasks)
             .bind(data)
@@ -667,7 +679,9 @@ async fn insert_many<'e>(executor: impl PgExecutor<'e>, batch: &Batch<'_>) -> Re
     if batch.data.is_empty() {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(&batch.sql.put_many)
+    let rows = batch
+        .sql
+        .query(&batch.sql.put_many)
         .bind(batch.queue)
         .bind(&batch.data)
         .bind(batch.schedule_at.and_then(When::at))

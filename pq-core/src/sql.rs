@@ -1,6 +1,10 @@
 //! Every statement pq runs, rendered once per table from validated, quoted identifiers.
 //! Values are always bound parameters; only identifiers are spliced in, here and nowhere else.
 
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::{Query, QueryAs, QueryScalar};
+use sqlx::{FromRow, Postgres};
+
 use crate::error::{Error, Result};
 
 /// A table name, validated: its schema, when one is configured or once the connection's
@@ -179,6 +183,9 @@ pub(crate) fn render(template: &str, table: &TableName) -> String {
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub table: TableName,
+    /// Whether statements stay prepared on their connection: not behind a transaction pooler,
+    /// which hands each transaction a server connection that never saw them.
+    pub prepared: bool,
     pub channel: String,
     pub put: String,
     pub put_many: String,
@@ -193,6 +200,7 @@ pub(crate) struct Statements {
     pub update_data: String,
     pub claim: String,
     pub claimed_data: String,
+    pub claim_jobs: String,
     pub complete_delete: String,
     pub complete_keep: String,
     pub complete_delete_by_row: String,
@@ -223,7 +231,29 @@ pub(crate) const READY_AT: &str = "GREATEST(schedule_at, enqueued_at)";
 pub(crate) const EXPECTED: &str = "COALESCE(expected_at, 'infinity')";
 
 impl Statements {
-    pub fn new(table: TableName) -> Self {
+    /// `sqlx::query(sql)`, kept prepared on its connection unless [`prepared`](Self::prepared)
+    /// is off.
+    pub fn query<'q>(&self, sql: &'q str) -> Query<'q, Postgres, PgArguments> {
+        sqlx::query(sql).persistent(self.prepared)
+    }
+
+    /// `sqlx::query_scalar(sql)`, prepared as [`query`](Self::query) is.
+    pub fn query_scalar<'q, O>(&self, sql: &'q str) -> QueryScalar<'q, Postgres, O, PgArguments>
+    where
+        (O,): for<'r> FromRow<'r, PgRow>,
+    {
+        sqlx::query_scalar(sql).persistent(self.prepared)
+    }
+
+    /// `sqlx::query_as(sql)`, prepared as [`query`](Self::query) is.
+    pub fn query_as<'q, O>(&self, sql: &'q str) -> QueryAs<'q, Postgres, O, PgArguments>
+    where
+        O: for<'r> FromRow<'r, PgRow>,
+    {
+        sqlx::query_as(sql).persistent(self.prepared)
+    }
+
+    pub fn new(table: TableName, prepared: bool) -> Self {
         let t = table.qualified();
         // Whether a put on the queues `notify` calls for notified (see
         // `sql/functions/notify.sql`): it takes the wait lock shared until it commits, then
@@ -332,6 +362,26 @@ impl Statements {
         let claim = format!(
             "SELECT * FROM {}($1, $2, $3, $4, $5, $6)",
             table.qualified_derived("claim")
+        );
+        // The claim of chosen jobs (a test's run of one job), ready ones only, paused queues
+        // or not: one claim id, under the worker's lock as the claim function takes it.
+        let claim_jobs = format!(
+            "WITH held AS (SELECT pg_advisory_xact_lock_shared({lock}, ($1 & 2147483647)::int4)), \
+                  claim AS (SELECT nextval({claims}) AS n FROM held \
+                    WHERE EXISTS (SELECT FROM {workers} AS w WHERE w.id = $1)) \
+             UPDATE {t} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1, \
+               claim_id = claim.n, worker_id = $1, dequeued_at = statement_timestamp(), \
+               locked_until = NULL \
+             FROM claim \
+             WHERE j.id IN (SELECT id FROM {t} WHERE id = ANY ($2) AND state = 'queued' \
+                 AND {READY_AT} <= statement_timestamp() FOR UPDATE SKIP LOCKED) \
+             RETURNING claim.n, j.id, j.attempts, COALESCE(j.rescues, 0), j.ctid, j.q_name, \
+               convert_to(j.task, 'SQL_ASCII'), \
+               CASE WHEN pg_column_size(j.data) < 8192 THEN convert_to(j.data::text, 'SQL_ASCII') END, \
+               j.enqueued_at, j.schedule_at, j.expected_at, j.timeout",
+            lock = table.claims_lock_key(),
+            claims = quote_literal(&table.qualified_derived("claims")),
+            workers = table.qualified_derived("workers"),
         );
         let claimed_data = format!(
             "SELECT id, {} FROM {t} WHERE id = ANY($1) AND claim_id = $2",
@@ -491,6 +541,7 @@ impl Statements {
              RETURNING j.q_name, j.state = 'queued'"
         );
         Self {
+            prepared,
             notify: "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q".to_owned(),
             channel: table.channel(),
             // Run by a consumer about to wait: registers it, so that puts notify, and says how
@@ -542,6 +593,7 @@ impl Statements {
             fail_unreadable,
             claim,
             claimed_data,
+            claim_jobs,
             complete_delete,
             complete_keep,
             complete_delete_by_row,

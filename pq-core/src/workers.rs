@@ -104,7 +104,8 @@ impl Pq {
         let sql = self.statements().await?;
         let id: i64 = self
             .with_connection("registering the worker", async |connection| {
-                Ok(sqlx::query_scalar(&sql.register)
+                Ok(sql
+                    .query_scalar(&sql.register)
                     .bind(micros(info.lease))
                     .bind(host_name())
                     .bind(i32::try_from(std::process::id()).unwrap_or(i32::MAX))
@@ -135,9 +136,12 @@ impl Pq {
                 let deadline = self.statement_timeout();
                 let again = async {
                     let mut connection = PgConnection::connect_with(&options).await?;
-                    let beat = beat(self, &mut connection, worker, info).await;
+                    // In a transaction, which a transaction pooler needs (see `with_connection`).
+                    let mut tx = connection.begin().await?;
+                    let beat = beat(self, &mut tx, worker, info).await?;
+                    tx.commit().await?;
                     let _ = connection.close().await;
-                    beat
+                    Ok(beat)
                 };
                 tokio::time::timeout(deadline, again)
                     .await
@@ -157,7 +161,7 @@ impl Pq {
         let sql = self.statements().await?;
         // Its own statement, so that the release sees what the claims it waited for committed.
         self.with_connection("deregistering the worker", async |connection| {
-            sqlx::query(&sql.deregister)
+            sql.query(&sql.deregister)
                 .bind(worker.0)
                 .execute(connection)
                 .await?;
@@ -184,7 +188,8 @@ impl Pq {
         let (_, ids, numbers) = columns(known);
         let released: Vec<String> = self
             .with_connection("giving back unknown claims", async |connection| {
-                Ok(sqlx::query_scalar(&sql.release_held)
+                Ok(sql
+                    .query_scalar(&sql.release_held)
                     .bind(worker.0)
                     .bind(&ids)
                     .bind(&numbers)
@@ -206,7 +211,8 @@ impl Pq {
         let sql = self.statements().await?;
         let rescued: Vec<(String, bool)> = self
             .with_connection("a rescue", async |connection| {
-                let rescued = sqlx::query_as(&sql.rescue)
+                let rescued = sql
+                    .query_as(&sql.rescue)
                     .bind(i64::from(limit))
                     .bind(i32::try_from(budget).unwrap_or(i32::MAX))
                     .bind("its worker was lost (its heartbeat stopped); the job runs again")
@@ -217,7 +223,7 @@ impl Pq {
                     ))
                     .fetch_all(&mut *connection)
                     .await?;
-                sqlx::query(&sql.reap_workers)
+                sql.query(&sql.reap_workers)
                     .execute(&mut *connection)
                     .await?;
                 Ok(rescued)
@@ -258,7 +264,7 @@ impl Pq {
             i64,
         )> = self
             .with_connection("listing workers", async |connection| {
-                Ok(sqlx::query_as(&statement).fetch_all(connection).await?)
+                Ok(sql.query_as(&statement).fetch_all(connection).await?)
             })
             .await?;
         Ok(rows
@@ -293,7 +299,8 @@ async fn beat(
     info: &WorkerInfo,
 ) -> Result<Heartbeat> {
     let sql = pq.statements().await?;
-    let beat: Option<(bool, Vec<i64>)> = sqlx::query_as(&sql.heartbeat)
+    let beat: Option<(bool, Vec<i64>)> = sql
+        .query_as(&sql.heartbeat)
         .bind(worker.0)
         .bind(micros(info.lease))
         .fetch_optional(&mut *connection)
@@ -305,7 +312,7 @@ async fn beat(
         }),
         None => {
             // Reaped: back under the same id, so that the jobs it still runs are its own.
-            sqlx::query(&sql.register_again)
+            sql.query(&sql.register_again)
                 .bind(worker.0)
                 .bind(micros(info.lease))
                 .bind(host_name())

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use pq::{Pq, Worker};
+use pq::Worker;
 
 use crate::flags::Flags;
 use crate::rng::Rng;
@@ -47,7 +47,7 @@ fn log_to_stderr() {
         .init();
 }
 
-/// `pq-faults worker --url U --schema S [--concurrency 8] [--lease-ms 30000] [--poll-ms 5000]
+/// `pq-faults worker --url U [--direct-url D] --schema S [--concurrency 8] [--lease-ms 30000] [--poll-ms 5000]
 /// [--grace-ms 30000] [--max-rescues 25] [--keep-completed] [--queue Q]... [--drop-after-ms D]`:
 /// works until SIGTERM or SIGINT and exits 0 once every job it took has finished or been
 /// returned. With `--drop-after-ms`, drops the worker's future after D ms instead, as a
@@ -57,6 +57,7 @@ pub fn worker(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args, &["keep-completed"])?;
     flags.only(&[
         "url",
+        "direct-url",
         "schema",
         "concurrency",
         "lease-ms",
@@ -90,7 +91,7 @@ pub fn worker(args: &[String]) -> Result<()> {
     tasks::use_schema(&schema);
     runtime()?.block_on(async move {
         // Lazy: a worker started while the database is down waits for it instead of exiting.
-        let pq = Pq::builder()
+        let pq = crate::env::pq_builder(flags.get("direct-url"))
             .schema(&schema)
             .max_connections(u32::try_from(concurrency).unwrap_or(64) + 4)
             .connect_lazy(&url)?;
@@ -104,7 +105,9 @@ pub fn worker(args: &[String]) -> Result<()> {
             .keep_completed(flags.is_set("keep-completed"))
             .run();
         match drop_after {
-            None => run.await?,
+            None => {
+                run.await?;
+            }
             Some(after) => {
                 let _ = tokio::time::timeout(after, run).await;
                 eprintln!(
@@ -119,7 +122,7 @@ pub fn worker(args: &[String]) -> Result<()> {
     })
 }
 
-/// `pq-faults producer --url U --schema S --producer P --jobs N --ledger FILE [--rate R]
+/// `pq-faults producer --url U [--direct-url D] --schema S --producer P --jobs N --ledger FILE [--rate R]
 /// [--work-ms M] [--deadline-s D]`: enqueues up to N jobs, alternately `transactional` and
 /// `plain`, R a second (0: as fast as it can), each with a random work time up to M ms. Every
 /// call is written to the ledger: `ok KEY JOB_ID MICROS` or `err KEY MICROS MESSAGE`. A failed
@@ -129,6 +132,7 @@ pub fn producer(args: &[String]) -> Result<()> {
     let flags = Flags::parse(args, &[])?;
     flags.only(&[
         "url",
+        "direct-url",
         "schema",
         "producer",
         "jobs",
@@ -147,7 +151,7 @@ pub fn producer(args: &[String]) -> Result<()> {
     let deadline = Duration::from_secs(flags.parsed("deadline-s", 600)?);
     log_to_stderr();
     runtime()?.block_on(async move {
-        let pq = Pq::builder()
+        let pq = crate::env::pq_builder(flags.get("direct-url"))
             .schema(&schema)
             .max_connections(2)
             .connect_lazy(&url)?;

@@ -14,10 +14,16 @@ use crate::account::{Accounting, Duplicates, Ledger};
 use crate::procs::{Fleet, Proc};
 use crate::report::Report;
 use crate::tasks;
-use pq_pgserver::Server;
+use pq_pgserver::{Bouncer, Server};
+
+/// Whether the scenarios' workers, producers and handle go through PgBouncer in transaction
+/// pooling mode (`--via pgbouncer`), the suite's own statements still to the server itself.
+pub static VIA_PGBOUNCER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 pub struct Env {
     pub server: Server,
+    /// In front of the server, with `--via pgbouncer`.
+    _bouncer: Option<Bouncer>,
     /// The suite's own connections: counting, disturbing, checking.
     pub db: PgPool,
     pub pq: Pq,
@@ -26,6 +32,15 @@ pub struct Env {
     /// The queue table, quoted and qualified.
     pub table: String,
     pub effects: String,
+}
+
+/// A handle's builder: through a transaction pooler when the server's own URL, `direct`, is
+/// given beside its URL.
+pub fn pq_builder(direct: Option<&str>) -> pq::PqBuilder {
+    match direct {
+        Some(direct) => Pq::builder().transaction_pooler().direct_url(direct),
+        None => Pq::builder(),
+    }
 }
 
 impl Env {
@@ -39,10 +54,18 @@ impl Env {
             .acquire_timeout(Duration::from_secs(5))
             .connect(&url)
             .await?;
-        let pq = Pq::builder()
+        let bouncer = match VIA_PGBOUNCER.load(std::sync::atomic::Ordering::Relaxed) {
+            true => Some(Bouncer::start(name, server.port()).await?),
+            false => None,
+        };
+        let (pooler, direct) = match &bouncer {
+            Some(bouncer) => (bouncer.url("postgres"), Some(url.clone())),
+            None => (url.clone(), None),
+        };
+        let pq = pq_builder(direct.as_deref())
             .schema(tasks::SCHEMA)
             .max_connections(4)
-            .connect(&url)
+            .connect(&pooler)
             .await?;
         pq.create().await?;
         sqlx::query(&tasks::create_effects(tasks::SCHEMA))
@@ -50,7 +73,8 @@ impl Env {
             .await?;
         tasks::use_schema(tasks::SCHEMA);
         Ok(Env {
-            fleet: Fleet::new(&url, tasks::SCHEMA, logs)?,
+            fleet: Fleet::new(&pooler, direct, tasks::SCHEMA, logs)?,
+            _bouncer: bouncer,
             table: pq.table(),
             effects: tasks::effects_table(tasks::SCHEMA),
             server,

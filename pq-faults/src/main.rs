@@ -3,7 +3,7 @@
 //! deleted after it, and ends every scenario with an exact accounting of every job.
 //!
 //! ```text
-//! cargo run -p pq-faults -- [--profile light|heavy] [--scenario NAME]... [--keep-logs]
+//! cargo run -p pq-faults -- [--profile light|heavy] [--scenario NAME]... [--via pgbouncer] [--keep-logs]
 //! ```
 //!
 //! The same binary is the suite's worker and producer processes (`pq-faults worker ...`,
@@ -30,13 +30,15 @@ use crate::report::Report;
 use crate::scenarios::{Profile, SCENARIOS};
 
 const USAGE: &str = "\
-usage: pq-faults [--profile light|heavy] [--scenario NAME]... [--seed N] [--keep-logs]
+usage: pq-faults [--profile light|heavy] [--scenario NAME]... [--seed N] [--via pgbouncer] [--keep-logs]
 
 Runs pq's fault and load scenarios, each against a PostgreSQL server of its own (initdb into a
 temporary folder; PostgreSQL's binaries from /usr/lib/postgresql/*/bin or $PQ_PG_BIN),
 and prints each one's accounting and PASS or FAIL. Exits non-zero if any fails.
 
   --profile   light (default; the CI profile, under 5 minutes) or heavy (more jobs, more faults)
+  --via       pgbouncer: workers and producers connect through a PgBouncer of the scenario's
+              own in transaction pooling mode (Debian's /usr/sbin/pgbouncer, or $PQ_PGBOUNCER)
   --scenario  run only this scenario (repeatable); one of:";
 
 fn main() -> ExitCode {
@@ -79,7 +81,12 @@ async fn interruption() -> &'static str {
 
 fn suite(args: &[String]) -> Result<ExitCode> {
     let flags = Flags::parse(args, &["keep-logs"])?;
-    flags.only(&["profile", "scenario", "seed", "keep-logs"])?;
+    flags.only(&["profile", "scenario", "seed", "via", "keep-logs"])?;
+    match flags.get("via") {
+        None => {}
+        Some("pgbouncer") => env::VIA_PGBOUNCER.store(true, std::sync::atomic::Ordering::Relaxed),
+        Some(other) => anyhow::bail!("unknown --via {other:?}; expected pgbouncer"),
+    }
     let profile = match flags.get("profile").unwrap_or("light") {
         "light" => Profile::light(),
         "heavy" => Profile::heavy(),
@@ -119,6 +126,12 @@ fn suite(args: &[String]) -> Result<ExitCode> {
         "pq-faults: each scenario starts its own PostgreSQL on 127.0.0.1, default configuration but {}",
         pq_pgserver::SETTINGS
     );
+    if env::VIA_PGBOUNCER.load(std::sync::atomic::Ordering::Relaxed) {
+        println!(
+            "pq-faults: workers and producers go through PgBouncer, pool_mode = transaction, at most {} server connections",
+            pq_pgserver::SERVER_CONNECTIONS
+        );
+    }
     let (mut passed, mut failed) = (0, 0);
     for (name, what, run) in SCENARIOS {
         if !chosen.is_empty() && !chosen.iter().any(|c| c == name) {

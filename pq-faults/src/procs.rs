@@ -51,6 +51,7 @@ pub struct ProducerOptions {
 pub struct Fleet {
     exe: PathBuf,
     url: String,
+    direct: Option<String>,
     schema: String,
     logs: PathBuf,
     started: usize,
@@ -69,10 +70,13 @@ pub struct Proc {
 }
 
 impl Fleet {
-    pub fn new(url: &str, schema: &str, logs: &Path) -> Result<Fleet> {
+    /// Processes on the server at `url`; or, with `direct` (the server's own URL), behind the
+    /// transaction pooler at `url`.
+    pub fn new(url: &str, direct: Option<String>, schema: &str, logs: &Path) -> Result<Fleet> {
         Ok(Fleet {
             exe: std::env::current_exe().context("cannot find this program to start it again")?,
             url: url.to_owned(),
+            direct,
             schema: schema.to_owned(),
             logs: logs.to_owned(),
             started: 0,
@@ -141,6 +145,9 @@ impl Fleet {
         let log_path = self.logs.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)?;
         args.extend(["--url".to_owned(), self.url.clone()]);
+        if let Some(direct) = &self.direct {
+            args.extend(["--direct-url".to_owned(), direct.clone()]);
+        }
         args.extend(["--schema".to_owned(), self.schema.clone()]);
         let mut child = Command::new(&self.exe)
             .args(&args)

@@ -42,6 +42,18 @@ pub fn use_schema(schema: &str) {
     ));
 }
 
+/// Runs `statement` in a transaction of its own, committed at once: a transaction pooler
+/// needs one around a statement that sqlx sends in two exchanges.
+async fn on_its_own(
+    ctx: &TaskContext,
+    statement: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> anyhow::Result<()> {
+    let mut tx = ctx.pq().pool().begin().await?;
+    statement.execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 fn record<'q>(
     ctx: &TaskContext,
     key: i64,
@@ -51,7 +63,9 @@ fn record<'q>(
     let sql = RECORD
         .get()
         .expect("use_schema is called before the worker runs");
+    // Not kept prepared, as behind a transaction pooler it must not be (`--via pgbouncer`).
     sqlx::query(sql)
+        .persistent(false)
         .bind(key)
         .bind(ctx.job_id().0)
         .bind(i32::try_from(ctx.attempt()).unwrap_or(i32::MAX))
@@ -81,9 +95,7 @@ async fn work(millis: u32) {
 )]
 pub async fn plain(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::Result<()> {
     work(work_ms).await;
-    record(&ctx, key, "plain", None)
-        .execute(ctx.pq().pool())
-        .await?;
+    on_its_own(&ctx, record(&ctx, key, "plain", None)).await?;
     Ok(())
 }
 
@@ -143,9 +155,7 @@ pub async fn once_or_fail(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::R
         ctx.attempt()
     );
     work(work_ms).await;
-    record(&ctx, key, "once_or_fail", None)
-        .execute(ctx.pq().pool())
-        .await?;
+    on_its_own(&ctx, record(&ctx, key, "once_or_fail", None)).await?;
     Ok(())
 }
 
@@ -180,9 +190,7 @@ async fn start_then_hold(ctx: &TaskContext, key: i64, kind: &str) -> anyhow::Res
     let mut tx = ctx.transaction().await?;
     record(ctx, key, kind, None).execute(&mut *tx).await?;
     drop(tx);
-    record(ctx, key, "started", None)
-        .execute(ctx.pq().pool())
-        .await?;
+    on_its_own(ctx, record(ctx, key, "started", None)).await?;
     Ok(())
 }
 
@@ -190,18 +198,19 @@ async fn start_then_hold(ctx: &TaskContext, key: i64, kind: &str) -> anyhow::Res
 /// its own, then records its effect in the job's transaction.
 #[pq::task(queue = "control", name = "faults::snoozer", max_retries = 0)]
 pub async fn snoozer(ctx: TaskContext, key: i64, snoozes: i64) -> anyhow::Result<()> {
-    record(&ctx, key, "run", None)
-        .execute(ctx.pq().pool())
-        .await?;
+    on_its_own(&ctx, record(&ctx, key, "run", None)).await?;
+    let mut tx = ctx.pq().pool().begin().await?;
     let runs: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {} WHERE key = $1 AND kind = 'run'",
         EFFECTS
             .get()
             .expect("use_schema is called before the worker runs")
     ))
+    .persistent(false)
     .bind(key)
-    .fetch_one(ctx.pq().pool())
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     if runs <= snoozes {
         return Err(pq::TaskError::snooze(Duration::ZERO).into());
     }

@@ -10,6 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use tokio::process::Command;
 
+mod bouncer;
+
+pub use bouncer::{Bouncer, SERVER_CONNECTIONS};
+
 /// Where PostgreSQL's binaries are: `$PQ_PG_BIN`, else the newest
 /// `/usr/lib/postgresql/<version>/bin` (Debian's layout, which `.ci/ensure-postgres` installs).
 fn binaries() -> Result<PathBuf> {
@@ -186,6 +190,11 @@ impl Server {
 
     fn data(&self) -> PathBuf {
         self.root.join("data")
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// The connection URL of the `postgres` database.

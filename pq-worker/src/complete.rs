@@ -10,6 +10,7 @@ use foldhash::HashSet;
 use pq_core::{Claim, Failed, Failure, Pq};
 
 use crate::cancel::Cancels;
+use crate::report::Report;
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
 /// At most this many outcomes are recorded per round.
@@ -29,7 +30,9 @@ pub(crate) fn lock(in_flight: &InFlight) -> std::sync::MutexGuard<'_, HashSet<Cl
 pub(crate) enum Outcome {
     /// The body returned `Ok`: complete the job (batched with others).
     Succeeded(Claim),
-    /// Already recorded: completed in the handler's own transaction, or its claim was lost.
+    /// Completed in the handler's own transaction, committed.
+    Committed(Claim),
+    /// Nothing to record: its claim was lost, and another worker runs the job.
     Recorded(Claim),
     /// The run failed: record the error, then retry or give up.
     Failed(Failed),
@@ -41,9 +44,10 @@ pub(crate) enum Outcome {
 impl Outcome {
     pub(crate) fn claim(&self) -> Claim {
         match self {
-            Outcome::Succeeded(claim) | Outcome::Recorded(claim) | Outcome::Release(claim) => {
-                *claim
-            }
+            Outcome::Succeeded(claim)
+            | Outcome::Committed(claim)
+            | Outcome::Recorded(claim)
+            | Outcome::Release(claim) => *claim,
             Outcome::Failed(failed) => failed.claim,
         }
     }
@@ -109,6 +113,8 @@ pub(crate) struct Completer {
     pub progress: Arc<Notify>,
     /// The requests to cancel the worker's jobs.
     pub cancels: Arc<Cancels>,
+    /// What the recorded outcomes came to.
+    pub report: Arc<Mutex<Report>>,
 }
 
 impl Completer {
@@ -148,9 +154,11 @@ impl Completer {
         let mut succeeded = Vec::new();
         let mut failed = Vec::new();
         let mut released = Vec::new();
+        let mut committed = 0;
         for recording in batch {
             match &recording.outcome {
                 Outcome::Succeeded(claim) => succeeded.push(*claim),
+                Outcome::Committed(_) => committed += 1,
                 Outcome::Recorded(_) => {}
                 Outcome::Failed(failure) => failed.push(failure.clone()),
                 // Cancelled meanwhile (a run cut short by the shutdown): it must not run again.
@@ -168,32 +176,47 @@ impl Completer {
             })
             .await
             {
-                Some(completed) if completed.len() < succeeded.len() => tracing::warn!(
-                    lost = succeeded.len() - completed.len(),
-                    "pq: some jobs finished after their worker was declared lost; another worker runs them again"
-                ),
-                Some(_) => {}
+                Some(completed) => {
+                    if completed.len() < succeeded.len() {
+                        tracing::warn!(
+                            lost = succeeded.len() - completed.len(),
+                            "pq: some jobs finished after their worker was declared lost; another worker runs them again"
+                        );
+                    }
+                    self.report().succeeded(completed.len());
+                }
                 None => unsettled.extend(succeeded),
             }
         }
+        self.report().succeeded(committed);
         if !failed.is_empty() {
             match retrying("record failures", || self.pq.fail(&failed)).await {
-                Some(held) if held.len() < failed.len() => tracing::warn!(
-                    lost = failed.len() - held.len(),
-                    "pq: some failures came after their worker was declared lost"
-                ),
-                Some(_) => {}
+                Some(held) => {
+                    if held.len() < failed.len() {
+                        tracing::warn!(
+                            lost = failed.len() - held.len(),
+                            "pq: some failures came after their worker was declared lost"
+                        );
+                    }
+                    let mut report = self.report();
+                    for failure in failed.iter().filter(|f| held.contains(&f.claim.id)) {
+                        report.failed(failure.claim.id, &failure.error, &failure.then);
+                    }
+                }
                 None => unsettled.extend(failed.iter().map(|f| f.claim)),
             }
         }
-        if !released.is_empty()
-            && retrying("release jobs", || self.pq.release(&released))
-                .await
-                .is_none()
-        {
-            unsettled.extend(released);
+        if !released.is_empty() {
+            match retrying("release jobs", || self.pq.release(&released)).await {
+                Some(given_back) => self.report().released(given_back.len()),
+                None => unsettled.extend(released),
+            }
         }
         unsettled
+    }
+
+    fn report(&self) -> std::sync::MutexGuard<'_, Report> {
+        self.report.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

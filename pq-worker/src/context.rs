@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use pq_core::{Job, JobId, Pq};
-use sqlx::{PgConnection, PgPool, Postgres};
+use sqlx::{PgConnection, Postgres};
 
 use crate::cancel::Cancels;
 use crate::execute::Resources;
@@ -34,7 +34,7 @@ pub struct TaskContext {
     pq: Pq,
     /// Where the job's transaction comes from: the worker's own pool, which has a connection
     /// for each job that may run at once.
-    transactions: PgPool,
+    transactions: Pq,
     job_id: JobId,
     queue: Arc<str>,
     task: Cow<'static, str>,
@@ -50,7 +50,7 @@ impl TaskContext {
     /// from [`Pq::connect_lazy`], which connects only when used.
     pub fn new(pq: Pq, job_id: JobId, task: &str, queue: &str) -> Self {
         Self {
-            transactions: pq.pool().clone(),
+            transactions: pq.clone(),
             pq,
             job_id,
             queue: queue.into(),
@@ -62,6 +62,20 @@ impl TaskContext {
         }
     }
 
+    /// The same context, for run number `attempt` (1 for the first): to test what a task does
+    /// on a retry.
+    ///
+    /// ```no_run
+    /// # fn example(pq: pq::Pq) {
+    /// let ctx = pq::TaskContext::new(pq, pq::JobId(1), "app::mail", "default").with_attempt(3);
+    /// assert_eq!(ctx.attempt(), 3);
+    /// # }
+    /// ```
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt.max(1);
+        self
+    }
+
     pub(crate) fn for_job(
         resources: &Resources,
         job: &Job,
@@ -70,7 +84,7 @@ impl TaskContext {
     ) -> Self {
         Self {
             pq: resources.pq.clone(),
-            transactions: resources.own.pool().clone(),
+            transactions: resources.own.clone(),
             job_id: job.id(),
             queue,
             task: Cow::Borrowed(task),
@@ -162,7 +176,7 @@ impl TaskContext {
     pub async fn transaction(&self) -> Result<MappedMutexGuard<'_, PgConnection>, pq_core::Error> {
         let mut slot = self.transaction.lock().await;
         if slot.is_none() {
-            *slot = Some(self.transactions.begin().await?);
+            *slot = Some(self.transactions.pool().begin().await?);
         }
         Ok(MutexGuard::map(slot, |tx| {
             &mut **tx.as_mut().expect("the transaction was just begun")

@@ -151,6 +151,7 @@ impl Running {
             };
             match then {
                 Failure::Snooze(_) => tracing::debug!(?then, "pq: job snoozed"),
+                Failure::GiveUp => tracing::error!(%error, "pq: job failed for good"),
                 _ => tracing::warn!(%error, ?then, "pq: job failed"),
             }
             then
@@ -279,7 +280,7 @@ async fn commit_with_completion(
     match committed {
         Ok(()) => {
             tracing::debug!("pq: job succeeded in its transaction");
-            Outcome::Recorded(claim)
+            Outcome::Committed(claim)
         }
         Err(error) => {
             let error = format!("could not commit the job's transaction: {error}");

@@ -10,6 +10,7 @@ mod context;
 mod execute;
 mod heartbeat;
 mod registry;
+mod report;
 mod retry;
 mod shutdown;
 mod task;
@@ -18,10 +19,12 @@ mod worker;
 pub mod metrics;
 #[doc(hidden)]
 pub mod private;
+pub mod testing;
 
 pub use batch::TaskBatch;
 pub use context::TaskContext;
 pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition};
+pub use report::{Report, RunError, MAX_ERRORS};
 pub use task::{
     Backoff, BoxFuture, IntoTaskResult, OnCancel, Task, TaskCall, TaskError, TaskOptions,
     TaskResult,

@@ -305,6 +305,25 @@ impl<T: Task> TaskCall<T> {
         &self.args
     }
 
+    /// Runs the task's body here with `ctx`, as a worker would but with no job behind it: a
+    /// unit test's call (see [`TaskContext::new`] and [`TaskContext::with_attempt`]).
+    ///
+    /// ```no_run
+    /// #[pq::task]
+    /// async fn greet(ctx: pq::TaskContext, name: String) -> anyhow::Result<()> {
+    ///     anyhow::ensure!(ctx.attempt() < 3, "giving up on {name}");
+    ///     Ok(())
+    /// }
+    ///
+    /// # async fn example(pq: pq::Pq) {
+    /// let ctx = pq::TaskContext::new(pq, pq::JobId(1), "greet", "default").with_attempt(3);
+    /// assert!(greet("Ada".into()).run_with(ctx).await.is_err());
+    /// # }
+    /// ```
+    pub async fn run_with(self, ctx: TaskContext) -> TaskResult {
+        self.args.execute(ctx).await
+    }
+
     /// Do not run before this time: a duration string (`"90s"`, `"1h30m"`), a
     /// `chrono::DateTime<Utc>`, or a `std::time::Duration`/`chrono::Duration` from now.
     pub fn schedule_at(mut self, when: impl IntoWhen) -> Self {

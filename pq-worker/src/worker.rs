@@ -3,12 +3,12 @@
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use pq_core::{Claim, ClaimQueues, Job, Pq, Subscription, WorkerId, WorkerInfo};
+use pq_core::{Claim, ClaimQueues, Job, JobId, Pq, Subscription, WorkerId, WorkerInfo};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -16,6 +16,7 @@ use crate::complete::{give_up, lock, Completer, InFlight, Pending, Recording};
 use crate::execute::{self, Resources};
 use crate::metrics::{Registered, TaskMetrics};
 use crate::registry::{DuplicateTask, Registry};
+use crate::report::Report;
 use crate::shutdown::{Signal, Stop};
 
 /// Why a worker could not start. Once running, a worker does not fail: database errors are
@@ -83,11 +84,15 @@ struct Settings {
     grace_period: Duration,
     keep_completed: bool,
     max_rescues: u32,
+    /// When not empty, the only jobs it claims, once ready (see [`crate::testing::run_job`]).
+    only: Vec<JobId>,
 }
 
 impl Worker {
     /// A worker for every task linked into the program (see [`Registry::from_inventory`]).
     pub fn new(pq: Pq) -> Self {
+        // Without LISTEN (behind a transaction pooler with no direct URL), polling is all.
+        let poll_interval = Duration::from_secs(if pq.listens() { 5 } else { 1 });
         Self {
             pq,
             registry: None,
@@ -97,10 +102,11 @@ impl Worker {
                 concurrency: 16,
                 burst: false,
                 lease: Duration::from_secs(30),
-                poll_interval: Duration::from_secs(5),
+                poll_interval,
                 grace_period: Duration::from_secs(30),
                 keep_completed: false,
                 max_rescues: 3,
+                only: Vec::new(),
             },
         }
     }
@@ -126,7 +132,8 @@ impl Worker {
     }
 
     /// Returns once no job it could claim is ready and none is running, instead of waiting
-    /// for more. Jobs that other sessions hold in their transactions are theirs.
+    /// for more: a retry that falls due before then runs too. Jobs that other sessions hold in
+    /// their transactions are theirs. [`run`](Worker::run)'s [`Report`] says what came of it.
     pub fn burst(mut self) -> Self {
         self.settings.burst = true;
         self
@@ -147,7 +154,8 @@ impl Worker {
     }
 
     /// How often an idle worker looks for jobs without being notified (default 5 s): the
-    /// fallback for a lost notification.
+    /// fallback for a lost notification. Behind a transaction pooler without a
+    /// [`direct_url`](pq_core::PqBuilder::direct_url) nothing notifies, and the default is 1 s.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.settings.poll_interval = interval.max(Duration::from_millis(10));
         self
@@ -182,20 +190,27 @@ impl Worker {
         self
     }
 
+    /// Claims only the job `id`, whatever its queue, while it is ready: a test's run of one job.
+    pub(crate) fn only_job(mut self, id: JobId) -> Self {
+        self.settings.only = vec![id];
+        self
+    }
+
     /// Runs these tasks rather than every registered one.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
         self
     }
 
-    /// Works until shut down (or, in burst mode, until nothing is ready); returns `Ok` once
-    /// every job it took has finished or been returned to the queue.
+    /// Works until shut down (or, in burst mode, until nothing is ready); returns once every
+    /// job it took has finished or been returned to the queue, with a [`Report`] of what its
+    /// runs came to.
     ///
     /// Dropping the future (in a `select!`, a timeout) stops the worker at once: every task it
     /// started ends with it, and a task of its own records the outcomes its jobs reached, then
     /// returns its unfinished jobs to the queue (should that fail, they return when its lease
     /// runs out).
-    pub async fn run(mut self) -> Result<(), WorkerError> {
+    pub async fn run(mut self) -> Result<Report, WorkerError> {
         let registry = match self.registry {
             Some(registry) => registry,
             None => Registry::from_inventory()?,
@@ -223,7 +238,7 @@ impl Worker {
             version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let Some(worker) = register(&own, &info, &mut stop).await? else {
-            return Ok(());
+            return Ok(Report::default());
         };
         let run = Run {
             resources: Arc::new(Resources {
@@ -237,8 +252,7 @@ impl Worker {
             settings: self.settings,
             metrics: Registered::default(),
         };
-        run.run(claim_queues, info, &mut stop).await;
-        Ok(())
+        Ok(run.run(claim_queues, info, &mut stop).await)
     }
 }
 
@@ -279,6 +293,10 @@ async fn register(
 /// job that opens its transaction, and its bookkeeping's. Most handlers open none, so this is no
 /// reason to refuse to start.
 async fn warn_of_connection_budget(pq: &Pq, info: &WorkerInfo) {
+    // A pooler's clients are not the server's connections.
+    if pq.behind_pooler() {
+        return;
+    }
     let free = sqlx::query_scalar::<_, i64>(
         "SELECT current_setting('max_connections')::int8 \
            - current_setting('superuser_reserved_connections')::int8 \
@@ -370,6 +388,16 @@ impl Drop for Cleanup {
     }
 }
 
+fn lock_report(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {
+    report
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn take_report(report: &Mutex<Report>) -> Report {
+    std::mem::take(&mut *lock_report(report))
+}
+
 /// What the worker's two claimers share.
 struct Fetcher<'a> {
     slots: Slots,
@@ -404,7 +432,7 @@ struct Run {
 }
 
 impl Run {
-    async fn run(self, queues: ClaimQueues, info: WorkerInfo, stop: &mut Stop) {
+    async fn run(self, queues: ClaimQueues, info: WorkerInfo, stop: &mut Stop) -> Report {
         let own = &self.resources.own;
         tracing::info!(
             worker = self.worker.0,
@@ -424,6 +452,7 @@ impl Run {
         let progress = Arc::new(Notify::new());
         let (outcomes, received) = mpsc::unbounded_channel();
         let in_flight = InFlight::default();
+        let report = Arc::new(Mutex::new(Report::default()));
         // Whatever happens to this future from here, its claims are recorded or given back.
         let mut cleanup = Cleanup {
             pq: own.clone(),
@@ -439,6 +468,7 @@ impl Run {
                     in_flight: Arc::clone(&in_flight),
                     progress: Arc::clone(&progress),
                     cancels: Arc::clone(&self.resources.cancels),
+                    report: Arc::clone(&report),
                 }
                 .run(received),
             )),
@@ -477,7 +507,7 @@ impl Run {
                 while jobs.join_next().await.is_some() {}
                 while backlog_jobs.join_next().await.is_some() {}
             }) => finished.is_ok(),
-            () = stop.next() => return self.stop_now(&in_flight, cleanup),
+            () = stop.next() => return self.stop_now(&in_flight, cleanup, &report),
         };
         if !finished {
             tracing::warn!(
@@ -493,7 +523,7 @@ impl Run {
         // Records what it can, heartbeat still beating.
         let flushed = tokio::select! {
             flushed = cleanup.flush(deadline) => flushed,
-            () = stop.next() => return self.stop_now(&in_flight, cleanup),
+            () = stop.next() => return self.stop_now(&in_flight, cleanup, &report),
         };
         if !flushed {
             tracing::error!(
@@ -507,10 +537,10 @@ impl Run {
         let unrecorded = lock(&in_flight).len();
         match tokio::time::timeout_at(deadline, own.deregister_worker(self.worker)).await {
             Ok(Ok(0)) => {}
-            Ok(Ok(released)) => tracing::info!(
-                released,
-                "pq: returned unfinished jobs to the queue"
-            ),
+            Ok(Ok(released)) => {
+                tracing::info!(released, "pq: returned unfinished jobs to the queue");
+                lock_report(&report).released += released;
+            }
             Ok(Err(_)) | Err(_) => tracing::error!(
                 unrecorded,
                 "pq: cannot return unfinished jobs or deregister; they return when this worker's lease runs out"
@@ -520,17 +550,19 @@ impl Run {
         let _ = tokio::time::timeout(Duration::from_millis(500), own.pool().close()).await;
         cleanup.disarm();
         tracing::info!("pq: worker stopped");
+        take_report(&report)
     }
 
     /// A second signal: every task ends now, nothing more is recorded; the worker's jobs
     /// return when its lease runs out.
-    fn stop_now(&self, in_flight: &InFlight, cleanup: Cleanup) {
+    fn stop_now(&self, in_flight: &InFlight, cleanup: Cleanup, report: &Mutex<Report>) -> Report {
         cleanup.disarm();
         tracing::warn!(
             unrecorded = lock(in_flight).len(),
             "pq: stopping at once; unfinished jobs return when this worker's lease runs out"
         );
         lock(in_flight).clear();
+        take_report(report)
     }
 
     /// Claims and starts jobs until shut down, or in burst mode until nothing is ready or running.
@@ -749,7 +781,10 @@ impl Run {
         let _claiming = fetcher.claiming.read().await;
         let mut unsure = Unsure(Some(&fetcher.unsure));
         let limit = u32::try_from(permits.count()).unwrap_or(u32::MAX);
-        let claimed = own.claim(self.worker, queues, limit).await?;
+        let claimed = match self.settings.only.as_slice() {
+            [] => own.claim(self.worker, queues, limit).await?,
+            only => own.claim_jobs(self.worker, only).await?,
+        };
         let taken = claimed.jobs.len() + claimed.unreadable.len();
         {
             let mut in_flight = lock(fetcher.in_flight);

@@ -5,7 +5,7 @@ use std::time::Duration;
 use pq::{Claim, Enqueue, Failure, JobFilter, JobId, JobState, NewJob, Pq};
 use serde_json::json;
 
-use crate::support::{failed, Claimer, TestDb};
+use crate::support::{complete, direct, failed, Claimer, TestDb};
 
 /// Puts a job of `task` on `queue`.
 async fn put_task(pq: &Pq, queue: &str, task: &str, args: serde_json::Value) -> JobId {
@@ -31,7 +31,7 @@ async fn failed_job(pq: &Pq, queue: &str, error: &str) -> JobId {
 async fn done_job(pq: &Pq, queue: &str) -> JobId {
     let id = pq.queue(queue).put(&json!({"n": 1})).await.unwrap();
     let claim = claim(pq, queue, id).await;
-    assert_eq!(pq.complete(pq.pool(), &[claim], true).await.unwrap(), [id]);
+    assert_eq!(complete(pq, &[claim], true).await, [id]);
     id
 }
 
@@ -43,7 +43,7 @@ async fn finished_ago(pq: &Pq, id: JobId, age: &str) {
     ))
     .bind(id.0)
     .bind(age)
-    .execute(pq.pool())
+    .execute(&mut direct().await)
     .await
     .unwrap();
 }
@@ -70,7 +70,7 @@ async fn stats_count_every_queue_by_state_with_the_age_of_its_oldest_ready_job()
         "UPDATE {} SET enqueued_at = now() - interval '90 seconds' WHERE q_name = 'apples'",
         pq.table()
     ))
-    .execute(pq.pool())
+    .execute(&mut direct().await)
     .await
     .unwrap();
 
@@ -112,7 +112,7 @@ async fn oldest_ready_counts_from_when_a_job_became_ready_not_when_it_was_put() 
         db.pq.table()
     ))
     .bind(id.0)
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
 
@@ -361,7 +361,8 @@ async fn bulk_operations_skip_jobs_locked_by_others_instead_of_waiting() {
     let free = failed_job(pq, "apples", "boom").await;
     finished_ago(pq, locked, "8 days").await;
     finished_ago(pq, free, "8 days").await;
-    let mut tx = pq.pool().begin().await.unwrap();
+    let mut holder = direct().await;
+    let mut tx = sqlx::Connection::begin(&mut holder).await.unwrap();
     sqlx::query(&format!(
         "SELECT id FROM {} WHERE id = $1 FOR UPDATE",
         pq.table()
@@ -454,7 +455,7 @@ async fn prune_deletes_finished_jobs_older_than_the_age_and_nothing_else() {
         pq.table()
     ))
     .bind(old_ready.0)
-    .execute(pq.pool())
+    .execute(&mut direct().await)
     .await
     .unwrap();
     let week = Duration::from_secs(7 * 24 * 3600);
@@ -518,11 +519,11 @@ async fn the_oldest_ready_job_is_found_without_reading_the_backlog() {
         "INSERT INTO {} (q_name, data) SELECT 'deep', '1' FROM generate_series(1, 50000)",
         db.pq.table()
     ))
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
     sqlx::query(&format!("ANALYZE {}", db.pq.table()))
-        .execute(db.pq.pool())
+        .execute(db.pool())
         .await
         .unwrap();
     let one = Pq::builder()
@@ -553,7 +554,7 @@ async fn explain(conn: &mut sqlx::PgConnection, sql: &str) -> String {
 async fn admin_and_rescue_statements_read_the_index_of_jobs_out_of_the_queue() {
     let db = TestDb::new().await;
     let t = db.pq.table();
-    let mut conn = db.pq.pool().acquire().await.unwrap();
+    let mut conn = db.pool().acquire().await.unwrap();
     // The table is empty: make the planner show which index it can use at all.
     sqlx::query("SET enable_seqscan = off")
         .execute(&mut *conn)

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 use pq::{Pq, TaskContext, Worker};
 
 use crate::proxy::Proxy;
-use crate::support::{eventually, record_run, runs_of, wait_until, Running, TestDb};
+use crate::support::{direct, eventually, record_run, runs_of, wait_until, Running, TestDb};
 
 async fn states(pq: &Pq) -> Vec<(String, i64)> {
     sqlx::query_as(&format!(
         "SELECT state, count(*) FROM {} GROUP BY state ORDER BY state",
         pq.table()
     ))
-    .fetch_all(pq.pool())
+    .fetch_all(&mut direct().await)
     .await
     .unwrap()
 }
@@ -176,6 +176,7 @@ async fn overruns(ctx: TaskContext, effects: String) -> anyhow::Result<()> {
     record_run(&ctx);
     let mut tx = ctx.transaction().await?;
     sqlx::query(&format!("INSERT INTO {effects} VALUES ($1)"))
+        .persistent(false)
         .bind(ctx.job_id().0)
         .execute(&mut *tx)
         .await?;
@@ -189,7 +190,7 @@ async fn a_run_past_its_timeout_is_stopped_rolled_back_and_retried_by_its_policy
     let db = TestDb::new().await;
     let effects = format!("\"{}\".effects", db.schema);
     sqlx::raw_sql(&format!("CREATE TABLE {effects} (job bigint)"))
-        .execute(db.pq.pool())
+        .execute(db.pool())
         .await
         .unwrap();
     let by_attribute = overruns(effects.clone()).enqueue(&db.pq).await.unwrap();
@@ -213,7 +214,7 @@ async fn a_run_past_its_timeout_is_stopped_rolled_back_and_retried_by_its_policy
             db.pq.table()
         ))
         .bind(id.0)
-        .fetch_one(db.pq.pool())
+        .fetch_one(db.pool())
         .await
         .unwrap();
         assert_eq!(state, "queued", "retried in an hour, as its policy says");
@@ -223,7 +224,7 @@ async fn a_run_past_its_timeout_is_stopped_rolled_back_and_retried_by_its_policy
         );
     }
     let written: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {effects}"))
-        .fetch_one(db.pq.pool())
+        .fetch_one(db.pool())
         .await
         .unwrap();
     assert_eq!(

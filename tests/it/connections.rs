@@ -111,7 +111,7 @@ async fn a_connection_whose_statement_failed_is_not_kept() {
            AND application_name = '' AND query LIKE 'INSERT INTO \"' || $1 || '\".%'",
     )
     .bind(&db.schema)
-    .fetch_all(db.pq.pool())
+    .fetch_all(db.pool())
     .await
     .expect("terminate");
     assert_eq!(terminated.len(), 1, "the connection of the put is found");

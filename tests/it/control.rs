@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pq::{JobState, Pq, TaskContext, Worker};
 
-use crate::support::{database_url, eventually, record_run, runs_of, Running, TestDb};
+use crate::support::{database_url, direct, eventually, record_run, runs_of, Running, TestDb};
 
 /// Writes in its transaction, then waits to be cancelled.
 #[pq::task(queue = "control", max_retries = 3, retry_in = "0s")]
@@ -13,6 +13,7 @@ async fn until_cancelled(ctx: TaskContext, effects: String) -> anyhow::Result<()
     record_run(&ctx);
     let mut tx = ctx.transaction().await?;
     sqlx::query(&format!("INSERT INTO {effects} (job) VALUES ($1)"))
+        .persistent(false)
         .bind(ctx.job_id().0)
         .execute(&mut *tx)
         .await?;
@@ -34,6 +35,7 @@ async fn sleep_through(ctx: TaskContext, effects: String) -> anyhow::Result<()> 
     record_run(&ctx);
     let mut tx = ctx.transaction().await?;
     sqlx::query(&format!("INSERT INTO {effects} (job) VALUES ($1)"))
+        .persistent(false)
         .bind(ctx.job_id().0)
         .execute(&mut *tx)
         .await?;
@@ -50,15 +52,15 @@ async fn quick(ctx: TaskContext) {
 async fn effects_table(db: &TestDb) -> String {
     let effects = format!("\"{}\".effects", db.schema);
     sqlx::raw_sql(&format!("CREATE TABLE {effects} (job bigint)"))
-        .execute(db.pq.pool())
+        .execute(db.pool())
         .await
         .unwrap();
     effects
 }
 
-async fn written(pq: &Pq, effects: &str) -> i64 {
+async fn written(effects: &str) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {effects}"))
-        .fetch_one(pq.pool())
+        .fetch_one(&mut direct().await)
         .await
         .unwrap()
 }
@@ -95,7 +97,7 @@ async fn a_cancelled_run_is_told_ends_cancelled_and_keeps_none_of_its_writes() {
          WHERE application_name = $1 AND query ILIKE 'LISTEN%'",
     )
     .bind(&name)
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
 
@@ -106,11 +108,7 @@ async fn a_cancelled_run_is_told_ends_cancelled_and_keeps_none_of_its_writes() {
     assert_eq!((job.state, job.attempts), (JobState::Cancelled, 1));
     assert_eq!(job.last_error.as_deref(), Some("cancelled while it ran"));
     assert!(job.finished_at.is_some());
-    assert_eq!(
-        written(&db.pq, &effects).await,
-        0,
-        "its transaction rolled back"
-    );
+    assert_eq!(written(&effects).await, 0, "its transaction rolled back");
     assert_eq!(runs_of(&db.pq, id), 1, "not retried (max_retries = 3)");
     assert!(
         !db.pq.admin().cancel(id).await.unwrap(),
@@ -136,11 +134,7 @@ async fn an_aborting_run_is_stopped_at_once_and_frees_its_slot() {
     // The worker's one slot was the sleeping run's: it is free once that run was dropped.
     eventually(|| async { db.state_of(next).await.is_none() }).await;
 
-    assert_eq!(
-        written(&db.pq, &effects).await,
-        0,
-        "its transaction rolled back"
-    );
+    assert_eq!(written(&effects).await, 0, "its transaction rolled back");
     assert_eq!((runs_of(&db.pq, id), runs_of(&db.pq, next)), (1, 1));
     worker.stop().await.unwrap().unwrap();
 }
@@ -167,7 +161,7 @@ async fn queued(pq: &Pq) -> i64 {
         "SELECT count(*) FROM {} WHERE state = 'queued'",
         pq.table()
     ))
-    .fetch_one(pq.pool())
+    .fetch_one(&mut direct().await)
     .await
     .unwrap()
 }
@@ -180,7 +174,7 @@ async fn once_pause_returns_no_worker_takes_a_job_of_the_queue_until_it_resumes(
          SELECT 'pausable', 'it::control::tick', '{{}}' FROM generate_series(1, 10000)",
         db.pq.table()
     ))
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
     // Three workers claiming as fast as they can, small claims back to back: a pause that did
@@ -243,7 +237,7 @@ async fn a_dead_worker_shows_as_not_alive_then_ages_out_of_the_list() {
             "UPDATE {workers} SET expires_at = now() - interval '{ago}' WHERE id = $1"
         ))
         .bind(worker.0)
-        .execute(db.pq.pool())
+        .execute(db.pool())
         .await
         .unwrap();
     }
@@ -295,7 +289,7 @@ async fn a_cancel_that_meets_a_claim_under_way_asks_the_claiming_worker() {
     let id = quick().enqueue(&db.pq).await.unwrap();
     let claimer = crate::support::Claimer::new(&db.pq, &["control"]).await;
     // A claim held open: it has the job's row locked, and has not committed.
-    let mut claim = db.pq.pool().begin().await.unwrap();
+    let mut claim = db.pool().begin().await.unwrap();
     let claimed: Vec<i64> = sqlx::query_scalar(&format!(
         "SELECT id FROM {}($1, ARRAY['control'], 1, ARRAY[NULL]::timestamptz[], \
            ARRAY[NULL]::timestamptz[], ARRAY[NULL]::int8[])",
@@ -323,7 +317,7 @@ async fn a_cancel_that_meets_a_claim_under_way_asks_the_claiming_worker() {
         crate::support::derived(&db.pq, "workers")
     ))
     .bind(claimer.worker.0)
-    .fetch_all(db.pq.pool())
+    .fetch_all(db.pool())
     .await
     .unwrap();
     assert_eq!(asked, [id.0]);

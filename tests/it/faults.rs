@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use pq::{Enqueue, JobId, NewJob, Pq, TaskContext, Worker};
 
-use crate::support::{burst, TestDb};
+use crate::support::{burst, direct, TestDb};
 
 /// Records its job's id in `effects` (a table of the test's schema), in the job's transaction.
 #[pq::task(queue = "faults")]
 async fn record_in_transaction(ctx: TaskContext, effects: String) -> anyhow::Result<()> {
     let mut tx = ctx.transaction().await?;
     sqlx::query(&format!("INSERT INTO {effects} (job) VALUES ($1)"))
+        .persistent(false)
         .bind(ctx.job_id().0)
         .execute(&mut *tx)
         .await?;
@@ -24,6 +25,7 @@ async fn record_in_transaction(ctx: TaskContext, effects: String) -> anyhow::Res
 async fn record_length(ctx: TaskContext, effects: String, text: String) -> anyhow::Result<()> {
     let mut tx = ctx.transaction().await?;
     sqlx::query(&format!("INSERT INTO {effects} (job, len) VALUES ($1, $2)"))
+        .persistent(false)
         .bind(ctx.job_id().0)
         .bind(i64::try_from(text.len())?)
         .execute(&mut *tx)
@@ -45,7 +47,7 @@ async fn retry_in_centuries() -> Result<(), String> {
 async fn effects_table(db: &TestDb) -> String {
     let effects = format!("\"{}\".effects", db.schema);
     sqlx::raw_sql(&format!("CREATE TABLE {effects} (job bigint, len bigint)"))
-        .execute(db.pq.pool())
+        .execute(db.pool())
         .await
         .unwrap();
     effects
@@ -54,7 +56,7 @@ async fn effects_table(db: &TestDb) -> String {
 async fn effects_of(db: &TestDb, effects: &str, id: JobId) -> Vec<Option<i64>> {
     sqlx::query_scalar(&format!("SELECT len FROM {effects} WHERE job = $1"))
         .bind(id.0)
-        .fetch_all(db.pq.pool())
+        .fetch_all(db.pool())
         .await
         .unwrap()
 }
@@ -65,7 +67,7 @@ async fn state(pq: &Pq, id: JobId) -> Option<(String, i32, Option<String>)> {
         pq.table()
     ))
     .bind(id.0)
-    .fetch_optional(pq.pool())
+    .fetch_optional(&mut direct().await)
     .await
     .unwrap()
 }
@@ -78,7 +80,7 @@ async fn insert(pq: &Pq, task: &str, data: &str) -> Result<JobId, sqlx::Error> {
     ))
     .bind(task)
     .bind(data)
-    .fetch_one(pq.pool())
+    .fetch_one(&mut direct().await)
     .await
     .map(JobId)
 }
@@ -186,7 +188,7 @@ async fn absurd_and_negative_times_are_refused_and_write_nothing() {
         );
     }
     let count: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", db.pq.table()))
-        .fetch_one(db.pq.pool())
+        .fetch_one(db.pool())
         .await
         .unwrap();
     assert_eq!(count, 0);

@@ -4,7 +4,7 @@
 
 use pq::{Failure, JobState};
 
-use crate::support::{failed, Claimer, TestDb};
+use crate::support::{complete, failed, Claimer, TestDb};
 
 #[tokio::test]
 async fn a_late_completion_after_a_release_and_a_reclaim_is_refused() {
@@ -19,18 +19,14 @@ async fn a_late_completion_after_a_release_and_a_reclaim_is_refused() {
     let live = second.claim_one(id).await;
 
     // The first worker's late completion must not delete the job the second one runs.
-    assert!(pq
-        .complete(pq.pool(), &[stale], false)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(complete(pq, &[stale], false).await.is_empty());
     let failure = failed(stale, "late", Failure::GiveUp);
     assert!(pq.fail(&[failure]).await.unwrap().is_empty());
     assert!(pq.release(&[stale]).await.unwrap().is_empty());
     let job = pq.admin().job(id).await.unwrap().expect("still there");
     assert_eq!((job.state, job.attempts), (JobState::Running, 1));
 
-    assert_eq!(pq.complete(pq.pool(), &[live], false).await.unwrap(), [id]);
+    assert_eq!(complete(pq, &[live], false).await, [id]);
 }
 
 #[tokio::test]
@@ -57,12 +53,8 @@ async fn a_frozen_workers_late_failure_after_an_operators_retry_is_refused() {
     frozen.heartbeat().await;
     let late = failed(stale, "late", Failure::GiveUp);
     assert!(pq.fail(&[late]).await.unwrap().is_empty());
-    assert!(pq
-        .complete(pq.pool(), &[stale], false)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(complete(pq, &[stale], false).await.is_empty());
     let job = pq.admin().job(id).await.unwrap().unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Running, 1));
-    assert_eq!(pq.complete(pq.pool(), &[third], false).await.unwrap(), [id]);
+    assert_eq!(complete(pq, &[third], false).await, [id]);
 }

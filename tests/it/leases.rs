@@ -7,7 +7,9 @@ use std::time::Duration;
 use pq::{Pq, TaskContext, Worker};
 
 use crate::proxy::Proxy;
-use crate::support::{database_url, eventually, record_run, runs_of, Claimer, Running, TestDb};
+use crate::support::{
+    database_url, direct, eventually, record_run, runs_of, Claimer, Running, TestDb,
+};
 
 /// Another process on the same table, with a worker on `queue` that rescues whatever it finds
 /// lost and runs it, until stopped.
@@ -24,9 +26,13 @@ async fn rival(db: &TestDb, queue: &str, lease: Duration) -> Running {
 async fn hold_transaction(ctx: TaskContext, millis: u64, effects: String) -> anyhow::Result<()> {
     record_run(&ctx);
     let mut tx = ctx.transaction().await?;
-    sqlx::query("SELECT 1").execute(&mut *tx).await?;
+    sqlx::query("SELECT 1")
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?;
     tokio::time::sleep(Duration::from_millis(millis)).await;
     sqlx::query(&format!("INSERT INTO {effects} (job) VALUES ($1)"))
+        .persistent(false)
         .bind(ctx.job_id().0)
         .execute(&mut *tx)
         .await?;
@@ -44,11 +50,16 @@ async fn hold_repeatable_read(
     record_run(&ctx);
     let mut tx = ctx.transaction().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .persistent(false)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("SELECT 1").execute(&mut *tx).await?;
+    sqlx::query("SELECT 1")
+        .persistent(false)
+        .execute(&mut *tx)
+        .await?;
     tokio::time::sleep(Duration::from_millis(millis)).await;
     sqlx::query(&format!("INSERT INTO {effects} (job) VALUES ($1)"))
+        .persistent(false)
         .bind(ctx.job_id().0)
         .execute(&mut *tx)
         .await?;
@@ -65,7 +76,7 @@ async fn nap(ctx: TaskContext, millis: u64) {
 async fn effects_table(db: &TestDb) -> String {
     let effects = format!("\"{}\".effects", db.schema);
     sqlx::raw_sql(&format!("CREATE TABLE {effects} (job bigint)"))
-        .execute(db.pq.pool())
+        .execute(db.pool())
         .await
         .unwrap();
     effects
@@ -73,7 +84,7 @@ async fn effects_table(db: &TestDb) -> String {
 
 async fn effects_of(db: &TestDb, effects: &str) -> Vec<i64> {
     let mut jobs: Vec<i64> = sqlx::query_scalar(&format!("SELECT job FROM {effects}"))
-        .fetch_all(db.pq.pool())
+        .fetch_all(db.pool())
         .await
         .unwrap();
     jobs.sort_unstable();
@@ -85,7 +96,7 @@ async fn left_in(pq: &Pq) -> Vec<(i64, String, Option<String>)> {
         "SELECT id, state, last_error FROM {} ORDER BY id",
         pq.table()
     ))
-    .fetch_all(pq.pool())
+    .fetch_all(&mut direct().await)
     .await
     .unwrap()
 }
@@ -196,7 +207,7 @@ async fn a_long_jobs_row_does_not_change_while_it_runs() {
             pq.table()
         ))
         .bind(id.0)
-        .fetch_one(pq.pool())
+        .fetch_one(&mut direct().await)
         .await
         .unwrap();
         row
@@ -247,7 +258,7 @@ async fn a_worker_whose_connections_are_cut_keeps_its_lease() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         proxy.cut();
         let now_lapsed: i64 = sqlx::query_scalar(&lapsed)
-            .fetch_one(db.pq.pool())
+            .fetch_one(db.pool())
             .await
             .unwrap();
         lapses += now_lapsed;
@@ -264,7 +275,7 @@ async fn a_worker_whose_connections_are_cut_keeps_its_lease() {
         "SELECT count(*) FROM {} WHERE q_name = 'held'",
         db.pq.table()
     ))
-    .fetch_one(db.pq.pool())
+    .fetch_one(db.pool())
     .await
     .unwrap();
     assert_eq!(held, 0, "completed");

@@ -1,6 +1,11 @@
 //! Integration tests against a real PostgreSQL (`DATABASE_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`). Each test works in a schema of its own, so the
 //! suite runs in parallel. One test binary keeps link times down.
+//!
+//! `.ci/run` runs them once more through PgBouncer in transaction pooling mode
+//! (`PQ_TEST_POOLER_URL`, see `.ci/with-pgbouncer`): the tables' handles connect through it,
+//! the tests' own statements directly (`support::direct`). So handlers' own statements are not
+//! kept prepared (`.persistent(false)`), as behind such a pooler they must not be.
 
 mod admin;
 mod cancellation;
@@ -17,9 +22,11 @@ mod model;
 mod order;
 mod outcomes;
 mod poison;
+mod pooler;
 mod proxy;
 mod queue;
 mod support;
 mod tasks;
+mod testing;
 mod tls;
 mod worker;

@@ -4,22 +4,24 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use pq::{Pq, Worker};
+use pq::Worker;
 
-use crate::support::{derived, TestDb};
+use crate::support::{derived, direct, TestDb};
 
-async fn execute(pq: &Pq, sql: &str) {
-    sqlx::raw_sql(sql).execute(pq.pool()).await.unwrap();
+async fn execute(sql: &str) {
+    sqlx::raw_sql(sql)
+        .execute(&mut direct().await)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_table_migrated_by_a_newer_pq_is_not_touched_by_this_one() {
     let db = TestDb::new().await;
     let migrations = derived(&db.pq, "migrations");
-    execute(
-        &db.pq,
-        &format!("INSERT INTO {migrations} (version, name) VALUES (999, 'from the future')"),
-    )
+    execute(&format!(
+        "INSERT INTO {migrations} (version, name) VALUES (999, 'from the future')"
+    ))
     .await;
     let err = db.pq.create().await.unwrap_err();
     assert!(
@@ -35,10 +37,10 @@ async fn a_table_migrated_by_a_newer_pq_is_not_touched_by_this_one() {
 async fn a_worker_refuses_a_table_that_lacks_this_pqs_migrations() {
     let db = TestDb::new().await;
     let migrations = derived(&db.pq, "migrations");
-    execute(
-        &db.pq,
-        &format!("DELETE FROM {migrations} WHERE version = {}", pq::LATEST),
-    )
+    execute(&format!(
+        "DELETE FROM {migrations} WHERE version = {}",
+        pq::LATEST
+    ))
     .await;
     let err = Worker::new(db.pq.clone())
         .queues(["q"])
@@ -57,16 +59,16 @@ async fn a_worker_refuses_a_table_that_lacks_this_pqs_migrations() {
 async fn a_function_whose_definition_changed_is_defined_again_and_the_others_are_not() {
     let db = TestDb::new().await;
     let functions = derived(&db.pq, "functions");
-    let applied = async |pq: &Pq| {
+    let applied = async || {
         let rows: Vec<(String, String)> = sqlx::query_as(&format!(
             "SELECT name, applied_at::text FROM {functions} ORDER BY name"
         ))
-        .fetch_all(pq.pool())
+        .fetch_all(&mut direct().await)
         .await
         .unwrap();
         rows.into_iter().collect::<BTreeMap<_, _>>()
     };
-    let before = applied(&db.pq).await;
+    let before = applied().await;
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
         [
@@ -76,17 +78,14 @@ async fn a_function_whose_definition_changed_is_defined_again_and_the_others_are
         ]
     );
     // As if an older pq had defined the claim: another text, and another function.
-    execute(
-        &db.pq,
-        &format!(
-            "UPDATE {functions} SET checksum = 'older' WHERE name = 'functions/claim.sql'; \
+    execute(&format!(
+        "UPDATE {functions} SET checksum = 'older' WHERE name = 'functions/claim.sql'; \
              DROP FUNCTION {}(int8, text[], int4, timestamptz[], timestamptz[], int8[])",
-            derived(&db.pq, "claim")
-        ),
-    )
+        derived(&db.pq, "claim")
+    ))
     .await;
     db.pq.create().await.unwrap();
-    let after = applied(&db.pq).await;
+    let after = applied().await;
     assert_ne!(after["functions/claim.sql"], before["functions/claim.sql"]);
     assert_eq!(after["functions/wait.sql"], before["functions/wait.sql"]);
     // The claim works again.
@@ -101,9 +100,7 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
     let pq = &db.pq;
     let t = pq.table();
     let name = |suffix| derived(pq, suffix);
-    execute(
-        pq,
-        &format!(
+    execute(&format!(
             "DROP INDEX {ready}; \
              CREATE INDEX queue_dequeue_idx ON {t} \
                (q_name, schedule_at, COALESCE(expected_at, 'infinity'), id) WHERE state = 'queued'; \

@@ -17,7 +17,7 @@ use pq::{Claim, Failure, JobId, Pq};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use crate::support::{Claimer, TestDb};
+use crate::support::{direct, Claimer, TestDb};
 
 const WORKERS: usize = 3;
 const QUEUE: &str = "model";
@@ -160,8 +160,7 @@ impl Fleet {
     }
 
     async fn complete(&self, claim: Claim, keep: bool) -> bool {
-        let done = self.pq.complete(self.pq.pool(), &[claim], keep).await;
-        done.unwrap() == [claim.id]
+        crate::support::complete(&self.pq, &[claim], keep).await == [claim.id]
     }
 
     async fn fail(&self, claim: Claim, retry: bool) -> bool {
@@ -199,7 +198,7 @@ async fn rows(pq: &Pq) -> BTreeMap<JobId, (String, String)> {
         "SELECT id, state, row_to_json(t)::text FROM {} AS t",
         pq.table()
     ))
-    .fetch_all(pq.pool())
+    .fetch_all(&mut direct().await)
     .await
     .unwrap();
     rows.into_iter()
@@ -211,7 +210,7 @@ async fn rows(pq: &Pq) -> BTreeMap<JobId, (String, String)> {
 async fn check(db: &TestDb, fleet: &mut Fleet, ops: &[Op]) -> Result<(), TestCaseError> {
     let pq = &db.pq;
     sqlx::query(&format!("DELETE FROM {}", pq.table()))
-        .execute(pq.pool())
+        .execute(&mut direct().await)
         .await
         .unwrap();
     for worker in 0..WORKERS {

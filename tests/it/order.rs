@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use pq::{JobId, Pq, TaskContext, Worker};
 
-use crate::support::{burst, Claimer, TestDb};
+use crate::support::{burst, direct, Claimer, TestDb};
 
 /// The jobs in the order they ran, per table.
 static RAN: Mutex<Vec<(String, i64)>> = Mutex::new(Vec::new());
@@ -36,7 +36,7 @@ async fn set_times(pq: &Pq, id: JobId, enqueued: &str, scheduled: &str) {
     .bind(id.0)
     .bind(enqueued)
     .bind(scheduled)
-    .execute(pq.pool())
+    .execute(&mut direct().await)
     .await
     .unwrap();
 }
@@ -87,7 +87,7 @@ async fn jobs_with_an_expected_time_come_first_however_late_they_became_ready() 
 
     assert_eq!(ran(pq), [soon, late, plain]);
     let left: Vec<i64> = sqlx::query_scalar(&format!("SELECT id FROM {}", pq.table()))
-        .fetch_all(pq.pool())
+        .fetch_all(&mut direct().await)
         .await
         .unwrap();
     assert_eq!(left, [scheduled.0]);

@@ -144,7 +144,7 @@ async fn retry_in_counts_an_attempt_and_waits_the_handlers_delay() {
         db.pq.table()
     ))
     .bind(id.0)
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
     work(&db.pq).await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pq::{JobFilter, JobId, Pq, TaskContext, Worker};
 
-use crate::support::{database_url, record_run, runs_of, TestDb};
+use crate::support::{database_url, direct, record_run, runs_of, TestDb};
 
 #[pq::task(queue = "poison")]
 async fn harmless(ctx: TaskContext) {
@@ -29,7 +29,7 @@ async fn insert(pq: &Pq, task: &str, column: &str, value: &str) -> JobId {
         pq.table()
     ))
     .bind(task)
-    .fetch_one(pq.pool())
+    .fetch_one(&mut direct().await)
     .await
     .unwrap();
     sqlx::query(&format!(
@@ -37,7 +37,7 @@ async fn insert(pq: &Pq, task: &str, column: &str, value: &str) -> JobId {
         pq.table()
     ))
     .bind(id)
-    .execute(pq.pool())
+    .execute(&mut direct().await)
     .await
     .unwrap();
     JobId(id)
@@ -49,7 +49,7 @@ async fn state_and_error(pq: &Pq, id: JobId) -> Option<(String, Option<String>)>
         pq.table()
     ))
     .bind(id.0)
-    .fetch_optional(pq.pool())
+    .fetch_optional(&mut direct().await)
     .await
     .unwrap()
 }
@@ -180,13 +180,10 @@ async fn text_that_is_not_utf8_fails_its_job_alone() {
         "CREATE DATABASE {database} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
     );
     sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {database}"))
-        .execute(admin.pq.pool())
+        .execute(admin.pool())
         .await
         .unwrap();
-    sqlx::raw_sql(&create)
-        .execute(admin.pq.pool())
-        .await
-        .unwrap();
+    sqlx::raw_sql(&create).execute(admin.pool()).await.unwrap();
     let url = {
         let url = database_url();
         let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
@@ -225,7 +222,7 @@ async fn text_that_is_not_utf8_fails_its_job_alone() {
     .await;
     let (good, after, broken, pq, states) = outcome;
     sqlx::raw_sql(&format!("DROP DATABASE {database} WITH (FORCE)"))
-        .execute(admin.pq.pool())
+        .execute(admin.pool())
         .await
         .unwrap();
     assert_eq!(runs_of(&pq, good), 1);

@@ -145,7 +145,7 @@ async fn scheduling_accepts_times_and_durations_of_every_kind() {
          FROM {} ORDER BY id",
         db.pq.table()
     ))
-    .fetch_all(db.pq.pool())
+    .fetch_all(db.pool())
     .await
     .unwrap();
     let delays: Vec<f64> = stored.iter().map(|(_, d)| *d).collect();
@@ -317,7 +317,7 @@ async fn a_committed_transaction_keeps_the_get_the_puts_and_the_callers_own_sql(
         "CREATE TABLE \"{}\".eaten (job bigint, kind text)",
         db.schema
     ))
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
 
@@ -336,7 +336,7 @@ async fn a_committed_transaction_keeps_the_get_the_puts_and_the_callers_own_sql(
     tx.commit().await.unwrap();
 
     let eaten: (i64, String) = sqlx::query_as(&format!("SELECT * FROM \"{}\".eaten", db.schema))
-        .fetch_one(db.pq.pool())
+        .fetch_one(db.pool())
         .await
         .unwrap();
     assert_eq!(eaten, (job.id().0, "Cox".to_owned()));
@@ -349,19 +349,19 @@ async fn put_joins_the_callers_own_sqlx_transaction() {
     let db = TestDb::new().await;
     let queue = db.pq.queue("outbox");
 
-    let mut tx = db.pq.pool().begin().await.unwrap();
+    let mut tx = db.pool().begin().await.unwrap();
     queue.put(&1).execute(&mut *tx).await.unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(queue.len().await.unwrap(), 0);
 
-    let mut tx = db.pq.pool().begin().await.unwrap();
+    let mut tx = db.pool().begin().await.unwrap();
     let id = queue.put(&2).execute(&mut *tx).await.unwrap();
     tx.commit().await.unwrap();
     assert_eq!(queue.try_get().await.unwrap().unwrap().id(), id);
 
-    let mut conn = db.pq.pool().acquire().await.unwrap();
+    let mut conn = db.pool().acquire().await.unwrap();
     queue.put(&3).execute(&mut *conn).await.unwrap();
-    queue.put(&4).execute(db.pq.pool()).await.unwrap();
+    queue.put(&4).execute(db.pool()).await.unwrap();
     assert_eq!(queue.len().await.unwrap(), 2);
 }
 
@@ -485,7 +485,7 @@ async fn a_job_can_be_updated_in_place() {
     queue.put(&apple("Cox")).await.unwrap();
     let mut job = queue.try_get().await.unwrap().unwrap();
 
-    job.update(db.pq.pool(), &json!({"kind": "Cox", "eaten": true}))
+    job.update(db.pool(), &json!({"kind": "Cox", "eaten": true}))
         .await
         .unwrap();
 
@@ -495,7 +495,7 @@ async fn a_job_can_be_updated_in_place() {
         db.pq.table()
     ))
     .bind(job.id().0)
-    .fetch_one(db.pq.pool())
+    .fetch_one(db.pool())
     .await
     .unwrap();
     assert_eq!(stored, job.raw_data());
@@ -597,7 +597,7 @@ async fn create_is_idempotent_and_safe_from_concurrent_processes() {
             })
         })
         .collect();
-    let admin = db.pq.pool();
+    let admin = db.pool();
     for handle in handles {
         let schema = handle.await.unwrap();
         let applied: i64 = sqlx::query_scalar(&format!(
@@ -642,7 +642,7 @@ async fn many_waiters_share_one_listen_connection() {
         "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%' AND query LIKE $1",
     )
     .bind(format!("%{}%", channel_of(&db).await))
-    .fetch_one(db.pq.pool())
+    .fetch_one(db.pool())
     .await
     .unwrap();
     assert_eq!(listening, 1);
@@ -673,7 +673,7 @@ async fn puts_notify_only_queues_with_a_waiting_consumer() {
         let (a, b): (i32, i32) = sqlx::query_as("SELECT hashtext($1) & 31, hashtext($2) & 31")
             .bind(waited)
             .bind(name)
-            .fetch_one(db.pq.pool())
+            .fetch_one(db.pool())
             .await
             .unwrap();
         if a != b {
@@ -725,7 +725,7 @@ async fn a_job_inserted_by_sql_wakes_a_waiting_get_through_the_notify_function()
     };
     tokio::time::sleep(Duration::from_millis(300)).await; // registered and waiting
 
-    let mut tx = db.pq.pool().begin().await.unwrap();
+    let mut tx = db.pool().begin().await.unwrap();
     let id: i64 = sqlx::query_scalar(&format!(
         "INSERT INTO {} (q_name, data) VALUES ('by sql', '7') RETURNING id",
         db.pq.table()
@@ -757,7 +757,7 @@ async fn channel_of(db: &TestDb) -> String {
          WHERE n.nspname = $1 AND p.proname = 'queue_notify'",
     )
     .bind(&db.schema)
-    .fetch_one(db.pq.pool())
+    .fetch_one(db.pool())
     .await
     .unwrap();
     let start = source.find("'pq_").unwrap() + 1;
@@ -766,7 +766,7 @@ async fn channel_of(db: &TestDb) -> String {
 
 async fn count_rows(db: &TestDb) -> i64 {
     sqlx::query_scalar(&format!("SELECT count(*) FROM {}", db.pq.table()))
-        .fetch_one(db.pq.pool())
+        .fetch_one(db.pool())
         .await
         .unwrap()
 }
@@ -881,7 +881,7 @@ async fn a_session_holding_the_wait_lock_does_not_hold_up_puts() {
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Another session takes the lock's key for itself and keeps it.
-    let mut other = db.pq.pool().acquire().await.unwrap();
+    let mut other = db.pool().acquire().await.unwrap();
     sqlx::query("SELECT pg_advisory_lock($1)")
         .bind(wait_lock_key(&db))
         .execute(&mut *other)
@@ -1093,7 +1093,7 @@ async fn a_claim_hands_out_every_job_it_takes_while_puts_commit_beside_it() {
             db.pq.table()
         ))
         .bind(number)
-        .fetch_one(db.pq.pool())
+        .fetch_one(db.pool())
         .await
         .unwrap();
         assert_eq!(

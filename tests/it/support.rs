@@ -14,6 +14,45 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
+/// PgBouncer's URL, in transaction pooling mode in front of [`database_url`], when the tests
+/// are to run through it (`.ci/run` runs them so once): the handles of [`TestDb`] connect
+/// there.
+pub fn pooler_url() -> Option<String> {
+    std::env::var("PQ_TEST_POOLER_URL").ok()
+}
+
+/// A handle's builder for the server or, when the tests run through PgBouncer, for it.
+pub fn builder() -> pq::PqBuilder {
+    match pooler_url() {
+        Some(_) => Pq::builder()
+            .transaction_pooler()
+            .direct_url(&database_url()),
+        None => Pq::builder(),
+    }
+}
+
+/// Where [`builder`]'s handles connect.
+pub fn handle_url() -> String {
+    pooler_url().unwrap_or_else(database_url)
+}
+
+/// A connection to the server itself, for a test's own statements.
+pub async fn direct() -> sqlx::PgConnection {
+    use sqlx::Connection;
+    sqlx::PgConnection::connect(&database_url())
+        .await
+        .expect("connect to the test database")
+}
+
+/// Completes `claims` as a handler's transaction does: in a transaction of `pq`'s pool, which
+/// a transaction pooler needs.
+pub async fn complete(pq: &Pq, claims: &[pq::Claim], keep: bool) -> Vec<JobId> {
+    let mut tx = pq.pool().begin().await.expect("begin");
+    let done = pq.complete(&mut *tx, claims, keep).await.expect("complete");
+    tx.commit().await.expect("commit");
+    done
+}
+
 /// A schema name no other test (or test run) uses.
 pub fn unique_schema(label: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -87,7 +126,7 @@ pub async fn burst(worker: Worker, queue: &str) {
 /// A worker running in a task of its own until it is asked to stop.
 pub struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
-    worker: tokio::task::JoinHandle<Result<(), pq::WorkerError>>,
+    worker: tokio::task::JoinHandle<Result<pq::Report, pq::WorkerError>>,
 }
 
 impl Running {
@@ -104,7 +143,7 @@ impl Running {
     }
 
     /// Signals it to shut down; returns its task, to await its return.
-    pub fn stop(self) -> tokio::task::JoinHandle<Result<(), pq::WorkerError>> {
+    pub fn stop(self) -> tokio::task::JoinHandle<Result<pq::Report, pq::WorkerError>> {
         let _ = self.stop.send(());
         self.worker
     }
@@ -114,6 +153,9 @@ impl Running {
 pub struct TestDb {
     pub pq: Pq,
     pub schema: String,
+    /// Connections to the server itself, for the test's own statements: through PgBouncer,
+    /// sqlx's prepared statements would meet other clients'.
+    direct: sqlx::PgPool,
 }
 
 impl TestDb {
@@ -125,20 +167,36 @@ impl TestDb {
     /// A created table of this name in a new schema.
     pub async fn with_table(table: &str) -> TestDb {
         let schema = unique_schema("t");
-        let pq = Pq::builder()
+        let pq = builder()
             .schema(&schema)
             .table(table)
             .max_connections(12)
-            .connect(&database_url())
+            .connect(&handle_url())
             .await
             .expect("connect to the test database");
         pq.create().await.expect("create the queue table");
-        TestDb { pq, schema }
+        let direct = match pooler_url() {
+            Some(_) => sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect_lazy(&database_url())
+                .expect("the database's URL"),
+            None => pq.pool().clone(),
+        };
+        TestDb { pq, schema, direct }
+    }
+
+    /// A pool of connections to the server itself, for the test's own statements.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.direct
     }
 
     /// Another handle on the same table (another process, say).
     pub async fn another_handle(&self) -> Pq {
-        self.handle_at(&database_url()).await
+        builder()
+            .schema(&self.schema)
+            .connect(&handle_url())
+            .await
+            .expect("connect")
     }
 
     /// A handle on the same table through the server at `url` (a proxy, say).
@@ -157,7 +215,7 @@ impl TestDb {
             self.pq.table()
         ))
         .bind(id.0)
-        .fetch_optional(self.pq.pool())
+        .fetch_optional(self.pool())
         .await
         .expect("read the job's state")
     }
@@ -248,7 +306,7 @@ impl Claimer {
             derived(&self.pq, "workers")
         ))
         .bind(self.worker.0)
-        .execute(self.pq.pool())
+        .execute(&mut direct().await)
         .await
         .expect("expire");
     }

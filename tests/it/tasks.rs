@@ -137,7 +137,7 @@ async fn a_bad_per_call_time_is_an_error_and_writes_nothing() {
 async fn a_task_enqueued_in_a_rolled_back_transaction_leaves_no_job() {
     let db = TestDb::new().await;
 
-    let mut tx = db.pq.pool().begin().await.unwrap();
+    let mut tx = db.pool().begin().await.unwrap();
     let id = tally(1).enqueue(db.pq.on(&mut tx)).await.unwrap();
     assert!(stored(&db.pq, id).await.is_none(), "visible before commit");
     tx.rollback().await.unwrap();
@@ -153,7 +153,7 @@ async fn a_task_enqueued_in_a_rolled_back_transaction_leaves_no_job() {
 async fn a_task_enqueued_in_a_committed_transaction_is_stored() {
     let db = TestDb::new().await;
 
-    let mut tx = db.pq.pool().begin().await.unwrap();
+    let mut tx = db.pool().begin().await.unwrap();
     let id = tally(3).enqueue(db.pq.on(&mut tx)).await.unwrap();
     tx.commit().await.unwrap();
 
@@ -208,7 +208,7 @@ async fn a_batch_with_one_bad_call_writes_nothing_and_one_in_a_rolled_back_trans
     assert!(error.to_string().contains("soon"), "{error}");
     assert_eq!(db.pq.queue("default").len().await.unwrap(), 0);
 
-    let mut tx = db.pq.pool().begin().await.unwrap();
+    let mut tx = db.pool().begin().await.unwrap();
     let batch: pq::TaskBatch = (0..3).map(tally).collect();
     let ids = batch.enqueue(db.pq.on(&mut tx)).await.unwrap();
     tx.rollback().await.unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use pq::{Enqueue, JobId, NewJob, Pq, TaskContext, Worker};
 
-use crate::support::{burst, record_run, runs_of, wait_until, Claimer, Running, TestDb};
+use crate::support::{burst, direct, record_run, runs_of, wait_until, Claimer, Running, TestDb};
 
 #[pq::task(queue = "work")]
 async fn succeed(ctx: TaskContext, expected_id: Option<i64>) -> anyhow::Result<()> {
@@ -46,6 +46,7 @@ async fn write_then_fail_once(ctx: TaskContext, effects: String) -> anyhow::Resu
     let run = record_run(&ctx);
     let mut tx = ctx.transaction().await?;
     sqlx::query(&format!("INSERT INTO {effects} (job, run) VALUES ($1, $2)"))
+        .persistent(false)
         .bind(ctx.job_id().0)
         .bind(run as i32)
         .execute(&mut *tx)
@@ -72,7 +73,7 @@ async fn row(pq: &Pq, id: JobId) -> Option<Row> {
             pq.table()
         ))
         .bind(id.0)
-        .fetch_optional(pq.pool())
+        .fetch_optional(&mut direct().await)
         .await
         .unwrap();
     row.map(|(state, attempts, last_error, errors)| Row {
@@ -91,7 +92,7 @@ async fn a_job_runs_once_with_its_own_id_and_is_then_removed() {
         "UPDATE {} SET data = json_build_object('expected_id', id)",
         db.pq.table()
     ))
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
     let by_id = tally_by_id(db.pq.table()).enqueue(&db.pq).await.unwrap();
@@ -303,7 +304,7 @@ async fn a_batch_completion_finds_moved_rows_and_refuses_stale_claims() {
         db.pq.table()
     ))
     .bind(claims[1].id.0)
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
     // A lost claim: the job is released and claimed again, so the first claim is stale.
@@ -389,7 +390,7 @@ async fn a_transactional_handlers_writes_happen_once_and_not_for_failed_attempts
     let db = TestDb::new().await;
     let effects = format!("\"{}\".effects", db.schema);
     sqlx::raw_sql(&format!("CREATE TABLE {effects} (job bigint, run int)"))
-        .execute(db.pq.pool())
+        .execute(db.pool())
         .await
         .unwrap();
     let id = write_then_fail_once(effects.clone())
@@ -401,7 +402,7 @@ async fn a_transactional_handlers_writes_happen_once_and_not_for_failed_attempts
 
     assert_eq!(runs_of(&db.pq, id), 2);
     let written: Vec<(i64, i32)> = sqlx::query_as(&format!("SELECT job, run FROM {effects}"))
-        .fetch_all(db.pq.pool())
+        .fetch_all(db.pool())
         .await
         .unwrap();
     assert_eq!(
@@ -449,7 +450,7 @@ async fn a_drain_of_short_jobs_completes_every_one() {
         db.pq.table()
     ))
     .bind(<succeed as pq::Task>::NAME)
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
     // Short jobs end as soon as they start, and their completions follow at once. A job that
@@ -457,7 +458,7 @@ async fn a_drain_of_short_jobs_completes_every_one() {
     // table, as they did while claims handed out their rows as they arrived.
     burst(Worker::new(db.pq.clone()).concurrency(1000), "work").await;
     let left: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}", db.pq.table()))
-        .fetch_one(db.pq.pool())
+        .fetch_one(db.pool())
         .await
         .unwrap();
     assert_eq!(left, 0, "every job completed and deleted");
@@ -579,7 +580,7 @@ async fn a_shutdown_during_a_backlog_leaves_every_job_done_or_queued() {
         "SELECT state, attempts, count(*) FROM {} GROUP BY 1, 2",
         db.pq.table()
     ))
-    .fetch_all(db.pq.pool())
+    .fetch_all(db.pool())
     .await
     .unwrap();
     let left: i64 = states.iter().map(|(_, _, n)| n).sum();
@@ -614,7 +615,7 @@ async fn stop_once_started(
     db: &TestDb,
     id: JobId,
     worker: Worker,
-) -> tokio::task::JoinHandle<Result<(), pq::WorkerError>> {
+) -> tokio::task::JoinHandle<Result<pq::Report, pq::WorkerError>> {
     let worker = Running::start(worker.queues(["work"]));
     wait_until(|| runs_of(&db.pq, id) == 1).await;
     worker.stop()
@@ -634,7 +635,7 @@ async fn fast_failing_jobs_hold_no_more_than_the_slots_and_one_round_of_outcomes
         db.pq.table()
     ))
     .bind(<fail_at_once as pq::Task>::NAME)
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
     // Each failure takes the server 2 ms to record, so that the worker's claims outrun its
@@ -647,7 +648,7 @@ async fn fast_failing_jobs_hold_no_more_than_the_slots_and_one_round_of_outcomes
         schema = db.schema,
         table = db.pq.table()
     ))
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
     let concurrency = 4;
@@ -661,7 +662,7 @@ async fn fast_failing_jobs_hold_no_more_than_the_slots_and_one_round_of_outcomes
             "SELECT count(*) FROM {} WHERE state = 'running'",
             db.pq.table()
         ))
-        .fetch_one(db.pq.pool())
+        .fetch_one(db.pool())
         .await
         .unwrap();
         most = most.max(running);
@@ -676,7 +677,7 @@ async fn fast_failing_jobs_hold_no_more_than_the_slots_and_one_round_of_outcomes
         "SELECT count(*) FROM {} WHERE state = 'failed'",
         db.pq.table()
     ))
-    .fetch_one(db.pq.pool())
+    .fetch_one(db.pool())
     .await
     .unwrap();
     assert_eq!(failed, 3000);
@@ -688,6 +689,7 @@ async fn commit_refused(ctx: TaskContext, table: String) -> anyhow::Result<()> {
     record_run(&ctx);
     let mut tx = ctx.transaction().await?;
     sqlx::query(&format!("INSERT INTO {table} VALUES (1), (1)"))
+        .persistent(false)
         .execute(&mut *tx)
         .await?;
     Ok(())
@@ -700,7 +702,7 @@ async fn a_refused_commit_follows_the_retry_policy_with_the_commits_own_error() 
     sqlx::raw_sql(&format!(
         "CREATE TABLE {table} (n int, CONSTRAINT once_unique UNIQUE (n) DEFERRABLE INITIALLY DEFERRED)"
     ))
-    .execute(db.pq.pool())
+    .execute(db.pool())
     .await
     .unwrap();
     let id = commit_refused(table).enqueue(&db.pq).await.unwrap();
@@ -712,7 +714,7 @@ async fn a_refused_commit_follows_the_retry_policy_with_the_commits_own_error() 
         db.pq.table()
     ))
     .bind(id.0)
-    .fetch_one(db.pq.pool())
+    .fetch_one(db.pool())
     .await
     .unwrap();
     assert_eq!((state.as_str(), attempts), ("queued", 1));
