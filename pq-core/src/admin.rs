@@ -945,8 +945,8 @@ impl Admin {
         Ok(true)
     }
 
-    /// Makes the scheduled jobs matching `filter` (its state is ignored) ready now, retries
-    /// waiting for their delay included, and wakes their workers; returns how many. In a test,
+    /// Makes the scheduled jobs matching `filter` ready now, retries waiting for their delay
+    /// included, and wakes their workers; returns how many, in one statement. In a test,
     /// to run at once what would run later; for an operator, to run a delayed job now.
     ///
     /// ```no_run

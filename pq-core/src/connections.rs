@@ -68,28 +68,18 @@ impl Connections {
         why_no_connection(&self.pool.connect_options(), what, after).await
     }
 
-    /// The connection used last, or one from the pool; in a transaction if `begin`, which
-    /// [`Warm::end`] ends.
-    pub(crate) async fn acquire(&self, begin: bool) -> Result<Warm<'_>> {
+    /// The connection used last, or one from the pool.
+    pub(crate) async fn acquire(&self) -> Result<Warm<'_>> {
         let kept = self.kept.take();
         let connection = match kept {
             Some(connection) => connection,
             None => self.pool.acquire().await?,
         };
-        let mut warm = Warm {
+        Ok(Warm {
             connection: Some(connection),
             home: self,
             finished: false,
-            in_transaction: false,
-        };
-        if begin {
-            // By the simple protocol: one exchange, never prepared. Behind a transaction pooler,
-            // the server connection may hold another client's prepared statements, whose
-            // names sqlx's own (it prepares some to learn a type) would meet.
-            sqlx::Executor::execute(&mut *warm, "BEGIN; DEALLOCATE ALL").await?;
-            warm.in_transaction = true;
-        }
-        Ok(warm)
+        })
     }
 }
 
@@ -180,28 +170,9 @@ pub(crate) struct Warm<'a> {
     connection: Option<PoolConnection<Postgres>>,
     home: &'a Connections,
     finished: bool,
-    in_transaction: bool,
 }
 
 impl Warm<'_> {
-    /// Ends the transaction [`Connections::acquire`] began, if it did: committed if the
-    /// statements' `output` is a success, else rolled back.
-    pub(crate) async fn end<T>(mut self, output: Result<T>) -> (Self, Result<T>) {
-        if !self.in_transaction {
-            return (self, output);
-        }
-        self.in_transaction = false;
-        // Leaves the server connection without the statements sqlx prepared meanwhile.
-        let end = if output.is_ok() {
-            "DEALLOCATE ALL; COMMIT"
-        } else {
-            "ROLLBACK; DEALLOCATE ALL"
-        };
-        let ended = sqlx::Executor::execute(&mut *self, end).await;
-        let output = output.and_then(|output| ended.map(|_| output).map_err(Error::from));
-        (self, output)
-    }
-
     /// The statement succeeded: the connection is ready for the next one.
     pub(crate) fn keep(mut self) {
         if let Some(connection) = self.connection.take() {

@@ -136,7 +136,7 @@ pub enum Error {
     /// What pq was asked needs a session on the server itself, which a transaction pooler
     /// cannot give: set [`PqBuilder::direct_url`](crate::PqBuilder::direct_url), or run it
     /// (`pq migrate`) against the server.
-    #[error("{what} needs a direct connection to the server, not through the transaction pooler: set PqBuilder::direct_url, or run `pq migrate --url <the server's URL>`")]
+    #[error("{what} needs a direct connection to the server, not through the transaction pooler: set PqBuilder::direct_url (the CLI's --direct-url), or run `pq migrate` with the server's own --database-url")]
     NoDirectConnection {
         /// What pq was asked.
         what: &'static str,

@@ -353,20 +353,29 @@ impl Pq {
         Ok(claimed)
     }
 
-    /// Claims these jobs for `worker`, those of them that are ready (due, not running), in
-    /// whatever queue, paused or not: a test's run of one job (`pq::testing::run_job`).
-    pub async fn claim_jobs(&self, worker: WorkerId, ids: &[JobId]) -> Result<Claimed> {
+    /// Claims up to `limit` of these jobs for `worker`, those that are ready (due, not
+    /// running), in whatever queue, paused or not: a test's run of one job
+    /// (`pq::testing::run_job`), not a worker's claim.
+    #[doc(hidden)]
+    pub async fn claim_jobs(&self, worker: WorkerId, ids: &[JobId], limit: u32) -> Result<Claimed> {
         let sql = self.statements().await?;
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
         let (rows, mut large) = self
             .with_connection("a claim", async |connection| {
+                let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+                sql.query(&sql.claim_lock)
+                    .bind(worker.0)
+                    .execute(&mut *tx)
+                    .await?;
                 let rows = sql
                     .query(&sql.claim_jobs)
                     .bind(worker.0)
                     .bind(&ids)
-                    .fetch_all(&mut *connection)
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *tx)
                     .await?;
-                let large = large_data(sql, connection, &rows).await?;
+                let large = large_data(sql, &mut tx, &rows).await?;
+                tx.commit().await?;
                 Ok((rows, large))
             })
             .await?;

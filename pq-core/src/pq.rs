@@ -234,10 +234,24 @@ impl Pq {
         let timeout = self.inner.statement_timeout;
         let mut acquired = false;
         let run = async {
-            let mut connection = self.inner.connections.acquire(in_transaction).await?;
+            let mut connection = self.inner.connections.acquire().await?;
             acquired = true;
-            let output = statements(&mut connection).await;
-            let (connection, output) = connection.end(output).await;
+            let output = if in_transaction {
+                // sqlx parses a statement and binds it in two exchanges, which a transaction
+                // pooler may hand to two server connections unless a transaction holds one.
+                // That server connection may hold other clients' prepared statements, whose
+                // names sqlx's own would meet (it prepares some to learn a type): dropped
+                // first, and ours before it goes back.
+                match connection.begin_with("BEGIN; DEALLOCATE ALL").await {
+                    Ok(mut tx) => match statements(&mut tx).await {
+                        Ok(output) => commit_clean(tx).await.map(|()| output),
+                        Err(error) => Err(error),
+                    },
+                    Err(error) => Err(error.into()),
+                }
+            } else {
+                statements(&mut connection).await
+            };
             match output {
                 Ok(output) => {
                     connection.keep();
@@ -456,8 +470,9 @@ impl PqBuilder {
     /// [`from_pool`](PqBuilder::from_pool)) is a transaction pooler's, PgBouncer's with
     /// `pool_mode = transaction` say, which hands each transaction whatever server connection
     /// is free. pq then keeps no session state there: its statements are not kept prepared,
-    /// and each call's run in a transaction of their own (a round trip or two more than on a
-    /// direct connection). LISTEN and migrations need a session: they connect to
+    /// and each call's run in a transaction of their own (three round trips more than on a
+    /// direct connection for a call of one statement). LISTEN and migrations need a session:
+    /// they connect to
     /// [`direct_url`](PqBuilder::direct_url), or without one, consumers and workers poll (a
     /// worker every [`poll_interval`], a blocking get every second) and
     /// [`Pq::create`] fails with [`Error::NoDirectConnection`]: migrate with `pq migrate`
@@ -465,8 +480,12 @@ impl PqBuilder {
     ///
     /// Your own statements through such a pool (in a handler's `ctx.transaction()`, say) must
     /// not be prepared either: `sqlx::query(..).persistent(false)`, in a transaction, unless
-    /// the pooler keeps prepared statements itself (PgBouncer 1.21's
-    /// `max_prepared_statements`).
+    /// the pooler keeps prepared statements itself (PgBouncer 1.22's
+    /// `max_prepared_statements`). So must pq's calls on an executor of yours
+    /// ([`Put::execute`](crate::Put::execute), [`Pq::complete`], [`Job::update`](crate::Job::update)):
+    /// a transaction, not the pool. A pool given to [`from_pool`](PqBuilder::from_pool) must
+    /// not cache statements: `PgConnectOptions::statement_cache_capacity(0)`, as
+    /// [`connect`](PqBuilder::connect) sets behind a pooler.
     ///
     /// [`poll_interval`]: https://docs.rs/pq/latest/pq/struct.Worker.html#method.poll_interval
     ///
@@ -558,6 +577,13 @@ impl PqBuilder {
             }),
         })
     }
+}
+
+/// Drops the statements sqlx prepared in `tx`, then commits it.
+async fn commit_clean(mut tx: sqlx::Transaction<'_, sqlx::Postgres>) -> Result<()> {
+    sqlx::Executor::execute(&mut *tx, "DEALLOCATE ALL").await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 /// How long the pool tries to give out a connection.

@@ -267,8 +267,8 @@ async fn take_committed(queue: &Queue) -> Result<Option<Job>> {
             return Ok(Some((job, give_back)));
         })
         .await?;
-    // Committed once `with_connection` returns (behind a transaction pooler, its transaction
-    // holds this one).
+    // Committed once `with_connection` returns: behind a transaction pooler, the transaction
+    // above is a savepoint of the one `with_connection` commits.
     Ok(taken.map(|(job, give_back)| {
         give_back.disarm();
         job

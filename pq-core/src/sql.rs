@@ -200,6 +200,7 @@ pub(crate) struct Statements {
     pub update_data: String,
     pub claim: String,
     pub claimed_data: String,
+    pub claim_lock: String,
     pub claim_jobs: String,
     pub complete_delete: String,
     pub complete_keep: String,
@@ -364,22 +365,26 @@ impl Statements {
             table.qualified_derived("claim")
         );
         // The claim of chosen jobs (a test's run of one job), ready ones only, paused queues
-        // or not: one claim id, under the worker's lock as the claim function takes it.
+        // or not: one claim id, after the worker's lock (`claim_lock`, in the same transaction)
+        // as the claim function takes it, so that its snapshot sees a deregistration.
+        let claim_lock = format!(
+            "SELECT pg_advisory_xact_lock_shared({}, ($1 & 2147483647)::int4)",
+            table.claims_lock_key()
+        );
         let claim_jobs = format!(
-            "WITH held AS (SELECT pg_advisory_xact_lock_shared({lock}, ($1 & 2147483647)::int4)), \
-                  claim AS (SELECT nextval({claims}) AS n FROM held \
+            "WITH claim AS (SELECT nextval({claims}) AS n \
                     WHERE EXISTS (SELECT FROM {workers} AS w WHERE w.id = $1)) \
              UPDATE {t} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1, \
                claim_id = claim.n, worker_id = $1, dequeued_at = statement_timestamp(), \
                locked_until = NULL \
              FROM claim \
              WHERE j.id IN (SELECT id FROM {t} WHERE id = ANY ($2) AND state = 'queued' \
-                 AND {READY_AT} <= statement_timestamp() FOR UPDATE SKIP LOCKED) \
+                 AND {READY_AT} <= statement_timestamp() ORDER BY id LIMIT $3 \
+                 FOR UPDATE SKIP LOCKED) \
              RETURNING claim.n, j.id, j.attempts, COALESCE(j.rescues, 0), j.ctid, j.q_name, \
                convert_to(j.task, 'SQL_ASCII'), \
                CASE WHEN pg_column_size(j.data) < 8192 THEN convert_to(j.data::text, 'SQL_ASCII') END, \
                j.enqueued_at, j.schedule_at, j.expected_at, j.timeout",
-            lock = table.claims_lock_key(),
             claims = quote_literal(&table.qualified_derived("claims")),
             workers = table.qualified_derived("workers"),
         );
@@ -593,6 +598,7 @@ impl Statements {
             fail_unreadable,
             claim,
             claimed_data,
+            claim_lock,
             claim_jobs,
             complete_delete,
             complete_keep,

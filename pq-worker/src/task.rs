@@ -306,7 +306,8 @@ impl<T: Task> TaskCall<T> {
     }
 
     /// Runs the task's body here with `ctx`, as a worker would but with no job behind it: a
-    /// unit test's call (see [`TaskContext::new`] and [`TaskContext::with_attempt`]).
+    /// unit test's call (see [`TaskContext::new`] and [`TaskContext::with_attempt`]). What it
+    /// writes through `ctx.transaction()` is rolled back: no worker commits it.
     ///
     /// ```no_run
     /// #[pq::task]

@@ -38,7 +38,8 @@ pub async fn run_ready(pq: &Pq) -> Result<Report, WorkerError> {
 
 /// Runs job `id` now, scheduled or not, its queue paused or not, and again while it fails with
 /// a retry due at once: what its runs came to. A job that is not waiting (it ran, or is
-/// running) is not run: the report counts nothing.
+/// running) is not run: the report counts nothing. As with any worker, a job whose task is not
+/// registered in the program fails for good.
 pub async fn run_job(pq: &Pq, id: JobId) -> Result<Report, WorkerError> {
     pq.admin().schedule_job_now(id).await?;
     Worker::new(pq.clone())

@@ -783,7 +783,7 @@ impl Run {
         let limit = u32::try_from(permits.count()).unwrap_or(u32::MAX);
         let claimed = match self.settings.only.as_slice() {
             [] => own.claim(self.worker, queues, limit).await?,
-            only => own.claim_jobs(self.worker, only).await?,
+            only => own.claim_jobs(self.worker, only, limit).await?,
         };
         let taken = claimed.jobs.len() + claimed.unreadable.len();
         {

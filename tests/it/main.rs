@@ -3,9 +3,10 @@
 //! suite runs in parallel. One test binary keeps link times down.
 //!
 //! `.ci/run` runs them once more through PgBouncer in transaction pooling mode
-//! (`PQ_TEST_POOLER_URL`, see `.ci/with-pgbouncer`): the tables' handles connect through it,
-//! the tests' own statements directly (`support::direct`). So handlers' own statements are not
-//! kept prepared (`.persistent(false)`), as behind such a pooler they must not be.
+//! (`PQ_TEST_POOLER_URL`, set by `pq-pgserver/src/bin/with-pgbouncer.rs`): the tables' handles
+//! connect through it, the tests' own statements directly (`support::direct`). So handlers'
+//! own statements are not kept prepared (`.persistent(false)`), as behind such a pooler they
+//! must not be.
 
 mod admin;
 mod cancellation;
