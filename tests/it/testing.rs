@@ -165,3 +165,35 @@ async fn a_context_with_a_chosen_attempt_runs_a_tasks_body_directly() {
         .unwrap();
     assert!(third.is_ok());
 }
+
+/// Snoozes its first run for no time, succeeds after.
+#[pq::task(queue = "testing")]
+async fn sleepy(ctx: TaskContext) -> Result<(), TaskError> {
+    match record_run(&ctx) {
+        1 => Err(TaskError::snooze(Duration::ZERO)),
+        _ => Ok(()),
+    }
+}
+
+#[tokio::test]
+async fn a_snooze_is_counted_apart_from_failures_and_records_no_error() {
+    let db = TestDb::new().await;
+    let pq = &db.pq;
+    let id = sleepy().enqueue(pq).await.unwrap();
+
+    let report = testing::run_ready(pq).await.unwrap();
+
+    assert_eq!(
+        (
+            report.succeeded,
+            report.snoozed,
+            report.retried,
+            report.failed
+        ),
+        (1, 1, 0, 0),
+        "{report}"
+    );
+    assert!(report.errors.is_empty(), "{report}");
+    assert_eq!(report.runs(), 2);
+    assert_eq!(runs_of(pq, id), 2);
+}
