@@ -216,7 +216,7 @@ impl Completer {
     }
 
     fn report(&self) -> std::sync::MutexGuard<'_, Report> {
-        self.report.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::report::lock(&self.report)
     }
 }
 

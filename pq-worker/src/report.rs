@@ -49,6 +49,13 @@ pub struct RunError {
     pub retried: bool,
 }
 
+/// The report the completer adds to while the worker runs.
+pub(crate) fn lock(report: &std::sync::Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {
+    report
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Report {
     /// Runs that reached an outcome: succeeded, retried, failed, snoozed or cancelled.
     pub fn runs(&self) -> u64 {

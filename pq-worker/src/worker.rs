@@ -388,14 +388,8 @@ impl Drop for Cleanup {
     }
 }
 
-fn lock_report(report: &Mutex<Report>) -> std::sync::MutexGuard<'_, Report> {
-    report
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 fn take_report(report: &Mutex<Report>) -> Report {
-    std::mem::take(&mut *lock_report(report))
+    std::mem::take(&mut *crate::report::lock(report))
 }
 
 /// What the worker's two claimers share.
@@ -539,7 +533,7 @@ impl Run {
             Ok(Ok(0)) => {}
             Ok(Ok(released)) => {
                 tracing::info!(released, "pq: returned unfinished jobs to the queue");
-                lock_report(&report).released += released;
+                crate::report::lock(&report).released += released;
             }
             Ok(Err(_)) | Err(_) => tracing::error!(
                 unrecorded,

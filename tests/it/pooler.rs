@@ -7,7 +7,7 @@ use pq::{Pq, TaskContext, Worker};
 use pq_pgserver::Bouncer;
 use sqlx::postgres::PgConnectOptions;
 
-use crate::support::{database_url, record_run, runs_of, unique_schema};
+use crate::support::{database_url, record_run, runs_of, TestDb};
 
 #[pq::task(queue = "pooled")]
 async fn counted(ctx: TaskContext, n: u32) {
@@ -31,25 +31,13 @@ async fn bouncer(label: &str) -> Bouncer {
         .expect("start pgbouncer (.ci/run installs it)")
 }
 
-/// Drops the schema on the server itself, whatever the test did.
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let drop = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0);
-        let _ = std::process::Command::new("psql")
-            .args([&database_url(), "-qc", &drop])
-            .output();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_and_producers_through_a_transaction_pooler_run_every_job_once() {
     let bouncer = bouncer("workers").await;
-    let schema = Schema(unique_schema("pooled"));
+    let db = TestDb::new().await;
     let handle = || async {
         Pq::builder()
-            .schema(&schema.0)
+            .schema(&db.schema)
             .transaction_pooler()
             .direct_url(&database_url())
             .connect(&bouncer.url(&database()))
@@ -95,16 +83,9 @@ async fn workers_and_producers_through_a_transaction_pooler_run_every_job_once()
 #[tokio::test]
 async fn without_a_direct_url_workers_poll_and_migrations_say_where_to_run() {
     let bouncer = bouncer("polling").await;
-    let schema = Schema(unique_schema("polled"));
-    let direct = Pq::builder()
-        .schema(&schema.0)
-        .connect(&database_url())
-        .await
-        .unwrap();
-    direct.create().await.unwrap();
-
+    let db = TestDb::new().await;
     let pq = Pq::builder()
-        .schema(&schema.0)
+        .schema(&db.schema)
         .transaction_pooler()
         .connect(&bouncer.url(&database()))
         .await
