@@ -732,7 +732,11 @@ impl Admin {
         let rows = self
             .pq
             .with_connection("listing jobs", async |connection| {
-                Ok(query.build().fetch_all(connection).await?)
+                Ok(query
+                    .build()
+                    .persistent(sql.core.prepared)
+                    .fetch_all(connection)
+                    .await?)
             })
             .await?;
         let mut page = Page {
@@ -861,7 +865,11 @@ impl Admin {
         let row = self
             .pq
             .with_connection("cancelling jobs", async |connection| {
-                Ok(query.build().fetch_one(connection).await?)
+                Ok(query
+                    .build()
+                    .persistent(sql.core.prepared)
+                    .fetch_one(connection)
+                    .await?)
             })
             .await?;
         let count: i64 = row.try_get(0)?;
