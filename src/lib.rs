@@ -18,8 +18,18 @@
 //! ```
 //!
 //! The queue API ([`Pq`], [`Queue`], [`Job`], [`Transaction`]) comes from `pq-core`, the task
-//! runtime ([`Task`], [`TaskCall`], [`TaskContext`], [`Registry`]) from `pq-worker`, and the
-//! [`task`] attribute from `pq-macros`.
+//! runtime ([`Task`], [`TaskCall`], [`TaskContext`], [`Registry`], [`Worker`]) from
+//! `pq-worker`, and the [`task`] attribute from `pq-macros`. [`testing`] runs tasks in your
+//! tests, [`metrics`] names what workers measure, and [`protocol`] is the worker's own
+//! protocol, for building a worker of your own.
+//!
+//! # Features
+//!
+//! - `tls` (default): `sslmode` in connection URLs, by rustls with ring and the webpki roots.
+//! - `cli`: [`cli`], the `pq` tool's commands, to embed in your own binary.
+//! - `otel`: an enqueue stores its span's OpenTelemetry trace context with the job, and each
+//!   run joins that trace (for tracing-opentelemetry 0.34's layer); see the README's
+//!   "In production".
 
 // Lets pq's own tests and doc tests use `#[pq::task]`, whose expansion names `::pq`.
 extern crate self as pq;
@@ -36,8 +46,8 @@ pub use pq_worker::*;
 /// async fn eat(kind: String) {}
 ///
 /// #[tokio::main]
-/// async fn main() -> anyhow::Result<()> {
-///     pq::cli::run().await // `my-app status`, `my-app jobs list --state failed`, `my-app work`...
+/// async fn main() -> std::process::ExitCode {
+///     pq::cli::main().await // `my-app status`, `my-app jobs list --state failed`, `my-app work`...
 /// }
 /// ```
 #[cfg(feature = "cli")]

@@ -26,7 +26,7 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
         if registry.is_empty() {
             bail!(
                 "this program registers no task, so it has nothing to work on: `work` runs in \
-                 your application's own binary, whose main calls pq_cli::run()"
+                 your application's own binary, whose main calls pq_cli::main()"
             );
         }
     }

@@ -26,9 +26,9 @@
 //! }
 //!
 //! #[tokio::main]
-//! async fn main() -> anyhow::Result<()> {
+//! async fn main() -> std::process::ExitCode {
 //!     // `my-app work --concurrency 8`, `my-app status`, `my-app enqueue ...`
-//!     pq_cli::run().await
+//!     pq_cli::main().await
 //! }
 //! ```
 
@@ -45,6 +45,26 @@ mod commands;
 mod output;
 
 use args::Cli;
+
+/// Runs the command given on this process's command line as the `pq` tool does: its result on
+/// stdout, or what went wrong and what to do about it on one line of stderr, after the
+/// program's name, and the exit code 1. A usage error (or `--help`) prints clap's message and
+/// exits the process, as clap does. An application's own binary that embeds the tool returns
+/// this from its `main`, so that both print errors alike (see the crate's example).
+pub async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            let program = std::env::args_os()
+                .next()
+                .map(std::path::PathBuf::from)
+                .and_then(|path| Some(path.file_stem()?.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "pq".to_owned());
+            eprintln!("{program}: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 /// Runs the command given on this process's command line, printing its result on stdout.
 ///
@@ -99,6 +119,12 @@ fn message(error: &anyhow::Error) -> String {
             }
             message.push_str(&cause);
         }
+    }
+    let missing = error
+        .chain()
+        .any(|cause| matches!(cause.downcast_ref(), Some(pq_core::Error::NoTable { .. })));
+    if missing {
+        message.push_str(" (or, if it is elsewhere, name it with --schema and --table)");
     }
     message
 }

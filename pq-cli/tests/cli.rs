@@ -5,7 +5,8 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use pq::{Claim, ClaimQueues, Failed, Failure, JobId, JobState, Pq, WorkerInfo};
+use pq::protocol::{Claim, ClaimQueues, Failed, Failure, WorkerInfo};
+use pq::{JobId, JobState, Pq};
 use serde_json::{json, Value};
 
 fn database_url() -> String {
@@ -335,6 +336,8 @@ async fn a_missing_table_is_reported_with_how_to_create_it() {
 
     assert!(err.contains("does not exist"), "{err}");
     assert!(err.contains("pq migrate"), "{err}");
+    assert!(err.contains("--schema and --table"), "{err}");
+    assert!(err.starts_with("pq: "), "{err}");
 }
 
 #[tokio::test]

@@ -11,6 +11,10 @@ pub enum Error {
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 
+    /// The builder's settings contradict each other; the message says what to change.
+    #[error("{0}")]
+    Settings(&'static str),
+
     /// A schema or table name that pq will not use.
     #[error("invalid {kind} name {name:?}: {reason}")]
     InvalidIdentifier {
@@ -157,6 +161,20 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// This error, or [`Error::NoTable`] where it says that one of `table`'s relations does
+    /// not exist: what to do, where the database's message would not say.
+    pub(crate) fn or_no_table(self, table: impl FnOnce() -> String) -> Self {
+        match &self {
+            Error::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
+                Error::NoTable {
+                    table: table(),
+                    reason: db.message().to_owned(),
+                }
+            }
+            _ => self,
+        }
+    }
+
     /// Whether the same call may succeed later: the database was unreachable, restarting, out
     /// of connections, did not answer in time, or the transaction lost a conflict. Other errors
     /// (a missing table, data the database refuses, a TLS or authentication failure) would

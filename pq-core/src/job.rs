@@ -55,6 +55,8 @@ pub struct Job {
     schedule_at: Option<DateTime<Utc>>,
     expected_at: Option<DateTime<Utc>>,
     taken: Taken,
+    /// What pq carries with it beside its data (see [`NewJob::meta`]), as JSON text.
+    meta: Option<Box<str>>,
     sql: Arc<Statements>,
 }
 
@@ -87,6 +89,7 @@ pub(crate) struct ClaimedParts {
     pub schedule_at: Option<DateTime<Utc>>,
     pub expected_at: Option<DateTime<Utc>>,
     pub timeout: Option<Duration>,
+    pub meta: Option<Box<str>>,
     pub claim: Claim,
     pub sql: Arc<Statements>,
 }
@@ -107,6 +110,7 @@ impl Job {
                 rescues: parts.rescues,
                 timeout: parts.timeout,
             }),
+            meta: parts.meta,
             sql: parts.sql,
         }
     }
@@ -143,6 +147,7 @@ impl Job {
                 None => None,
             },
             taken: Taken::Got(time(8)?.unwrap_or(Timestamp::NEG_INFINITY)),
+            meta: None,
             sql: Arc::clone(sql),
         })
     }
@@ -171,6 +176,12 @@ impl Job {
     /// The time limit its enqueuer set on each of its runs, if any.
     pub fn timeout(&self) -> Option<Duration> {
         self.claimed_info().and_then(|info| info.timeout)
+    }
+
+    /// What pq carries with the job beside its data, as the JSON text of an object (see
+    /// [`NewJob::meta`]): `None` for a plain job, and for a job taken by a `get`.
+    pub fn meta(&self) -> Option<&str> {
+        self.meta.as_deref()
     }
 
     /// The job's id.
@@ -355,6 +366,7 @@ pub struct NewJob {
     pub(crate) schedule_at: Option<When>,
     pub(crate) expected_at: Option<When>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) meta: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl NewJob {
@@ -374,6 +386,7 @@ impl NewJob {
             schedule_at: None,
             expected_at: None,
             timeout: None,
+            meta: None,
         })
     }
 
@@ -399,6 +412,24 @@ impl NewJob {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
+    }
+
+    /// Carries `value` under `key` with the job, beside its data: in the `meta` column, a JSON
+    /// object, which a worker's claim returns with the job ([`Job::meta`]). pq keeps its own
+    /// keys there (the enqueuer's `traceparent`, with the `otel` feature); a plain job has none,
+    /// and its row stores NULL.
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.meta
+            .get_or_insert_with(serde_json::Map::new)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// The meta object as JSON text, to bind; `None` for a plain job.
+    pub(crate) fn meta_json(&self) -> Option<String> {
+        self.meta.as_ref().map(|meta| {
+            serde_json::to_string(meta).expect("a map of JSON values always serialises")
+        })
     }
 }
 

@@ -665,6 +665,13 @@ fn decode_claimed(
                 None => None,
             },
             timeout: timeout.map(interval_duration),
+            // Unreadable meta is pq's loss, not the job's: it runs without it.
+            meta: row
+                .try_get_unchecked::<Option<&[u8]>, _>(12)
+                .ok()
+                .flatten()
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .map(Box::from),
             claim,
             sql: Arc::clone(sql),
         }))

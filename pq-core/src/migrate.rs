@@ -68,6 +68,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_snoozes.sql"),
     migration!(13, "0013_cancel_requests.sql"),
     migration!(14, "0014_queue_settings.sql"),
+    migration!(15, "0015_job_meta.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.

@@ -282,15 +282,7 @@ impl Pq {
     /// Says what to do about an error of one of pq's own statements, where the database's
     /// message would not.
     fn explain(&self, error: Error) -> Error {
-        match &error {
-            Error::Database(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => {
-                Error::NoTable {
-                    table: self.table(),
-                    reason: db.message().to_owned(),
-                }
-            }
-            _ => error,
-        }
+        error.or_no_table(|| self.table())
     }
 
     /// The bound on each of pq's statements.
@@ -505,7 +497,7 @@ impl PqBuilder {
 
     /// The server's own URL, past the [`transaction_pooler`](PqBuilder::transaction_pooler),
     /// for what needs a session: one LISTEN connection per handle, and migrations. Without a
-    /// pooler, it is not used.
+    /// pooler it is a mistake ([`Error::Settings`]), since the pool's URL is then the server's.
     pub fn direct_url(mut self, url: &str) -> Self {
         self.direct_url = Some(url.to_owned());
         self
@@ -559,13 +551,19 @@ impl PqBuilder {
 
     fn handle(self, pool: PgPool) -> Result<Pq> {
         let table = TableName::new(self.schema.as_deref(), &self.table)?;
-        let pooler = match (self.pooler, &self.direct_url) {
-            (false, _) => None,
-            (true, None) => Some(Arc::new(Pooler { direct: None })),
-            (true, Some(url)) => Some(Arc::new(Pooler {
-                direct: Some(url.parse()?),
-            })),
-        };
+        let pooler =
+            match (self.pooler, &self.direct_url) {
+                (false, None) => None,
+                (false, Some(_)) => return Err(Error::Settings(
+                    "a direct URL is the server's own, past a transaction pooler, and no pooler \
+                     is set: call transaction_pooler() (the CLI's --transaction-pooler), or \
+                     leave the direct URL out",
+                )),
+                (true, None) => Some(Arc::new(Pooler { direct: None })),
+                (true, Some(url)) => Some(Arc::new(Pooler {
+                    direct: Some(url.parse()?),
+                })),
+            };
         Ok(Pq {
             inner: Arc::new(Inner {
                 connections: Connections::new(pool),

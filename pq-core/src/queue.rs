@@ -539,8 +539,10 @@ pub(crate) async fn insert<'e>(
         .bind(job.expected_at.and_then(When::at))
         .bind(job.expected_at.and_then(When::in_micros))
         .bind(job.timeout.map(crate::lease::micros))
+        .bind(job.meta_json())
         .fetch_one(executor)
-        .await?;
+        .await
+        .map_err(|error| Error::from(error).or_no_table(|| sql.table.qualified()))?;
     Ok(JobId(id))
 }
 
@@ -560,20 +562,26 @@ pub(crate) async fn insert_jobs<'e>(
     let (mut schedule_at, mut schedule_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut expected_at, mut expected_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut timeouts = Vec::with_capacity(n);
-    let mut timed = false;
+    let mut metas = Vec::with_capacity(n);
+    let mut detailed = false;
     for job in jobs {
         job.check()?;
-        timed |= job.schedule_at.is_some() || job.expected_at.is_some() || job.timeout.is_some();
+        let meta = job.meta_json();
+        detailed |= job.schedule_at.is_some()
+            || job.expected_at.is_some()
+            || job.timeout.is_some()
+            || meta.is_some();
         schedule_at.push(job.schedule_at.and_then(When::at));
         schedule_in.push(job.schedule_at.and_then(When::in_micros));
         expected_at.push(job.expected_at.and_then(When::at));
         expected_in.push(job.expected_at.and_then(When::in_micros));
         timeouts.push(job.timeout.map(crate::lease::micros));
+        metas.push(meta);
         queues.push(job.queue);
         tasks.push(job.task);
         data.push(job.data);
     }
-    let query = if timed {
+    let query = if detailed {
         sql.query_scalar(&sql.put_jobs)
             .bind(queues)
             .bind(tasks)
@@ -583,13 +591,17 @@ pub(crate) async fn insert_jobs<'e>(
             .bind(expected_at)
             .bind(expected_in)
             .bind(timeouts)
+            .bind(metas)
     } else {
         sql.query_scalar(&sql.put_jobs_now)
             .bind(queues)
             .bind(tasks)
             .bind(data)
     };
-    let mut ids: Vec<i64> = query.fetch_all(executor).await?;
+    let mut ids: Vec<i64> = query
+        .fetch_all(executor)
+        .await
+        .map_err(|error| Error::from(error).or_no_table(|| sql.table.qualified()))?;
     // The sequence numbered the rows in their order, whatever order RETURNING gives them in.
     ids.sort_unstable();
     Ok(ids.into_iter().map(JobId).collect())

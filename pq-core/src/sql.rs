@@ -277,30 +277,30 @@ impl Statements {
         // `$n * interval '1 microsecond'` turns a bound delay into an interval; a NULL delay
         // leaves the time NULL so that COALESCE falls through to the next choice.
         let put = format!(
-            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout) \
+            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout, meta) \
              VALUES ($1, $2, $3::json, \
                COALESCE($4, statement_timestamp() + $5 * interval '1 microsecond', '-infinity'), \
                COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond'), \
-               $8 * interval '1 microsecond') \
+               $8 * interval '1 microsecond', $9::jsonb) \
              RETURNING id, {notified} AS notified"
         );
-        // Jobs of any queues and tasks, each with its own times ($1 to $8: one array a column,
+        // Jobs of any queues and tasks, each with its own times ($1 to $9: one array a column,
         // in the order of `put`'s parameters; a shorter one is padded with NULLs); each queue
         // is notified once. The rows are inserted in the arrays' order, and so numbered by
-        // the sequence. Jobs that set no time or timeout, as most batches, skip the five
+        // the sequence. Jobs that set no time, timeout or meta, as most batches, skip the six
         // columns' arrays and their expressions: a quarter of the statement's time.
         let notified_jobs = notified_by(&format!(
             "(SELECT bool_or({notify}(q)) FROM (SELECT DISTINCT q FROM unnest($1::text[]) AS q) AS queues)"
         ));
         let put_jobs = format!(
-            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout) \
+            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout, meta) \
              SELECT q, task, d::json, \
                COALESCE(s_at, statement_timestamp() + s_in * interval '1 microsecond', '-infinity'), \
                COALESCE(e_at, statement_timestamp() + e_in * interval '1 microsecond'), \
-               limit_us * interval '1 microsecond' \
+               limit_us * interval '1 microsecond', m::jsonb \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
-               $6::timestamptz[], $7::int8[], $8::int8[]) \
-               AS j(q, task, d, s_at, s_in, e_at, e_in, limit_us) \
+               $6::timestamptz[], $7::int8[], $8::int8[], $9::text[]) \
+               AS j(q, task, d, s_at, s_in, e_at, e_in, limit_us, m) \
              RETURNING id, (SELECT {notified_jobs}) AS notified"
         );
         let put_jobs_now = format!(
@@ -384,7 +384,8 @@ impl Statements {
              RETURNING claim.n, j.id, j.attempts, COALESCE(j.rescues, 0), j.ctid, j.q_name, \
                convert_to(j.task, 'SQL_ASCII'), \
                CASE WHEN pg_column_size(j.data) < 8192 THEN convert_to(j.data::text, 'SQL_ASCII') END, \
-               j.enqueued_at, j.schedule_at, j.expected_at, j.timeout",
+               j.enqueued_at, j.schedule_at, j.expected_at, j.timeout, \
+               convert_to(j.meta::text, 'SQL_ASCII')",
             claims = quote_literal(&table.qualified_derived("claims")),
             workers = table.qualified_derived("workers"),
         );

@@ -4,8 +4,9 @@ use std::borrow::Cow;
 use std::future::Future;
 
 use futures_util::future::Either;
-use futures_util::TryFutureExt;
+use futures_util::{FutureExt, TryFutureExt};
 use pq_core::{Enqueue, JobId, NewJob};
+use tracing::Instrument;
 
 use crate::task::{Task, TaskCall};
 
@@ -87,20 +88,33 @@ impl TaskBatch {
     /// [`TaskCall::enqueue`].
     pub fn enqueue<'c>(
         self,
-        target: impl Enqueue<'c>,
+        target: impl Enqueue<'c> + Send + 'c,
     ) -> impl Future<Output = Result<Vec<JobId>, pq_core::Error>> + Send + 'c {
         // A plain future, as `TaskCall::enqueue` is, to be `Send` inside task bodies.
-        let counts = self.counts;
-        let written = match self.jobs {
-            Ok(jobs) if jobs.is_empty() => Either::Right(std::future::ready(Ok(Vec::new()))),
-            Ok(jobs) => Either::Left(target.enqueue_many(jobs)),
-            Err(error) => Either::Right(std::future::ready(Err(error))),
-        };
-        written.inspect_ok(move |_| {
-            for (task, queue, count) in counts {
-                crate::metrics::jobs_enqueued(task, queue, count);
-            }
+        // Its span begins when it is first polled, under whatever span is current then.
+        let (counts, jobs, len) = (self.counts, self.jobs, self.len);
+        futures_util::future::lazy(move |_| {
+            let queue = match counts.as_slice() {
+                [(_, first, _), rest @ ..] if rest.iter().all(|(_, queue, _)| queue == first) => {
+                    Some(first.as_ref())
+                }
+                _ => None,
+            };
+            let span = crate::trace::send_batch(queue, len);
+            let written = match jobs {
+                Ok(jobs) if jobs.is_empty() => Either::Right(std::future::ready(Ok(Vec::new()))),
+                Ok(jobs) => Either::Left(target.enqueue_many(crate::trace::carry_all(&span, jobs))),
+                Err(error) => Either::Right(std::future::ready(Err(error))),
+            };
+            written
+                .inspect_ok(move |_| {
+                    for (task, queue, count) in counts {
+                        crate::metrics::jobs_enqueued(task, queue, count);
+                    }
+                })
+                .instrument(span)
         })
+        .flatten()
     }
 }
 

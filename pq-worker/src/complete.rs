@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use foldhash::HashSet;
-use pq_core::{Claim, Failed, Failure, Pq};
+use pq_core::protocol::{Claim, Failed, Failure};
+use pq_core::Pq;
 
 use crate::cancel::Cancels;
 use crate::report::Report;

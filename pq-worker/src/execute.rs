@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use pq_core::{Claim, Failed, Failure, Job, Pq};
+use pq_core::protocol::{Claim, Failed, Failure};
+use pq_core::{Job, Pq};
 use tracing::instrument::{Instrument, Instrumented};
 
 use crate::cancel::Cancels;
@@ -63,13 +64,7 @@ pub(crate) fn begin(
             "no task named `{name}` is registered in this worker"
         )));
     };
-    let span = tracing::info_span!(
-        "pq.job",
-        task = definition.name,
-        job_id = claim.id.0,
-        queue = job.queue(),
-        attempt = job.attempts(),
-    );
+    let span = crate::trace::process(&job, definition.name);
     let entered = span.enter();
     let ctx = TaskContext::for_job(resources, &job, definition.name, queue);
     // Decoding runs the arguments' `Deserialize`, which may panic like the body (as may the

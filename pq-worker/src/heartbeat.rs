@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pq_core::{Heartbeat, Pq, WorkerId, WorkerInfo};
+use pq_core::protocol::{Heartbeat, WorkerInfo};
+use pq_core::{Pq, WorkerId};
 
 use crate::cancel::Cancels;
 

@@ -14,6 +14,7 @@ mod report;
 mod retry;
 mod shutdown;
 mod task;
+mod trace;
 mod worker;
 
 pub mod metrics;
@@ -29,6 +30,8 @@ pub use task::{
     Backoff, BoxFuture, IntoTaskResult, OnCancel, Task, TaskCall, TaskError, TaskOptions,
     TaskResult,
 };
+#[cfg(feature = "otel")]
+pub use trace::PARENT_WITHIN;
 pub use worker::{Worker, WorkerError, RECORDING};
 
 /// The message of a caught panic: its `&str` or `String` payload, if it has one.

@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use pq_core::{Failure, JobId};
+use pq_core::protocol::Failure;
+use pq_core::JobId;
 
 /// At most this many errors are kept in a report; the counts go on.
 pub const MAX_ERRORS: usize = 1000;

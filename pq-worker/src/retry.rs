@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pq_core::Claim;
+use pq_core::protocol::Claim;
 
 use crate::task::{Backoff, TaskOptions};
 

@@ -8,10 +8,11 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::future::Either;
-use futures_util::TryFutureExt;
+use futures_util::{FutureExt, TryFutureExt};
 use pq_core::{Enqueue, IntoWhen, JobId, NewJob, When};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::context::TaskContext;
 
@@ -376,16 +377,28 @@ impl<T: Task> TaskCall<T> {
     /// transaction commits.
     pub fn enqueue<'c>(
         self,
-        target: impl Enqueue<'c>,
+        target: impl Enqueue<'c> + Send + 'c,
     ) -> impl Future<Output = Result<JobId, pq_core::Error>> + Send + 'c {
         // A plain future, not an `async fn`: a generator generic over `'c` would not be provably
         // `Send` inside a task body (rust-lang/rust#100013), where follow-ups are enqueued.
+        // Its span begins when it is first polled, under whatever span is current then.
         let queue = self.queue.clone();
-        let written = match self.into_job() {
-            Ok(job) => Either::Left(target.enqueue(job)),
-            Err(error) => Either::Right(std::future::ready(Err(error))),
-        };
-        written.inspect_ok(move |_| crate::metrics::job_enqueued(T::NAME, queue))
+        let job = self.into_job();
+        futures_util::future::lazy(move |_| {
+            let span = crate::trace::send(&queue, T::NAME);
+            let written = match job {
+                Ok(job) => Either::Left(target.enqueue(crate::trace::carry(&span, job))),
+                Err(error) => Either::Right(std::future::ready(Err(error))),
+            };
+            let sent = span.clone();
+            written
+                .inspect_ok(move |id| {
+                    sent.record("messaging.message.id", id.0);
+                    crate::metrics::job_enqueued(T::NAME, queue);
+                })
+                .instrument(span)
+        })
+        .flatten()
     }
 
     /// The job this call writes.

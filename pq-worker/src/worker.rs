@@ -8,7 +8,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use pq_core::{Claim, ClaimQueues, Job, JobId, Pq, Subscription, WorkerId, WorkerInfo};
+use pq_core::protocol::{Claim, ClaimQueues, WorkerInfo};
+use pq_core::{Job, JobId, Pq, Subscription, WorkerId};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use pq::{Claim, Enqueue, Failure, JobFilter, JobId, JobState, NewJob, Pq};
+use pq::protocol::{Claim, Failure};
+use pq::{Enqueue, JobFilter, JobId, JobState, NewJob, Pq};
 use serde_json::json;
 
 use crate::support::{complete, direct, failed, Claimer, TestDb};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pq::{Error, Pq};
+use pq::{Enqueue, Error, NewJob, Pq};
 
 use crate::support::{database_url, unique_schema, TestDb};
 
@@ -65,4 +65,27 @@ async fn enqueueing_before_the_table_exists_says_to_create_it() {
     assert!(matches!(error, Error::NoTable { .. }), "{error:?}");
     assert!(error.to_string().contains("pq.create()"), "{error}");
     assert!(!error.is_transient());
+    // The same inside the caller's own transaction, one job or many.
+    let mut tx = pq.pool().begin().await.unwrap();
+    let job = || NewJob::new("q", &1).unwrap();
+    let error = pq.on(&mut tx).enqueue(job()).await.unwrap_err();
+    assert!(matches!(error, Error::NoTable { .. }), "{error:?}");
+    drop(tx);
+    let mut tx = pq.pool().begin().await.unwrap();
+    let error = pq.on(&mut tx).enqueue_many(vec![job(), job()]).await;
+    assert!(matches!(error, Err(Error::NoTable { .. })), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_direct_url_without_a_transaction_pooler_is_refused_with_what_to_do() {
+    let error = Pq::builder()
+        .direct_url(&database_url())
+        .connect_lazy(&database_url())
+        .map(drop)
+        .unwrap_err();
+    assert!(matches!(error, Error::Settings(_)), "{error:?}");
+    assert!(
+        error.to_string().contains("transaction_pooler()"),
+        "{error}"
+    );
 }

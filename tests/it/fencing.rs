@@ -2,7 +2,8 @@
 //! release is refused, whatever happened to the job's attempt count since (a release, a
 //! rescue, an operator's retry).
 
-use pq::{Failure, JobState};
+use pq::protocol::Failure;
+use pq::JobState;
 
 use crate::support::{complete, failed, Claimer, TestDb};
 

@@ -21,6 +21,8 @@ mod metrics;
 mod migrations;
 mod model;
 mod order;
+#[cfg(feature = "otel")]
+mod otel;
 mod outcomes;
 mod poison;
 mod pooler;

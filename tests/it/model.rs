@@ -13,7 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use pq::{Claim, Failure, JobId, Pq};
+use pq::protocol::{Claim, Failure};
+use pq::{JobId, Pq};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 

@@ -108,7 +108,7 @@ async fn during_a_backlog_a_claim_resumes_after_the_last_one_until_it_comes_up_s
     set_times(pq, last, "30 seconds", "100 years").await;
     let ids = |jobs: Vec<pq::Job>| jobs.iter().map(pq::Job::id).collect::<Vec<_>>();
     let give_back = |jobs: &[pq::Job]| {
-        let claims: Vec<pq::Claim> = jobs.iter().filter_map(pq::Job::claim).collect();
+        let claims: Vec<pq::protocol::Claim> = jobs.iter().filter_map(pq::Job::claim).collect();
         async move { pq.release(&claims).await.unwrap() }
     };
 

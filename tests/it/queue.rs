@@ -791,10 +791,10 @@ async fn a_claim_of_no_jobs_or_of_no_queue_takes_nothing() {
     let mut claimer = Claimer::new(&db.pq, &["claims"]).await;
     assert!(claimer.claim(0).await.is_empty());
     for name in ["", "a\0b"] {
-        let err = pq::ClaimQueues::new([name]).unwrap_err();
+        let err = pq::protocol::ClaimQueues::new([name]).unwrap_err();
         assert!(matches!(err, pq::Error::InvalidQueueName { .. }), "{err}");
     }
-    let none = pq::ClaimQueues::new(Vec::<String>::new()).unwrap();
+    let none = pq::protocol::ClaimQueues::new(Vec::<String>::new()).unwrap();
     let claimed = db.pq.claim(claimer.worker, &none, 10).await.unwrap();
     assert!(claimed.jobs.is_empty());
     // Nothing was taken.

@@ -46,7 +46,7 @@ pub async fn direct() -> sqlx::PgConnection {
 
 /// Completes `claims` as a handler's transaction does: in a transaction of `pq`'s pool, which
 /// a transaction pooler needs.
-pub async fn complete(pq: &Pq, claims: &[pq::Claim], keep: bool) -> Vec<JobId> {
+pub async fn complete(pq: &Pq, claims: &[pq::protocol::Claim], keep: bool) -> Vec<JobId> {
     let mut tx = pq.pool().begin().await.expect("begin");
     let done = pq.complete(&mut *tx, claims, keep).await.expect("complete");
     tx.commit().await.expect("commit");
@@ -250,21 +250,21 @@ impl Drop for TestDb {
 pub struct Claimer {
     pub pq: Pq,
     pub worker: pq::WorkerId,
-    pub info: pq::WorkerInfo,
-    queues: pq::ClaimQueues,
+    pub info: pq::protocol::WorkerInfo,
+    queues: pq::protocol::ClaimQueues,
 }
 
 impl Claimer {
     /// A worker registered on `queues`, with a lease of a minute.
     pub async fn new(pq: &Pq, queues: &[&str]) -> Claimer {
-        let info = pq::WorkerInfo {
+        let info = pq::protocol::WorkerInfo {
             queues: queues.iter().map(|q| (*q).to_owned()).collect(),
             concurrency: 100,
             lease: Duration::from_secs(60),
             version: "test".into(),
         };
         let worker = pq.register_worker(&info).await.expect("register");
-        let queues = pq::ClaimQueues::new(queues.iter().copied()).expect("queue names");
+        let queues = pq::protocol::ClaimQueues::new(queues.iter().copied()).expect("queue names");
         Claimer {
             pq: pq.clone(),
             worker,
@@ -292,7 +292,7 @@ impl Claimer {
     }
 
     /// Claims the next job, which must be `id`, and returns its claim.
-    pub async fn claim_one(&mut self, id: JobId) -> pq::Claim {
+    pub async fn claim_one(&mut self, id: JobId) -> pq::protocol::Claim {
         let jobs = self.claim(1).await;
         assert_eq!(jobs.iter().map(pq::Job::id).collect::<Vec<_>>(), [id]);
         jobs[0].claim().expect("claimed")
@@ -312,7 +312,7 @@ impl Claimer {
     }
 
     /// Renews the worker's lease.
-    pub async fn heartbeat(&self) -> pq::Heartbeat {
+    pub async fn heartbeat(&self) -> pq::protocol::Heartbeat {
         self.pq
             .heartbeat(self.worker, &self.info)
             .await
@@ -321,8 +321,12 @@ impl Claimer {
 }
 
 /// A failed attempt to record.
-pub fn failed(claim: pq::Claim, error: &str, then: pq::Failure) -> pq::Failed {
-    pq::Failed {
+pub fn failed(
+    claim: pq::protocol::Claim,
+    error: &str,
+    then: pq::protocol::Failure,
+) -> pq::protocol::Failed {
+    pq::protocol::Failed {
         claim,
         error: error.to_owned(),
         then,

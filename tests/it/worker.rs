@@ -320,7 +320,7 @@ async fn a_batch_completion_finds_moved_rows_and_refuses_stale_claims() {
     // The fresh claim completes, kept as done this time, even built from its id and number
     // alone (no row version: found by id).
     let fresh = again[0].claim().unwrap();
-    let fresh = pq::Claim::new(fresh.id, fresh.number);
+    let fresh = pq::protocol::Claim::new(fresh.id, fresh.number);
     assert_eq!(
         db.pq.complete_claims(&[fresh], true).await.unwrap(),
         [fresh.id]

@@ -48,7 +48,7 @@ CREATE FUNCTION {{qualified:claim}}(
     after_expected timestamptz[], after_ready timestamptz[], after_id int8[])
 RETURNS TABLE (claim_id int8, id int8, attempts int4, rescues int4, row_version tid,
                q_name text, task bytea, data bytea, enqueued_at timestamptz,
-               schedule_at timestamptz, expected_at timestamptz, timeout interval)
+               schedule_at timestamptz, expected_at timestamptz, timeout interval, meta bytea)
 LANGUAGE plpgsql
 SET plan_cache_mode = force_generic_plan
 SET enable_seqscan = off
@@ -105,6 +105,7 @@ BEGIN
     RETURNING claim, j.id, j.attempts, COALESCE(j.rescues, 0), j.ctid, j.q_name,
         convert_to(j.task, 'SQL_ASCII'),
         CASE WHEN pg_column_size(j.data) < 8192 THEN convert_to(j.data::text, 'SQL_ASCII') END,
-        j.enqueued_at, j.schedule_at, j.expected_at, j.timeout;
+        j.enqueued_at, j.schedule_at, j.expected_at, j.timeout,
+        convert_to(j.meta::text, 'SQL_ASCII');
 END
 {{dollar}};
