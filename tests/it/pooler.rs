@@ -12,7 +12,7 @@ use crate::support::{database_url, record_run, runs_of, TestDb};
 #[pq::task(queue = "pooled")]
 async fn counted(ctx: TaskContext, n: u32) {
     record_run(&ctx);
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
