@@ -184,7 +184,10 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         let (mut raw_runs, mut pq_runs) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             raw_runs.push(raw.insert_single(admin, producers, jobs).await?);
-            pq_runs.push(pq.enqueue_single(admin, producers, jobs, false).await?);
+            pq_runs.push(
+                pq.enqueue_single(admin, producers, jobs, false, false)
+                    .await?,
+            );
         }
         let raw_single = median(raw_runs).context("no run")?;
         report.rows.push(Row {
@@ -196,12 +199,19 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
             ),
         });
         if producers == 8 {
-            let waiting = repeat(runs, || pq.enqueue_single(admin, 8, jobs, true)).await?;
+            let waiting = repeat(runs, || pq.enqueue_single(admin, 8, jobs, true, false)).await?;
             report.rows.push(Row {
                 figure: "enqueue, 1 job per transaction, 8 producers, \
                          a consumer waiting on another queue"
                     .into(),
                 pq: waiting,
+                raw: ("single-row INSERT, 8 clients".into(), raw_single),
+            });
+            let unique = repeat(runs, || pq.enqueue_single(admin, 8, jobs, false, true)).await?;
+            report.rows.push(Row {
+                figure: "enqueue, 1 job per transaction, 8 producers, a unique task (each key new)"
+                    .into(),
+                pq: unique,
                 raw: ("single-row INSERT, 8 clients".into(), raw_single),
             });
         }

@@ -26,6 +26,13 @@ pub async fn noop(n: u32) {
     HANDLED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The no-op, unique by its argument: its enqueue meets the unique index.
+#[pq::task(name = "pq_bench::unique_noop", queue = "bench", unique = [n])]
+pub async fn unique_noop(n: u32) {
+    let _ = n;
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Reports the instant its handler started.
 #[pq::task(name = "pq_bench::probe", queue = "bench")]
 pub async fn probe(n: u32) {

@@ -46,13 +46,15 @@ impl PqTable {
 
     /// `jobs` task calls enqueued one per transaction by `producers` concurrent tasks sharing
     /// one `Pq` (pq's default pool of 10 connections). With `waiter`, a consumer blocks on another
-    /// queue of the table meanwhile, as an idle worker would.
+    /// queue of the table meanwhile, as an idle worker would; with `unique`, the calls are of a
+    /// unique task, each with a key of its own.
     pub async fn enqueue_single(
         &self,
         admin: &PgPool,
         producers: usize,
         jobs: u64,
         waiter: bool,
+        unique: bool,
     ) -> Result<Measured> {
         self.truncate(admin).await?;
         let pq = connect(&self.url, &self.schema).await?;
@@ -75,7 +77,12 @@ impl PqTable {
             first += share;
             handles.push(tokio::spawn(async move {
                 for n in range {
-                    tasks::noop(u32::try_from(n)?).enqueue(&pq).await?;
+                    let n = u32::try_from(n)?;
+                    if unique {
+                        tasks::unique_noop(n).enqueue(&pq).await?;
+                    } else {
+                        tasks::noop(n).enqueue(&pq).await?;
+                    }
                 }
                 anyhow::Ok(())
             }));

@@ -588,6 +588,7 @@ async fn enqueue(
     out: &mut Vec<u8>,
 ) -> anyhow::Result<()> {
     let mut default_queue = "default";
+    let mut unique = None;
     // A program that registers tasks knows their names and argument types; the standalone
     // `pq` registers none and writes whatever it is given.
     if !registry.is_empty() {
@@ -603,17 +604,39 @@ async fn enqueue(
         if let Err(error) = (definition.check_arguments)(args) {
             bail!("{error}");
         }
+        // A unique task's job is keyed as its calls key theirs.
+        unique = definition
+            .options
+            .unique
+            .and_then(|on_conflict| Some(((definition.unique_key)(args)?, on_conflict)));
     }
     let queue = queue.unwrap_or(default_queue);
     let mut job = NewJob::from_json(queue, args.to_owned())?.task(task);
     if let Some(when) = schedule_at {
         job = job.schedule_at(when);
     }
-    let id = pq.enqueue(job).await?;
-    pq_worker::metrics::job_enqueued(task.to_owned(), queue.to_owned());
-    if cli.json {
-        return output::json(out, &json!({"id": id, "task": task, "queue": queue}));
+    if let Some((key, on_conflict)) = unique {
+        job = job.unique_key(key, on_conflict);
     }
-    writeln!(out, "enqueued job {id}: task {task} on queue {queue}")?;
+    let enqueued = pq.enqueue(job).await?;
+    let id = enqueued.id();
+    if !enqueued.is_duplicate() {
+        pq_worker::metrics::job_enqueued(task.to_owned(), queue.to_owned());
+    }
+    let duplicate = enqueued.is_duplicate();
+    if cli.json {
+        return output::json(
+            out,
+            &json!({"id": id, "task": task, "queue": queue, "duplicate": duplicate}),
+        );
+    }
+    if duplicate {
+        writeln!(
+            out,
+            "job {id} of task {task} with the same unique key is waiting already"
+        )?;
+    } else {
+        writeln!(out, "enqueued job {id}: task {task} on queue {queue}")?;
+    }
     Ok(())
 }

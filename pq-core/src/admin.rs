@@ -502,7 +502,8 @@ impl Statements {
                    SELECT id, state, worker_id FROM {t} \
                    WHERE id = $1 AND state IN ('queued', 'running') FOR NO KEY UPDATE), \
                  queued AS ( \
-                   UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp() \
+                   UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp(), \
+                     unique_key = NULL \
                    FROM job WHERE j.id = job.id AND job.state = 'queued' RETURNING j.id), \
                  asked AS ( \
                    UPDATE {workers} AS w SET cancel = CASE \
@@ -524,7 +525,8 @@ impl Statements {
                 format!(
                     " FOR NO KEY UPDATE), \
                      queued AS ( \
-                       UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp() \
+                       UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp(), \
+                         unique_key = NULL \
                        FROM batch WHERE j.id = batch.id AND batch.state = 'queued' RETURNING j.id), \
                      asked AS ( \
                        UPDATE {workers} AS w SET cancel = ARRAY( \

@@ -5,7 +5,7 @@ use std::future::Future;
 use sqlx::PgConnection;
 
 use crate::error::Result;
-use crate::job::{JobId, NewJob};
+use crate::job::{Enqueued, NewJob};
 use crate::pq::Pq;
 use crate::queue::{insert, insert_jobs, insert_warm};
 use crate::transaction::Transaction;
@@ -32,22 +32,22 @@ use crate::transaction::Transaction;
     note = "enqueue on `&pq`, on a `&mut pq::Transaction`, or with `pq.on(&mut *tx)` inside a transaction of your own"
 )]
 pub trait Enqueue<'c> {
-    /// Writes `job`, returning its id.
-    fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c;
+    /// Writes `job`: a new job, or for a unique one maybe the job waiting with its key.
+    fn enqueue(self, job: NewJob) -> impl Future<Output = Result<Enqueued>> + Send + 'c;
 
-    /// Writes `jobs` (of any queues and tasks) in one statement, returning their ids in order.
+    /// Writes `jobs` (of any queues and tasks) in one statement; answers each in order.
     fn enqueue_many(
         self,
         jobs: Vec<NewJob>,
-    ) -> impl Future<Output = Result<Vec<JobId>>> + Send + 'c;
+    ) -> impl Future<Output = Result<Vec<Enqueued>>> + Send + 'c;
 }
 
 impl<'c> Enqueue<'c> for &'c Pq {
-    fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c {
+    fn enqueue(self, job: NewJob) -> impl Future<Output = Result<Enqueued>> + Send + 'c {
         insert_warm(self, job)
     }
 
-    async fn enqueue_many(self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+    async fn enqueue_many(self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let sql = self.statements().await?;
         self.with_connection("an enqueue", async |connection| {
             insert_jobs(sql, connection, jobs).await
@@ -57,15 +57,12 @@ impl<'c> Enqueue<'c> for &'c Pq {
 }
 
 impl<'c> Enqueue<'c> for &'c mut Transaction {
-    fn enqueue(self, job: NewJob) -> impl Future<Output = Result<JobId>> + Send + 'c {
-        self.put_job(job)
+    async fn enqueue(self, job: NewJob) -> Result<Enqueued> {
+        self.write_job(job).await
     }
 
-    fn enqueue_many(
-        self,
-        jobs: Vec<NewJob>,
-    ) -> impl Future<Output = Result<Vec<JobId>>> + Send + 'c {
-        self.put_jobs(jobs)
+    async fn enqueue_many(self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
+        self.write_jobs(jobs).await
     }
 }
 
@@ -82,11 +79,11 @@ impl<'c> OnConnection<'c> {
 }
 
 impl<'c> Enqueue<'c> for OnConnection<'c> {
-    async fn enqueue(self, job: NewJob) -> Result<JobId> {
+    async fn enqueue(self, job: NewJob) -> Result<Enqueued> {
         insert(self.pq.statements().await?, self.connection, job).await
     }
 
-    async fn enqueue_many(self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+    async fn enqueue_many(self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         insert_jobs(self.pq.statements().await?, self.connection, jobs).await
     }
 }

@@ -367,6 +367,61 @@ pub struct NewJob {
     pub(crate) expected_at: Option<When>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) meta: Option<serde_json::Map<String, serde_json::Value>>,
+    pub(crate) unique: Option<(String, OnConflict)>,
+}
+
+/// What a unique job's enqueue does when a job with its key is already waiting (queued or
+/// scheduled): see [`NewJob::unique_key`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// The waiting job stays as it is; the call is answered with its id.
+    Skip,
+    /// The waiting job takes the call's arguments, queue, times and timeout.
+    Replace,
+    /// A trailing debounce: the job runs `delay` after the latest call, with its arguments,
+    /// but never later than `max` after the first call that is still waiting (unbounded when
+    /// `None`).
+    Debounce {
+        /// How long after the latest call the job runs.
+        delay: Duration,
+        /// How long after the first call it runs at the latest.
+        max: Option<Duration>,
+    },
+}
+
+impl OnConflict {
+    /// The code `put_unique` (pq-core/src/sql.rs) takes, and the bound of a debounce.
+    pub(crate) fn code(self) -> (i32, Option<i64>) {
+        match self {
+            OnConflict::Skip => (0, None),
+            OnConflict::Replace => (1, None),
+            OnConflict::Debounce { max, .. } => (2, max.map(crate::lease::micros)),
+        }
+    }
+}
+
+/// What an enqueue did: wrote a new job, or met a job that was already waiting with the same
+/// unique key (which it then kept, replaced or debounced, as its [`OnConflict`] says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Enqueued {
+    /// A new job, with this id.
+    New(JobId),
+    /// The job that was waiting with the same key, with this id.
+    Duplicate(JobId),
+}
+
+impl Enqueued {
+    /// The job's id, new or waiting.
+    pub fn id(self) -> JobId {
+        match self {
+            Enqueued::New(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+
+    /// Whether a job with the same key was waiting already.
+    pub fn is_duplicate(self) -> bool {
+        matches!(self, Enqueued::Duplicate(_))
+    }
 }
 
 impl NewJob {
@@ -387,6 +442,7 @@ impl NewJob {
             expected_at: None,
             timeout: None,
             meta: None,
+            unique: None,
         })
     }
 
@@ -425,6 +481,26 @@ impl NewJob {
         self
     }
 
+    /// Makes the job unique by `key` among waiting jobs (queued or scheduled, not running): if
+    /// one with the same key waits already, the enqueue meets it as `on_conflict` says, and
+    /// answers [`Enqueued::Duplicate`] with its id. PostgreSQL enforces it (a unique index), so
+    /// it holds across processes and inside transactions. A job gives up its key once a worker
+    /// claims it: a job may wait while another with its key runs, and a job that returns to
+    /// the queue (a retry, a rescue, a release, an operator's retry) waits without its key, so
+    /// it is never refused. A debounce sets the job's `schedule_at` itself.
+    pub fn unique_key(mut self, key: impl Into<String>, on_conflict: OnConflict) -> Self {
+        self.unique = Some((key.into(), on_conflict));
+        self
+    }
+
+    /// When the job may run: a debounced job `delay` from now, whatever its `schedule_at`.
+    pub(crate) fn scheduled(&self) -> Option<When> {
+        match self.unique {
+            Some((_, OnConflict::Debounce { delay, .. })) => Some(When::In(delay)),
+            _ => self.schedule_at,
+        }
+    }
+
     /// The meta object as JSON text, to bind; `None` for a plain job.
     pub(crate) fn meta_json(&self) -> Option<String> {
         self.meta.as_ref().map(|meta| {
@@ -436,7 +512,7 @@ impl NewJob {
 impl NewJob {
     /// Refuses what the database would choke on: delays beyond [`crate::when::MAX_DELAY`].
     pub(crate) fn check(&self) -> Result<()> {
-        for when in [self.schedule_at, self.expected_at].into_iter().flatten() {
+        for when in [self.scheduled(), self.expected_at].into_iter().flatten() {
             when.checked()?;
         }
         Ok(())

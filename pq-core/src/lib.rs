@@ -28,7 +28,7 @@ pub use admin::{
 };
 pub use enqueue::{Enqueue, OnConnection};
 pub use error::{Error, Result};
-pub use job::{Job, JobId, NewJob};
+pub use job::{Enqueued, Job, JobId, NewJob, OnConflict};
 pub use lease::MAX_SNOOZES;
 pub use listen::Subscription;
 pub use migrate::{Function, Migration, FUNCTIONS, LATEST, MIGRATIONS};

@@ -68,7 +68,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(12, "0012_snoozes.sql"),
     migration!(13, "0013_cancel_requests.sql"),
     migration!(14, "0014_queue_settings.sql"),
-    migration!(15, "0015_job_meta.sql"),
+    migration!(15, "0015_job_meta_and_unique_keys.sql"),
+    migration!(16, "0016_unique_keys.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.

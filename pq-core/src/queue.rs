@@ -1,5 +1,6 @@
 //! [`Queue`]: put jobs in, get them out, count and clear.
 
+use std::collections::HashMap;
 use std::future::{Future, IntoFuture};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use sqlx::{Connection, PgConnection, PgExecutor, Row};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::job::{check_queue_name, Job, JobId, NewJob};
+use crate::job::{check_queue_name, Enqueued, Job, JobId, NewJob, OnConflict};
 use crate::pq::Pq;
 use crate::sql::Statements;
 use crate::transaction::Transaction;
@@ -494,7 +495,9 @@ impl<'a> Put<'a> {
     /// ```
     pub async fn execute<'e>(self, executor: impl PgExecutor<'e>) -> Result<JobId> {
         let job = self.job?;
-        insert(self.pq.statements().await?, executor, job).await
+        Ok(insert(self.pq.statements().await?, executor, job)
+            .await?
+            .id())
     }
 }
 
@@ -506,15 +509,17 @@ impl<'a> IntoFuture for Put<'a> {
         Box::pin(async move {
             let job = self.job?;
             match self.target {
-                Target::Pq => insert_warm(self.pq, job).await,
-                Target::Connection(conn) => insert(self.pq.statements().await?, conn, job).await,
+                Target::Pq => Ok(insert_warm(self.pq, job).await?.id()),
+                Target::Connection(conn) => {
+                    Ok(insert(self.pq.statements().await?, conn, job).await?.id())
+                }
             }
         })
     }
 }
 
-/// Writes one job on a connection of `pq`'s own, returning its id.
-pub(crate) async fn insert_warm(pq: &Pq, job: NewJob) -> Result<JobId> {
+/// Writes one job on a connection of `pq`'s own.
+pub(crate) async fn insert_warm(pq: &Pq, job: NewJob) -> Result<Enqueued> {
     let sql = pq.statements().await?;
     pq.with_connection("an enqueue", async |connection| {
         insert(sql, connection, job).await
@@ -522,28 +527,50 @@ pub(crate) async fn insert_warm(pq: &Pq, job: NewJob) -> Result<JobId> {
     .await
 }
 
-/// Writes one job, returning its id.
+/// Writes one job: a new one, or for a unique job, maybe the one waiting with its key.
 pub(crate) async fn insert<'e>(
     sql: &Statements,
     executor: impl PgExecutor<'e>,
     job: NewJob,
-) -> Result<JobId> {
+) -> Result<Enqueued> {
     job.check()?;
-    let id: i64 = sqlx::query_scalar(&sql.put)
-        .persistent(sql.prepared)
+    let scheduled = job.scheduled();
+    let statement = match &job.unique {
+        None => &sql.put,
+        Some(_) => &sql.put_unique,
+    };
+    let query = sql
+        .query_as::<(i64, Option<bool>)>(statement)
         .bind(&job.queue)
         .bind(&job.task)
         .bind(&job.data)
-        .bind(job.schedule_at.and_then(When::at))
-        .bind(job.schedule_at.and_then(When::in_micros))
+        .bind(scheduled.and_then(When::at))
+        .bind(scheduled.and_then(When::in_micros))
         .bind(job.expected_at.and_then(When::at))
         .bind(job.expected_at.and_then(When::in_micros))
         .bind(job.timeout.map(crate::lease::micros))
-        .bind(job.meta_json())
+        .bind(job.meta_json());
+    let query = match &job.unique {
+        None => query,
+        Some((key, on_conflict)) => {
+            let (code, max) = on_conflict.code();
+            query.bind(stored_key(key)).bind(code).bind(max)
+        }
+    };
+    // A plain put's second column is whether it notified; a unique put's, whether it is new.
+    let (id, inserted) = query
         .fetch_one(executor)
         .await
         .map_err(|error| Error::from(error).or_no_table(|| sql.table.qualified()))?;
-    Ok(JobId(id))
+    Ok(match (&job.unique, inserted) {
+        (Some(_), Some(false)) => Enqueued::Duplicate(JobId(id)),
+        _ => Enqueued::New(JobId(id)),
+    })
+}
+
+/// A unique key as PostgreSQL's text can hold it: it cannot hold NUL.
+fn stored_key(key: &str) -> String {
+    key.replace('\0', "\\0")
 }
 
 /// Writes `jobs` (of any queues and tasks) in one statement, returning their ids in order.
@@ -551,11 +578,31 @@ pub(crate) async fn insert_jobs<'e>(
     sql: &Statements,
     executor: impl PgExecutor<'e>,
     jobs: Vec<NewJob>,
-) -> Result<Vec<JobId>> {
+) -> Result<Vec<Enqueued>> {
     if jobs.is_empty() {
         return Ok(Vec::new());
     }
-    let n = jobs.len();
+    // Each key goes in once: a later call with a key the batch holds meets that row, as it
+    // would meet a waiting job (the statement cannot write one row twice).
+    let mut rows: Vec<NewJob> = Vec::with_capacity(jobs.len());
+    let mut answered_by = Vec::with_capacity(jobs.len());
+    let mut keyed: HashMap<String, usize> = HashMap::new();
+    for job in jobs {
+        job.check()?;
+        if let Some((key, on_conflict)) = &job.unique {
+            if let Some(&row) = keyed.get(key) {
+                answered_by.push((row, true));
+                if *on_conflict != OnConflict::Skip {
+                    rows[row] = job;
+                }
+                continue;
+            }
+            keyed.insert(key.clone(), rows.len());
+        }
+        answered_by.push((rows.len(), false));
+        rows.push(job);
+    }
+    let n = rows.len();
     let mut queues = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
     let mut data = Vec::with_capacity(n);
@@ -563,48 +610,107 @@ pub(crate) async fn insert_jobs<'e>(
     let (mut expected_at, mut expected_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut timeouts = Vec::with_capacity(n);
     let mut metas = Vec::with_capacity(n);
+    let (mut keys, mut codes, mut bounds) = (Vec::new(), Vec::new(), Vec::new());
     let mut detailed = false;
-    for job in jobs {
-        job.check()?;
+    for job in rows {
         let meta = job.meta_json();
-        detailed |= job.schedule_at.is_some()
+        let scheduled = job.scheduled();
+        detailed |= scheduled.is_some()
             || job.expected_at.is_some()
             || job.timeout.is_some()
             || meta.is_some();
-        schedule_at.push(job.schedule_at.and_then(When::at));
-        schedule_in.push(job.schedule_at.and_then(When::in_micros));
+        schedule_at.push(scheduled.and_then(When::at));
+        schedule_in.push(scheduled.and_then(When::in_micros));
         expected_at.push(job.expected_at.and_then(When::at));
         expected_in.push(job.expected_at.and_then(When::in_micros));
         timeouts.push(job.timeout.map(crate::lease::micros));
         metas.push(meta);
+        if !keyed.is_empty() {
+            let (code, bound) = job.unique.as_ref().map_or((0, None), |(_, c)| c.code());
+            keys.push(job.unique.as_ref().map(|(key, _)| stored_key(key)));
+            codes.push(code);
+            bounds.push(bound);
+        }
         queues.push(job.queue);
         tasks.push(job.task);
         data.push(job.data);
     }
-    let query = if detailed {
-        sql.query_scalar(&sql.put_jobs)
-            .bind(queues)
-            .bind(tasks)
-            .bind(data)
-            .bind(schedule_at)
-            .bind(schedule_in)
-            .bind(expected_at)
-            .bind(expected_in)
-            .bind(timeouts)
-            .bind(metas)
-    } else {
-        sql.query_scalar(&sql.put_jobs_now)
-            .bind(queues)
-            .bind(tasks)
-            .bind(data)
-    };
-    let mut ids: Vec<i64> = query
+    let fail = |error: sqlx::Error| Error::from(error).or_no_table(|| sql.table.qualified());
+    if keyed.is_empty() {
+        let query = if detailed {
+            sql.query_scalar(&sql.put_jobs)
+                .bind(queues)
+                .bind(tasks)
+                .bind(data)
+                .bind(schedule_at)
+                .bind(schedule_in)
+                .bind(expected_at)
+                .bind(expected_in)
+                .bind(timeouts)
+                .bind(metas)
+        } else {
+            sql.query_scalar(&sql.put_jobs_now)
+                .bind(queues)
+                .bind(tasks)
+                .bind(data)
+        };
+        let mut ids: Vec<i64> = query.fetch_all(executor).await.map_err(fail)?;
+        // The sequence numbered the rows in their order, whatever order RETURNING gives them in.
+        ids.sort_unstable();
+        return Ok(ids.into_iter().map(|id| Enqueued::New(JobId(id))).collect());
+    }
+    let returned: Vec<(i64, bool, Option<String>)> = sql
+        .query_as(&sql.put_jobs_unique)
+        .bind(queues)
+        .bind(tasks)
+        .bind(data)
+        .bind(schedule_at)
+        .bind(schedule_in)
+        .bind(expected_at)
+        .bind(expected_in)
+        .bind(timeouts)
+        .bind(metas)
+        .bind(&keys)
+        .bind(codes)
+        .bind(bounds)
         .fetch_all(executor)
         .await
-        .map_err(|error| Error::from(error).or_no_table(|| sql.table.qualified()))?;
-    // The sequence numbered the rows in their order, whatever order RETURNING gives them in.
-    ids.sort_unstable();
-    Ok(ids.into_iter().map(JobId).collect())
+        .map_err(fail)?;
+    // A keyed row is found by its key; the others were numbered in their order.
+    let row_of: HashMap<&str, usize> = keys
+        .iter()
+        .enumerate()
+        .filter_map(|(row, key)| Some((key.as_deref()?, row)))
+        .collect();
+    let mut answers: Vec<Option<Enqueued>> = vec![None; n];
+    let mut plain = Vec::new();
+    for (id, inserted, key) in returned {
+        let answer = match inserted {
+            true => Enqueued::New(JobId(id)),
+            false => Enqueued::Duplicate(JobId(id)),
+        };
+        match key.and_then(|key| row_of.get(key.as_str()).copied()) {
+            Some(row) => answers[row] = Some(answer),
+            None => plain.push(id),
+        }
+    }
+    plain.sort_unstable();
+    let mut plain = plain.into_iter();
+    for (row, key) in keys.iter().enumerate() {
+        if key.is_none() {
+            answers[row] = plain.next().map(|id| Enqueued::New(JobId(id)));
+        }
+    }
+    answered_by
+        .into_iter()
+        .map(|(row, repeated)| match answers[row] {
+            Some(answer) if repeated => Ok(Enqueued::Duplicate(answer.id())),
+            Some(answer) => Ok(answer),
+            None => Err(Error::Database(sqlx::Error::Protocol(
+                "an enqueue returned fewer rows than it wrote".into(),
+            ))),
+        })
+        .collect()
 }
 
 /// A batch of jobs being put; see [`Queue::put_many`].

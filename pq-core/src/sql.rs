@@ -191,6 +191,8 @@ pub(crate) struct Statements {
     pub put_many: String,
     pub put_jobs: String,
     pub put_jobs_now: String,
+    pub put_unique: String,
+    pub put_jobs_unique: String,
     pub get: String,
     pub give_back: String,
     pub fail_unreadable: String,
@@ -303,6 +305,53 @@ impl Statements {
                AS j(q, task, d, s_at, s_in, e_at, e_in, limit_us, m) \
              RETURNING id, (SELECT {notified_jobs}) AS notified"
         );
+        // A unique task's jobs ($10: each one's key), meeting a job that waits with the same key
+        // (`unique_idx`, migration 16) as `$11` says: 0 keeps it as it is (skip), 1 replaces
+        // its arguments, times and queue with the call's, 2 replaces them but pushes its time
+        // back to the call's, never past its first enqueue plus `$12` (debounce). The conflict
+        // writes the waiting row either way, which is what locks it and returns it: a DO
+        // NOTHING would return nothing for a row committed since the statement's snapshot.
+        // Returns whether each row is new (`xmax = 0`: no one updated it).
+        let waiting = "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = 'queued'";
+        let merged = "(q_name, task, data, schedule_at, expected_at, timeout, meta) = (SELECT \
+               CASE WHEN c.m = 0 THEN j.q_name ELSE EXCLUDED.q_name END, \
+               CASE WHEN c.m = 0 THEN j.task ELSE EXCLUDED.task END, \
+               CASE WHEN c.m = 0 THEN j.data ELSE EXCLUDED.data END, \
+               CASE c.m WHEN 0 THEN j.schedule_at WHEN 1 THEN EXCLUDED.schedule_at \
+                 ELSE GREATEST(j.schedule_at, LEAST(EXCLUDED.schedule_at, \
+                   j.enqueued_at + c.max * interval '1 microsecond')) END, \
+               CASE WHEN c.m = 0 THEN j.expected_at ELSE EXCLUDED.expected_at END, \
+               CASE WHEN c.m = 0 THEN j.timeout ELSE EXCLUDED.timeout END, \
+               CASE WHEN c.m = 0 THEN j.meta ELSE EXCLUDED.meta END";
+        let put_unique = format!(
+            "INSERT INTO {t} AS j (q_name, task, data, schedule_at, expected_at, timeout, meta, \
+               unique_key) \
+             VALUES ($1, $2, $3::json, \
+               COALESCE($4, statement_timestamp() + $5 * interval '1 microsecond', '-infinity'), \
+               COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond'), \
+               $8 * interval '1 microsecond', $9::jsonb, $10) \
+             {waiting} DO UPDATE SET {merged} \
+               FROM (SELECT $11::int4 AS m, $12::int8 AS max) AS c) \
+             RETURNING id, xmax = 0 AS inserted, {notified} AS notified"
+        );
+        // `put_jobs` with keys ($10), each with its way of meeting a waiting job ($11, $12, as
+        // in `put_unique`). The caller sends each key once. Returns each row's key, to tell
+        // which call it answers: a row that met a waiting job has that job's id.
+        let put_jobs_unique = format!(
+            "WITH c AS MATERIALIZED (SELECT * FROM unnest($10::text[], $11::int4[], $12::int8[]) \
+               AS c(k, m, max) WHERE k IS NOT NULL) \
+             INSERT INTO {t} AS j (q_name, task, data, schedule_at, expected_at, timeout, meta, \
+               unique_key) \
+             SELECT q, task, d::json, \
+               COALESCE(s_at, statement_timestamp() + s_in * interval '1 microsecond', '-infinity'), \
+               COALESCE(e_at, statement_timestamp() + e_in * interval '1 microsecond'), \
+               limit_us * interval '1 microsecond', mt::jsonb, k \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
+               $6::timestamptz[], $7::int8[], $8::int8[], $9::text[], $10::text[]) \
+               AS r(q, task, d, s_at, s_in, e_at, e_in, limit_us, mt, k) \
+             {waiting} DO UPDATE SET {merged} FROM c WHERE c.k = EXCLUDED.unique_key) \
+             RETURNING id, xmax = 0 AS inserted, unique_key, (SELECT {notified_jobs}) AS notified"
+        );
         let put_jobs_now = format!(
             "INSERT INTO {t} (q_name, task, data, schedule_at) \
              SELECT q, task, d::json, '-infinity' \
@@ -337,7 +386,7 @@ impl Statements {
         let get = format!(
             "WITH next AS ({}) \
              UPDATE {t} AS j SET state = 'done', dequeued_at = statement_timestamp(), \
-               finished_at = statement_timestamp() \
+               finished_at = statement_timestamp(), unique_key = NULL \
              FROM next WHERE j.id = next.id \
              RETURNING {}",
             ready("FOR UPDATE SKIP LOCKED"),
@@ -376,7 +425,7 @@ impl Statements {
                     WHERE EXISTS (SELECT FROM {workers} AS w WHERE w.id = $1)) \
              UPDATE {t} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1, \
                claim_id = claim.n, worker_id = $1, dequeued_at = statement_timestamp(), \
-               locked_until = NULL \
+               locked_until = NULL, unique_key = NULL \
              FROM claim \
              WHERE j.id IN (SELECT id FROM {t} WHERE id = ANY ($2) AND state = 'queued' \
                  AND {READY_AT} <= statement_timestamp() ORDER BY id LIMIT $3 \
@@ -594,6 +643,8 @@ impl Statements {
             put_many,
             put_jobs,
             put_jobs_now,
+            put_unique,
+            put_jobs_unique,
             get,
             give_back,
             fail_unreadable,

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, Postgres};
 
 use crate::error::{Error, Result};
 use crate::job::check_queue_name;
-use crate::job::{Job, JobId, NewJob};
+use crate::job::{Enqueued, Job, JobId, NewJob};
 use crate::queue::{insert, insert_jobs, take, wait_for_job, Put, Queue, Target};
 
 /// A database transaction on one [`Queue`]: a job taken in it returns to the queue, and jobs
@@ -91,16 +91,26 @@ impl Transaction {
         Put::new(self.queue.pq(), Target::Connection(tx), job)
     }
 
-    /// Writes a prepared job (any queue) in this transaction.
+    /// Writes a prepared job (any queue) in this transaction; returns its id (for a unique job,
+    /// maybe the id of the job waiting with its key).
     pub async fn put_job(&mut self, job: NewJob) -> Result<JobId> {
-        let queue = self.queue.clone();
-        let sql = queue.pq().statements().await?;
-        insert(sql, &mut **self.tx(), job).await
+        Ok(self.write_job(job).await?.id())
     }
 
     /// Writes prepared jobs (any queues and tasks) in this transaction, in one statement;
     /// returns their ids in order.
     pub async fn put_jobs(&mut self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let written = self.write_jobs(jobs).await?;
+        Ok(written.into_iter().map(Enqueued::id).collect())
+    }
+
+    pub(crate) async fn write_job(&mut self, job: NewJob) -> Result<Enqueued> {
+        let queue = self.queue.clone();
+        let sql = queue.pq().statements().await?;
+        insert(sql, &mut **self.tx(), job).await
+    }
+
+    pub(crate) async fn write_jobs(&mut self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let queue = self.queue.clone();
         let sql = queue.pq().statements().await?;
         insert_jobs(sql, &mut **self.tx(), jobs).await

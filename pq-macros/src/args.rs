@@ -21,6 +21,20 @@ pub(crate) struct TaskArgs {
     pub(crate) backoff: Option<Backoff>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) on_cancel: Option<OnCancel>,
+    /// The parameters a unique task's key is made of, as written.
+    pub(crate) unique: Option<Vec<syn::Ident>>,
+    pub(crate) on_conflict: Option<OnConflict>,
+    pub(crate) debounce: Option<Duration>,
+    pub(crate) debounce_max: Option<Duration>,
+    /// Where each argument was written, for errors that concern two of them.
+    spans: Vec<(Key, Path)>,
+}
+
+/// `on_conflict = "skip" | "replace"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnConflict {
+    Skip,
+    Replace,
 }
 
 /// `on_cancel = "cooperate" | "abort"`.
@@ -49,10 +63,14 @@ enum Key {
     Backoff,
     Timeout,
     OnCancel,
+    Unique,
+    OnConflict,
+    Debounce,
+    DebounceMax,
 }
 
 impl Key {
-    const ALL: [Key; 9] = [
+    const ALL: [Key; 13] = [
         Key::Queue,
         Key::Name,
         Key::ScheduleAt,
@@ -62,6 +80,10 @@ impl Key {
         Key::Backoff,
         Key::Timeout,
         Key::OnCancel,
+        Key::Unique,
+        Key::OnConflict,
+        Key::Debounce,
+        Key::DebounceMax,
     ];
 
     fn as_str(self) -> &'static str {
@@ -75,6 +97,10 @@ impl Key {
             Key::Backoff => "backoff",
             Key::Timeout => "timeout",
             Key::OnCancel => "on_cancel",
+            Key::Unique => "unique",
+            Key::OnConflict => "on_conflict",
+            Key::Debounce => "debounce",
+            Key::DebounceMax => "debounce_max",
         }
     }
 
@@ -90,6 +116,10 @@ impl Key {
             Key::Backoff => r#"backoff = "exponential""#,
             Key::Timeout => r#"timeout = "5m""#,
             Key::OnCancel => r#"on_cancel = "abort""#,
+            Key::Unique => "unique = [user_id]",
+            Key::OnConflict => r#"on_conflict = "replace""#,
+            Key::Debounce => r#"debounce = "30s""#,
+            Key::DebounceMax => r#"debounce_max = "5m""#,
         }
     }
 
@@ -141,6 +171,7 @@ impl TaskArgs {
                 return Ok(());
             }
             seen.push(key);
+            args.spans.push((key, meta.path.clone()));
             match value {
                 Some(value) => args.set(key, &value, errors),
                 None => errors.spanned(
@@ -169,6 +200,65 @@ impl TaskArgs {
             Key::Backoff => self.backoff = backoff(value, errors),
             Key::Timeout => self.timeout = timeout(value, errors),
             Key::OnCancel => self.on_cancel = on_cancel(value, errors),
+            Key::Unique => self.unique = unique(value, errors),
+            Key::OnConflict => self.on_conflict = on_conflict(value, errors),
+            Key::Debounce => self.debounce = nonzero(key, value, errors),
+            Key::DebounceMax => self.debounce_max = nonzero(key, value, errors),
+        }
+    }
+
+    /// Where `key` was written, if it was.
+    fn path(&self, key: Key) -> Option<&Path> {
+        self.spans
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, path)| path)
+    }
+
+    /// Checks what depends on the function (the parameters `unique` names) or on two arguments
+    /// at once. `parameters` are the task's arguments, those the worker supplies left out.
+    pub(crate) fn check(&self, parameters: &[&syn::Ident], errors: &mut Errors) {
+        if let Some(names) = &self.unique {
+            let listed: Vec<String> = parameters.iter().map(|p| format!("`{p}`")).collect();
+            for (n, name) in names.iter().enumerate() {
+                if names[..n].contains(name) {
+                    errors.spanned(name, format!("`{name}` is named twice in `unique`"));
+                } else if !parameters.contains(&name) {
+                    let expected = match listed.as_slice() {
+                        [] => "this task takes no argument to key it by".to_owned(),
+                        _ => format!("expected one of {}", listed.join(", ")),
+                    };
+                    errors.spanned(
+                        name,
+                        format!("`unique` names the task's arguments, and `{name}` is not one; {expected}"),
+                    );
+                }
+            }
+        }
+        for key in [Key::OnConflict, Key::Debounce, Key::DebounceMax] {
+            if let (None, Some(path)) = (&self.unique, self.path(key)) {
+                errors.spanned(
+                    path,
+                    format!("`{key}` applies to a unique task: add `unique = [..]`, the arguments that make a job unique"),
+                );
+            }
+        }
+        if let (Some(_), Some(path)) = (self.debounce, self.path(Key::OnConflict)) {
+            errors.spanned(
+                path,
+                "`debounce` says what a duplicate does (it replaces the waiting job and pushes its time back): leave `on_conflict` out",
+            );
+        }
+        match (self.debounce, self.debounce_max, self.path(Key::DebounceMax)) {
+            (None, Some(_), Some(path)) => errors.spanned(
+                path,
+                "`debounce_max` bounds a debounce: add `debounce = \"..\"`, the delay after the latest call",
+            ),
+            (Some(debounce), Some(max), Some(path)) if max < debounce => errors.spanned(
+                path,
+                "`debounce_max` is the latest a debounced job runs after the first call, so it cannot be shorter than `debounce`",
+            ),
+            _ => {}
         }
     }
 }
@@ -326,6 +416,61 @@ fn on_cancel(value: &Expr, errors: &mut Errors) -> Option<OnCancel> {
     }
 }
 
+/// `unique = [a, b]`: plain names, at least one.
+fn unique(value: &Expr, errors: &mut Errors) -> Option<Vec<syn::Ident>> {
+    const EXPECTED: &str =
+        "`unique` takes a list of the task's arguments, like `unique = [user_id]`";
+    let Expr::Array(array) = value else {
+        errors.spanned(value, EXPECTED);
+        return None;
+    };
+    if array.elems.is_empty() {
+        errors.spanned(value, format!("`unique` names no argument; {EXPECTED}"));
+        return None;
+    }
+    let mut names = Vec::new();
+    for element in &array.elems {
+        match element {
+            Expr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
+                names.extend(path.path.get_ident().cloned());
+            }
+            other => errors.spanned(other, format!("not an argument's name; {EXPECTED}")),
+        }
+    }
+    Some(names)
+}
+
+fn on_conflict(value: &Expr, errors: &mut Errors) -> Option<OnConflict> {
+    let string = string(Key::OnConflict, value, errors)?;
+    match string.value().as_str() {
+        "skip" => Some(OnConflict::Skip),
+        "replace" => Some(OnConflict::Replace),
+        other => {
+            errors.spanned(
+                &string,
+                format!(r#"unknown on_conflict {other:?}, expected "skip" or "replace" (or `debounce = "..."` instead)"#),
+            );
+            None
+        }
+    }
+}
+
+/// A duration that is not zero.
+fn nonzero(key: Key, value: &Expr, errors: &mut Errors) -> Option<Duration> {
+    let delay = duration(key, value, errors)?;
+    if delay.is_zero() {
+        errors.spanned(
+            value,
+            format!(
+                "`{key}` cannot be zero; give it a duration, like `{}`",
+                key.example()
+            ),
+        );
+        return None;
+    }
+    Some(delay)
+}
+
 fn backoff(value: &Expr, errors: &mut Errors) -> Option<Backoff> {
     let string = string(Key::Backoff, value, errors)?;
     match string.value().as_str() {
@@ -404,7 +549,8 @@ mod tests {
             errors_of(quote!(queues = "apples")),
             [
                 "unknown argument `queues`; expected one of `queue`, `name`, `schedule_at`, \
-              `expected_at`, `max_retries`, `retry_in`, `backoff`, `timeout`, `on_cancel`"
+              `expected_at`, `max_retries`, `retry_in`, `backoff`, `timeout`, `on_cancel`, \
+              `unique`, `on_conflict`, `debounce`, `debounce_max`"
             ]
         );
     }

@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Attribute, ItemFn};
 
-use crate::args::{Backoff, OnCancel, TaskArgs};
+use crate::args::{Backoff, OnCancel, OnConflict, TaskArgs};
 use crate::errors::Errors;
 use crate::signature::{Signature, Supplied};
 
@@ -34,6 +34,8 @@ pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
         }
     };
     let signature = Signature::parse(&function.sig, &mut errors);
+    let parameters: Vec<_> = signature.arguments.iter().map(|a| &a.name).collect();
+    args.check(&parameters, &mut errors);
     match errors.finish() {
         Ok(()) => expand(&args, &function, &signature),
         Err(error) => with_compile_error(error, item),
@@ -129,6 +131,19 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
     };
     let options = options(args);
     let execute = execute(task, signature);
+    // A unique task's enqueue tells a new job from a waiting one; its key is the JSON of the
+    // parameters `unique` names, in that order.
+    let unique = args.unique.as_ref().map(|names| {
+        quote! {
+            fn unique_key(&self) -> ::core::option::Option<::std::string::String> {
+                ::pq::__private::unique_key(&(#(&self.#names,)*))
+            }
+        }
+    });
+    let enqueued = match unique {
+        Some(_) => quote!(::pq::Enqueued),
+        None => quote!(::pq::JobId),
+    };
     let location = quote_spanned! {sig.ident.span()=>
         ::core::concat!(::core::file!(), ":", ::core::line!())
     };
@@ -161,7 +176,9 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
         impl ::pq::__private::Task for #task {
             const NAME: &'static str = #name;
             const OPTIONS: ::pq::__private::TaskOptions = #options;
+            type Enqueued = #enqueued;
             #execute
+            #unique
         }
 
         #(#docs)*
@@ -218,6 +235,27 @@ fn options(args: &TaskArgs) -> TokenStream {
         Some(OnCancel::Abort) => quote!(::pq::__private::OnCancel::Abort),
         None => default("on_cancel"),
     };
+    let unique = match (&args.unique, args.debounce, args.on_conflict) {
+        (None, _, _) => default("unique"),
+        (Some(_), Some(delay), _) => {
+            let delay = duration(delay);
+            let max = args.debounce_max.map_or_else(
+                || quote!(::core::option::Option::None),
+                |max| {
+                    let max = duration(max);
+                    quote!(::core::option::Option::Some(#max))
+                },
+            );
+            quote!(::core::option::Option::Some(::pq::OnConflict::Debounce {
+                delay: #delay,
+                max: #max,
+            }))
+        }
+        (Some(_), None, Some(OnConflict::Replace)) => {
+            quote!(::core::option::Option::Some(::pq::OnConflict::Replace))
+        }
+        (Some(_), None, _) => quote!(::core::option::Option::Some(::pq::OnConflict::Skip)),
+    };
     quote! {
         ::pq::__private::TaskOptions {
             queue: #queue,
@@ -228,6 +266,7 @@ fn options(args: &TaskArgs) -> TokenStream {
             backoff: #backoff,
             timeout: #timeout,
             on_cancel: #on_cancel,
+            unique: #unique,
         }
     }
 }

@@ -40,6 +40,10 @@ use proc_macro::TokenStream;
 /// | `backoff` | `"fixed"` (every retry waits `retry_in`) or `"exponential"` (retry `n` waits `retry_in * 2^(n-1)`, with jitter) | `"fixed"` |
 /// | `timeout` | how long one run may take, `"5m"`: the worker then drops its future, rolls back its transaction, and records the failure, retried as any other | none |
 /// | `on_cancel` | what a run of a cancelled job does: `"cooperate"` (it hears of it through `ctx.cancelled()` and stops when it chooses) or `"abort"` (the worker drops its future at once); either way the job ends `cancelled`, its transaction rolled back | `"cooperate"` |
+/// | `unique` | the arguments that make a job unique, `[user_id]`: at most one job waits per value of them (see [Unique tasks](#unique-tasks)) | none: every call writes a job |
+/// | `on_conflict` | what a call does when a job with its key waits: `"skip"` (the waiting job stays as it is) or `"replace"` (it takes the call's arguments and times) | `"skip"` |
+/// | `debounce` | a trailing debounce instead: each call replaces the waiting job's arguments and pushes its time to this long after the call, `"30s"` | none |
+/// | `debounce_max` | the latest a debounced job runs, after the first call that is still waiting, `"5m"` | none: unbounded |
 ///
 /// Durations are strings in the format of the [`humantime`](https://docs.rs/humantime) crate,
 /// which pq also uses to parse durations at run time: numbers with units, such as `"90s"`,
@@ -101,6 +105,42 @@ use proc_macro::TokenStream;
 ///
 /// assert_eq!(tally::run(pq::JobId::from(7), -1), Err("job 7: negative tally -1".into()));
 /// ```
+///
+/// # Unique tasks
+///
+/// With `unique = [..]`, at most one job of the task waits (queued or scheduled) per value of
+/// the named arguments, across every process, PostgreSQL's unique index deciding. Such a
+/// task's `enqueue` answers a `pq::Enqueued`: `New(id)`, or
+/// `Duplicate(id)` with the id of the job that was waiting. A name that is not one of the
+/// task's arguments is a compile error at that name.
+///
+/// ```no_run
+/// #[pq::task(unique = [user_id])]
+/// async fn send_welcome(user_id: i64, address: String) -> anyhow::Result<()> {
+///     Ok(())
+/// }
+///
+/// #[pq::task(unique = [account], debounce = "30s", debounce_max = "5m")]
+/// async fn reindex(account: String) -> anyhow::Result<()> {
+///     Ok(())
+/// }
+///
+/// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+/// match send_welcome(7, "a@example.com".into()).enqueue(&pq).await? {
+///     pq::Enqueued::New(id) => println!("job {id} will welcome user 7"),
+///     pq::Enqueued::Duplicate(id) => println!("job {id} waits to welcome user 7 already"),
+/// }
+/// // Runs once, 30 s after the last of a burst of calls (5 min after the first at most).
+/// reindex("acme".into()).enqueue(&pq).await?;
+/// # Ok(()) }
+/// ```
+///
+/// The key covers waiting jobs only: a job gives up its key when a worker claims it, so a
+/// request that comes while the job runs is not lost but waits, and a job that returns to the
+/// queue (a retry, a rescue, an operator's retry) is never refused, even if another job with
+/// its key waits by then (both run). `TaskCall::unique_key` and `TaskCall::on_conflict` set
+/// a call's own key and way with a duplicate; `pq::TaskBatch` answers each call of a batch,
+/// calls with one key within the batch meeting as they would meet a waiting job.
 ///
 /// # Task names
 ///

@@ -5,7 +5,7 @@ use std::future::Future;
 
 use futures_util::future::Either;
 use futures_util::{FutureExt, TryFutureExt};
-use pq_core::{Enqueue, JobId, NewJob};
+use pq_core::{Enqueue, Enqueued, NewJob};
 use tracing::Instrument;
 
 use crate::task::{Task, TaskCall};
@@ -29,8 +29,9 @@ use crate::task::{Task, TaskCall};
 /// let addresses = ["a@example.com", "b@example.com"];
 /// let mut batch: pq::TaskBatch = addresses.iter().map(|to| send(to.to_string())).collect();
 /// batch.push(audit(2).schedule_at("1h"));
-/// let ids = batch.enqueue(&pq).await?; // in the order of the calls
-/// assert_eq!(ids.len(), 3);
+/// let written = batch.enqueue(&pq).await?; // in the order of the calls
+/// assert_eq!(written.len(), 3);
+/// let ids: Vec<pq::JobId> = written.iter().map(|job| job.id()).collect();
 /// # Ok(()) }
 /// ```
 #[must_use = "a task batch does nothing until it is enqueued"]
@@ -83,13 +84,16 @@ impl TaskBatch {
         self.len() == 0
     }
 
-    /// Writes every job, in one statement, and returns their ids in the order of the calls.
-    /// `target` is a `&Pq`, a `&mut pq::Transaction`, or `pq.on(&mut *tx)`, as for
-    /// [`TaskCall::enqueue`].
+    /// Writes every job, in one statement, and answers each call in order: a new job, or for
+    /// a call of a unique task, maybe the job that waits with its key ([`Enqueued`]). Calls of
+    /// one key within the batch meet as they would meet a waiting job: the first writes the
+    /// row, and each later one is a duplicate of it (which it replaces or debounces, if its
+    /// task says so). `target` is a `&Pq`, a `&mut pq::Transaction`, or `pq.on(&mut *tx)`, as
+    /// for [`TaskCall::enqueue`].
     pub fn enqueue<'c>(
         self,
         target: impl Enqueue<'c> + Send + 'c,
-    ) -> impl Future<Output = Result<Vec<JobId>, pq_core::Error>> + Send + 'c {
+    ) -> impl Future<Output = Result<Vec<Enqueued>, pq_core::Error>> + Send + 'c {
         // A plain future, as `TaskCall::enqueue` is, to be `Send` inside task bodies.
         // Its span begins when it is first polled, under whatever span is current then.
         let (counts, jobs, len) = (self.counts, self.jobs, self.len);
@@ -107,9 +111,12 @@ impl TaskBatch {
                 Err(error) => Either::Right(std::future::ready(Err(error))),
             };
             written
-                .inspect_ok(move |_| {
+                .inspect_ok(move |answers| {
+                    let mut answers = answers.iter();
                     for (task, queue, count) in counts {
-                        crate::metrics::jobs_enqueued(task, queue, count);
+                        let calls = answers.by_ref().take(usize::try_from(count).unwrap_or(0));
+                        let new = calls.filter(|answer| !answer.is_duplicate()).count();
+                        crate::metrics::jobs_enqueued(task, queue, new as u64);
                     }
                 })
                 .instrument(span)

@@ -27,8 +27,8 @@ pub use context::TaskContext;
 pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition};
 pub use report::{Report, RunError, MAX_ERRORS};
 pub use task::{
-    Backoff, BoxFuture, IntoTaskResult, OnCancel, Task, TaskCall, TaskError, TaskOptions,
-    TaskResult,
+    Backoff, BoxFuture, FromEnqueued, IntoTaskResult, OnCancel, Task, TaskCall, TaskError,
+    TaskOptions, TaskResult,
 };
 #[cfg(feature = "otel")]
 pub use trace::PARENT_WITHIN;

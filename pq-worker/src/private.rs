@@ -36,3 +36,10 @@ where
         ))),
     }
 }
+
+/// A unique task's key: the JSON of the arguments its attribute names. Arguments that cannot
+/// be encoded cannot be enqueued either (their job's data is the same JSON), so `None` is never
+/// written.
+pub fn unique_key<T: Serialize>(arguments: &T) -> Option<String> {
+    serde_json::to_string(arguments).ok()
+}

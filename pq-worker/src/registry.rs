@@ -21,6 +21,9 @@ pub struct TaskDefinition {
     pub handler: Handler,
     /// Checks that JSON arguments decode for this task, without running it.
     pub check_arguments: fn(&str) -> Result<(), TaskError>,
+    /// The unique key of these JSON arguments, for a unique task (see [`Task::unique_key`]),
+    /// as the task's calls key their jobs.
+    pub unique_key: fn(&str) -> Option<String>,
 }
 
 impl TaskDefinition {
@@ -32,8 +35,14 @@ impl TaskDefinition {
             location,
             handler: handle::<T>,
             check_arguments: check_arguments::<T>,
+            unique_key: unique_key::<T>,
         }
     }
+}
+
+fn unique_key<T: Task>(args: &str) -> Option<String> {
+    let key = decode::<T>(args).ok()?.unique_key()?;
+    Some(format!("{}:{key}", T::NAME))
 }
 
 fn decode<T: Task>(args: &str) -> Result<T, TaskError> {

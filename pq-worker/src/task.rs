@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use futures_util::{FutureExt, TryFutureExt};
-use pq_core::{Enqueue, IntoWhen, JobId, NewJob, When};
+use pq_core::{Enqueue, Enqueued, IntoWhen, JobId, NewJob, OnConflict, When};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
@@ -191,6 +191,9 @@ pub struct TaskOptions {
     pub timeout: Option<Duration>,
     /// What a cancelled run does (default [`OnCancel::Cooperate`]).
     pub on_cancel: OnCancel,
+    /// For a unique task (`#[pq::task(unique = [..])]`), what a call does when a job with its
+    /// key is waiting already (see [`NewJob::unique_key`]); `None` for other tasks.
+    pub unique: Option<OnConflict>,
 }
 
 /// How a run learns that its job was cancelled ([`TaskContext::cancelled`]).
@@ -214,6 +217,7 @@ impl TaskOptions {
         backoff: Backoff::Fixed,
         timeout: None,
         on_cancel: OnCancel::Cooperate,
+        unique: None,
     };
 }
 
@@ -236,8 +240,36 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     /// The task's defaults from its attribute.
     const OPTIONS: TaskOptions;
 
+    /// What [`TaskCall::enqueue`] answers: a [`JobId`], or for a unique task an [`Enqueued`],
+    /// which tells a new job from the one that was waiting with the same key.
+    type Enqueued: FromEnqueued;
+
     /// Runs the task's body with these arguments.
     fn execute(self, ctx: TaskContext) -> BoxFuture<'static, TaskResult>;
+
+    /// The unique key of these arguments, for a unique task: the JSON of the parameters its
+    /// attribute names. `None` for other tasks.
+    fn unique_key(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What an enqueue can answer: the id alone, or the whole [`Enqueued`].
+pub trait FromEnqueued: Send + 'static {
+    /// This answer, from what the enqueue did.
+    fn from_enqueued(enqueued: Enqueued) -> Self;
+}
+
+impl FromEnqueued for JobId {
+    fn from_enqueued(enqueued: Enqueued) -> Self {
+        enqueued.id()
+    }
+}
+
+impl FromEnqueued for Enqueued {
+    fn from_enqueued(enqueued: Enqueued) -> Self {
+        enqueued
+    }
 }
 
 /// What a task's function may return: `()` or `Result<(), E>` for any `E: Display`
@@ -286,6 +318,39 @@ pub struct TaskCall<T: Task> {
     schedule_at: Option<Result<When, pq_core::Error>>,
     expected_at: Option<Result<When, pq_core::Error>>,
     timeout: Option<Result<Duration, pq_core::Error>>,
+    /// A unique task's key and way with a waiting duplicate, where the call sets them.
+    unique_key: Option<String>,
+    on_conflict: Option<OnConflict>,
+}
+
+impl<T: Task<Enqueued = Enqueued>> TaskCall<T> {
+    /// Keys this call's job by `key` instead of the parameters the task's `unique` names
+    /// (within the task: two tasks never share a key).
+    ///
+    /// ```no_run
+    /// #[pq::task(unique = [user])]
+    /// async fn welcome(user: i64, address: String) {}
+    ///
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// let sent = welcome(7, "a@example.com".into())
+    ///     .unique_key("welcome 7 (second address)")
+    ///     .on_conflict(pq::OnConflict::Replace)
+    ///     .enqueue(&pq)
+    ///     .await?;
+    /// println!("job {} ({})", sent.id(), if sent.is_duplicate() { "waiting already" } else { "new" });
+    /// # Ok(()) }
+    /// ```
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Meets a job waiting with the same key as `on_conflict` says, instead of as the task's
+    /// attribute does (skip, unless it says `debounce`).
+    pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
+        self.on_conflict = Some(on_conflict);
+        self
+    }
 }
 
 impl<T: Task> TaskCall<T> {
@@ -298,6 +363,8 @@ impl<T: Task> TaskCall<T> {
             schedule_at: options.schedule_at.map(|d| Ok(When::from(d))),
             expected_at: options.expected_at.map(|d| Ok(When::from(d))),
             timeout: None,
+            unique_key: None,
+            on_conflict: None,
         }
     }
 
@@ -378,7 +445,7 @@ impl<T: Task> TaskCall<T> {
     pub fn enqueue<'c>(
         self,
         target: impl Enqueue<'c> + Send + 'c,
-    ) -> impl Future<Output = Result<JobId, pq_core::Error>> + Send + 'c {
+    ) -> impl Future<Output = Result<T::Enqueued, pq_core::Error>> + Send + 'c {
         // A plain future, not an `async fn`: a generator generic over `'c` would not be provably
         // `Send` inside a task body (rust-lang/rust#100013), where follow-ups are enqueued.
         // Its span begins when it is first polled, under whatever span is current then.
@@ -392,9 +459,12 @@ impl<T: Task> TaskCall<T> {
             };
             let sent = span.clone();
             written
-                .inspect_ok(move |id| {
-                    sent.record("messaging.message.id", id.0);
-                    crate::metrics::job_enqueued(T::NAME, queue);
+                .map_ok(move |enqueued| {
+                    sent.record("messaging.message.id", enqueued.id().0);
+                    if !enqueued.is_duplicate() {
+                        crate::metrics::job_enqueued(T::NAME, queue);
+                    }
+                    T::Enqueued::from_enqueued(enqueued)
                 })
                 .instrument(span)
         })
@@ -413,6 +483,12 @@ impl<T: Task> TaskCall<T> {
         }
         if let Some(timeout) = self.timeout {
             job = job.timeout(timeout?);
+        }
+        if let Some(on_conflict) = self.on_conflict.or(T::OPTIONS.unique) {
+            // Within the task's name: two tasks never share a key.
+            if let Some(key) = self.unique_key.or_else(|| self.args.unique_key()) {
+                job = job.unique_key(format!("{}:{key}", T::NAME), on_conflict);
+            }
         }
         Ok(job)
     }

@@ -11,7 +11,7 @@ use crate::support::{complete, direct, failed, Claimer, TestDb};
 /// Puts a job of `task` on `queue`.
 async fn put_task(pq: &Pq, queue: &str, task: &str, args: serde_json::Value) -> JobId {
     let job = NewJob::new(queue, &args).unwrap().task(task);
-    pq.enqueue(job).await.unwrap()
+    pq.enqueue(job).await.unwrap().id()
 }
 
 /// Claims the next job of `queue`, which must be `id`.

@@ -32,4 +32,5 @@ mod support;
 mod tasks;
 mod testing;
 mod tls;
+mod unique;
 mod worker;

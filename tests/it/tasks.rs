@@ -57,6 +57,11 @@ async fn pack(
     Ok(())
 }
 
+/// The ids of a batch's jobs, in the order of its calls.
+fn ids_of(written: Vec<pq::Enqueued>) -> Vec<JobId> {
+    written.into_iter().map(pq::Enqueued::id).collect()
+}
+
 async fn stored(pq: &Pq, id: JobId) -> Option<JobInfo> {
     pq.admin().job(id).await.expect("read the job")
 }
@@ -170,7 +175,7 @@ async fn a_batch_of_calls_of_several_tasks_writes_each_with_its_own_options_in_o
     batch.extend([tally(500).expected_at("2h")]);
     assert_eq!(batch.len(), 503);
 
-    let ids = batch.enqueue(&db.pq).await.unwrap();
+    let ids = ids_of(batch.enqueue(&db.pq).await.unwrap());
 
     assert_eq!(ids.len(), 503);
     assert!(
@@ -210,7 +215,7 @@ async fn a_batch_with_one_bad_call_writes_nothing_and_one_in_a_rolled_back_trans
 
     let mut tx = db.pool().begin().await.unwrap();
     let batch: pq::TaskBatch = (0..3).map(tally).collect();
-    let ids = batch.enqueue(db.pq.on(&mut tx)).await.unwrap();
+    let ids = ids_of(batch.enqueue(db.pq.on(&mut tx)).await.unwrap());
     tx.rollback().await.unwrap();
     assert!(stored(&db.pq, ids[0]).await.is_none());
 
@@ -236,7 +241,7 @@ async fn a_batch_wakes_the_workers_of_each_of_its_queues() {
     let mut batch = pq::TaskBatch::new();
     batch.push(eat("Cox".into(), 1).schedule_at("0s"));
     batch.push(eat("Gala".into(), 1).schedule_at("0s").queue("pears"));
-    let ids = batch.enqueue(&db.pq).await.unwrap();
+    let ids = ids_of(batch.enqueue(&db.pq).await.unwrap());
     let enqueued = std::time::Instant::now();
     crate::support::eventually(|| async {
         stored(&db.pq, ids[0]).await.is_none() && stored(&db.pq, ids[1]).await.is_none()
@@ -316,6 +321,7 @@ fn the_registry_lists_every_task_with_its_options_and_location() {
             backoff: Backoff::Exponential,
             timeout: Some(Duration::from_secs(300)),
             on_cancel: pq::OnCancel::Cooperate,
+            unique: None,
         }
     );
     assert!(

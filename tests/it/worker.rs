@@ -146,7 +146,8 @@ async fn a_failing_or_unknown_job_does_not_stop_the_others() {
                 .task("no::such::task"),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id();
     let plain = db.pq.queue("work").put(&"not a task").await.unwrap();
     let ok: Vec<JobId> = {
         let mut ids = Vec::new();
@@ -187,7 +188,8 @@ async fn arguments_that_no_longer_decode_fail_with_the_task_and_the_reason() {
                 .task(<sleep_for as pq::Task>::NAME),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .id();
     run_burst(&db.pq).await;
     let row = row(&db.pq, id).await.unwrap();
     assert_eq!(row.state, "failed");

@@ -26,6 +26,9 @@
 -- table's order. Joined on `ctid` instead (a TID scan per row), claims took two thirds longer
 -- as soon as two ran at once (BENCHMARKS.md, #65).
 --
+-- A claimed job gives up its unique key (migration 15): the next call with that key waits
+-- while this one runs, and the job may come back to the queue (a retry, a rescue) beside it.
+--
 -- Every job of one claim gets the same `claim_id`, a number drawn once per claim that never
 -- repeats: the fence of everything done to these runs afterwards.
 --
@@ -100,7 +103,7 @@ BEGIN
         LIMIT want)
     UPDATE {{table}} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1,
         claim_id = claim, worker_id = worker, dequeued_at = statement_timestamp(),
-        locked_until = NULL
+        locked_until = NULL, unique_key = NULL
     WHERE j.ctid = ANY (ARRAY(SELECT place FROM next))
     RETURNING claim, j.id, j.attempts, COALESCE(j.rescues, 0), j.ctid, j.q_name,
         convert_to(j.task, 'SQL_ASCII'),
