@@ -61,6 +61,10 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Jobs(Jobs),
 
+    /// Recurring jobs' schedules: list them, pause, resume, trigger or delete one.
+    #[command(subcommand)]
+    Cron(Cron),
+
     /// Delete done, failed and cancelled jobs that finished long enough ago, in batches.
     Prune {
         /// How long ago they finished, such as 7d, 12h or 90m.
@@ -123,6 +127,37 @@ pub(crate) enum Command {
         /// program installed a tracing subscriber of its own.
         #[arg(long, default_value = "info")]
         log: tracing::level_filters::LevelFilter,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Cron {
+    /// Every schedule: its expression, time zone and policy, its next and last fire, whether it
+    /// is paused or orphaned (no running worker defines it any more).
+    List,
+
+    /// Stop a schedule from firing; the fires it misses follow its policy once it resumes.
+    Pause {
+        /// The schedule's name (a cron task's name).
+        name: String,
+    },
+
+    /// Let a paused schedule fire again.
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
+
+    /// Enqueue a job of the schedule now, beside its fire times.
+    Trigger {
+        /// The schedule's name.
+        name: String,
+    },
+
+    /// Delete a schedule (an orphaned one); a worker that still defines it declares it again.
+    Delete {
+        /// The schedule's name.
+        name: String,
     },
 }
 

@@ -7,7 +7,7 @@ use pq_core::{Admin, Enqueue, JobId, JobInfo, JobState, NewJob, Pq};
 use pq_worker::{Registry, Worker};
 use serde_json::json;
 
-use crate::args::{ids, Cli, Command, Filter, Jobs, Queues};
+use crate::args::{ids, Cli, Command, Cron, Filter, Jobs, Queues};
 use crate::output::{self, Progress, Table};
 
 /// The pool of a one-shot command: one statement at a time.
@@ -42,6 +42,7 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
         Command::Workers => workers(cli, &admin, out).await,
         Command::Queues(Queues::Pause { queue }) => pause(cli, &admin, queue, true, out).await,
         Command::Queues(Queues::Resume { queue }) => pause(cli, &admin, queue, false, out).await,
+        Command::Cron(command) => cron(cli, &admin, command, out).await,
         Command::Jobs(jobs) => match jobs {
             Jobs::List {
                 filter,
@@ -207,6 +208,82 @@ async fn pause(
         (false, true) => writeln!(out, "resumed {queue}")?,
         (false, false) => writeln!(out, "{queue} was not paused")?,
     }
+    Ok(())
+}
+
+async fn cron(cli: &Cli, admin: &Admin, command: &Cron, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let (name, verb, changed) = match command {
+        Cron::List => return schedules(cli, admin, out).await,
+        Cron::Pause { name } => (name, "paused", admin.pause_schedule(name).await?),
+        Cron::Resume { name } => (name, "resumed", admin.resume_schedule(name).await?),
+        Cron::Delete { name } => (name, "deleted", Some(admin.delete_schedule(name).await?)),
+        Cron::Trigger { name } => {
+            let Some(job) = admin.trigger_schedule(name).await? else {
+                bail!("no schedule is named `{name}`: `cron list` shows them");
+            };
+            if cli.json {
+                return output::json(out, &json!({"schedule": name, "job": job}));
+            }
+            writeln!(out, "triggered {name}: job {job}")?;
+            return Ok(());
+        }
+    };
+    // Deleting says whether there was one; pausing and resuming, whether it changed.
+    let Some(changed) = changed.filter(|&changed| verb != "deleted" || changed) else {
+        bail!("no schedule is named `{name}`: `cron list` shows them");
+    };
+    if cli.json {
+        return output::json(
+            out,
+            &json!({"schedule": name, verb: true, "changed": changed}),
+        );
+    }
+    if changed {
+        writeln!(out, "{verb} {name}")?;
+    } else {
+        writeln!(out, "{name} was {verb} already")?;
+    }
+    Ok(())
+}
+
+async fn schedules(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let schedules = admin.schedules().await?;
+    if cli.json {
+        return output::json(out, &schedules);
+    }
+    if schedules.is_empty() {
+        writeln!(out, "no schedules")?;
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "NAME",
+        "CRON",
+        "ZONE",
+        "ON MISSED",
+        "QUEUE",
+        "NEXT",
+        "LAST",
+        "STATE",
+    ]);
+    for schedule in &schedules {
+        let state = match (schedule.paused_at, schedule.orphaned) {
+            (Some(_), true) => "paused, orphaned",
+            (Some(_), false) => "paused",
+            (None, true) => "orphaned",
+            (None, false) => "active",
+        };
+        table.row(vec![
+            output::truncate(&schedule.name, 40),
+            schedule.expression.clone(),
+            schedule.timezone.clone(),
+            schedule.on_missed.clone(),
+            output::truncate(&schedule.queue, 20),
+            output::time(Some(schedule.next_at)),
+            output::time(schedule.last_at),
+            state.to_owned(),
+        ]);
+    }
+    table.print(out)?;
     Ok(())
 }
 

@@ -915,3 +915,66 @@ async fn rows_pq_cannot_read_are_reported_not_fatal() {
         .collect();
     assert_eq!(unreadable, bad.iter().map(|id| id.0).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn cron_lists_pauses_resumes_triggers_and_deletes_schedules_by_name() {
+    let db = Db::new().await;
+    assert_eq!(db.pq(&["cron", "list"]).ok().trim(), "no schedules");
+    let next = chrono::Utc::now() + chrono::Duration::days(1);
+    db.pq
+        .declare_schedules(&[pq::ScheduleDefinition {
+            name: "nightly".into(),
+            expression: "0 3 * * *".into(),
+            timezone: "Europe/Berlin".into(),
+            on_missed: "coalesce".into(),
+            task: "app::report".into(),
+            queue: "reports".into(),
+            data: "{}".into(),
+            next_at: next,
+        }])
+        .await
+        .unwrap();
+
+    let list = db.pq(&["cron", "list"]).ok();
+    assert!(list.starts_with("NAME"), "{list}");
+    assert!(
+        list.contains("nightly") && list.contains("0 3 * * *") && list.contains("Europe/Berlin"),
+        "{list}"
+    );
+    assert!(list.contains("active"), "{list}");
+    assert_eq!(
+        db.pq(&["cron", "pause", "nightly"]).ok().trim(),
+        "paused nightly"
+    );
+    assert_eq!(
+        db.pq(&["cron", "pause", "nightly"]).ok().trim(),
+        "nightly was paused already"
+    );
+    assert!(db.pq(&["cron", "list"]).ok().contains("paused"));
+    assert_eq!(
+        db.pq(&["cron", "resume", "nightly"]).ok().trim(),
+        "resumed nightly"
+    );
+    let triggered = db.pq(&["cron", "trigger", "nightly"]).ok();
+    assert!(
+        triggered.starts_with("triggered nightly: job "),
+        "{triggered}"
+    );
+    let jobs = db.pq.admin().stats().await.unwrap();
+    assert_eq!(
+        jobs.iter().map(|q| q.queue.as_str()).collect::<Vec<_>>(),
+        ["reports"]
+    );
+    let listed: Value = serde_json::from_str(&db.pq(&["--json", "cron", "list"]).ok()).unwrap();
+    assert_eq!(listed[0]["name"], "nightly");
+    assert_eq!(listed[0]["orphaned"], false);
+
+    let err = db.pq(&["cron", "trigger", "weekly"]).fails();
+    assert!(err.contains("no schedule is named `weekly`"), "{err}");
+    assert_eq!(
+        db.pq(&["cron", "delete", "nightly"]).ok().trim(),
+        "deleted nightly"
+    );
+    let err = db.pq(&["cron", "delete", "nightly"]).fails();
+    assert!(err.contains("no schedule is named `nightly`"), "{err}");
+}

@@ -630,6 +630,45 @@ impl Admin {
         self.pq.workers().await
     }
 
+    /// Every recurring job's schedule, by name: its expression, time zone and policy, its next
+    /// and last fire, whether it is paused, and whether it is orphaned (no running worker
+    /// defines it any more).
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// for schedule in pq.admin().schedules().await? {
+    ///     println!("{} ({}): next at {}", schedule.name, schedule.expression, schedule.next_at);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn schedules(&self) -> Result<Vec<crate::ScheduleInfo>> {
+        self.pq.schedules().await
+    }
+
+    /// Pauses schedule `name`: it writes no job until [`resume_schedule`](Admin::resume_schedule);
+    /// the fires it misses meanwhile follow its `on_missed` policy once it resumes. `Some(false)`
+    /// if it was paused already, `None` if there is no such schedule.
+    pub async fn pause_schedule(&self, name: &str) -> Result<Option<bool>> {
+        self.pq.pause_schedule(name, true).await
+    }
+
+    /// Resumes a paused schedule; `Some(false)` if it was not paused, `None` if there is none.
+    pub async fn resume_schedule(&self, name: &str) -> Result<Option<bool>> {
+        self.pq.pause_schedule(name, false).await
+    }
+
+    /// Writes a job of schedule `name` now, paused or not, beside its fire times (which it
+    /// does not move); its id, or `None` if there is no such schedule.
+    pub async fn trigger_schedule(&self, name: &str) -> Result<Option<JobId>> {
+        self.pq.trigger_schedule(name).await
+    }
+
+    /// Deletes schedule `name`, an orphaned one say; whether there was one. A worker that still
+    /// defines it declares it again.
+    pub async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        self.pq.delete_schedule(name).await
+    }
+
     /// Every queue of the table with its jobs counted by state and the age of its oldest ready
     /// job, by queue name. Reads the whole table, without blocking anyone.
     pub async fn stats(&self) -> Result<Vec<QueueStats>> {

@@ -16,6 +16,7 @@ mod migrate;
 mod pq;
 pub mod protocol;
 mod queue;
+mod schedules;
 mod sql;
 mod timestamp;
 mod transaction;
@@ -34,6 +35,9 @@ pub use listen::Subscription;
 pub use migrate::{Function, Migration, FUNCTIONS, LATEST, MIGRATIONS};
 pub use pq::{Pq, PqBuilder, DEFAULT_GET_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 pub use queue::{IdleDelay, Put, PutMany, Queue};
+pub use schedules::{
+    fired_job, DueSchedule, Firing, ScheduleDefinition, ScheduleInfo, DECLARE_EVERY, ORPHANED_AFTER,
+};
 pub use transaction::Transaction;
 pub use when::{parse_duration, IntoWhen, When, MAX_DELAY};
 pub use workers::{WorkerId, WorkerRow};

@@ -70,6 +70,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(14, "0014_queue_settings.sql"),
     migration!(15, "0015_job_meta_and_unique_keys.sql"),
     migration!(16, "0016_unique_keys.sql"),
+    migration!(17, "0017_schedules.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.

@@ -26,8 +26,20 @@ pub(crate) struct TaskArgs {
     pub(crate) on_conflict: Option<OnConflict>,
     pub(crate) debounce: Option<Duration>,
     pub(crate) debounce_max: Option<Duration>,
+    /// A recurring task's cron expression, checked.
+    pub(crate) cron: Option<LitStr>,
+    pub(crate) timezone: Option<LitStr>,
+    pub(crate) on_missed: Option<OnMissed>,
     /// Where each argument was written, for errors that concern two of them.
     spans: Vec<(Key, Path)>,
+}
+
+/// `on_missed = "coalesce" | "catch_up" | "skip"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnMissed {
+    Coalesce,
+    CatchUp,
+    Skip,
 }
 
 /// `on_conflict = "skip" | "replace"`.
@@ -67,10 +79,13 @@ enum Key {
     OnConflict,
     Debounce,
     DebounceMax,
+    Cron,
+    Timezone,
+    OnMissed,
 }
 
 impl Key {
-    const ALL: [Key; 13] = [
+    const ALL: [Key; 16] = [
         Key::Queue,
         Key::Name,
         Key::ScheduleAt,
@@ -84,6 +99,9 @@ impl Key {
         Key::OnConflict,
         Key::Debounce,
         Key::DebounceMax,
+        Key::Cron,
+        Key::Timezone,
+        Key::OnMissed,
     ];
 
     fn as_str(self) -> &'static str {
@@ -101,6 +119,9 @@ impl Key {
             Key::OnConflict => "on_conflict",
             Key::Debounce => "debounce",
             Key::DebounceMax => "debounce_max",
+            Key::Cron => "cron",
+            Key::Timezone => "timezone",
+            Key::OnMissed => "on_missed",
         }
     }
 
@@ -120,6 +141,9 @@ impl Key {
             Key::OnConflict => r#"on_conflict = "replace""#,
             Key::Debounce => r#"debounce = "30s""#,
             Key::DebounceMax => r#"debounce_max = "5m""#,
+            Key::Cron => r#"cron = "0 3 * * *""#,
+            Key::Timezone => r#"timezone = "Europe/Berlin""#,
+            Key::OnMissed => r#"on_missed = "catch_up""#,
         }
     }
 
@@ -204,6 +228,9 @@ impl TaskArgs {
             Key::OnConflict => self.on_conflict = on_conflict(value, errors),
             Key::Debounce => self.debounce = nonzero(key, value, errors),
             Key::DebounceMax => self.debounce_max = nonzero(key, value, errors),
+            Key::Cron => self.cron = cron(value, errors),
+            Key::Timezone => self.timezone = timezone(value, errors),
+            Key::OnMissed => self.on_missed = on_missed(value, errors),
         }
     }
 
@@ -233,6 +260,22 @@ impl TaskArgs {
                         format!("`unique` names the task's arguments, and `{name}` is not one; {expected}"),
                     );
                 }
+            }
+        }
+        if let (Some(path), false) = (self.path(Key::Cron), parameters.is_empty()) {
+            errors.spanned(
+                path,
+                "a `cron` task runs with no arguments, and this one takes some; for a task with arguments, schedule its calls with `Worker::periodic`",
+            );
+        }
+        for key in [Key::Timezone, Key::OnMissed] {
+            if let (None, Some(path)) = (self.path(Key::Cron), self.path(key)) {
+                errors.spanned(
+                    path,
+                    format!(
+                        "`{key}` applies to a recurring task: add `cron = \"..\"`, its schedule"
+                    ),
+                );
             }
         }
         for key in [Key::OnConflict, Key::Debounce, Key::DebounceMax] {
@@ -440,6 +483,65 @@ fn unique(value: &Expr, errors: &mut Errors) -> Option<Vec<syn::Ident>> {
     Some(names)
 }
 
+/// A cron expression, read as the worker reads it (pq-worker/src/cron.rs: seconds optional).
+fn cron(value: &Expr, errors: &mut Errors) -> Option<LitStr> {
+    let string = string(Key::Cron, value, errors)?;
+    let parsed = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(&string.value());
+    match parsed {
+        Ok(_) => Some(string),
+        Err(error) => {
+            errors.spanned(
+                &string,
+                format!(
+                    "invalid cron expression {:?}: {}; expected five fields (minute hour day-of-month month day-of-week) or six (seconds first), like \"0 3 * * *\"",
+                    string.value(),
+                    error.to_string().trim_end_matches('.')
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// An IANA time zone that chrono-tz knows.
+fn timezone(value: &Expr, errors: &mut Errors) -> Option<LitStr> {
+    let string = string(Key::Timezone, value, errors)?;
+    match string.value().parse::<chrono_tz::Tz>() {
+        Ok(_) => Some(string),
+        Err(_) => {
+            errors.spanned(
+                &string,
+                format!(
+                    "unknown time zone {:?}: expected an IANA name like \"Europe/Berlin\" or \"UTC\"",
+                    string.value()
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn on_missed(value: &Expr, errors: &mut Errors) -> Option<OnMissed> {
+    let string = string(Key::OnMissed, value, errors)?;
+    match string.value().as_str() {
+        "coalesce" => Some(OnMissed::Coalesce),
+        "catch_up" => Some(OnMissed::CatchUp),
+        "skip" => Some(OnMissed::Skip),
+        other => {
+            errors.spanned(
+                &string,
+                format!(
+                    r#"unknown on_missed {other:?}, expected "coalesce", "catch_up" or "skip""#
+                ),
+            );
+            None
+        }
+    }
+}
+
 fn on_conflict(value: &Expr, errors: &mut Errors) -> Option<OnConflict> {
     let string = string(Key::OnConflict, value, errors)?;
     match string.value().as_str() {
@@ -550,7 +652,8 @@ mod tests {
             [
                 "unknown argument `queues`; expected one of `queue`, `name`, `schedule_at`, \
               `expected_at`, `max_retries`, `retry_in`, `backoff`, `timeout`, `on_cancel`, \
-              `unique`, `on_conflict`, `debounce`, `debounce_max`"
+              `unique`, `on_conflict`, `debounce`, `debounce_max`, `cron`, `timezone`, \
+              `on_missed`"
             ]
         );
     }

@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Attribute, ItemFn};
 
-use crate::args::{Backoff, OnCancel, OnConflict, TaskArgs};
+use crate::args::{Backoff, OnCancel, OnConflict, OnMissed, TaskArgs};
 use crate::errors::Errors;
 use crate::signature::{Signature, Supplied};
 
@@ -256,6 +256,25 @@ fn options(args: &TaskArgs) -> TokenStream {
         }
         (Some(_), None, _) => quote!(::core::option::Option::Some(::pq::OnConflict::Skip)),
     };
+    let cron = match &args.cron {
+        None => default("cron"),
+        Some(expression) => {
+            let timezone = args
+                .timezone
+                .as_ref()
+                .map_or_else(|| quote!("UTC"), ToTokens::to_token_stream);
+            let on_missed = match args.on_missed {
+                None | Some(OnMissed::Coalesce) => quote!(::pq::OnMissed::Coalesce),
+                Some(OnMissed::CatchUp) => quote!(::pq::OnMissed::CatchUp),
+                Some(OnMissed::Skip) => quote!(::pq::OnMissed::Skip),
+            };
+            quote!(::core::option::Option::Some(::pq::Cron {
+                expression: #expression,
+                timezone: #timezone,
+                on_missed: #on_missed,
+            }))
+        }
+    };
     quote! {
         ::pq::__private::TaskOptions {
             queue: #queue,
@@ -267,6 +286,7 @@ fn options(args: &TaskArgs) -> TokenStream {
             timeout: #timeout,
             on_cancel: #on_cancel,
             unique: #unique,
+            cron: #cron,
         }
     }
 }

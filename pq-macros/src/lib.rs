@@ -44,6 +44,9 @@ use proc_macro::TokenStream;
 /// | `on_conflict` | what a call does when a job with its key waits: `"skip"` (the waiting job stays as it is) or `"replace"` (it takes the call's arguments and times) | `"skip"` |
 /// | `debounce` | a trailing debounce instead: each call replaces the waiting job's arguments and pushes its time to this long after the call, `"30s"` | none |
 /// | `debounce_max` | the latest a debounced job runs, after the first call that is still waiting, `"5m"` | none: unbounded |
+/// | `cron` | a recurring task's schedule, five fields (minute hour day-of-month month day-of-week) or six (seconds first), `"0 3 * * *"`, checked at compile time (see [Recurring tasks](#recurring-tasks)) | none |
+/// | `timezone` | the IANA time zone its `cron` is read in, `"Europe/Berlin"`, checked at compile time | `"UTC"` |
+/// | `on_missed` | what fire times missed while no worker ran come to: `"coalesce"` (one run, told how many it stands for), `"catch_up"` (a run each, the latest 100 at most) or `"skip"` (none; only a fire time found within a minute runs) | `"coalesce"` |
 ///
 /// Durations are strings in the format of the [`humantime`](https://docs.rs/humantime) crate,
 /// which pq also uses to parse durations at run time: numbers with units, such as `"90s"`,
@@ -141,6 +144,26 @@ use proc_macro::TokenStream;
 /// its key waits by then (both run). `TaskCall::unique_key` and `TaskCall::on_conflict` set
 /// a call's own key and way with a duplicate; `pq::TaskBatch` answers each call of a batch,
 /// calls with one key within the batch meeting as they would meet a waiting job.
+///
+/// # Recurring tasks
+///
+/// With `cron = ".."`, every worker whose program defines the task (and that is not in burst
+/// mode) declares its schedule in the table, and each fire time gets one job, however many
+/// workers define it: the worker that locks the schedule's row first writes the job and moves
+/// the schedule on in one transaction, on the database's clock. The task takes no arguments
+/// (a `TaskContext` may be supplied); `ctx.scheduled_at()` is the fire time the run is for,
+/// `ctx.fires()` how many it stands for. A task with arguments is scheduled with
+/// `Worker::periodic`. `pq cron list` shows the schedules; `pause`, `resume`, `trigger` and
+/// `delete` steer them.
+///
+/// ```no_run
+/// #[pq::task(cron = "0 3 * * *", timezone = "Europe/Berlin", on_missed = "coalesce")]
+/// async fn nightly_report(ctx: pq::TaskContext) -> anyhow::Result<()> {
+///     let fired_for = ctx.scheduled_at(); // the fire time this run is for
+///     println!("report for {fired_for:?}, standing for {} night(s)", ctx.fires());
+///     Ok(())
+/// }
+/// ```
 ///
 /// # Task names
 ///

@@ -43,6 +43,8 @@ pub struct TaskContext {
     transaction: JobTransaction,
     /// Where a request to cancel the job arrives; none outside a worker.
     cancels: Option<Arc<Cancels>>,
+    /// The job's meta (see [`pq_core::NewJob::meta`]): a recurring job's fire time.
+    meta: Option<Arc<str>>,
 }
 
 impl TaskContext {
@@ -59,6 +61,7 @@ impl TaskContext {
             enqueued_at: Utc::now(),
             transaction: JobTransaction::default(),
             cancels: None,
+            meta: None,
         }
     }
 
@@ -92,6 +95,7 @@ impl TaskContext {
             enqueued_at: job.enqueued_at(),
             transaction: JobTransaction::default(),
             cancels: Some(Arc::clone(&resources.cancels)),
+            meta: job.meta().map(Arc::from),
         }
     }
 
@@ -119,6 +123,40 @@ impl TaskContext {
     /// When the job was enqueued.
     pub fn enqueued_at(&self) -> DateTime<Utc> {
         self.enqueued_at
+    }
+
+    /// For a recurring job (a `cron` task, a worker's `periodic`), the fire time this run is
+    /// for, on the database's clock: the latest of those it stands for when missed ones were
+    /// coalesced, the trigger's time when an operator triggered it. `None` for other jobs.
+    ///
+    /// ```no_run
+    /// #[pq::task(cron = "0 3 * * *", timezone = "Europe/Berlin")]
+    /// async fn nightly_report(ctx: pq::TaskContext) -> anyhow::Result<()> {
+    ///     let day = ctx.scheduled_at().expect("a recurring job").date_naive();
+    ///     println!("the report of {day}, standing for {} night(s)", ctx.fires());
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn scheduled_at(&self) -> Option<DateTime<Utc>> {
+        let fire = self.fired()?.get("fire")?.as_str()?.to_owned();
+        DateTime::parse_from_rfc3339(&fire)
+            .ok()
+            .map(|at| at.with_timezone(&Utc))
+    }
+
+    /// How many fire times this run stands for: 1, or more for a schedule whose missed fire
+    /// times were coalesced into one run (`on_missed = "coalesce"`, the default). 1 for a job
+    /// that is not recurring.
+    pub fn fires(&self) -> u64 {
+        self.fired()
+            .and_then(|fired| fired.get("fires")?.as_u64())
+            .unwrap_or(1)
+    }
+
+    /// The `cron` object of the job's meta, for a recurring job.
+    fn fired(&self) -> Option<serde_json::Value> {
+        let meta: serde_json::Value = serde_json::from_str(self.meta.as_deref()?).ok()?;
+        Some(meta.get("cron")?.clone())
     }
 
     /// Resolves once someone cancels the job ([`Admin::cancel`](pq_core::Admin::cancel),

@@ -7,6 +7,7 @@ mod batch;
 mod cancel;
 mod complete;
 mod context;
+mod cron;
 mod execute;
 mod heartbeat;
 mod registry;
@@ -24,6 +25,7 @@ pub mod testing;
 
 pub use batch::TaskBatch;
 pub use context::TaskContext;
+pub use cron::{Cron, OnMissed, Schedule, ScheduleError, MAX_CATCH_UP, ON_TIME};
 pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition};
 pub use report::{Report, RunError, MAX_ERRORS};
 pub use task::{

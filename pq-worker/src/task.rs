@@ -194,6 +194,8 @@ pub struct TaskOptions {
     /// For a unique task (`#[pq::task(unique = [..])]`), what a call does when a job with its
     /// key is waiting already (see [`NewJob::unique_key`]); `None` for other tasks.
     pub unique: Option<OnConflict>,
+    /// For a recurring task (`#[pq::task(cron = "..")]`), its schedule; `None` for others.
+    pub cron: Option<crate::cron::Cron>,
 }
 
 /// How a run learns that its job was cancelled ([`TaskContext::cancelled`]).
@@ -218,6 +220,7 @@ impl TaskOptions {
         timeout: None,
         on_cancel: OnCancel::Cooperate,
         unique: None,
+        cron: None,
     };
 }
 

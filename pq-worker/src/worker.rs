@@ -14,11 +14,13 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::complete::{give_up, lock, Completer, InFlight, Pending, Recording};
+use crate::cron::{Periodic, Schedule, ScheduleError};
 use crate::execute::{self, Resources};
 use crate::metrics::{Registered, TaskMetrics};
 use crate::registry::{DuplicateTask, Registry};
 use crate::report::Report;
 use crate::shutdown::{Signal, Stop};
+use crate::task::{Task, TaskCall};
 
 /// Why a worker could not start. Once running, a worker does not fail: database errors are
 /// logged and retried.
@@ -87,6 +89,8 @@ struct Settings {
     max_rescues: u32,
     /// When not empty, the only jobs it claims, once ready (see [`crate::testing::run_job`]).
     only: Vec<JobId>,
+    /// The schedules it fires beside its `cron` tasks'.
+    periodic: Vec<Periodic>,
 }
 
 impl Worker {
@@ -108,6 +112,7 @@ impl Worker {
                 keep_completed: false,
                 max_rescues: 3,
                 only: Vec::new(),
+                periodic: Vec::new(),
             },
         }
     }
@@ -197,6 +202,75 @@ impl Worker {
         self
     }
 
+    /// Enqueues `call` at each fire time of the cron expression `schedule` (read in UTC, missed
+    /// fires coalesced; see [`Schedule`] for the rest), fleet-wide: every worker that defines
+    /// it may fire it, and each fire time gets one job, on the database's clock. The job
+    /// goes to the call's queue, whose workers run it; [`TaskContext::scheduled_at`] tells the
+    /// run its fire time. Not in burst mode.
+    ///
+    /// ```no_run
+    /// #[pq::task]
+    /// async fn refresh(region: String) -> anyhow::Result<()> {
+    ///     Ok(())
+    /// }
+    ///
+    /// # async fn example(pq: pq::Pq) -> anyhow::Result<()> {
+    /// pq::Worker::new(pq)
+    ///     .periodic("*/5 * * * *", refresh("eu".into()))?
+    ///     .periodic("0 */2 * * *", refresh("us".into()))?
+    ///     .run()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// [`TaskContext::scheduled_at`]: crate::TaskContext::scheduled_at
+    pub fn periodic<T: Task>(
+        self,
+        schedule: &str,
+        call: TaskCall<T>,
+    ) -> Result<Self, ScheduleError> {
+        self.schedule(Schedule::new(schedule)?, call)
+    }
+
+    /// Enqueues `call` at each fire time of `schedule`, as [`periodic`](Worker::periodic)
+    /// does. The schedule's name (by default the task's, with the call's arguments when it has
+    /// any) is its key in the table: workers that define one name share one schedule.
+    ///
+    /// ```no_run
+    /// #[pq::task]
+    /// async fn report(day: bool) {}
+    ///
+    /// # async fn example(pq: pq::Pq) -> anyhow::Result<()> {
+    /// let nightly = pq::Schedule::new("0 3 * * *")?
+    ///     .timezone("Europe/Berlin")?
+    ///     .on_missed(pq::OnMissed::CatchUp)
+    ///     .named("nightly report");
+    /// pq::Worker::new(pq).schedule(nightly, report(true))?.run().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn schedule<T: Task>(
+        mut self,
+        schedule: Schedule,
+        call: TaskCall<T>,
+    ) -> Result<Self, ScheduleError> {
+        let data = serde_json::to_string(call.args())?;
+        let name = schedule.name().map_or_else(
+            || match data.as_str() {
+                "{}" => T::NAME.to_owned(),
+                _ => format!("{} {data}", T::NAME),
+            },
+            str::to_owned,
+        );
+        self.settings.periodic.push(Periodic {
+            schedule,
+            name,
+            task: T::NAME,
+            queue: call.queue_name().to_string(),
+            data,
+        });
+        Ok(self)
+    }
+
     /// Runs these tasks rather than every registered one.
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
@@ -241,7 +315,23 @@ impl Worker {
         let Some(worker) = register(&own, &info, &mut stop).await? else {
             return Ok(Report::default());
         };
+        // Its `cron` tasks' schedules and its own, which a burst worker does not fire.
+        let mut periodic = std::mem::take(&mut self.settings.periodic);
+        for definition in registry.iter() {
+            if let Some(cron) = definition.options.cron {
+                match Periodic::of_task(definition.name, definition.options.queue, cron) {
+                    Ok(schedule) => periodic.push(schedule),
+                    Err(error) => {
+                        tracing::error!(task = definition.name, %error, "pq: cannot read a cron task's schedule")
+                    }
+                }
+            }
+        }
+        if self.settings.burst {
+            periodic.clear();
+        }
         let run = Run {
+            periodic,
             resources: Arc::new(Resources {
                 pq: self.pq,
                 own: own.clone(),
@@ -419,6 +509,8 @@ impl Drop for Unsure<'_> {
 
 /// A running worker.
 struct Run {
+    /// The schedules it fires.
+    periodic: Vec<Periodic>,
     resources: Arc<Resources>,
     worker: WorkerId,
     registry: Arc<Registry>,
@@ -444,6 +536,9 @@ impl Run {
             self.settings.max_rescues,
             Arc::clone(&self.resources.cancels),
         ));
+        if !self.periodic.is_empty() {
+            keep_alive.spawn(crate::cron::run(own.clone(), self.periodic.clone()));
+        }
         let progress = Arc::new(Notify::new());
         let (outcomes, received) = mpsc::unbounded_channel();
         let in_flight = InFlight::default();

@@ -106,12 +106,14 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
                (q_name, schedule_at, COALESCE(expected_at, 'infinity'), id) WHERE state = 'queued'; \
              ALTER TABLE {t} DROP COLUMN claim_id, DROP COLUMN worker_id, DROP COLUMN rescues, \
                DROP COLUMN timeout, DROP COLUMN snoozes, DROP COLUMN meta, DROP COLUMN unique_key; \
-             DROP TABLE {workers}; DROP TABLE {queues}; DROP SEQUENCE {claims}; \
+             DROP TABLE {workers}; DROP TABLE {queues}; DROP TABLE {schedules}; \
+             DROP SEQUENCE {claims}; \
              DELETE FROM {migrations} WHERE version >= 10; DELETE FROM {functions}; \
              INSERT INTO {t} (q_name, data) SELECT 'big', '1' FROM generate_series(1, {rows});",
             ready = name("ready_idx"),
             workers = name("workers"),
             queues = name("queues"),
+            schedules = name("schedules"),
             claims = name("claims"),
             migrations = name("migrations"),
             functions = name("functions"),
