@@ -449,7 +449,7 @@ impl Statements {
                 "WITH moved AS ( \
                    UPDATE {t} AS j SET state = 'queued', schedule_at = statement_timestamp(), \
                      attempts = 0, rescues = NULL, snoozes = NULL, worker_id = NULL, finished_at = NULL, \
-                     locked_until = NULL \
+                     locked_until = NULL, unique_key = NULL \
                    {selected} RETURNING j.id, j.q_name), \
                  woken AS ( \
                    SELECT pg_notify($1, CASE WHEN octet_length(q_name) < 8000 THEN q_name ELSE '' END) \

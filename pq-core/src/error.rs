@@ -26,6 +26,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A unique key that cannot be stored.
+    #[error("invalid unique key {key:?}: {reason}")]
+    InvalidUniqueKey {
+        /// The key as given (cut to its first 100 characters).
+        key: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// A queue name that cannot be stored.
     #[error("invalid queue name {name:?}: {reason}")]
     InvalidQueueName {

@@ -487,7 +487,11 @@ impl NewJob {
     /// it holds across processes and inside transactions. A job gives up its key once a worker
     /// claims it: a job may wait while another with its key runs, and a job that returns to
     /// the queue (a retry, a rescue, a release, an operator's retry) waits without its key, so
-    /// it is never refused. A debounce sets the job's `schedule_at` itself.
+    /// it is never refused. A debounce sets the job's `schedule_at` itself. A key of over 1,000
+    /// bytes is stored as its MD5 digest; one with a NUL character is refused
+    /// ([`Error::InvalidUniqueKey`]). A lock on the waiting job is held from the enqueue until
+    /// its transaction ends, so a duplicate enqueued in a long transaction holds that job back
+    /// from workers meanwhile.
     pub fn unique_key(mut self, key: impl Into<String>, on_conflict: OnConflict) -> Self {
         self.unique = Some((key.into(), on_conflict));
         self
@@ -496,7 +500,9 @@ impl NewJob {
     /// When the job may run: a debounced job `delay` from now, whatever its `schedule_at`.
     pub(crate) fn scheduled(&self) -> Option<When> {
         match self.unique {
-            Some((_, OnConflict::Debounce { delay, .. })) => Some(When::In(delay)),
+            Some((_, OnConflict::Debounce { delay, max })) => {
+                Some(When::In(max.map_or(delay, |max| delay.min(max))))
+            }
             _ => self.schedule_at,
         }
     }
@@ -514,6 +520,14 @@ impl NewJob {
     pub(crate) fn check(&self) -> Result<()> {
         for when in [self.scheduled(), self.expected_at].into_iter().flatten() {
             when.checked()?;
+        }
+        if let Some((key, _)) = &self.unique {
+            if key.contains('\0') {
+                return Err(Error::InvalidUniqueKey {
+                    key: key.chars().take(100).collect(),
+                    reason: "it contains a NUL character, which PostgreSQL's text cannot hold",
+                });
+            }
         }
         Ok(())
     }

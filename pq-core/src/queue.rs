@@ -554,7 +554,7 @@ pub(crate) async fn insert<'e>(
         None => query,
         Some((key, on_conflict)) => {
             let (code, max) = on_conflict.code();
-            query.bind(stored_key(key)).bind(code).bind(max)
+            query.bind(key.as_str()).bind(code).bind(max)
         }
     };
     // A plain put's second column is whether it notified; a unique put's, whether it is new.
@@ -566,11 +566,6 @@ pub(crate) async fn insert<'e>(
         (Some(_), Some(false)) => Enqueued::Duplicate(JobId(id)),
         _ => Enqueued::New(JobId(id)),
     })
-}
-
-/// A unique key as PostgreSQL's text can hold it: it cannot hold NUL.
-fn stored_key(key: &str) -> String {
-    key.replace('\0', "\\0")
 }
 
 /// Writes `jobs` (of any queues and tasks) in one statement, returning their ids in order.
@@ -602,6 +597,27 @@ pub(crate) async fn insert_jobs<'e>(
         answered_by.push((rows.len(), false));
         rows.push(job);
     }
+    if !keyed.is_empty() {
+        // Plain rows first, in their order (their ids follow it); keyed rows in the keys'
+        // order, so that concurrent batches meet waiting jobs in one order and cannot deadlock.
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by(|&a, &b| {
+            let key = |row: usize| rows[row].unique.as_ref().map(|(key, _)| key.as_str());
+            (key(a).is_some(), key(a)).cmp(&(key(b).is_some(), key(b)))
+        });
+        let mut place = vec![0; rows.len()];
+        for (to, &from) in order.iter().enumerate() {
+            place[from] = to;
+        }
+        let mut taken: Vec<Option<NewJob>> = rows.into_iter().map(Some).collect();
+        rows = order
+            .iter()
+            .filter_map(|&from| taken[from].take())
+            .collect();
+        for (row, _) in &mut answered_by {
+            *row = place[*row];
+        }
+    }
     let n = rows.len();
     let mut queues = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
@@ -627,7 +643,7 @@ pub(crate) async fn insert_jobs<'e>(
         metas.push(meta);
         if !keyed.is_empty() {
             let (code, bound) = job.unique.as_ref().map_or((0, None), |(_, c)| c.code());
-            keys.push(job.unique.as_ref().map(|(key, _)| stored_key(key)));
+            keys.push(job.unique.as_ref().map(|(key, _)| key.clone()));
             codes.push(code);
             bounds.push(bound);
         }
@@ -659,7 +675,7 @@ pub(crate) async fn insert_jobs<'e>(
         ids.sort_unstable();
         return Ok(ids.into_iter().map(|id| Enqueued::New(JobId(id))).collect());
     }
-    let returned: Vec<(i64, bool, Option<String>)> = sql
+    let returned: Vec<(i64, bool, Option<i64>)> = sql
         .query_as(&sql.put_jobs_unique)
         .bind(queues)
         .bind(tasks)
@@ -676,20 +692,16 @@ pub(crate) async fn insert_jobs<'e>(
         .fetch_all(executor)
         .await
         .map_err(fail)?;
-    // A keyed row is found by its key; the others were numbered in their order.
-    let row_of: HashMap<&str, usize> = keys
-        .iter()
-        .enumerate()
-        .filter_map(|(row, key)| Some((key.as_deref()?, row)))
-        .collect();
+    // A keyed row says its place; the others were numbered in their order.
     let mut answers: Vec<Option<Enqueued>> = vec![None; n];
     let mut plain = Vec::new();
-    for (id, inserted, key) in returned {
+    for (id, inserted, place) in returned {
         let answer = match inserted {
             true => Enqueued::New(JobId(id)),
             false => Enqueued::Duplicate(JobId(id)),
         };
-        match key.and_then(|key| row_of.get(key.as_str()).copied()) {
+        let row = place.and_then(|place| usize::try_from(place - 1).ok());
+        match row.filter(|&row| row < n) {
             Some(row) => answers[row] = Some(answer),
             None => plain.push(id),
         }

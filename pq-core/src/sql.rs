@@ -313,6 +313,11 @@ impl Statements {
         // NOTHING would return nothing for a row committed since the statement's snapshot.
         // Returns whether each row is new (`xmax = 0`: no one updated it).
         let waiting = "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = 'queued'";
+        // A key as stored: as given, or its digest past 1,000 bytes (an index entry holds at
+        // most 2,704, and the key is the JSON of arguments, which may be long).
+        let stored = |key: &str| {
+            format!("CASE WHEN octet_length({key}) > 1000 THEN 'md5:' || md5({key}) ELSE {key} END")
+        };
         let merged = "(q_name, task, data, schedule_at, expected_at, timeout, meta) = (SELECT \
                CASE WHEN c.m = 0 THEN j.q_name ELSE EXCLUDED.q_name END, \
                CASE WHEN c.m = 0 THEN j.task ELSE EXCLUDED.task END, \
@@ -329,28 +334,34 @@ impl Statements {
              VALUES ($1, $2, $3::json, \
                COALESCE($4, statement_timestamp() + $5 * interval '1 microsecond', '-infinity'), \
                COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond'), \
-               $8 * interval '1 microsecond', $9::jsonb, $10) \
+               $8 * interval '1 microsecond', $9::jsonb, {key}) \
              {waiting} DO UPDATE SET {merged} \
                FROM (SELECT $11::int4 AS m, $12::int8 AS max) AS c) \
-             RETURNING id, xmax = 0 AS inserted, {notified} AS notified"
+             RETURNING id, xmax = 0 AS inserted, {notified} AS notified",
+            key = stored("$10::text"),
         );
         // `put_jobs` with keys ($10), each with its way of meeting a waiting job ($11, $12, as
-        // in `put_unique`). The caller sends each key once. Returns each row's key, to tell
-        // which call it answers: a row that met a waiting job has that job's id.
+        // in `put_unique`). The caller sends each key once, in the keys' order, so that two
+        // batches lock the waiting jobs they meet in one order. Returns the place in the arrays
+        // (from 1) of each keyed row, to tell which call it answers: a row that met a waiting
+        // job has that job's id.
         let put_jobs_unique = format!(
-            "WITH c AS MATERIALIZED (SELECT * FROM unnest($10::text[], $11::int4[], $12::int8[]) \
-               AS c(k, m, max) WHERE k IS NOT NULL) \
+            "WITH c AS MATERIALIZED (SELECT n, {key} AS k, m, max \
+               FROM unnest($10::text[], $11::int4[], $12::int8[]) WITH ORDINALITY AS c(k, m, max, n) \
+               WHERE k IS NOT NULL) \
              INSERT INTO {t} AS j (q_name, task, data, schedule_at, expected_at, timeout, meta, \
                unique_key) \
              SELECT q, task, d::json, \
                COALESCE(s_at, statement_timestamp() + s_in * interval '1 microsecond', '-infinity'), \
                COALESCE(e_at, statement_timestamp() + e_in * interval '1 microsecond'), \
-               limit_us * interval '1 microsecond', mt::jsonb, k \
+               limit_us * interval '1 microsecond', mt::jsonb, {key} \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
                $6::timestamptz[], $7::int8[], $8::int8[], $9::text[], $10::text[]) \
                AS r(q, task, d, s_at, s_in, e_at, e_in, limit_us, mt, k) \
              {waiting} DO UPDATE SET {merged} FROM c WHERE c.k = EXCLUDED.unique_key) \
-             RETURNING id, xmax = 0 AS inserted, unique_key, (SELECT {notified_jobs}) AS notified"
+             RETURNING id, xmax = 0 AS inserted, (SELECT c.n FROM c WHERE c.k = j.unique_key), \
+               (SELECT {notified_jobs}) AS notified",
+            key = stored("k"),
         );
         let put_jobs_now = format!(
             "INSERT INTO {t} (q_name, task, data, schedule_at) \
@@ -395,7 +406,8 @@ impl Statements {
         // A job a `get` took but could not hand over (its caller was gone, or the commit's
         // answer was lost): queued again, if it is still the one that get took.
         let give_back = format!(
-            "WITH back AS (UPDATE {t} SET state = 'queued', dequeued_at = NULL, finished_at = NULL \
+            "WITH back AS (UPDATE {t} SET state = 'queued', dequeued_at = NULL, finished_at = NULL, \
+               unique_key = NULL \
                WHERE id = $1 AND state = 'done' AND dequeued_at = $2 RETURNING q_name) \
              SELECT pg_notify({channel}, CASE WHEN octet_length(q_name) < 8000 THEN q_name ELSE '' END) \
              FROM back",
@@ -488,7 +500,7 @@ impl Statements {
                schedule_at = CASE WHEN f.retry_in IS NULL THEN j.schedule_at \
                  ELSE statement_timestamp() + f.retry_in * interval '1 microsecond' END, \
                finished_at = CASE WHEN f.retry_in IS NULL THEN statement_timestamp() END, \
-               worker_id = NULL, locked_until = NULL, last_error = f.error, \
+               worker_id = NULL, locked_until = NULL, unique_key = NULL, last_error = f.error, \
                errors = COALESCE(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
                  'attempt', j.attempts, 'error', f.error, 'at', statement_timestamp())) \
              FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[]) \
@@ -512,7 +524,7 @@ impl Statements {
                  ELSE COALESCE(j.errors, '[]'::jsonb) || jsonb_build_array(jsonb_build_object( \
                    'attempt', j.attempts, 'error', $5::text, 'at', statement_timestamp())) END, \
                snoozes = COALESCE(j.snoozes, 0) + CASE WHEN {again} THEN 1 ELSE 0 END, \
-               worker_id = NULL, locked_until = NULL \
+               worker_id = NULL, locked_until = NULL, unique_key = NULL \
              FROM unnest($1::int8[], $2::int8[], $3::int8[]) AS f(id, claim, delay) \
              WHERE {held}"
         ));
@@ -529,7 +541,7 @@ impl Statements {
         // to wake their consumers.
         let release = format!(
             "UPDATE {t} AS j SET state = 'queued', attempts = GREATEST(j.attempts - 1, 0), \
-               worker_id = NULL, locked_until = NULL \
+               worker_id = NULL, locked_until = NULL, unique_key = NULL \
              {fenced} RETURNING j.id, j.q_name"
         );
         let workers = table.qualified_derived("workers");
@@ -591,7 +603,7 @@ impl Statements {
                last_error = CASE WHEN lost.cancelled THEN 'cancelled while it ran' \
                  WHEN COALESCE(j.rescues, 0) < $2 THEN $3 ELSE $4 END, \
                errors = COALESCE(j.errors, '[]'::jsonb) || {lost_with_worker}, \
-               rescues = COALESCE(j.rescues, 0) + 1, worker_id = NULL, locked_until = NULL \
+               rescues = COALESCE(j.rescues, 0) + 1, worker_id = NULL, locked_until = NULL, unique_key = NULL \
              FROM lost WHERE j.id = lost.id \
              RETURNING j.q_name, j.state = 'queued'"
         );
@@ -619,7 +631,7 @@ impl Statements {
             ),
             release_held: format!(
                 "UPDATE {t} AS j SET state = 'queued', attempts = GREATEST(j.attempts - 1, 0), \
-                   worker_id = NULL, locked_until = NULL \
+                   worker_id = NULL, locked_until = NULL, unique_key = NULL \
                  WHERE COALESCE(j.state = 'running', false) AND j.worker_id = $1 \
                    AND NOT EXISTS (SELECT FROM unnest($2::int8[], $3::int8[]) AS k(id, claim) \
                      WHERE k.id = j.id AND k.claim = j.claim_id) \

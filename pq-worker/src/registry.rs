@@ -42,7 +42,7 @@ impl TaskDefinition {
 
 fn unique_key<T: Task>(args: &str) -> Option<String> {
     let key = decode::<T>(args).ok()?.unique_key()?;
-    Some(format!("{}:{key}", T::NAME))
+    Some(crate::task::stored_key(T::NAME, &key))
 }
 
 fn decode<T: Task>(args: &str) -> Result<T, TaskError> {

@@ -328,7 +328,9 @@ pub struct TaskCall<T: Task> {
 
 impl<T: Task<Enqueued = Enqueued>> TaskCall<T> {
     /// Keys this call's job by `key` instead of the parameters the task's `unique` names
-    /// (within the task: two tasks never share a key).
+    /// (within the task: two tasks never share a key). Keys built from arguments are their
+    /// JSON, so arguments that encode differently each time (a `HashMap`'s order) make poor
+    /// keys: give such a call a key of its own.
     ///
     /// ```no_run
     /// #[pq::task(unique = [user])]
@@ -349,7 +351,7 @@ impl<T: Task<Enqueued = Enqueued>> TaskCall<T> {
     }
 
     /// Meets a job waiting with the same key as `on_conflict` says, instead of as the task's
-    /// attribute does (skip, unless it says `debounce`).
+    /// attribute does (its `on_conflict` or `debounce`; skip by default).
     pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
         self.on_conflict = Some(on_conflict);
         self
@@ -488,13 +490,22 @@ impl<T: Task> TaskCall<T> {
             job = job.timeout(timeout?);
         }
         if let Some(on_conflict) = self.on_conflict.or(T::OPTIONS.unique) {
-            // Within the task's name: two tasks never share a key.
-            if let Some(key) = self.unique_key.or_else(|| self.args.unique_key()) {
-                job = job.unique_key(format!("{}:{key}", T::NAME), on_conflict);
+            let key = match self.unique_key {
+                Some(key) => Some(serde_json::Value::String(key).to_string()),
+                None => self.args.unique_key(),
+            };
+            if let Some(key) = key {
+                job = job.unique_key(stored_key(T::NAME, &key), on_conflict);
             }
         }
         Ok(job)
     }
+}
+
+/// The key a unique task's job is stored under: the JSON array of the task's name and the
+/// key's JSON, so that two tasks never share a key, and no key holds a NUL.
+pub(crate) fn stored_key(task: &str, key_json: &str) -> String {
+    format!("[{},{key_json}]", serde_json::Value::from(task))
 }
 
 impl<T: Task + fmt::Debug> fmt::Debug for TaskCall<T> {

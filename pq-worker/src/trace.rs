@@ -55,7 +55,10 @@ pub(crate) fn send_batch(queue: Option<&str>, count: usize) -> Span {
 /// The span of one run of `job`, by its task `task`: a child of, or linked to, its enqueuer's
 /// span with the `otel` feature.
 pub(crate) fn process(job: &Job, task: &str) -> Span {
+    // A root of its own: a run is not part of whatever span the worker runs in; its parent,
+    // if any, is its enqueuer's.
     let span = tracing::info_span!(
+        parent: None,
         "pq.process",
         otel.name = format!("process {}", job.queue()),
         otel.kind = "consumer",

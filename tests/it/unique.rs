@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pq::protocol::Failure;
-use pq::{Enqueued, JobId, OnConflict, Pq, TaskContext};
+use pq::{Enqueue, Enqueued, JobId, OnConflict, Pq, TaskContext};
 use serde_json::{json, Value};
 
 use crate::support::{failed, Claimer, TestDb};
@@ -279,4 +279,62 @@ async fn a_key_holds_inside_a_transaction_and_is_free_again_once_it_rolls_back()
 
     let after = welcome(9, "c".into()).enqueue(pq).await.unwrap();
     assert!(matches!(after, Enqueued::New(_)), "{after:?}");
+}
+
+#[tokio::test]
+async fn a_long_key_is_stored_as_its_digest_and_a_key_with_a_nul_is_refused_with_the_reason() {
+    let db = TestDb::new().await;
+    let pq = &db.pq;
+    let long = "k".repeat(10_000);
+    let first = welcome(1, "a".into())
+        .unique_key(long.clone())
+        .enqueue(pq)
+        .await
+        .unwrap();
+    let again = welcome(2, "b".into())
+        .unique_key(long)
+        .enqueue(pq)
+        .await
+        .unwrap();
+    assert_eq!(again, Enqueued::Duplicate(first.id()));
+
+    let error = pq
+        .enqueue(
+            pq::NewJob::from_json("unique", "{}".into())
+                .unwrap()
+                .unique_key("a\0b", OnConflict::Skip),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, pq::Error::InvalidUniqueKey { .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_returns_to_the_queue_gives_up_a_key_it_still_held() {
+    let db = TestDb::new().await;
+    let pq = &db.pq;
+    let first = welcome(6, "a".into()).enqueue(pq).await.unwrap().id();
+    let mut worker = Claimer::new(pq, &["unique"]).await;
+    let claim = worker.claim_one(first).await;
+    let next = welcome(6, "b".into()).enqueue(pq).await.unwrap().id();
+    // As an older pq's claim would leave it: the running job still holds its key.
+    sqlx::query(&format!(
+        "UPDATE {} SET unique_key = (SELECT unique_key FROM {0} WHERE id = $2) WHERE id = $1",
+        pq.table()
+    ))
+    .bind(first.0)
+    .bind(next.0)
+    .execute(db.pool())
+    .await
+    .unwrap();
+
+    let held = pq
+        .fail(&[failed(claim, "boom", Failure::RetryIn(Duration::ZERO))])
+        .await
+        .expect("a retry is never refused");
+    assert_eq!(held, [first]);
+    assert_eq!(waiting(&db, name::<welcome>()).await.len(), 2);
 }
