@@ -48,13 +48,14 @@ fn log_to_stderr() {
 }
 
 /// `pq-faults worker --url U [--direct-url D] --schema S [--concurrency 8] [--lease-ms 30000] [--poll-ms 5000]
-/// [--grace-ms 30000] [--max-rescues 25] [--keep-completed] [--queue Q]... [--drop-after-ms D]`:
+/// [--grace-ms 30000] [--max-rescues 25] [--keep-completed] [--queue Q]... [--drop-after-ms D]
+/// [--every-second]`:
 /// works until SIGTERM or SIGINT and exits 0 once every job it took has finished or been
 /// returned. With `--drop-after-ms`, drops the worker's future after D ms instead, as a
 /// `select!` or a timeout around it would, and lives on for 10 s (so that anything of the
 /// worker that outlived its future would show) before it exits 0.
 pub fn worker(args: &[String]) -> Result<()> {
-    let flags = Flags::parse(args, &["keep-completed"])?;
+    let flags = Flags::parse(args, &["keep-completed", "every-second"])?;
     flags.only(&[
         "url",
         "direct-url",
@@ -67,6 +68,7 @@ pub fn worker(args: &[String]) -> Result<()> {
         "keep-completed",
         "queue",
         "drop-after-ms",
+        "every-second",
     ])?;
     let url = flags.required("url")?.to_owned();
     let schema = flags.parsed("schema", tasks::SCHEMA.to_owned())?;
@@ -95,7 +97,11 @@ pub fn worker(args: &[String]) -> Result<()> {
             .schema(&schema)
             .max_connections(u32::try_from(concurrency).unwrap_or(64) + 4)
             .connect_lazy(&url)?;
-        let run = Worker::new(pq)
+        let mut worker = Worker::new(pq);
+        if flags.is_set("every-second") {
+            worker = worker.periodic("* * * * * *", tasks::tick())?;
+        }
+        let run = worker
             .queues(queues)
             .concurrency(concurrency)
             .lease(lease)

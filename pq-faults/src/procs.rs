@@ -21,6 +21,8 @@ pub struct WorkerOptions {
     pub queues: Vec<String>,
     /// Drop the worker's future after this long, instead of running until SIGTERM.
     pub drop_after: Option<Duration>,
+    /// Define the `cron` scenario's every-second schedule.
+    pub every_second: bool,
 }
 
 impl Default for WorkerOptions {
@@ -33,6 +35,7 @@ impl Default for WorkerOptions {
             keep_completed: false,
             queues: Vec::new(),
             drop_after: None,
+            every_second: false,
         }
     }
 }
@@ -102,6 +105,9 @@ impl Fleet {
         for queue in &options.queues {
             args.push("--queue".to_owned());
             args.push(queue.clone());
+        }
+        if options.every_second {
+            args.push("--every-second".to_owned());
         }
         if let Some(after) = options.drop_after {
             args.push("--drop-after-ms".to_owned());

@@ -162,6 +162,11 @@ pub async fn once_or_fail(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::R
 /// The queue of the control scenario's tasks, which a pause of the suite's queue leaves alone.
 pub const CONTROL_QUEUE: &str = "control";
 
+/// A recurring job of the `cron` scenario, every second (see `child::worker`'s
+/// `--every-second`), on a queue no worker works: it never runs, its jobs stay to be counted.
+#[pq::task(queue = "ticks", name = "faults::tick")]
+pub async fn tick() {}
+
 /// Records its effect in the job's transaction and a `started` note with a statement of its
 /// own, then waits to be cancelled (two minutes at most) and returns: a run told to stop, whose
 /// transaction the worker must roll back.

@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod control;
+mod cron;
 mod database;
 mod hostile;
 mod load;
@@ -95,6 +96,11 @@ pub const SCENARIOS: &[Scenario] = &[
         |p, s, l| Box::pin(control::control(p, s, l)),
     ),
     (
+        "cron",
+        "4 workers define one every-second schedule; one SIGKILLed and restarted, one stopped",
+        |p, s, l| Box::pin(cron::cron(p, s, l)),
+    ),
+    (
         "shutdown-hung",
         "SIGTERM to workers while the server hangs; a second SIGTERM stops at once",
         |p, s, l| Box::pin(shutdown::shutdown_hung(p, s, l)),
@@ -123,6 +129,8 @@ pub struct Profile {
     pub good_jobs: u64,
     /// Good jobs among the poison rows.
     pub poison_among: u64,
+    /// How long the `cron` scenario's workers fire their schedule.
+    pub cron_run: Duration,
 }
 
 impl Profile {
@@ -145,6 +153,7 @@ impl Profile {
             trickle_jobs: 300,
             good_jobs: 1_000,
             poison_among: 10_000,
+            cron_run: Duration::from_secs(30),
         }
     }
 
@@ -165,6 +174,7 @@ impl Profile {
             trickle_jobs: 1_000,
             good_jobs: 5_000,
             poison_among: 40_000,
+            cron_run: Duration::from_secs(180),
         }
     }
 }
