@@ -416,9 +416,18 @@ async fn show(cli: &Cli, admin: &Admin, id: JobId, out: &mut Vec<u8>) -> anyhow:
     for (name, value) in fields {
         writeln!(out, "{:<13} {value}", format!("{name}:"))?;
     }
+    if let Some(key) = &job.unique_key {
+        writeln!(out, "{:<13} {key}", "unique key:")?;
+    }
     writeln!(out, "data:")?;
     for line in serde_json::to_string_pretty(&job.data)?.lines() {
         writeln!(out, "  {line}")?;
+    }
+    if let Some(meta) = &job.meta {
+        writeln!(out, "meta:")?;
+        for line in serde_json::to_string_pretty(meta)?.lines() {
+            writeln!(out, "  {line}")?;
+        }
     }
     if !job.errors.is_empty() {
         writeln!(out, "errors:")?;

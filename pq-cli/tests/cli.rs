@@ -960,6 +960,12 @@ async fn cron_lists_pauses_resumes_triggers_and_deletes_schedules_by_name() {
         triggered.starts_with("triggered nightly: job "),
         "{triggered}"
     );
+    let job = triggered.trim().rsplit(' ').next().unwrap().to_owned();
+    let shown = db.pq(&["jobs", "show", &job]).ok();
+    assert!(
+        shown.contains("meta:") && shown.contains("\"schedule\": \"nightly\""),
+        "{shown}"
+    );
     let jobs = db.pq.admin().stats().await.unwrap();
     assert_eq!(
         jobs.iter().map(|q| q.queue.as_str()).collect::<Vec<_>>(),

@@ -165,6 +165,11 @@ pub struct JobInfo {
     pub last_error: Option<String>,
     /// Every failed attempt, oldest first.
     pub errors: Vec<AttemptError>,
+    /// What pq carries with it beside its data: its enqueuer's trace context, a recurring
+    /// job's fire time (see [`NewJob::meta`](crate::NewJob::meta)).
+    pub meta: Option<serde_json::Value>,
+    /// Its unique key, while it waits (see [`NewJob::unique_key`](crate::NewJob::unique_key)).
+    pub unique_key: Option<String>,
 }
 
 impl JobInfo {
@@ -195,6 +200,7 @@ impl JobInfo {
         let data = text("data")?.unwrap_or_default();
         let state = text("state")?.unwrap_or_default();
         let errors = text("errors")?;
+        let meta = text("meta")?;
         Ok(Self {
             id: JobId(id),
             queue: text("q_name")?.unwrap_or_default(),
@@ -225,6 +231,14 @@ impl JobInfo {
                 })?,
                 None => Vec::new(),
             },
+            meta: match meta {
+                Some(meta) => Some(
+                    serde_json::from_str(&meta)
+                        .map_err(|e| unreadable(format!("its meta cannot be read as JSON: {e}")))?,
+                ),
+                None => None,
+            },
+            unique_key: text("unique_key")?,
         })
     }
 }
@@ -357,7 +371,8 @@ fn job_info_columns(workers: &str) -> String {
          t.dequeued_at, \
          COALESCE(t.locked_until, (SELECT w.expires_at FROM {workers} AS w \
            WHERE w.id = t.worker_id AND t.state = 'running')) AS locked_until, \
-         t.finished_at, {last_error} AS last_error, {errors} AS errors",
+         t.finished_at, {last_error} AS last_error, {errors} AS errors, \
+         {meta} AS meta, {unique_key} AS unique_key",
         q_name = as_bytes("t.q_name"),
         task = as_bytes("t.task"),
         data = as_bytes("t.data::text"),
@@ -367,6 +382,8 @@ fn job_info_columns(workers: &str) -> String {
         )),
         last_error = as_bytes("t.last_error"),
         errors = as_bytes("t.errors::text"),
+        meta = as_bytes("t.meta::text"),
+        unique_key = as_bytes("t.unique_key"),
     )
 }
 

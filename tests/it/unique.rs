@@ -77,6 +77,11 @@ async fn a_call_with_the_key_of_a_waiting_job_is_told_it_is_a_duplicate_and_chan
     let jobs = waiting(&db, name::<welcome>()).await;
     assert_eq!(jobs.len(), 2);
     assert_eq!(jobs[0].1, json!({"user": 7, "address": "a@example.com"}));
+    let shown = pq.admin().job(id).await.unwrap().unwrap();
+    assert_eq!(
+        shown.unique_key.as_deref(),
+        Some(r#"["it::unique::welcome",[7]]"#)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
