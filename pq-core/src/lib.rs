@@ -36,7 +36,8 @@ pub use migrate::{Function, Migration, FUNCTIONS, LATEST, MIGRATIONS};
 pub use pq::{Pq, PqBuilder, DEFAULT_GET_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 pub use queue::{IdleDelay, Put, PutMany, Queue};
 pub use schedules::{
-    fired_job, DueSchedule, Firing, ScheduleDefinition, ScheduleInfo, DECLARE_EVERY, ORPHANED_AFTER,
+    fired_job, DueSchedule, Firing, ScheduleDefinition, ScheduleInfo, DECLARE_EVERY,
+    FIRING_STALLS_AFTER, ORPHANED_AFTER,
 };
 pub use transaction::Transaction;
 pub use when::{parse_duration, IntoWhen, When, MAX_DELAY};

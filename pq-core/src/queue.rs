@@ -568,10 +568,12 @@ pub(crate) async fn insert<'e>(
     })
 }
 
-/// Writes `jobs` (of any queues and tasks) in one statement, returning their ids in order.
-pub(crate) async fn insert_jobs<'e>(
+/// Writes `jobs` (of any queues and tasks) in one statement (one per way of meeting a waiting
+/// job, in a transaction, should unique calls of a batch differ in that), answering each in
+/// order.
+pub(crate) async fn insert_jobs(
     sql: &Statements,
-    executor: impl PgExecutor<'e>,
+    connection: &mut PgConnection,
     jobs: Vec<NewJob>,
 ) -> Result<Vec<Enqueued>> {
     if jobs.is_empty() {
@@ -597,27 +599,86 @@ pub(crate) async fn insert_jobs<'e>(
         answered_by.push((rows.len(), false));
         rows.push(job);
     }
-    if !keyed.is_empty() {
-        // Plain rows first, in their order (their ids follow it); keyed rows in the keys'
-        // order, so that concurrent batches meet waiting jobs in one order and cannot deadlock.
+    let fail = |error: Error| error.or_no_table(|| sql.table.qualified());
+    let answers = if keyed.is_empty() {
+        write_rows(sql, &mut *connection, rows, None)
+            .await
+            .map_err(fail)?
+    } else {
+        // By way of meeting a waiting job, then by key, so that concurrent batches meet
+        // waiting jobs in one order and cannot deadlock; plain rows go with the first group.
         let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by(|&a, &b| {
-            let key = |row: usize| rows[row].unique.as_ref().map(|(key, _)| key.as_str());
-            (key(a).is_some(), key(a)).cmp(&(key(b).is_some(), key(b)))
-        });
-        let mut place = vec![0; rows.len()];
-        for (to, &from) in order.iter().enumerate() {
-            place[from] = to;
-        }
+        let way = |row: &NewJob| row.unique.as_ref().map(|(key, c)| (c.code(), key.clone()));
+        order.sort_by_key(|&row| way(&rows[row]));
         let mut taken: Vec<Option<NewJob>> = rows.into_iter().map(Some).collect();
-        rows = order
-            .iter()
-            .filter_map(|&from| taken[from].take())
-            .collect();
-        for (row, _) in &mut answered_by {
-            *row = place[*row];
+        let mut groups: Groups = Vec::new();
+        for row in order {
+            let job = taken[row].take().expect("each row once");
+            let code = job.unique.as_ref().map(|(_, c)| c.code());
+            match groups.last_mut() {
+                Some((last, group)) if *last == code || last.is_none() => {
+                    *last = last.or(code);
+                    group.push((row, job));
+                }
+                _ => groups.push((code, vec![(row, job)])),
+            }
+        }
+        if groups.len() > 1 {
+            let mut tx = Connection::begin(&mut *connection).await?;
+            let answers = write_groups(sql, &mut tx, groups, taken.len()).await;
+            let answers = answers.map_err(fail)?;
+            tx.commit().await?;
+            answers
+        } else {
+            write_groups(sql, connection, groups, taken.len())
+                .await
+                .map_err(fail)?
+        }
+    };
+    answered_by
+        .into_iter()
+        .map(|(row, repeated)| match answers[row] {
+            Some(answer) if repeated => Ok(Enqueued::Duplicate(answer.id())),
+            Some(answer) => Ok(answer),
+            None => Err(Error::Database(sqlx::Error::Protocol(
+                "an enqueue returned fewer rows than it wrote".into(),
+            ))),
+        })
+        .collect()
+}
+
+/// The rows of a keyed batch and where each goes in the batch, grouped by their way of meeting
+/// a waiting job (plain rows with the first).
+type Groups = Vec<(Option<(i32, Option<i64>)>, Vec<(usize, NewJob)>)>;
+
+/// Writes each group in a statement of its own; answers the `rows` rows by place.
+async fn write_groups(
+    sql: &Statements,
+    connection: &mut PgConnection,
+    groups: Groups,
+    rows: usize,
+) -> Result<Vec<Option<Enqueued>>> {
+    let mut answers = vec![None; rows];
+    for (code, group) in groups {
+        let (places, jobs): (Vec<usize>, Vec<NewJob>) = group.into_iter().unzip();
+        let written =
+            write_rows(sql, &mut *connection, jobs, Some(code.unwrap_or((0, None)))).await?;
+        for (place, answer) in places.into_iter().zip(written) {
+            answers[place] = answer;
         }
     }
+    Ok(answers)
+}
+
+/// Writes `rows` in one statement: with keys meeting waiting jobs as `unique` says (its code
+/// and bound), or plain. Answers each row in order (`None` for a row the statement did not
+/// return).
+async fn write_rows(
+    sql: &Statements,
+    connection: &mut PgConnection,
+    rows: Vec<NewJob>,
+    unique: Option<(i32, Option<i64>)>,
+) -> Result<Vec<Option<Enqueued>>> {
     let n = rows.len();
     let mut queues = Vec::with_capacity(n);
     let mut tasks = Vec::with_capacity(n);
@@ -626,7 +687,7 @@ pub(crate) async fn insert_jobs<'e>(
     let (mut expected_at, mut expected_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut timeouts = Vec::with_capacity(n);
     let mut metas = Vec::with_capacity(n);
-    let (mut keys, mut codes, mut bounds) = (Vec::new(), Vec::new(), Vec::new());
+    let mut keys = Vec::new();
     let mut detailed = false;
     for job in rows {
         let meta = job.meta_json();
@@ -641,18 +702,14 @@ pub(crate) async fn insert_jobs<'e>(
         expected_in.push(job.expected_at.and_then(When::in_micros));
         timeouts.push(job.timeout.map(crate::lease::micros));
         metas.push(meta);
-        if !keyed.is_empty() {
-            let (code, bound) = job.unique.as_ref().map_or((0, None), |(_, c)| c.code());
-            keys.push(job.unique.as_ref().map(|(key, _)| key.clone()));
-            codes.push(code);
-            bounds.push(bound);
+        if unique.is_some() {
+            keys.push(job.unique.map(|(key, _)| key));
         }
         queues.push(job.queue);
         tasks.push(job.task);
         data.push(job.data);
     }
-    let fail = |error: sqlx::Error| Error::from(error).or_no_table(|| sql.table.qualified());
-    if keyed.is_empty() {
+    let Some((code, bound)) = unique else {
         let query = if detailed {
             sql.query_scalar(&sql.put_jobs)
                 .bind(queues)
@@ -670,11 +727,14 @@ pub(crate) async fn insert_jobs<'e>(
                 .bind(tasks)
                 .bind(data)
         };
-        let mut ids: Vec<i64> = query.fetch_all(executor).await.map_err(fail)?;
+        let mut ids: Vec<i64> = query.fetch_all(connection).await?;
         // The sequence numbered the rows in their order, whatever order RETURNING gives them in.
         ids.sort_unstable();
-        return Ok(ids.into_iter().map(|id| Enqueued::New(JobId(id))).collect());
-    }
+        return Ok(ids
+            .into_iter()
+            .map(|id| Some(Enqueued::New(JobId(id))))
+            .collect());
+    };
     let returned: Vec<(i64, bool, Option<i64>)> = sql
         .query_as(&sql.put_jobs_unique)
         .bind(queues)
@@ -687,11 +747,10 @@ pub(crate) async fn insert_jobs<'e>(
         .bind(timeouts)
         .bind(metas)
         .bind(&keys)
-        .bind(codes)
-        .bind(bounds)
-        .fetch_all(executor)
-        .await
-        .map_err(fail)?;
+        .bind(code)
+        .bind(bound)
+        .fetch_all(connection)
+        .await?;
     // A keyed row says its place; the others were numbered in their order.
     let mut answers: Vec<Option<Enqueued>> = vec![None; n];
     let mut plain = Vec::new();
@@ -713,16 +772,7 @@ pub(crate) async fn insert_jobs<'e>(
             answers[row] = plain.next().map(|id| Enqueued::New(JobId(id)));
         }
     }
-    answered_by
-        .into_iter()
-        .map(|(row, repeated)| match answers[row] {
-            Some(answer) if repeated => Ok(Enqueued::Duplicate(answer.id())),
-            Some(answer) => Ok(answer),
-            None => Err(Error::Database(sqlx::Error::Protocol(
-                "an enqueue returned fewer rows than it wrote".into(),
-            ))),
-        })
-        .collect()
+    Ok(answers)
 }
 
 /// A batch of jobs being put; see [`Queue::put_many`].

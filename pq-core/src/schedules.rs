@@ -51,6 +51,8 @@ pub struct DueSchedule {
     pub data: String,
     /// Its fire time that has come: the first that no job was written for.
     pub next_at: DateTime<Utc>,
+    /// Its last fire time that wrote a job: fire times up to it are never written again.
+    pub last_at: Option<DateTime<Utc>>,
 }
 
 /// What to write for a due schedule: its jobs, and its fire time after them.
@@ -103,6 +105,10 @@ pub const ORPHANED_AFTER: std::time::Duration = std::time::Duration::from_secs(3
 /// How often a worker declares its schedules again, to show that it still defines them.
 pub const DECLARE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long a worker's transaction that fires schedules may stall before the server ends it,
+/// releasing their locks for other workers.
+pub const FIRING_STALLS_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Pq {
     /// The database's clock, which decides when schedules fire.
     pub async fn database_now(&self) -> Result<DateTime<Utc>> {
@@ -133,6 +139,7 @@ impl Pq {
              ON CONFLICT (name) DO UPDATE SET \
                next_at = CASE WHEN (s.expression, s.timezone) \
                    IS DISTINCT FROM (EXCLUDED.expression, EXCLUDED.timezone) \
+                   AND EXCLUDED.next_at > COALESCE(s.last_at, '-infinity') \
                  THEN EXCLUDED.next_at ELSE s.next_at END, \
                expression = EXCLUDED.expression, timezone = EXCLUDED.timezone, \
                on_missed = EXCLUDED.on_missed, task = EXCLUDED.task, q_name = EXCLUDED.q_name, \
@@ -161,18 +168,21 @@ impl Pq {
 
     /// Fires the schedules among `names` whose fire time has come, on the database's clock:
     /// locks each (a schedule another worker is firing is left to it), asks `fire` what to
-    /// write for it given the database's time, and writes that and its next fire time, all in
-    /// one transaction. Returns the database's time and the earliest next fire time of these
-    /// schedules that are not paused, to know how long to wait.
+    /// write for it given the database's time (`None`: leave it as it is), and writes that and
+    /// its next fire time, all in one transaction, which the server ends should this process
+    /// stall in it for [`FIRING_STALLS_AFTER`] (a frozen worker must not hold a schedule's
+    /// lock). Returns the database's time and the earliest next fire time of these schedules
+    /// that are not paused, to know how long to wait.
     pub async fn fire_schedules(
         &self,
         names: &[String],
-        mut fire: impl FnMut(&DueSchedule, DateTime<Utc>) -> Firing,
+        mut fire: impl FnMut(&DueSchedule, DateTime<Utc>) -> Option<Firing>,
     ) -> Result<(DateTime<Utc>, Option<DateTime<Utc>>)> {
         let sql = self.statements().await?;
         let table = sql.table.qualified_derived("schedules");
         let due = format!(
-            "SELECT name, expression, timezone, on_missed, task, q_name, data::text, next_at \
+            "SELECT name, expression, timezone, on_missed, task, q_name, data::text, next_at, \
+               last_at \
              FROM {table} WHERE name = ANY ($1) AND paused_at IS NULL \
                AND next_at <= statement_timestamp() \
              ORDER BY name FOR UPDATE SKIP LOCKED"
@@ -185,34 +195,31 @@ impl Pq {
             format!("SELECT min(next_at) FROM {table} WHERE name = ANY ($1) AND paused_at IS NULL");
         self.with_connection("firing schedules", async |connection| {
             let mut tx = connection.begin().await?;
-            let now: DateTime<Utc> = sqlx::query_scalar("SELECT statement_timestamp()")
-                .persistent(false)
-                .fetch_one(&mut *tx)
-                .await?;
-            #[allow(clippy::type_complexity)]
-            let rows: Vec<(
-                String,
-                String,
-                String,
-                String,
-                String,
-                String,
-                String,
-                DateTime<Utc>,
-            )> = sql.query_as(&due).bind(names).fetch_all(&mut *tx).await?;
-            for (name, expression, timezone, on_missed, task, queue, data, next_at) in rows {
+            let stalls = FIRING_STALLS_AFTER.as_millis();
+            let now: DateTime<Utc> = sqlx::query_scalar(&format!(
+                "SELECT statement_timestamp() \
+                 FROM set_config('idle_in_transaction_session_timeout', '{stalls}', true)"
+            ))
+            .persistent(false)
+            .fetch_one(&mut *tx)
+            .await?;
+            let rows = sql.query(&due).bind(names).fetch_all(&mut *tx).await?;
+            for row in &rows {
                 let schedule = DueSchedule {
-                    name,
-                    expression,
-                    timezone,
-                    on_missed,
-                    task,
-                    queue,
-                    data,
-                    next_at,
+                    name: row.try_get(0)?,
+                    expression: row.try_get(1)?,
+                    timezone: row.try_get(2)?,
+                    on_missed: row.try_get(3)?,
+                    task: row.try_get(4)?,
+                    queue: row.try_get(5)?,
+                    data: row.try_get(6)?,
+                    next_at: row.try_get(7)?,
+                    last_at: row.try_get(8)?,
                 };
-                let firing = fire(&schedule, now);
-                let written = insert_jobs(sql, &mut *tx, firing.jobs).await?;
+                let Some(firing) = fire(&schedule, now) else {
+                    continue;
+                };
+                let written = insert_jobs(sql, &mut tx, firing.jobs).await?;
                 sql.query(&advance)
                     .bind(&schedule.name)
                     .bind(firing.next_at)

@@ -340,17 +340,17 @@ impl Statements {
              RETURNING id, xmax = 0 AS inserted, {notified} AS notified",
             key = stored("$10::text"),
         );
-        // `put_jobs` with keys ($10), each with its way of meeting a waiting job ($11, $12, as
-        // in `put_unique`). The caller sends each key once, in the keys' order, so that two
+        // `put_jobs` with keys ($10), all meeting a waiting job one way ($11, $12, as in
+        // `put_unique`). The caller sends each key once, in the keys' order, so that two
         // batches lock the waiting jobs they meet in one order. Returns the place in the arrays
-        // (from 1) of each keyed row, to tell which call it answers: a row that met a waiting
-        // job has that job's id.
+        // (from 1) of each keyed row, joined by key (a hash join: a lookup per row would make a
+        // large batch quadratic), to tell which call it answers: a row that met a waiting job
+        // has that job's id.
         let put_jobs_unique = format!(
-            "WITH c AS MATERIALIZED (SELECT n, {key} AS k, m, max \
-               FROM unnest($10::text[], $11::int4[], $12::int8[]) WITH ORDINALITY AS c(k, m, max, n) \
-               WHERE k IS NOT NULL) \
-             INSERT INTO {t} AS j (q_name, task, data, schedule_at, expected_at, timeout, meta, \
-               unique_key) \
+            "WITH c AS MATERIALIZED (SELECT n, {key} AS k \
+               FROM unnest($10::text[]) WITH ORDINALITY AS c(k, n) WHERE k IS NOT NULL), \
+             written AS (INSERT INTO {t} AS j (q_name, task, data, schedule_at, expected_at, \
+               timeout, meta, unique_key) \
              SELECT q, task, d::json, \
                COALESCE(s_at, statement_timestamp() + s_in * interval '1 microsecond', '-infinity'), \
                COALESCE(e_at, statement_timestamp() + e_in * interval '1 microsecond'), \
@@ -358,9 +358,11 @@ impl Statements {
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
                $6::timestamptz[], $7::int8[], $8::int8[], $9::text[], $10::text[]) \
                AS r(q, task, d, s_at, s_in, e_at, e_in, limit_us, mt, k) \
-             {waiting} DO UPDATE SET {merged} FROM c WHERE c.k = EXCLUDED.unique_key) \
-             RETURNING id, xmax = 0 AS inserted, (SELECT c.n FROM c WHERE c.k = j.unique_key), \
-               (SELECT {notified_jobs}) AS notified",
+             {waiting} DO UPDATE SET {merged} \
+               FROM (SELECT $11::int4 AS m, $12::int8 AS max) AS c) \
+             RETURNING id, xmax = 0 AS inserted, unique_key, \
+               (SELECT {notified_jobs}) AS notified) \
+             SELECT w.id, w.inserted, c.n FROM written AS w LEFT JOIN c ON c.k = w.unique_key",
             key = stored("k"),
         );
         let put_jobs_now = format!(

@@ -113,7 +113,7 @@ impl Transaction {
     pub(crate) async fn write_jobs(&mut self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         let queue = self.queue.clone();
         let sql = queue.pq().statements().await?;
-        insert_jobs(sql, &mut **self.tx(), jobs).await
+        insert_jobs(sql, self.tx(), jobs).await
     }
 
     /// Makes everything done in the transaction permanent.

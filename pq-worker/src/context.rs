@@ -145,8 +145,8 @@ impl TaskContext {
     }
 
     /// How many fire times this run stands for: 1, or more for a schedule whose missed fire
-    /// times were coalesced into one run (`on_missed = "coalesce"`, the default). 1 for a job
-    /// that is not recurring.
+    /// times were coalesced into one run (`on_missed = "coalesce"`, the default; counted up to
+    /// 10,000). 1 for a job that is not recurring.
     pub fn fires(&self) -> u64 {
         self.fired()
             .and_then(|fired| fired.get("fires")?.as_u64())

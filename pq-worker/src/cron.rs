@@ -3,15 +3,19 @@
 //! pq-core/src/schedules.rs): each fire time gets its jobs once, however many workers define
 //! the schedule and however their clocks differ, with no leader to elect. Fire times follow from
 //! the last one, not from when a worker looked, so they do not drift; they follow the
-//! schedule's time zone through daylight saving changes (a time that a spring-forward skips runs
-//! at the first instant after the gap, one that a fall-back repeats runs once).
+//! schedule's time zone through daylight saving changes as croner does: a fixed time (one
+//! hour, minute and second) that a spring-forward skips runs at the first instant after the
+//! gap, and one that a fall-back repeats runs once; times a list or a step gives within the
+//! changed hour are skipped in a gap and run twice in a repeated hour.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use futures_util::FutureExt;
 use pq_core::{fired_job, DueSchedule, Firing, Pq, ScheduleDefinition, DECLARE_EVERY};
 
 /// What the fire times a schedule missed (its workers were down, or it was paused) come to
@@ -52,7 +56,7 @@ pub const MAX_CATCH_UP: usize = 100;
 pub const ON_TIME: Duration = Duration::from_secs(60);
 
 /// How many missed fire times are counted one by one; past that, the count says at least this.
-const COUNTED: u64 = 100_000;
+const COUNTED: u64 = 10_000;
 
 /// How long a worker waits at most between two looks at its schedules: a schedule triggered,
 /// resumed or changed elsewhere is seen within this.
@@ -87,6 +91,9 @@ pub enum ScheduleError {
     /// The call's arguments cannot be encoded as JSON.
     #[error("cannot encode the periodic call's arguments: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The schedule's name, made of the call's arguments, is too long to be a key.
+    #[error("the schedule's name ({0} bytes, the task's name and its arguments) is longer than 1,000 bytes: give it one with Schedule::named")]
+    NameTooLong(usize),
 }
 
 /// When a recurring job fires: a cron expression, read in a time zone (UTC by default), and
@@ -172,13 +179,20 @@ impl Schedule {
             }
             due.kept.push_back(at);
             if due.count == COUNTED {
-                // A long outage of a frequent schedule: the rest are not counted one by one.
-                let last = self
-                    .cron
-                    .find_previous_occurrence(&now.with_timezone(&self.timezone), true);
-                if let Ok(last) = last {
-                    due.kept.pop_back();
-                    due.kept.push_back(last.with_timezone(&Utc));
+                // A long outage of a frequent schedule: the rest are not counted one by one,
+                // and the fire times kept are the latest, counted back from now.
+                due.kept.clear();
+                let mut back = now.with_timezone(&self.timezone);
+                let mut inclusive = true;
+                while due.kept.len() < MAX_CATCH_UP {
+                    match self.cron.find_previous_occurrence(&back, inclusive) {
+                        Ok(earlier) if earlier.with_timezone(&Utc) >= at => {
+                            due.kept.push_front(earlier.with_timezone(&Utc));
+                            back = earlier;
+                            inclusive = false;
+                        }
+                        _ => break,
+                    }
                 }
                 fire = self.next(now, false);
                 break;
@@ -254,31 +268,20 @@ impl Periodic {
 }
 
 /// What to write for a schedule whose fire time came, as its stored definition says (a newer
-/// worker may have changed it): the jobs its policy gives, and its next fire time.
-pub(crate) fn firing(due: &DueSchedule, now: DateTime<Utc>) -> Firing {
+/// worker may have changed it): the jobs its policy gives, and its next fire time. `None` for a
+/// definition this worker cannot read (written by a newer pq, or by hand): another worker may.
+pub(crate) fn firing(due: &DueSchedule, now: DateTime<Utc>) -> Option<Firing> {
     let schedule = Schedule::new(&due.expression).and_then(|s| s.timezone(&due.timezone));
     let (Ok(schedule), Some(on_missed)) = (schedule, OnMissed::parse(&due.on_missed)) else {
-        // Written by a newer pq, or by hand: this worker cannot tell its fire times. Another
-        // worker may; this one looks again in an hour.
-        tracing::error!(schedule = %due.name, expression = %due.expression, timezone = %due.timezone,
-            on_missed = %due.on_missed, "pq: cannot read a schedule; leaving it for an hour");
-        return Firing {
-            jobs: Vec::new(),
-            next_at: now + chrono::Duration::hours(1),
-            fired: None,
-        };
+        return None;
     };
-    let come = schedule.due(due.next_at, now);
-    let job = |fire: DateTime<Utc>, fires: u64| {
-        fired_job(
-            &due.name,
-            &due.task,
-            &due.queue,
-            due.data.clone(),
-            fire,
-            fires,
-        )
+    // Fire times up to the last one that wrote a job are never written again (a definition
+    // changed meanwhile may put its next fire time before it).
+    let from = match due.last_at {
+        Some(last) if last >= due.next_at => last + chrono::Duration::microseconds(1),
+        _ => due.next_at,
     };
+    let come = schedule.due(from, now);
     let last = come.kept.back().copied();
     let fires: Vec<(DateTime<Utc>, u64)> = match (on_missed, last) {
         (_, None) => Vec::new(),
@@ -291,8 +294,8 @@ pub(crate) fn firing(due: &DueSchedule, now: DateTime<Utc>) -> Firing {
             come.kept.iter().map(|fire| (*fire, 1)).collect()
         }
         (OnMissed::Skip, Some(last)) => {
-            let on_time = (now - last).to_std().map_or(true, |late| late <= ON_TIME);
-            if on_time {
+            let late = (now - last).to_std().unwrap_or_default();
+            if late <= ON_TIME {
                 vec![(last, 1)]
             } else {
                 Vec::new()
@@ -300,43 +303,93 @@ pub(crate) fn firing(due: &DueSchedule, now: DateTime<Utc>) -> Firing {
         }
     };
     let mut jobs = Vec::with_capacity(fires.len());
+    let mut fired = None;
     for (fire, count) in fires {
-        match job(fire, count) {
-            Ok(job) => jobs.push(job),
+        let data = due.data.clone();
+        match fired_job(&due.name, &due.task, &due.queue, data, fire, count) {
+            Ok(job) => {
+                jobs.push(job);
+                fired = Some(fire);
+            }
             Err(error) => {
                 tracing::error!(schedule = %due.name, %error, "pq: cannot write a schedule's job")
             }
         }
     }
-    Firing {
+    Some(Firing {
         jobs,
         // A schedule that never fires again (a date in the past) waits a year, harmlessly.
         next_at: come
             .next
             .unwrap_or_else(|| now + chrono::Duration::days(365)),
-        fired: last,
-    }
+        fired,
+    })
 }
 
 /// Declares `schedules`, then fires them as they come due, until the worker stops: a task of
-/// its own in every worker that defines schedules (not in burst mode).
+/// its own in every worker that defines schedules (not in burst mode). Two schedules of one
+/// name are one: the first is kept. Should the loop panic, it starts again.
 pub(crate) async fn run(pq: Pq, schedules: Vec<Periodic>) {
-    let names: Vec<String> = schedules.iter().map(|p| p.name.clone()).collect();
+    let mut kept: Vec<Periodic> = Vec::with_capacity(schedules.len());
+    for schedule in schedules {
+        if kept.iter().any(|k| k.name == schedule.name) {
+            tracing::error!(schedule = %schedule.name,
+                "pq: two schedules of this worker share a name; the first is kept (name them apart with Schedule::named)");
+            continue;
+        }
+        kept.push(schedule);
+    }
+    loop {
+        let fired = AssertUnwindSafe(fire_until_stopped(&pq, &kept))
+            .catch_unwind()
+            .await;
+        if let Err(panic) = fired {
+            tracing::error!(
+                panic = crate::panic_message(panic.as_ref()),
+                "pq: the schedules' loop panicked; starting it again"
+            );
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+    }
+}
+
+/// How long a worker leaves a schedule it cannot read before it looks at it again.
+const UNREADABLE_FOR: Duration = Duration::from_secs(3600);
+
+async fn fire_until_stopped(pq: &Pq, schedules: &[Periodic]) {
     let mut failures = 0u32;
     let mut declared: Option<tokio::time::Instant> = None;
+    let mut unreadable: Vec<(String, tokio::time::Instant)> = Vec::new();
     loop {
-        let due_to_declare = declared.is_none_or(|at| at.elapsed() >= DECLARE_EVERY);
-        let looked = async {
-            if due_to_declare {
-                let now = pq.database_now().await?;
-                let definitions: Vec<_> =
-                    schedules.iter().filter_map(|p| p.definition(now)).collect();
-                pq.declare_schedules(&definitions).await?;
-                declared = Some(tokio::time::Instant::now());
+        if declared.is_none_or(|at| at.elapsed() >= DECLARE_EVERY) {
+            match declare(pq, schedules).await {
+                Ok(()) => declared = Some(tokio::time::Instant::now()),
+                Err(error) => {
+                    tracing::error!(%error, "pq: cannot declare schedules; firing them all the same")
+                }
             }
-            pq.fire_schedules(&names, firing).await
         }
-        .await;
+        unreadable.retain(|(_, since)| since.elapsed() < UNREADABLE_FOR);
+        let names: Vec<String> = schedules
+            .iter()
+            .map(|s| s.name.clone())
+            .filter(|name| unreadable.iter().all(|(n, _)| n != name))
+            .collect();
+        let mut left = Vec::new();
+        let looked = pq
+            .fire_schedules(&names, |due, now| {
+                let firing = firing(due, now);
+                if firing.is_none() {
+                    left.push(due.clone());
+                }
+                firing
+            })
+            .await;
+        for due in left {
+            tracing::error!(schedule = %due.name, expression = %due.expression, timezone = %due.timezone,
+                on_missed = %due.on_missed, "pq: cannot read a schedule; leaving it to other workers for an hour");
+            unreadable.push((due.name, tokio::time::Instant::now()));
+        }
         let wait = match looked {
             Ok((now, next)) => {
                 failures = 0;
@@ -356,6 +409,22 @@ pub(crate) async fn run(pq: Pq, schedules: Vec<Periodic>) {
         };
         tokio::time::sleep(wait).await;
     }
+}
+
+/// Declares the worker's schedules, with their first fire times on the database's clock.
+async fn declare(pq: &Pq, schedules: &[Periodic]) -> pq_core::Result<()> {
+    let now = pq.database_now().await?;
+    let mut definitions = Vec::with_capacity(schedules.len());
+    for schedule in schedules {
+        match schedule.definition(now) {
+            Some(definition) => definitions.push(definition),
+            None => {
+                tracing::warn!(schedule = %schedule.name, expression = %schedule.schedule.expression,
+                "pq: a schedule that never fires again is not declared")
+            }
+        }
+    }
+    pq.declare_schedules(&definitions).await
 }
 
 #[cfg(test)]
@@ -430,6 +499,8 @@ mod tests {
         // A year down: counted up to a bound, the latest kept, the next one right.
         let due = every_second.due(at("2025-01-01T00:00:00Z"), at("2026-01-01T00:00:00.5Z"));
         assert_eq!(due.count, COUNTED);
+        assert_eq!(due.kept.len(), MAX_CATCH_UP);
+        assert_eq!(due.kept.front(), Some(&at("2025-12-31T23:58:21Z")));
         assert_eq!(due.kept.back(), Some(&at("2026-01-01T00:00:00Z")));
         assert_eq!(due.next, Some(at("2026-01-01T00:00:01Z")));
     }

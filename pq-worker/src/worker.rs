@@ -234,7 +234,9 @@ impl Worker {
 
     /// Enqueues `call` at each fire time of `schedule`, as [`periodic`](Worker::periodic)
     /// does. The schedule's name (by default the task's, with the call's arguments when it has
-    /// any) is its key in the table: workers that define one name share one schedule.
+    /// any) is its key in the table: workers that define one name share one schedule, and a
+    /// worker given two of one name keeps the first. The call's arguments and queue make its
+    /// jobs; its other options (times, timeout, unique key) are not kept.
     ///
     /// ```no_run
     /// #[pq::task]
@@ -261,6 +263,9 @@ impl Worker {
             },
             str::to_owned,
         );
+        if name.len() > 1000 {
+            return Err(ScheduleError::NameTooLong(name.len()));
+        }
         self.settings.periodic.push(Periodic {
             schedule,
             name,

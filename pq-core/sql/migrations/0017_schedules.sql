@@ -18,5 +18,7 @@ CREATE TABLE {{qualified:schedules}} (
     last_at    timestamptz,
     last_job   bigint,
     paused_at  timestamptz,
-    seen_at    timestamptz NOT NULL DEFAULT statement_timestamp()
+    seen_at    timestamptz NOT NULL DEFAULT statement_timestamp(),
+    -- Times an operator may write by hand, kept to what pq can read ('infinity' cannot be).
+    CHECK (isfinite(next_at) AND isfinite(last_at) AND isfinite(paused_at) AND isfinite(seen_at))
 );
