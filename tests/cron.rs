@@ -269,6 +269,38 @@ async fn a_cron_task_is_declared_by_its_workers_and_operators_list_pause_trigger
     assert!(admin.schedules().await.unwrap().is_empty());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_schedule_writes_no_job_until_it_resumes() {
+    let db = TestDb::new().await;
+    let every_second = Schedule::new("* * * * * *")
+        .unwrap()
+        .on_missed(OnMissed::Skip)
+        .named("ticking");
+    let worker = scheduler(db.pq.clone())
+        .schedule(every_second, tick("paused".into()))
+        .unwrap();
+    let running = Running::start(worker);
+    let admin = db.pq.admin();
+    eventually(|| async { fired(&db, name::<tick>()).await.len() >= 2 }).await;
+
+    assert_eq!(admin.pause_schedule("ticking").await.unwrap(), Some(true));
+    let paused = fired(&db, name::<tick>()).await.len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        fired(&db, name::<tick>()).await.len(),
+        paused,
+        "no job while paused"
+    );
+
+    assert_eq!(admin.resume_schedule("ticking").await.unwrap(), Some(true));
+    eventually(|| async { fired(&db, name::<tick>()).await.len() > paused }).await;
+    running.stop().await.unwrap().unwrap();
+    // Skipped: the seconds it was paused got no job.
+    let fired = fired(&db, name::<tick>()).await;
+    let gap = fired.windows(2).map(|pair| pair[1].0 - pair[0].0).max();
+    assert!(gap >= Some(chrono::Duration::seconds(3)), "{fired:?}");
+}
+
 #[tokio::test]
 async fn a_periodic_call_with_a_bad_expression_or_zone_is_an_error_not_a_panic() {
     let pq = pq::Pq::builder()

@@ -307,19 +307,6 @@ impl Worker {
             Some(signal) => Stop::Custom(Some(signal)),
             None => Stop::signals(),
         };
-        let concurrency = u32::try_from(self.settings.concurrency).unwrap_or(u32::MAX);
-        let own = self
-            .pq
-            .with_own_pool(concurrency.saturating_add(BOOKKEEPING_CONNECTIONS));
-        let info = WorkerInfo {
-            queues: claim_queues.names().to_vec(),
-            concurrency,
-            lease: self.settings.lease,
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-        };
-        let Some(worker) = register(&own, &info, &mut stop).await? else {
-            return Ok(Report::default());
-        };
         // Its `cron` tasks' schedules and its own, which a burst worker does not fire.
         let mut periodic = std::mem::take(&mut self.settings.periodic);
         for definition in registry.iter() {
@@ -335,6 +322,21 @@ impl Worker {
         if self.settings.burst {
             periodic.clear();
         }
+        let concurrency = u32::try_from(self.settings.concurrency).unwrap_or(u32::MAX);
+        // The schedules' loop has a connection of its own, beside the bookkeeping's.
+        let bookkeeping = BOOKKEEPING_CONNECTIONS + u32::from(!periodic.is_empty());
+        let own = self
+            .pq
+            .with_own_pool(concurrency.saturating_add(bookkeeping));
+        let info = WorkerInfo {
+            queues: claim_queues.names().to_vec(),
+            concurrency,
+            lease: self.settings.lease,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let Some(worker) = register(&own, &info, &mut stop).await? else {
+            return Ok(Report::default());
+        };
         let run = Run {
             periodic,
             resources: Arc::new(Resources {
