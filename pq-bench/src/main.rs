@@ -22,7 +22,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use crate::baseline::{RawTable, DRAIN_BATCH};
 use crate::measure::{median, Measured, TableState};
 use crate::report::{Latency, Report, Row};
-use crate::workload::PqTable;
+use crate::workload::{Batched, PqTable};
 
 #[derive(Parser)]
 #[command(about = "pq against PostgreSQL's own limit: every figure beside its raw SQL baseline")]
@@ -220,10 +220,21 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
     if bench.runs(Figure::Batch) {
         const BATCH: u64 = 1_000;
         let (mut raw_runs, mut pq_runs, mut task_runs) = (Vec::new(), Vec::new(), Vec::new());
+        let mut unique_runs = Vec::new();
         for _ in 0..runs {
             raw_runs.push(raw.insert_batches(admin, BATCH, jobs).await?);
-            pq_runs.push(pq.enqueue_batches(admin, BATCH, jobs, false).await?);
-            task_runs.push(pq.enqueue_batches(admin, BATCH, jobs, true).await?);
+            pq_runs.push(
+                pq.enqueue_batches(admin, BATCH, jobs, Batched::Values)
+                    .await?,
+            );
+            task_runs.push(
+                pq.enqueue_batches(admin, BATCH, jobs, Batched::Calls)
+                    .await?,
+            );
+            unique_runs.push(
+                pq.enqueue_batches(admin, BATCH, jobs, Batched::UniqueCalls)
+                    .await?,
+            );
         }
         let raw_batch = median(raw_runs).context("no run")?;
         report.rows.push(Row {
@@ -234,6 +245,11 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         report.rows.push(Row {
             figure: format!("enqueue, batches of {BATCH} task calls (`TaskBatch`)"),
             pq: median(task_runs).context("no run")?,
+            raw: (format!("multi-row INSERT of {BATCH}"), raw_batch),
+        });
+        report.rows.push(Row {
+            figure: format!("enqueue, batches of {BATCH} calls of a unique task (each key new)"),
+            pq: median(unique_runs).context("no run")?,
             raw: (format!("multi-row INSERT of {BATCH}"), raw_batch),
         });
     }

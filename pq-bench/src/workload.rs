@@ -16,6 +16,17 @@ use crate::baseline::shares;
 use crate::measure::{table_state, Measured, Probe, TableState, FLUSH_STATS};
 use crate::tasks::{self, NOOP, QUEUE};
 
+/// What a batch figure enqueues.
+#[derive(Debug, Clone, Copy)]
+pub enum Batched {
+    /// Values, with `Queue::put_many`.
+    Values,
+    /// No-op task calls in a `TaskBatch`.
+    Calls,
+    /// Calls of a unique task in a `TaskBatch`, every key new.
+    UniqueCalls,
+}
+
 /// pq's table in the benchmark's schema.
 pub struct PqTable {
     url: String,
@@ -100,14 +111,13 @@ impl PqTable {
         Ok(measured)
     }
 
-    /// `jobs` jobs enqueued in batches of `batch` by one producer: no-op task calls in a
-    /// `TaskBatch` when `typed`, else values with `Queue::put_many`.
+    /// `jobs` jobs enqueued in batches of `batch` by one producer, as `batched` says.
     pub async fn enqueue_batches(
         &self,
         admin: &PgPool,
         batch: u64,
         jobs: u64,
-        typed: bool,
+        batched: Batched,
     ) -> Result<Measured> {
         #[derive(serde::Serialize)]
         struct Args {
@@ -121,14 +131,20 @@ impl PqTable {
         while done < jobs {
             let numbers = done..done + batch.min(jobs - done);
             done = numbers.end;
-            if typed {
-                let calls: pq::TaskBatch = numbers
-                    .map(|n| crate::tasks::noop(u32::try_from(n).unwrap_or(u32::MAX)))
-                    .collect();
-                calls.enqueue(&pq).await?;
-            } else {
-                let items: Vec<Args> = numbers.map(|n| Args { n }).collect();
-                queue.put_many(&items).await?;
+            let n = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+            match batched {
+                Batched::Values => {
+                    let items: Vec<Args> = numbers.map(|n| Args { n }).collect();
+                    queue.put_many(&items).await?;
+                }
+                Batched::Calls => {
+                    let calls: pq::TaskBatch = numbers.map(|k| tasks::noop(n(k))).collect();
+                    calls.enqueue(&pq).await?;
+                }
+                Batched::UniqueCalls => {
+                    let calls: pq::TaskBatch = numbers.map(|k| tasks::unique_noop(n(k))).collect();
+                    calls.enqueue(&pq).await?;
+                }
             }
         }
         let stopped = probe.stop();
