@@ -608,8 +608,11 @@ pub(crate) async fn insert_jobs(
         // By way of meeting a waiting job, then by key, so that concurrent batches meet
         // waiting jobs in one order and cannot deadlock; plain rows go with the first group.
         let mut order: Vec<usize> = (0..rows.len()).collect();
-        let way = |row: &NewJob| row.unique.as_ref().map(|(key, c)| (c.code(), key.clone()));
-        order.sort_by_key(|&row| way(&rows[row]));
+        let way = |row: usize| {
+            let unique = rows[row].unique.as_ref();
+            unique.map(|(key, c)| (c.code(), key.as_str()))
+        };
+        order.sort_by(|&a, &b| way(a).cmp(&way(b)));
         let mut taken: Vec<Option<NewJob>> = rows.into_iter().map(Some).collect();
         let mut groups: Groups = Vec::new();
         for row in order {
