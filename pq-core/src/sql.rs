@@ -203,6 +203,7 @@ pub(crate) struct Statements {
     pub claim: String,
     pub claimed_data: String,
     pub claim_lock: String,
+    pub claims_over: String,
     pub claim_jobs: String,
     pub complete_delete: String,
     pub complete_keep: String,
@@ -432,6 +433,12 @@ impl Statements {
         // as the claim function takes it, so that its snapshot sees a deregistration.
         let claim_lock = format!(
             "SELECT pg_advisory_xact_lock_shared({}, ($1 & 2147483647)::int4)",
+            table.claims_lock_key()
+        );
+        // Every claim of the worker is over: one it abandoned may still run in the server,
+        // holding its jobs locked (see `release_unknown` in pq-core/src/workers.rs).
+        let claims_over = format!(
+            "SELECT pg_advisory_xact_lock({}, ($1 & 2147483647)::int4)",
             table.claims_lock_key()
         );
         let claim_jobs = format!(
@@ -665,6 +672,7 @@ impl Statements {
             claim,
             claimed_data,
             claim_lock,
+            claims_over,
             claim_jobs,
             complete_delete,
             complete_keep,

@@ -186,15 +186,26 @@ impl Pq {
     pub async fn release_unknown(&self, worker: WorkerId, known: &[Claim]) -> Result<u64> {
         let sql = self.statements().await?;
         let (_, ids, numbers) = columns(known);
+        // A claim the worker abandoned may still be running in the server (its connection's
+        // answer never came back), its jobs locked: it ends first, committed (its jobs are
+        // then the worker's, and given back) or not (they are queued still), so that none of
+        // them is missed, nor passed over by the next claims as another session's.
         let released: Vec<String> = self
             .with_connection("giving back unknown claims", async |connection| {
-                Ok(sql
+                let mut tx = sqlx::Connection::begin(&mut *connection).await?;
+                sql.query(&sql.claims_over)
+                    .bind(worker.0)
+                    .execute(&mut *tx)
+                    .await?;
+                let released = sql
                     .query_scalar(&sql.release_held)
                     .bind(worker.0)
                     .bind(&ids)
                     .bind(&numbers)
-                    .fetch_all(connection)
-                    .await?)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(released)
             })
             .await?;
         let count = released.len() as u64;
