@@ -725,22 +725,32 @@ impl Run {
             };
             let mut wait = self.settings.poll_interval;
             if claimed == 0 {
-                let running = !lock(fetcher.in_flight).is_empty();
-                if self.settings.burst && !running {
-                    // A claim resumes where the last ones stopped, and may pass over a job
-                    // that sorts before (a retry, say): one more from the top, then done.
-                    queues.restart();
-                    let claim = tokio::select! {
-                        claim = self.claim(fetcher, jobs, queues, &mut permits) => claim,
+                if self.settings.burst {
+                    // The backlog claimer's claim in flight locks the jobs it takes, which this
+                    // one passed over: it must come back before the queue can be called empty.
+                    let alone = tokio::select! {
+                        alone = self.claim_alone(fetcher) => alone,
                         () = stop.next() => return,
                     };
-                    match claim {
-                        Ok(0) => return,
-                        Ok(_) => continue,
-                        Err(_) => {
-                            drop(permits);
-                            tokio::time::sleep(backoff.next()).await;
-                            continue;
+                    if lock(fetcher.in_flight).is_empty() {
+                        // A claim resumes where the last ones stopped, and may pass over a job
+                        // that sorts before (a retry, say): one more from the top, then done.
+                        queues.restart();
+                        let claim = match alone {
+                            Ok(_alone) => tokio::select! {
+                                claim = self.claim_now(fetcher, jobs, queues, &mut permits) => claim,
+                                () = stop.next() => return,
+                            },
+                            Err(error) => Err(error),
+                        };
+                        match claim {
+                            Ok(0) => return,
+                            Ok(_) => continue,
+                            Err(_) => {
+                                drop(permits);
+                                tokio::time::sleep(backoff.next()).await;
+                                continue;
+                            }
                         }
                     }
                 }
@@ -856,26 +866,51 @@ impl Run {
         queues: &ClaimQueues,
         permits: &mut Permits,
     ) -> pq_core::Result<usize> {
-        let own = &self.resources.own;
-        // A claim that failed may have committed all the same (its connection was lost after
-        // the commit, before the reply): it took jobs for this worker that the worker never
-        // saw, and its heartbeat would keep them from rescue. They go back first, with no
-        // other claim in flight to be mistaken for one.
         if fetcher.unsure.load(Ordering::Relaxed) {
-            let _alone = fetcher.claiming.write().await;
-            if fetcher.unsure.load(Ordering::Relaxed) {
-                let known: Vec<Claim> = lock(fetcher.in_flight).iter().copied().collect();
-                let released = own.release_unknown(self.worker, &known).await?;
-                if released > 0 {
-                    tracing::warn!(
-                        released,
-                        "pq: gave back jobs a failed claim had taken unbeknown to the worker"
-                    );
-                }
-                fetcher.unsure.store(false, Ordering::Relaxed);
-            }
+            drop(self.claim_alone(fetcher).await?);
         }
         let _claiming = fetcher.claiming.read().await;
+        self.claim_now(fetcher, jobs, queues, permits).await
+    }
+
+    /// Waits until no claim is in flight, and keeps others from starting until dropped.
+    ///
+    /// A claim that failed may have committed all the same (its connection was lost after
+    /// the commit, before the reply): it took jobs for this worker that the worker never
+    /// saw, and its heartbeat would keep them from rescue. They go back first, with no
+    /// other claim in flight to be mistaken for one.
+    async fn claim_alone<'f>(
+        &self,
+        fetcher: &'f Fetcher<'_>,
+    ) -> pq_core::Result<tokio::sync::RwLockWriteGuard<'f, ()>> {
+        let alone = fetcher.claiming.write().await;
+        if fetcher.unsure.load(Ordering::Relaxed) {
+            let known: Vec<Claim> = lock(fetcher.in_flight).iter().copied().collect();
+            let released = self
+                .resources
+                .own
+                .release_unknown(self.worker, &known)
+                .await?;
+            if released > 0 {
+                tracing::warn!(
+                    released,
+                    "pq: gave back jobs a failed claim had taken unbeknown to the worker"
+                );
+            }
+            fetcher.unsure.store(false, Ordering::Relaxed);
+        }
+        Ok(alone)
+    }
+
+    /// [`claim`](Self::claim), with the claims lock (shared or alone) already held.
+    async fn claim_now(
+        &self,
+        fetcher: &Fetcher<'_>,
+        jobs: &mut JoinSet<()>,
+        queues: &ClaimQueues,
+        permits: &mut Permits,
+    ) -> pq_core::Result<usize> {
+        let own = &self.resources.own;
         let mut unsure = Unsure(Some(&fetcher.unsure));
         let limit = u32::try_from(permits.count()).unwrap_or(u32::MAX);
         let claimed = match self.settings.only.as_slice() {
