@@ -180,6 +180,26 @@ async fn status(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<(
         ]);
     }
     table.print(out)?;
+    // Jobs of a task no live worker registered wait (a rolling deploy, a task renamed): say so.
+    if stats.iter().any(|queue| queue.ready > 0) {
+        let unrunnable = admin.unrunnable().await?;
+        if !unrunnable.is_empty() {
+            writeln!(
+                out,
+                "\nready jobs that no live worker of their queue can run (none registered their task):"
+            )?;
+            let mut table = Table::new(&["QUEUE", "TASK", ">JOBS", "OLDEST READY"]);
+            for group in unrunnable {
+                table.row(vec![
+                    group.queue,
+                    group.task.unwrap_or_else(|| "(none)".to_owned()),
+                    group.jobs.to_string(),
+                    output::age(group.oldest_ready),
+                ]);
+            }
+            table.print(out)?;
+        }
+    }
     Ok(())
 }
 

@@ -67,6 +67,7 @@ impl Db {
             concurrency: 1,
             lease: Duration::from_secs(60),
             version: "test".into(),
+            tasks: None,
         };
         let worker = self.pq.register_worker(&info).await.unwrap();
         let queues = ClaimQueues::new([queue]).unwrap();
@@ -223,6 +224,22 @@ async fn workers_lists_each_registered_worker_with_its_running_jobs() {
     assert_eq!(worker["running"], json!(1));
     assert_eq!(worker["alive"], json!(true));
     assert_eq!(worker["pid"], json!(std::process::id()));
+}
+
+#[tokio::test]
+async fn status_shows_the_ready_jobs_no_live_worker_can_run() {
+    let db = Db::new().await;
+    let job = pq::NewJob::from_json("apples", "{}".into())
+        .unwrap()
+        .task("gone::task");
+    pq::Enqueue::enqueue(&db.pq, job).await.unwrap();
+    let status = db.pq(&["status"]).ok();
+    assert!(status.contains("no live worker"), "{status}");
+    let line = status.lines().find(|line| line.contains("gone::task"));
+    assert!(
+        line.is_some_and(|line| line.starts_with("apples") && line.contains(" 1 ")),
+        "{status}"
+    );
 }
 
 #[tokio::test]

@@ -268,6 +268,23 @@ pub struct QueueStats {
     pub paused: bool,
 }
 
+/// Ready jobs of one queue and task that no live worker can run: a row of
+/// [`Admin::unrunnable`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct Unrunnable {
+    /// Their queue.
+    pub queue: String,
+    /// Their task; `None` for jobs of no task (put by [`Queue::put`](crate::Queue::put)),
+    /// which only [`Queue::get`](crate::Queue::get) takes.
+    pub task: Option<String>,
+    /// How many.
+    pub jobs: u64,
+    /// How long the oldest has been ready.
+    #[serde(rename = "oldest_ready_seconds", serialize_with = "as_seconds")]
+    pub oldest_ready: Option<Duration>,
+}
+
 fn as_seconds<S: Serializer>(duration: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     duration.map(|d| d.as_secs_f64()).serialize(s)
 }
@@ -396,6 +413,7 @@ struct Statements {
     channel: String,
     stats: String,
     oldest_ready: String,
+    unrunnable: String,
     job: String,
     list: String,
     retry_one: String,
@@ -494,10 +512,33 @@ impl Statements {
                ORDER BY state, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
              DELETE FROM {t} AS j USING old WHERE j.id = old.id"
         );
+        // The ready jobs of each queue ($1, every queue with one if NULL), or of the first $2
+        // in line (all if NULL), that no live worker of their queue can run: it registered
+        // other tasks (a worker that registered none takes any). Grouped before the workers are
+        // looked at, once a group.
+        let unrunnable = format!(
+            "SELECT {}, {}, count(*), \
+               EXTRACT(EPOCH FROM statement_timestamp() \
+                 - min(j.ready) FILTER (WHERE isfinite(j.ready)))::float8 \
+             FROM unnest(COALESCE($1, ARRAY(SELECT DISTINCT q_name FROM {t} WHERE {ready}))) AS q(name) \
+             CROSS JOIN LATERAL (SELECT j.task, {READY_AT} AS ready FROM {t} AS j \
+                 WHERE j.q_name = q.name AND j.state = 'queued' \
+                   AND {READY_AT} <= statement_timestamp() \
+                 ORDER BY {EXPECTED}, {READY_AT}, j.id LIMIT $2) AS j \
+             GROUP BY q.name, j.task \
+             HAVING NOT EXISTS (SELECT FROM {workers} AS w \
+                 WHERE w.expires_at > statement_timestamp() AND q.name = ANY (w.queues) \
+                   AND (w.tasks IS NULL OR j.task = ANY (w.tasks))) \
+             ORDER BY q.name, j.task",
+            as_bytes("q.name"),
+            as_bytes("j.task"),
+            workers = table.qualified_derived("workers"),
+        );
         Self {
             channel: table.channel(),
             stats,
             oldest_ready,
+            unrunnable,
             job: format!("SELECT {columns} FROM {t} AS t WHERE id = $1"),
             list: format!("SELECT {columns} FROM {t} AS t WHERE id > "),
             // The filter's conditions follow.
@@ -738,6 +779,59 @@ impl Admin {
             })
             .await?;
         Ok(seconds(age))
+    }
+
+    /// The ready jobs that no live worker can run, by queue and task: no worker working their
+    /// queue registered their task (a worker claims only the jobs of its own tasks, so that
+    /// during a rolling deploy a job of a task new or gone waits for a binary that knows it).
+    /// Reads every ready job.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// for stuck in pq.admin().unrunnable().await? {
+    ///     eprintln!("{} jobs of {:?} in {} wait for a worker", stuck.jobs, stuck.task, stuck.queue);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn unrunnable(&self) -> Result<Vec<Unrunnable>> {
+        self.unrunnable_in(None, None).await
+    }
+
+    /// [`unrunnable`](Self::unrunnable) among the first `head` ready jobs of each of `queues`:
+    /// a bounded read, for a worker's periodic look at its own queues.
+    #[doc(hidden)]
+    pub async fn unrunnable_in(
+        &self,
+        queues: Option<&[String]>,
+        head: Option<u32>,
+    ) -> Result<Vec<Unrunnable>> {
+        let sql = self.sql().await?;
+        let rows = self
+            .pq
+            .with_connection("looking for jobs no worker can run", async |connection| {
+                Ok(sql
+                    .core
+                    .query(&sql.unrunnable)
+                    .bind(queues)
+                    .bind(head.map(i64::from))
+                    .fetch_all(connection)
+                    .await?)
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let text = |i| -> Result<Option<String>> {
+                    let bytes: Option<&[u8]> = row.try_get_unchecked(i)?;
+                    Ok(bytes.map(|bytes| String::from_utf8_lossy(bytes).into_owned()))
+                };
+                Ok(Unrunnable {
+                    queue: text(0)?.unwrap_or_default(),
+                    task: text(1)?,
+                    jobs: u64::try_from(row.try_get::<i64, _>(2)?).unwrap_or(0),
+                    oldest_ready: seconds(row.try_get(3)?),
+                })
+            })
+            .collect()
     }
 
     /// The job of this id, `None` if there is none; [`Error::Unreadable`] if its row holds what

@@ -25,7 +25,7 @@ mod workers;
 
 pub use admin::{
     Admin, AttemptError, Batch, JobFilter, JobInfo, JobState, Page, ParseJobStateError, QueueStats,
-    DEFAULT_BATCH_SIZE,
+    Unrunnable, DEFAULT_BATCH_SIZE,
 };
 pub use enqueue::{Enqueue, OnConnection};
 pub use error::{Error, Result};

@@ -71,6 +71,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(15, "0015_job_meta_and_unique_keys.sql"),
     migration!(16, "0016_unique_keys.sql"),
     migration!(17, "0017_schedules.sql"),
+    migration!(18, "0018_worker_tasks.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.

@@ -21,6 +21,7 @@
 //!     concurrency: 8,
 //!     lease: std::time::Duration::from_secs(30),
 //!     version: "my-worker 1.0".into(),
+//!     tasks: None, // jobs of any task
 //! };
 //! let worker = pq.register_worker(&info).await?;
 //! let queues = ClaimQueues::new(["apples"])?;

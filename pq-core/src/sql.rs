@@ -556,8 +556,8 @@ impl Statements {
         let workers = table.qualified_derived("workers");
         let lease = "statement_timestamp() + $2 * interval '1 microsecond'";
         let register = format!(
-            "INSERT INTO {workers} (host, pid, queues, concurrency, version, expires_at) \
-             VALUES ($2, $3, $4, $5, $6, statement_timestamp() + $1 * interval '1 microsecond') \
+            "INSERT INTO {workers} (host, pid, queues, concurrency, version, tasks, expires_at) \
+             VALUES ($2, $3, $4, $5, $6, $7, statement_timestamp() + $1 * interval '1 microsecond') \
              RETURNING id"
         );
         // The heartbeat: one write per worker, whatever it runs. Says whether the worker's
@@ -578,10 +578,10 @@ impl Statements {
                COALESCE(w.cancel, '{{}}') AS cancel"
         );
         let register_again = format!(
-            "INSERT INTO {workers} (id, host, pid, queues, concurrency, version, expires_at) \
-             OVERRIDING SYSTEM VALUE VALUES ($1, $3, $4, $5, $6, $7, {lease}) \
+            "INSERT INTO {workers} (id, host, pid, queues, concurrency, version, tasks, expires_at) \
+             OVERRIDING SYSTEM VALUE VALUES ($1, $3, $4, $5, $6, $7, $8, {lease}) \
              ON CONFLICT (id) DO UPDATE SET seen_at = statement_timestamp(), \
-               expires_at = excluded.expires_at"
+               expires_at = excluded.expires_at, tasks = excluded.tasks"
         );
         // A running job goes back to the queue once its worker's heartbeat ran out, or its
         // worker's row is gone (and, for a job claimed by a pq before migration 10, once its

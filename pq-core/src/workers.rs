@@ -35,6 +35,10 @@ pub struct WorkerInfo {
     pub lease: Duration,
     /// The program's version, as it wants it shown.
     pub version: String,
+    /// The only tasks whose jobs its claims take, or `None` for jobs of any task (and none).
+    /// A worker that lists its tasks leaves the others' jobs queued for a worker that knows
+    /// them: during a rolling deploy, a job of a task new or gone waits, not fails.
+    pub tasks: Option<Vec<String>>,
 }
 
 /// What a heartbeat found.
@@ -112,6 +116,7 @@ impl Pq {
                     .bind(&info.queues)
                     .bind(i32::try_from(info.concurrency).unwrap_or(i32::MAX))
                     .bind(&info.version)
+                    .bind(&info.tasks)
                     .fetch_one(connection)
                     .await?)
             })
@@ -331,6 +336,7 @@ async fn beat(
                 .bind(&info.queues)
                 .bind(i32::try_from(info.concurrency).unwrap_or(i32::MAX))
                 .bind(&info.version)
+                .bind(&info.tasks)
                 .execute(&mut *connection)
                 .await?;
             Ok(Heartbeat {

@@ -1,6 +1,6 @@
 //! Keeps a worker's registration alive, one statement every third of its lease whatever it
-//! runs, hearing of the requests to cancel its jobs as it does, and rescues the jobs of workers
-//! whose heartbeat ran out.
+//! runs, hearing of the requests to cancel its jobs as it does, rescues the jobs of workers
+//! whose heartbeat ran out, and warns of jobs in its queues that no live worker can run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,21 +13,30 @@ use crate::cancel::Cancels;
 /// How many jobs of lost workers one rescue statement returns to their queues.
 const RESCUE_BATCH: u32 = 1000;
 
-/// Beats every `info.lease / 3`, and rescues every half lease (at least every second), until
-/// dropped. A failed beat was already tried again at once on a fresh connection; the next tick
-/// tries once more.
+/// How many jobs in line of each queue the look for unrunnable jobs reads: those that wait
+/// longest are at the front.
+const UNRUNNABLE_HEAD: u32 = 1000;
+
+/// Beats every `info.lease / 3`, rescues every half lease (at least every second), and looks
+/// for jobs no worker can run every `warn_after` (at most every minute), until dropped. A
+/// failed beat was already tried again at once on a fresh connection; the next tick tries
+/// once more.
 pub(crate) async fn keep_alive(
     pq: Pq,
     worker: WorkerId,
     info: WorkerInfo,
     max_rescues: u32,
     cancels: Arc<Cancels>,
+    warn_after: Duration,
 ) {
     let mut beat = tokio::time::interval(info.lease / 3);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
     let mut rescue = tokio::time::interval((info.lease / 2).max(Duration::from_secs(1)));
     rescue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unrunnable = tokio::time::interval(warn_after.min(Duration::from_secs(60)));
+    unrunnable.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    unrunnable.tick().await;
     loop {
         tokio::select! {
             _ = beat.tick() => match pq.heartbeat(worker, &info).await {
@@ -47,6 +56,31 @@ pub(crate) async fn keep_alive(
                 Ok(rescued) => tracing::warn!(rescued, "pq: rescued jobs whose worker was lost"),
                 Err(error) => tracing::error!(%error, "pq: cannot rescue the jobs of lost workers"),
             },
+            _ = unrunnable.tick() => warn_unrunnable(&pq, &info.queues, warn_after).await,
         }
+    }
+}
+
+/// Warns of the jobs of `queues` ready for `warn_after` or longer that no live worker can run.
+async fn warn_unrunnable(pq: &Pq, queues: &[String], warn_after: Duration) {
+    match pq
+        .admin()
+        .unrunnable_in(Some(queues), Some(UNRUNNABLE_HEAD))
+        .await
+    {
+        Ok(groups) => {
+            for group in groups {
+                if group.oldest_ready.is_some_and(|age| age >= warn_after) {
+                    tracing::warn!(
+                        queue = group.queue,
+                        task = group.task.as_deref().unwrap_or("(none)"),
+                        jobs = group.jobs,
+                        oldest_ready_seconds = group.oldest_ready.map(|age| age.as_secs()),
+                        "pq: jobs wait that no live worker of their queue can run: no worker registered their task"
+                    );
+                }
+            }
+        }
+        Err(error) => tracing::debug!(%error, "pq: cannot look for jobs no worker can run"),
     }
 }

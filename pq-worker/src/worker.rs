@@ -87,6 +87,7 @@ struct Settings {
     grace_period: Duration,
     keep_completed: bool,
     max_rescues: u32,
+    warn_unrunnable_after: Duration,
     /// When not empty, the only jobs it claims, once ready (see [`crate::testing::run_job`]).
     only: Vec<JobId>,
     /// The schedules it fires beside its `cron` tasks'.
@@ -111,6 +112,7 @@ impl Worker {
                 grace_period: Duration::from_secs(30),
                 keep_completed: false,
                 max_rescues: 3,
+                warn_unrunnable_after: Duration::from_secs(300),
                 only: Vec::new(),
                 periodic: Vec::new(),
             },
@@ -186,6 +188,16 @@ impl Worker {
     /// job fails for good, so that a job that kills its worker every time still ends.
     pub fn max_rescues(mut self, rescues: u32) -> Self {
         self.settings.max_rescues = rescues;
+        self
+    }
+
+    /// After how long a ready job of one of its queues that no live worker can run (no worker
+    /// registered its task) makes it log a warning (default 5 minutes). A worker claims only
+    /// the jobs of its own tasks: during a rolling deploy, a job of a task the old binaries
+    /// lack waits for a new one, and one left waiting says so. See
+    /// [`Admin::unrunnable`](pq_core::Admin::unrunnable). At least a second.
+    pub fn warn_unrunnable_after(mut self, after: Duration) -> Self {
+        self.settings.warn_unrunnable_after = after.max(Duration::from_secs(1));
         self
     }
 
@@ -333,6 +345,7 @@ impl Worker {
             concurrency,
             lease: self.settings.lease,
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            tasks: Some(registry.iter().map(|task| task.name.to_owned()).collect()),
         };
         let Some(worker) = register(&own, &info, &mut stop).await? else {
             return Ok(Report::default());
@@ -542,6 +555,7 @@ impl Run {
             info,
             self.settings.max_rescues,
             Arc::clone(&self.resources.cancels),
+            self.settings.warn_unrunnable_after,
         ));
         if !self.periodic.is_empty() {
             keep_alive.spawn(crate::cron::run(own.clone(), self.periodic.clone()));

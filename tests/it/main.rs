@@ -15,6 +15,7 @@ mod control;
 mod errors;
 mod faults;
 mod fencing;
+mod flow;
 mod idle;
 mod leases;
 mod metrics;

@@ -194,7 +194,7 @@ async fn text_that_is_not_utf8_fails_its_job_alone() {
         pq.create().await.unwrap();
         let good = harmless().enqueue(&pq).await.unwrap();
         let id: i64 = sqlx::query_scalar(&format!(
-            "INSERT INTO {} (q_name, task, data) VALUES ('poison', $1 || E'\\xff', '{{}}') \
+            "INSERT INTO {} (q_name, task, data) VALUES ('poison', $1, ('\"' || E'\\xff' || '\"')::json) \
              RETURNING id",
             pq.table()
         ))

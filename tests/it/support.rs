@@ -262,6 +262,7 @@ impl Claimer {
             concurrency: 100,
             lease: Duration::from_secs(60),
             version: "test".into(),
+            tasks: None,
         };
         let worker = pq.register_worker(&info).await.expect("register");
         let queues = pq::protocol::ClaimQueues::new(queues.iter().copied()).expect("queue names");

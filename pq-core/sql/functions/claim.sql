@@ -16,7 +16,9 @@
 -- goes. A job that sorts before a position (released, rescued, retried, committed late, or more
 -- urgent) waits until the caller starts again from the top, at most 2 s.
 --
--- `worker` must be registered (`<table>_workers`, see `register` in pq-core/src/sql.rs).
+-- `worker` must be registered (`<table>_workers`, see `register` in pq-core/src/sql.rs). It
+-- takes only the jobs of the tasks it registered (migration 18), passing over the others: a
+-- queue that holds many jobs no worker of it knows costs each claim a read past them.
 --
 -- A paused queue (`<table>_queues`) gives nothing. The claim reads it in a snapshot taken after
 -- its worker's lock, so that `pause`, which waits for every worker's lock, returns only once no
@@ -61,6 +63,7 @@ AS {{dollar}}
 #variable_conflict use_column
 DECLARE
     claim int8 := nextval({{literal:claims}});
+    known text[];
 BEGIN
     -- A claim holds its worker's advisory lock shared until it commits: a worker
     -- deregistering takes it exclusively, so it waits for a claim it abandoned half-way and
@@ -68,7 +71,8 @@ BEGIN
     -- (A lock on the worker's row would do the same at the cost of a WAL record, and of a
     -- MultiXact when two claims overlap: a third of the drain, BENCHMARKS.md.)
     PERFORM pg_advisory_xact_lock_shared({{claims_lock}}, (worker & 2147483647)::int4);
-    IF NOT EXISTS (SELECT FROM {{qualified:workers}} AS w WHERE w.id = worker) THEN
+    SELECT w.tasks INTO known FROM {{qualified:workers}} AS w WHERE w.id = worker;
+    IF NOT FOUND THEN
         RETURN;
     END IF;
     RETURN QUERY
@@ -82,6 +86,7 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT * FROM (SELECT j.ctid AS place FROM {{table}} AS j
              WHERE j.q_name = q.name AND j.state = 'queued'
+               AND (known IS NULL OR j.task = ANY (known))
                AND COALESCE(j.expected_at, 'infinity') < 'infinity'
                AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
                AND ROW(COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id)
@@ -92,6 +97,7 @@ BEGIN
             UNION ALL
             SELECT * FROM (SELECT j.ctid FROM {{table}} AS j
              WHERE j.q_name = q.name AND j.state = 'queued'
+               AND (known IS NULL OR j.task = ANY (known))
                AND COALESCE(j.expected_at, 'infinity') = 'infinity'
                AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
                AND ROW(GREATEST(j.schedule_at, j.enqueued_at), j.id)
