@@ -1073,13 +1073,25 @@ impl Admin {
             .await?;
         // Committed: claims from now on see it. Those already under way may not have; they
         // end before this does.
+        self.hold_claims().await?;
+        Ok(paused)
+    }
+
+    /// Waits for every claim under way to end: those that start after see what was committed
+    /// before.
+    pub(crate) async fn hold_claims(&self) -> Result<()> {
+        let sql = self.sql().await?;
         self.pq
-            .with_connection("pausing a queue", async |connection| {
+            .with_connection("waiting for the claims under way", async |connection| {
                 sql.core.query(&sql.hold_claims).execute(connection).await?;
                 Ok(())
             })
-            .await?;
-        Ok(paused)
+            .await
+    }
+
+    /// Its handle on the table.
+    pub(crate) fn pq(&self) -> &Pq {
+        &self.pq
     }
 
     /// Resumes a paused `queue`, waking its workers; `false` if it was not paused.

@@ -35,6 +35,16 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A limit, rate or burst that cannot be (a limit of 0, a rate of no jobs or absurdly
+    /// fast, a period over a day).
+    #[error("invalid limit {limit:?}: {reason}")]
+    InvalidLimit {
+        /// The limit as given (cut to its first 100 characters).
+        limit: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// A queue name that cannot be stored.
     #[error("invalid queue name {name:?}: {reason}")]
     InvalidQueueName {

@@ -481,6 +481,16 @@ impl NewJob {
         self
     }
 
+    /// Puts the job under its task's flow policy with this key (a per-key limit, a sequence):
+    /// the jobs of one key count against one limit, or run one at a time in enqueue order. A
+    /// task with a policy sets it itself (`#[pq::task(limit_key = [..])]`, `sequence = [..]`);
+    /// the key is JSON `[task, values...]`. A job with a flow key is claimed only from a
+    /// limited queue (see [`Admin::limit`](crate::Admin::limit)); it travels in the job's
+    /// meta, as `flow`. A key of over 1,000 bytes is stored as its MD5 digest.
+    pub fn flow_key(self, key: impl Into<String>) -> Self {
+        self.meta("flow", key.into())
+    }
+
     /// Makes the job unique by `key` among waiting jobs (queued or scheduled, not running): if
     /// one with the same key waits already, the enqueue meets it as `on_conflict` says, and
     /// answers [`Enqueued::Duplicate`] with its id. PostgreSQL enforces it (a unique index), so

@@ -9,6 +9,7 @@ mod admin;
 mod connections;
 mod enqueue;
 mod error;
+mod flow;
 mod job;
 mod lease;
 mod listen;
@@ -29,6 +30,10 @@ pub use admin::{
 };
 pub use enqueue::{Enqueue, OnConnection};
 pub use error::{Error, Result};
+pub use flow::{
+    FlowDeclaration, FlowPolicy, LimitInfo, Limits, QueueLimits, Rate, Sequence, MAX_RATE_PERIOD,
+    MAX_RATE_PER_SECOND,
+};
 pub use job::{Enqueued, Job, JobId, NewJob, OnConflict};
 pub use lease::MAX_SNOOZES;
 pub use listen::Subscription;

@@ -72,6 +72,8 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(16, "0016_unique_keys.sql"),
     migration!(17, "0017_schedules.sql"),
     migration!(18, "0018_worker_tasks.sql"),
+    migration!(19, "0019_flow_control.sql"),
+    migration!(20, "0020_flow_indexes.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.
@@ -98,6 +100,7 @@ macro_rules! function {
 /// Every function of the table, applied after the migrations.
 pub const FUNCTIONS: &[Function] = &[
     function!("claim.sql"),
+    function!("claim_limited.sql"),
     function!("notify.sql"),
     function!("wait.sql"),
 ];

@@ -91,6 +91,14 @@ impl TableName {
         let hash = lock_key("claims", &self.qualified()) as u64;
         i32::from_ne_bytes(((hash >> 32) as u32 ^ hash as u32).to_ne_bytes())
     }
+
+    /// The first half of the advisory locks that put the claims of a limited queue, or of a
+    /// task with a policy, one after another (the second is a hash of the queue's or task's
+    /// name; see `sql/functions/claim_limited.sql`).
+    pub fn flows_lock_key(&self) -> i32 {
+        let hash = lock_key("flows", &self.qualified()) as u64;
+        i32::from_ne_bytes(((hash >> 32) as u32 ^ hash as u32).to_ne_bytes())
+    }
 }
 
 fn check_identifier(kind: &'static str, name: &str, max_len: usize) -> Result<()> {
@@ -166,6 +174,7 @@ pub(crate) fn render(template: &str, table: &TableName) -> String {
             None if key == "dollar" => table.dollar_quote(),
             None if key == "claim_cursor" => quote_literal(&table.claim_cursor()),
             None if key == "claims_lock" => table.claims_lock_key().to_string(),
+            None if key == "flows_lock" => table.flows_lock_key().to_string(),
             Some(("name", suffix)) => table.derived(suffix),
             Some(("qualified", suffix)) => table.qualified_derived(suffix),
             Some(("literal", suffix)) => quote_literal(&table.qualified_derived(suffix)),
@@ -277,15 +286,23 @@ impl Statements {
         };
         let notify = table.qualified_derived("notify");
         let notified = notified_by(&format!("{notify}($1)"));
+        // A key as stored: as given, or its digest past 1,000 bytes (an index entry holds at
+        // most 2,704, and the key is the JSON of arguments, which may be long).
+        let stored = |key: &str| {
+            format!("CASE WHEN octet_length({key}) > 1000 THEN 'md5:' || md5({key}) ELSE {key} END")
+        };
+        // A job's flow key (migration 19) travels in its meta, as `flow` (see `NewJob::flow_key`).
+        let flow = |meta: &str| stored(&format!("({meta}::jsonb ->> 'flow')"));
         // `$n * interval '1 microsecond'` turns a bound delay into an interval; a NULL delay
         // leaves the time NULL so that COALESCE falls through to the next choice.
         let put = format!(
-            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout, meta) \
+            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout, meta, flow) \
              VALUES ($1, $2, $3::json, \
                COALESCE($4, statement_timestamp() + $5 * interval '1 microsecond', '-infinity'), \
                COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond'), \
-               $8 * interval '1 microsecond', $9::jsonb) \
-             RETURNING id, {notified} AS notified"
+               $8 * interval '1 microsecond', $9::jsonb, {flow}) \
+             RETURNING id, {notified} AS notified",
+            flow = flow("$9"),
         );
         // Jobs of any queues and tasks, each with its own times ($1 to $9: one array a column,
         // in the order of `put`'s parameters; a shorter one is padded with NULLs); each queue
@@ -296,15 +313,16 @@ impl Statements {
             "(SELECT bool_or({notify}(q)) FROM (SELECT DISTINCT q FROM unnest($1::text[]) AS q) AS queues)"
         ));
         let put_jobs = format!(
-            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout, meta) \
+            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout, meta, flow) \
              SELECT q, task, d::json, \
                COALESCE(s_at, statement_timestamp() + s_in * interval '1 microsecond', '-infinity'), \
                COALESCE(e_at, statement_timestamp() + e_in * interval '1 microsecond'), \
-               limit_us * interval '1 microsecond', m::jsonb \
+               limit_us * interval '1 microsecond', m::jsonb, {flow} \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
                $6::timestamptz[], $7::int8[], $8::int8[], $9::text[]) \
                AS j(q, task, d, s_at, s_in, e_at, e_in, limit_us, m) \
-             RETURNING id, (SELECT {notified_jobs}) AS notified"
+             RETURNING id, (SELECT {notified_jobs}) AS notified",
+            flow = flow("m"),
         );
         // A unique task's jobs ($10: each one's key), meeting a job that waits with the same key
         // (`unique_idx`, migration 16) as `$11` says: 0 keeps it as it is (skip), 1 replaces
@@ -314,12 +332,8 @@ impl Statements {
         // NOTHING would return nothing for a row committed since the statement's snapshot.
         // Returns whether each row is new (`xmax = 0`: no one updated it).
         let waiting = "ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND state = 'queued'";
-        // A key as stored: as given, or its digest past 1,000 bytes (an index entry holds at
-        // most 2,704, and the key is the JSON of arguments, which may be long).
-        let stored = |key: &str| {
-            format!("CASE WHEN octet_length({key}) > 1000 THEN 'md5:' || md5({key}) ELSE {key} END")
-        };
-        let merged = "(q_name, task, data, schedule_at, expected_at, timeout, meta) = (SELECT \
+        let merged =
+            "(q_name, task, data, schedule_at, expected_at, timeout, meta, flow) = (SELECT \
                CASE WHEN c.m = 0 THEN j.q_name ELSE EXCLUDED.q_name END, \
                CASE WHEN c.m = 0 THEN j.task ELSE EXCLUDED.task END, \
                CASE WHEN c.m = 0 THEN j.data ELSE EXCLUDED.data END, \
@@ -328,18 +342,20 @@ impl Statements {
                    j.enqueued_at + c.max * interval '1 microsecond')) END, \
                CASE WHEN c.m = 0 THEN j.expected_at ELSE EXCLUDED.expected_at END, \
                CASE WHEN c.m = 0 THEN j.timeout ELSE EXCLUDED.timeout END, \
-               CASE WHEN c.m = 0 THEN j.meta ELSE EXCLUDED.meta END";
+               CASE WHEN c.m = 0 THEN j.meta ELSE EXCLUDED.meta END, \
+               CASE WHEN c.m = 0 THEN j.flow ELSE EXCLUDED.flow END";
         let put_unique = format!(
             "INSERT INTO {t} AS j (q_name, task, data, schedule_at, expected_at, timeout, meta, \
-               unique_key) \
+               unique_key, flow) \
              VALUES ($1, $2, $3::json, \
                COALESCE($4, statement_timestamp() + $5 * interval '1 microsecond', '-infinity'), \
                COALESCE($6, statement_timestamp() + $7 * interval '1 microsecond'), \
-               $8 * interval '1 microsecond', $9::jsonb, {key}) \
+               $8 * interval '1 microsecond', $9::jsonb, {key}, {flow}) \
              {waiting} DO UPDATE SET {merged} \
                FROM (SELECT $11::int4 AS m, $12::int8 AS max) AS c) \
              RETURNING id, xmax = 0 AS inserted, {notified} AS notified",
             key = stored("$10::text"),
+            flow = flow("$9"),
         );
         // `put_jobs` with keys ($10), all meeting a waiting job one way ($11, $12, as in
         // `put_unique`). The caller sends each key once, in the keys' order, so that two
@@ -351,11 +367,11 @@ impl Statements {
             "WITH c AS MATERIALIZED (SELECT n, {key} AS k \
                FROM unnest($10::text[]) WITH ORDINALITY AS c(k, n) WHERE k IS NOT NULL), \
              written AS (INSERT INTO {t} AS j (q_name, task, data, schedule_at, expected_at, \
-               timeout, meta, unique_key) \
+               timeout, meta, unique_key, flow) \
              SELECT q, task, d::json, \
                COALESCE(s_at, statement_timestamp() + s_in * interval '1 microsecond', '-infinity'), \
                COALESCE(e_at, statement_timestamp() + e_in * interval '1 microsecond'), \
-               limit_us * interval '1 microsecond', mt::jsonb, {key} \
+               limit_us * interval '1 microsecond', mt::jsonb, {key}, {flow} \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
                $6::timestamptz[], $7::int8[], $8::int8[], $9::text[], $10::text[]) \
                AS r(q, task, d, s_at, s_in, e_at, e_in, limit_us, mt, k) \
@@ -365,6 +381,7 @@ impl Statements {
                (SELECT {notified_jobs}) AS notified) \
              SELECT w.id, w.inserted, c.n FROM written AS w LEFT JOIN c ON c.k = w.unique_key",
             key = stored("k"),
+            flow = flow("mt"),
         );
         let put_jobs_now = format!(
             "INSERT INTO {t} (q_name, task, data, schedule_at) \
@@ -575,7 +592,16 @@ impl Statements {
                    AND COALESCE(j.state IN ('queued', 'running'), false) ORDER BY j.id), '{{}}') END \
              FROM before WHERE w.id = $1 \
              RETURNING before.expires_at < statement_timestamp() AS lapsed, \
-               COALESCE(w.cancel, '{{}}') AS cancel"
+               COALESCE(w.cancel, '{{}}') AS cancel, \
+               (SELECT (extract(epoch FROM min(p)) * 1000000)::int8 \
+                FROM (SELECT LEAST(s.per / s.rate, interval '50 milliseconds') AS p \
+                      FROM {queues} AS s WHERE s.q_name = ANY (w.queues) AND s.limited \
+                      UNION ALL \
+                      SELECT LEAST(f.per / f.rate, interval '50 milliseconds') FROM {flows} AS f \
+                      WHERE f.rate IS NOT NULL AND f.q_name = ANY (w.queues) \
+                        AND (w.tasks IS NULL OR f.task = ANY (w.tasks))) AS l) AS limited_poll",
+            queues = table.qualified_derived("queues"),
+            flows = table.qualified_derived("flows"),
         );
         let register_again = format!(
             "INSERT INTO {workers} (id, host, pid, queues, concurrency, version, tasks, expires_at) \

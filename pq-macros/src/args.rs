@@ -30,6 +30,16 @@ pub(crate) struct TaskArgs {
     pub(crate) cron: Option<LitStr>,
     pub(crate) timezone: Option<LitStr>,
     pub(crate) on_missed: Option<OnMissed>,
+    /// How many of the task's jobs run at once, fleet-wide (for each key, with `limit_key`).
+    pub(crate) limit: Option<u32>,
+    /// The parameters a per-key limit's key is made of.
+    pub(crate) limit_key: Option<Vec<syn::Ident>>,
+    /// The parameters a sequence's key is made of.
+    pub(crate) sequence: Option<Vec<syn::Ident>>,
+    pub(crate) on_failure: Option<OnFailure>,
+    /// A rate: jobs per period.
+    pub(crate) rate: Option<(u32, Duration)>,
+    pub(crate) burst: Option<u32>,
     /// Where each argument was written, for errors that concern two of them.
     spans: Vec<(Key, Path)>,
 }
@@ -39,6 +49,13 @@ pub(crate) struct TaskArgs {
 pub(crate) enum OnMissed {
     Coalesce,
     CatchUp,
+    Skip,
+}
+
+/// `on_failure = "block" | "skip"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnFailure {
+    Block,
     Skip,
 }
 
@@ -82,10 +99,16 @@ enum Key {
     Cron,
     Timezone,
     OnMissed,
+    Limit,
+    LimitBy,
+    Sequence,
+    OnFailure,
+    Rate,
+    Burst,
 }
 
 impl Key {
-    const ALL: [Key; 16] = [
+    const ALL: [Key; 22] = [
         Key::Queue,
         Key::Name,
         Key::ScheduleAt,
@@ -102,6 +125,12 @@ impl Key {
         Key::Cron,
         Key::Timezone,
         Key::OnMissed,
+        Key::Limit,
+        Key::LimitBy,
+        Key::Sequence,
+        Key::OnFailure,
+        Key::Rate,
+        Key::Burst,
     ];
 
     fn as_str(self) -> &'static str {
@@ -122,6 +151,12 @@ impl Key {
             Key::Cron => "cron",
             Key::Timezone => "timezone",
             Key::OnMissed => "on_missed",
+            Key::Limit => "limit",
+            Key::LimitBy => "limit_key",
+            Key::Sequence => "sequence",
+            Key::OnFailure => "on_failure",
+            Key::Rate => "rate",
+            Key::Burst => "burst",
         }
     }
 
@@ -144,6 +179,12 @@ impl Key {
             Key::Cron => r#"cron = "0 3 * * *""#,
             Key::Timezone => r#"timezone = "Europe/Berlin""#,
             Key::OnMissed => r#"on_missed = "catch_up""#,
+            Key::Limit => "limit = 5",
+            Key::LimitBy => "limit_key = [customer_id]",
+            Key::Sequence => "sequence = [account_id]",
+            Key::OnFailure => r#"on_failure = "skip""#,
+            Key::Rate => r#"rate = "100/s""#,
+            Key::Burst => "burst = 20",
         }
     }
 
@@ -224,13 +265,19 @@ impl TaskArgs {
             Key::Backoff => self.backoff = backoff(value, errors),
             Key::Timeout => self.timeout = timeout(value, errors),
             Key::OnCancel => self.on_cancel = on_cancel(value, errors),
-            Key::Unique => self.unique = unique(value, errors),
+            Key::Unique => self.unique = names(key, value, errors),
             Key::OnConflict => self.on_conflict = on_conflict(value, errors),
             Key::Debounce => self.debounce = nonzero(key, value, errors),
             Key::DebounceMax => self.debounce_max = nonzero(key, value, errors),
             Key::Cron => self.cron = cron(value, errors),
             Key::Timezone => self.timezone = timezone(value, errors),
             Key::OnMissed => self.on_missed = on_missed(value, errors),
+            Key::Limit => self.limit = positive(key, value, errors),
+            Key::LimitBy => self.limit_key = names(key, value, errors),
+            Key::Sequence => self.sequence = names(key, value, errors),
+            Key::OnFailure => self.on_failure = on_failure(value, errors),
+            Key::Rate => self.rate = rate(value, errors),
+            Key::Burst => self.burst = positive(key, value, errors),
         }
     }
 
@@ -245,11 +292,17 @@ impl TaskArgs {
     /// Checks what depends on the function (the parameters `unique` names) or on two arguments
     /// at once. `parameters` are the task's arguments, those the worker supplies left out.
     pub(crate) fn check(&self, parameters: &[&syn::Ident], errors: &mut Errors) {
-        if let Some(names) = &self.unique {
-            let listed: Vec<String> = parameters.iter().map(|p| format!("`{p}`")).collect();
+        let listed: Vec<String> = parameters.iter().map(|p| format!("`{p}`")).collect();
+        let lists = [
+            (Key::Unique, &self.unique),
+            (Key::LimitBy, &self.limit_key),
+            (Key::Sequence, &self.sequence),
+        ];
+        for (key, names) in lists {
+            let Some(names) = names else { continue };
             for (n, name) in names.iter().enumerate() {
                 if names[..n].contains(name) {
-                    errors.spanned(name, format!("`{name}` is named twice in `unique`"));
+                    errors.spanned(name, format!("`{name}` is named twice in `{key}`"));
                 } else if !parameters.contains(&name) {
                     let expected = match listed.as_slice() {
                         [] => "this task takes no argument to key it by".to_owned(),
@@ -257,10 +310,35 @@ impl TaskArgs {
                     };
                     errors.spanned(
                         name,
-                        format!("`unique` names the task's arguments, and `{name}` is not one; {expected}"),
+                        format!("`{key}` names the task's arguments, and `{name}` is not one; {expected}"),
                     );
                 }
             }
+        }
+        if let (Some(path), None) = (self.path(Key::LimitBy), self.limit) {
+            errors.spanned(
+                path,
+                "`limit_key` says what a limit counts per key: add `limit = ..`, how many of a key's jobs run at once",
+            );
+        }
+        if self.sequence.is_some() {
+            for key in [Key::Limit, Key::LimitBy] {
+                if let Some(path) = self.path(key) {
+                    errors.spanned(
+                        path,
+                        format!("a sequence runs one job of a key at a time, in order: leave `{key}` out"),
+                    );
+                }
+            }
+        }
+        if let (Some(path), None) = (self.path(Key::OnFailure), &self.sequence) {
+            errors.spanned(
+                path,
+                "`on_failure` says what a failed job does to its sequence: add `sequence = [..]`",
+            );
+        }
+        if let (Some(path), None) = (self.path(Key::Burst), self.rate) {
+            errors.spanned(path, "`burst` goes with a rate: add `rate = \"../s\"`");
         }
         if let (Some(path), false) = (self.path(Key::Cron), parameters.is_empty()) {
             errors.spanned(
@@ -459,16 +537,18 @@ fn on_cancel(value: &Expr, errors: &mut Errors) -> Option<OnCancel> {
     }
 }
 
-/// `unique = [a, b]`: plain names, at least one.
-fn unique(value: &Expr, errors: &mut Errors) -> Option<Vec<syn::Ident>> {
-    const EXPECTED: &str =
-        "`unique` takes a list of the task's arguments, like `unique = [user_id]`";
+/// `unique = [a, b]` (or `limit_key`, `sequence`): plain names, at least one.
+fn names(key: Key, value: &Expr, errors: &mut Errors) -> Option<Vec<syn::Ident>> {
+    let expected = format!(
+        "`{key}` takes a list of the task's arguments, like `{}`",
+        key.example()
+    );
     let Expr::Array(array) = value else {
-        errors.spanned(value, EXPECTED);
+        errors.spanned(value, expected);
         return None;
     };
     if array.elems.is_empty() {
-        errors.spanned(value, format!("`unique` names no argument; {EXPECTED}"));
+        errors.spanned(value, format!("`{key}` names no argument; {expected}"));
         return None;
     }
     let mut names = Vec::new();
@@ -477,10 +557,84 @@ fn unique(value: &Expr, errors: &mut Errors) -> Option<Vec<syn::Ident>> {
             Expr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
                 names.extend(path.path.get_ident().cloned());
             }
-            other => errors.spanned(other, format!("not an argument's name; {EXPECTED}")),
+            other => errors.spanned(other, format!("not an argument's name; {expected}")),
         }
     }
     Some(names)
+}
+
+/// A whole number of at least 1 (`limit`, `burst`).
+fn positive(key: Key, value: &Expr, errors: &mut Errors) -> Option<u32> {
+    let message = match literal(value) {
+        Some(Lit::Int(int)) => match int.base10_parse::<u32>() {
+            Ok(0) => format!("`{key}` is at least 1: with 0, no job would ever start"),
+            Ok(n) => return Some(n),
+            Err(_) => format!("`{key}` is a whole number from 1 to {}", u32::MAX),
+        },
+        _ => format!(
+            "`{key}` takes a whole number of jobs, like `{}`",
+            key.example()
+        ),
+    };
+    errors.spanned(value, message);
+    None
+}
+
+/// `rate = "100/s"`: jobs per period, as pq-core's `Rate` reads it (s, m, h, d or a duration);
+/// at least one job, a period over zero and at most a day, at most 1,000,000 jobs a second.
+fn rate(value: &Expr, errors: &mut Errors) -> Option<(u32, Duration)> {
+    let string = string(Key::Rate, value, errors)?;
+    let text = string.value();
+    let parsed = (|| {
+        let (jobs, per) = text
+            .split_once('/')
+            .ok_or("a rate reads `jobs/period`, like \"100/s\" or \"30/10s\"")?;
+        let jobs: u32 = jobs
+            .trim()
+            .parse()
+            .map_err(|_| "a rate's number of jobs is a whole number")?;
+        let per = match per.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            other => humantime::parse_duration(other)
+                .map_err(|_| "a rate's period is s, m, h, d or a duration, like \"10s\"")?,
+        };
+        if jobs == 0 {
+            Err("a rate lets at least one job start")
+        } else if per.is_zero() {
+            Err("a rate's period is longer than zero")
+        } else if per > Duration::from_secs(86_400) {
+            Err("a rate's period is at most a day")
+        } else if f64::from(jobs) / per.as_secs_f64() > 1_000_000.0 {
+            Err("a rate is at most 1,000,000 jobs a second")
+        } else {
+            Ok((jobs, per))
+        }
+    })();
+    match parsed {
+        Ok(rate) => Some(rate),
+        Err(reason) => {
+            errors.spanned(&string, format!("invalid rate {text:?}: {reason}"));
+            None
+        }
+    }
+}
+
+fn on_failure(value: &Expr, errors: &mut Errors) -> Option<OnFailure> {
+    let string = string(Key::OnFailure, value, errors)?;
+    match string.value().as_str() {
+        "block" => Some(OnFailure::Block),
+        "skip" => Some(OnFailure::Skip),
+        other => {
+            errors.spanned(
+                &string,
+                format!(r#"unknown on_failure {other:?}, expected "block" (its retries first) or "skip""#),
+            );
+            None
+        }
+    }
 }
 
 /// A cron expression, read as the worker reads it (pq-worker/src/cron.rs: seconds optional).
@@ -653,7 +807,7 @@ mod tests {
                 "unknown argument `queues`; expected one of `queue`, `name`, `schedule_at`, \
               `expected_at`, `max_retries`, `retry_in`, `backoff`, `timeout`, `on_cancel`, \
               `unique`, `on_conflict`, `debounce`, `debounce_max`, `cron`, `timezone`, \
-              `on_missed`"
+              `on_missed`, `limit`, `limit_key`, `sequence`, `on_failure`, `rate`, `burst`"
             ]
         );
     }

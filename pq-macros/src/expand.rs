@@ -9,7 +9,7 @@ use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Attribute, ItemFn};
 
-use crate::args::{Backoff, OnCancel, OnConflict, OnMissed, TaskArgs};
+use crate::args::{Backoff, OnCancel, OnConflict, OnFailure, OnMissed, TaskArgs};
 use crate::errors::Errors;
 use crate::signature::{Signature, Supplied};
 
@@ -140,6 +140,18 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
             }
         }
     });
+    // A per-key policy's key: the JSON of the parameters `limit_key` or `sequence` names.
+    let flow_key = args
+        .limit_key
+        .as_ref()
+        .or(args.sequence.as_ref())
+        .map(|names| {
+            quote! {
+                fn flow_key(&self) -> ::core::option::Option<::std::string::String> {
+                    ::pq::__private::unique_key(&(#(&self.#names,)*))
+                }
+            }
+        });
     let enqueued = match unique {
         Some(_) => quote!(::pq::Enqueued),
         None => quote!(::pq::JobId),
@@ -179,6 +191,7 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
             type Enqueued = #enqueued;
             #execute
             #unique
+            #flow_key
         }
 
         #(#docs)*
@@ -275,6 +288,33 @@ fn options(args: &TaskArgs) -> TokenStream {
             }))
         }
     };
+    let flowing = args.limit.is_some() || args.sequence.is_some() || args.rate.is_some();
+    let flow = if flowing {
+        let option = |value: Option<TokenStream>| match value {
+            Some(value) => quote!(::core::option::Option::Some(#value)),
+            None => quote!(::core::option::Option::None),
+        };
+        let max_running = option(args.limit.map(|n| quote!(#n)));
+        let keyed = args.limit_key.is_some();
+        let sequence = option(args.sequence.as_ref().map(|_| match args.on_failure {
+            Some(OnFailure::Skip) => quote!(::pq::Sequence::Skip),
+            _ => quote!(::pq::Sequence::Block),
+        }));
+        let rate = option(args.rate.map(|(jobs, per)| {
+            let per = duration(per);
+            quote!((#jobs, #per))
+        }));
+        let burst = option(args.burst.map(|n| quote!(#n)));
+        quote!(::core::option::Option::Some(::pq::FlowPolicy {
+            max_running: #max_running,
+            keyed: #keyed,
+            sequence: #sequence,
+            rate: #rate,
+            burst: #burst,
+        }))
+    } else {
+        default("flow")
+    };
     quote! {
         ::pq::__private::TaskOptions {
             queue: #queue,
@@ -287,6 +327,7 @@ fn options(args: &TaskArgs) -> TokenStream {
             on_cancel: #on_cancel,
             unique: #unique,
             cron: #cron,
+            flow: #flow,
         }
     }
 }

@@ -196,6 +196,9 @@ pub struct TaskOptions {
     pub unique: Option<OnConflict>,
     /// For a recurring task (`#[pq::task(cron = "..")]`), its schedule; `None` for others.
     pub cron: Option<crate::cron::Cron>,
+    /// Its flow policy (`limit`, `limit_key`, `sequence`, `rate`, `burst`), enforced by the
+    /// claim over every worker; `None` for a task without one.
+    pub flow: Option<pq_core::FlowPolicy>,
 }
 
 /// How a run learns that its job was cancelled ([`TaskContext::cancelled`]).
@@ -221,6 +224,7 @@ impl TaskOptions {
         on_cancel: OnCancel::Cooperate,
         unique: None,
         cron: None,
+        flow: None,
     };
 }
 
@@ -253,6 +257,12 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     /// The unique key of these arguments, for a unique task: the JSON of the parameters its
     /// attribute names. `None` for other tasks.
     fn unique_key(&self) -> Option<String> {
+        None
+    }
+
+    /// The flow key of these arguments, for a task whose policy is per key (`limit_key`,
+    /// `sequence`): the JSON of the parameters its attribute names. `None` for other tasks.
+    fn flow_key(&self) -> Option<String> {
         None
     }
 }
@@ -324,6 +334,8 @@ pub struct TaskCall<T: Task> {
     /// A unique task's key and way with a waiting duplicate, where the call sets them.
     unique_key: Option<String>,
     on_conflict: Option<OnConflict>,
+    /// The flow key, where the call sets it.
+    flow_key: Option<String>,
 }
 
 impl<T: Task<Enqueued = Enqueued>> TaskCall<T> {
@@ -359,6 +371,23 @@ impl<T: Task<Enqueued = Enqueued>> TaskCall<T> {
 }
 
 impl<T: Task> TaskCall<T> {
+    /// Puts this call's job under the key `key` of its task's flow policy (a per-key limit,
+    /// a sequence) instead of the parameters its attribute names (within the task: two tasks
+    /// never share a key). A task without a policy ignores it.
+    ///
+    /// ```no_run
+    /// #[pq::task(limit_key = [customer], limit = 1)]
+    /// async fn sync(customer: i64, full: bool) {}
+    ///
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// sync(7, true).flow_key("customer 7 and its parent").enqueue(&pq).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn flow_key(mut self, key: impl Into<String>) -> Self {
+        self.flow_key = Some(key.into());
+        self
+    }
+
     /// A call with these arguments and the task's defaults.
     pub fn new(args: T) -> Self {
         let options = T::OPTIONS;
@@ -370,6 +399,7 @@ impl<T: Task> TaskCall<T> {
             timeout: None,
             unique_key: None,
             on_conflict: None,
+            flow_key: None,
         }
     }
 
@@ -497,6 +527,16 @@ impl<T: Task> TaskCall<T> {
             if let Some(key) = key {
                 job = job.unique_key(stored_key(T::NAME, &key), on_conflict);
             }
+        }
+        if T::OPTIONS.flow.is_some() {
+            let key = match self.flow_key {
+                Some(key) => stored_key(T::NAME, &serde_json::Value::String(key).to_string()),
+                None => match self.args.flow_key() {
+                    Some(key) => stored_key(T::NAME, &key),
+                    None => format!("[{}]", serde_json::Value::from(T::NAME)),
+                },
+            };
+            job = job.flow_key(key);
         }
         Ok(job)
     }

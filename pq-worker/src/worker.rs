@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use pq_core::protocol::{Claim, ClaimQueues, WorkerInfo};
-use pq_core::{Job, JobId, Pq, Subscription, WorkerId};
+use pq_core::{FlowDeclaration, Job, JobId, Pq, Subscription, WorkerId};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -350,6 +350,20 @@ impl Worker {
         let Some(worker) = register(&own, &info, &mut stop).await? else {
             return Ok(Report::default());
         };
+        // Its tasks' flow policies, which the claims enforce; lifted for its tasks without one.
+        // Should this fail, their jobs wait (no claim takes a job with a flow key from a queue
+        // not marked limited), and the next worker to start declares them.
+        let flows: Vec<FlowDeclaration> = registry
+            .iter()
+            .map(|task| FlowDeclaration {
+                task: task.name.to_owned(),
+                queue: task.options.queue.to_owned(),
+                policy: task.options.flow,
+            })
+            .collect();
+        if let Err(error) = own.declare_flows(&flows).await {
+            tracing::error!(%error, "pq: cannot declare the tasks' limits; their jobs wait");
+        }
         let run = Run {
             periodic,
             resources: Arc::new(Resources {
@@ -357,6 +371,7 @@ impl Worker {
                 own: own.clone(),
                 keep_completed: self.settings.keep_completed,
                 cancels: Arc::default(),
+                limited_poll: Arc::default(),
             }),
             worker,
             registry: Arc::new(registry),
@@ -555,6 +570,7 @@ impl Run {
             info,
             self.settings.max_rescues,
             Arc::clone(&self.resources.cancels),
+            Arc::clone(&self.resources.limited_poll),
             self.settings.warn_unrunnable_after,
         ));
         if !self.periodic.is_empty() {
@@ -768,22 +784,29 @@ impl Run {
                         }
                     }
                 }
-                // Registers this worker as waiting, so that every later put notifies; a put
-                // that committed before did not, and one more look finds it.
-                let registered = tokio::select! {
-                    registered = self.resources.own.register_waiting(&names) => registered,
-                    () = stop.next() => return,
-                };
-                wait = match registered {
-                    Ok(registered) => idle.next(registered, self.settings.poll_interval),
-                    Err(_) => self.settings.poll_interval,
-                };
-                queues.restart();
-                claimed = tokio::select! {
-                    claim = self.claim(fetcher, jobs, queues, &mut permits) => claim,
-                    () = stop.next() => return,
+                let limited_poll = self.resources.limited_poll.load(Ordering::Relaxed);
+                if limited_poll > 0 {
+                    // A limit, not an empty queue, may have held jobs back: look again soon,
+                    // whatever notifications say.
+                    wait = Duration::from_micros(limited_poll).max(MIN_LIMITED_POLL);
+                } else {
+                    // Registers this worker as waiting, so that every later put notifies; a
+                    // put that committed before did not, and one more look finds it.
+                    let registered = tokio::select! {
+                        registered = self.resources.own.register_waiting(&names) => registered,
+                        () = stop.next() => return,
+                    };
+                    wait = match registered {
+                        Ok(registered) => idle.next(registered, self.settings.poll_interval),
+                        Err(_) => self.settings.poll_interval,
+                    };
+                    queues.restart();
+                    claimed = tokio::select! {
+                        claim = self.claim(fetcher, jobs, queues, &mut permits) => claim,
+                        () = stop.next() => return,
+                    }
+                    .unwrap_or_default();
                 }
-                .unwrap_or_default();
             }
             drop(permits); // The slots no job took.
             if claimed == 0 {
@@ -1090,6 +1113,10 @@ const INLINE_LIMIT: Duration = Duration::from_micros(500);
 /// How long a worker with jobs running waits for half its slots to be free before it claims
 /// for the slots free so far.
 const GATHER_SLOTS: Duration = Duration::from_millis(5);
+
+/// The shortest wait between two claims of a worker whose limited queues held jobs back: the
+/// burst of a rate must hold what it lets start meanwhile.
+const MIN_LIMITED_POLL: Duration = Duration::from_millis(5);
 
 /// How many finished jobs a worker may hold beyond its concurrency while their outcomes are
 /// being recorded: as many as the completer records in one round.

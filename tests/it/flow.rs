@@ -1,7 +1,12 @@
-//! Flow control: a worker claims only the jobs of the tasks it registered, so that old and new
-//! binaries share a queue during a rolling deploy.
+//! Flow control: limits on how many jobs run at once, over every worker of the fleet (a
+//! queue's, a task's, a key's); and a worker claims only the jobs of the tasks it registered,
+//! so that old and new binaries share a queue during a rolling deploy.
 
-use pq::{JobId, Registry, TaskContext, TaskDefinition, Worker};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use pq::{JobId, Pq, Registry, TaskContext, TaskDefinition, Worker};
 
 use crate::support::{burst, record_run, runs_of, wait_until, Running, TestDb};
 
@@ -58,4 +63,163 @@ async fn a_worker_leaves_the_jobs_of_tasks_it_lacks_queued_for_a_worker_that_has
     }
     assert!(db.pq.admin().unrunnable().await.unwrap().is_empty());
     old_binary.stop().await.unwrap().unwrap();
+}
+
+/// How many jobs run at once, and the most at once, per (table, scope).
+type Samples = Mutex<HashMap<(String, String), (u32, u32)>>;
+
+fn sampler() -> &'static Samples {
+    static RUNNING: OnceLock<Samples> = OnceLock::new();
+    RUNNING.get_or_init(Mutex::default)
+}
+
+/// Counts a run of `scopes` for its whole length.
+async fn sample(ctx: &TaskContext, scopes: &[String], length: Duration) {
+    let table = ctx.pq().table();
+    for scope in scopes {
+        let mut running = sampler().lock().unwrap();
+        let (now, most) = running.entry((table.clone(), scope.clone())).or_default();
+        *now += 1;
+        *most = (*most).max(*now);
+    }
+    tokio::time::sleep(length).await;
+    for scope in scopes {
+        let mut running = sampler().lock().unwrap();
+        running.get_mut(&(table.clone(), scope.clone())).unwrap().0 -= 1;
+    }
+}
+
+/// The most jobs of `scope` that ran at once in `pq`'s table.
+fn most(pq: &Pq, scope: &str) -> u32 {
+    sampler()
+        .lock()
+        .unwrap()
+        .get(&(pq.table(), scope.to_owned()))
+        .map_or(0, |(_, most)| *most)
+}
+
+#[pq::task(queue = "capped")]
+async fn capped(ctx: TaskContext) {
+    sample(&ctx, &["queue".into()], Duration::from_millis(20)).await;
+}
+
+#[pq::task(queue = "sms", limit_key = [customer], limit = 1)]
+async fn send_sms(ctx: TaskContext, customer: u32) {
+    sample(
+        &ctx,
+        &["all".into(), format!("customer {customer}")],
+        Duration::from_millis(10),
+    )
+    .await;
+}
+
+#[pq::task(queue = "reports", limit = 3)]
+async fn report(ctx: TaskContext) {
+    sample(&ctx, &["task".into()], Duration::from_millis(20)).await;
+}
+
+/// Several workers, each its own member of the fleet, on `queue`, until `done`.
+async fn fleet(pq: &Pq, queue: &str, workers: usize, concurrency: usize) -> Vec<Running> {
+    let mut fleet = Vec::new();
+    for _ in 0..workers {
+        let handle = crate::support::builder()
+            .schema(&schema_of(pq))
+            .connect(&crate::support::handle_url())
+            .await
+            .unwrap();
+        fleet.push(Running::start(
+            Worker::new(handle).queues([queue]).concurrency(concurrency),
+        ));
+    }
+    fleet
+}
+
+fn schema_of(pq: &Pq) -> String {
+    let table = pq.table();
+    table[1..table.find("\".").unwrap()].to_owned()
+}
+
+async fn drained(pq: &Pq, queue: &str, fleet: Vec<Running>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = pq.admin().stats().await.unwrap();
+        let left = stats
+            .iter()
+            .filter(|s| s.queue == queue)
+            .map(|s| s.ready + s.scheduled + s.running)
+            .sum::<u64>();
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for worker in fleet {
+        worker.stop().await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_limit_holds_over_every_worker_and_changes_at_run_time() {
+    let db = TestDb::new().await;
+    db.pq
+        .queue("capped")
+        .limits()
+        .max_running(3)
+        .apply()
+        .await
+        .unwrap();
+    let calls: pq::TaskBatch = (0..120).map(|_| capped()).collect();
+    calls.enqueue(&db.pq).await.unwrap();
+    let fleet = fleet(&db.pq, "capped", 3, 8).await;
+    // Raised while they run: more at once from then on, never more than the limit.
+    let pq = db.pq.clone();
+    wait_until(move || most(&pq, "queue") == 3).await;
+    db.pq
+        .queue("capped")
+        .limits()
+        .max_running(6)
+        .apply()
+        .await
+        .unwrap();
+    drained(&db.pq, "capped", fleet).await;
+    assert_eq!(
+        most(&db.pq, "queue"),
+        6,
+        "the raised limit was reached, not passed"
+    );
+    let limits = db.pq.admin().limits().await.unwrap();
+    let queues: Vec<_> = limits.iter().filter(|l| l.kind == "queue").collect();
+    assert_eq!(queues.len(), 1, "{limits:?}");
+    assert_eq!(
+        (queues[0].name.as_str(), queues[0].max_running),
+        ("capped", Some(6))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_per_key_limit_runs_one_job_of_a_key_at_a_time_and_many_keys_at_once() {
+    let db = TestDb::new().await;
+    let calls: pq::TaskBatch = (0..200).map(|n| send_sms(n % 10)).collect();
+    calls.enqueue(&db.pq).await.unwrap();
+    let fleet = fleet(&db.pq, "sms", 3, 8).await;
+    drained(&db.pq, "sms", fleet).await;
+    for customer in 0..10 {
+        assert_eq!(most(&db.pq, &format!("customer {customer}")), 1);
+    }
+    assert!(
+        most(&db.pq, "all") >= 3,
+        "keys ran side by side: {}",
+        most(&db.pq, "all")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_limit_holds_over_every_worker() {
+    let db = TestDb::new().await;
+    let calls: pq::TaskBatch = (0..60).map(|_| report()).collect();
+    calls.enqueue(&db.pq).await.unwrap();
+    let fleet = fleet(&db.pq, "reports", 3, 8).await;
+    drained(&db.pq, "reports", fleet).await;
+    assert_eq!(most(&db.pq, "task"), 3);
 }

@@ -73,6 +73,7 @@ async fn a_function_whose_definition_changed_is_defined_again_and_the_others_are
         before.keys().collect::<Vec<_>>(),
         [
             "functions/claim.sql",
+            "functions/claim_limited.sql",
             "functions/notify.sql",
             "functions/wait.sql"
         ]
@@ -105,8 +106,9 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
              CREATE INDEX queue_dequeue_idx ON {t} \
                (q_name, schedule_at, COALESCE(expected_at, 'infinity'), id) WHERE state = 'queued'; \
              ALTER TABLE {t} DROP COLUMN claim_id, DROP COLUMN worker_id, DROP COLUMN rescues, \
-               DROP COLUMN timeout, DROP COLUMN snoozes, DROP COLUMN meta, DROP COLUMN unique_key; \
-             DROP TABLE {workers}; DROP TABLE {queues}; DROP TABLE {schedules}; \
+               DROP COLUMN timeout, DROP COLUMN snoozes, DROP COLUMN meta, DROP COLUMN unique_key, \
+               DROP COLUMN flow; \
+             DROP TABLE {workers}; DROP TABLE {queues}; DROP TABLE {schedules}; DROP TABLE {flows}; \
              DROP SEQUENCE {claims}; \
              DELETE FROM {migrations} WHERE version >= 10; DELETE FROM {functions}; \
              INSERT INTO {t} (q_name, data) SELECT 'big', '1' FROM generate_series(1, {rows});",
@@ -114,6 +116,7 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
             workers = name("workers"),
             queues = name("queues"),
             schedules = name("schedules"),
+            flows = name("flows"),
             claims = name("claims"),
             migrations = name("migrations"),
             functions = name("functions"),

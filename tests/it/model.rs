@@ -6,7 +6,8 @@
 //! - at most one live run per job: a claim never hands out a job that is not queued;
 //! - a stale fence changes nothing: an outcome from a run that is no longer the live one is
 //!   refused, and no row changes but those the step may change;
-//! - nothing is lost: every job is queued, running, or has its outcome.
+//! - nothing is lost: every job is queued, running, or has its outcome;
+//! - under a limit, a claim takes exactly what the runs under a live lease leave room for.
 //!
 //! `PROPTEST_CASES` sets the number of cases (64 by default).
 
@@ -124,6 +125,14 @@ impl Model {
         hand.filter(|held| self.is_live(held)).copied().collect()
     }
 
+    /// The runs that count against a limit: held by workers whose lease has not run out.
+    fn running_live(&self) -> usize {
+        (0..WORKERS)
+            .filter(|&worker| !self.frozen[worker])
+            .map(|worker| self.live(worker).len())
+            .sum()
+    }
+
     fn pick(&self, worker: usize, pick: usize) -> Option<Held> {
         let hand = &self.hands[worker];
         (!hand.is_empty()).then(|| hand[pick % hand.len()])
@@ -208,7 +217,14 @@ async fn rows(pq: &Pq) -> BTreeMap<JobId, (String, String)> {
 }
 
 /// Runs `ops` from an empty table; fails at the first step the table disagrees with the model.
-async fn check(db: &TestDb, fleet: &mut Fleet, ops: &[Op]) -> Result<(), TestCaseError> {
+/// With `limit`, the queue runs at most that many jobs at once, and a claim takes exactly what
+/// it allows: as many as asked, as the limit leaves room for, and as are queued.
+async fn check(
+    db: &TestDb,
+    fleet: &mut Fleet,
+    limit: Option<u32>,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
     let pq = &db.pq;
     sqlx::query(&format!("DELETE FROM {}", pq.table()))
         .execute(&mut direct().await)
@@ -228,8 +244,33 @@ async fn check(db: &TestDb, fleet: &mut Fleet, ops: &[Op]) -> Result<(), TestCas
                 model.jobs.insert(id, Expected::Queued);
                 may_change.push(id);
             }
-            Op::Claim { worker, limit } => {
-                let claims = fleet.claim(worker, limit).await;
+            Op::Claim {
+                worker,
+                limit: asked,
+            } => {
+                let running = model.running_live();
+                let queued = model
+                    .jobs
+                    .values()
+                    .filter(|e| **e == Expected::Queued)
+                    .count();
+                let claims = fleet.claim(worker, asked).await;
+                if let Some(limit) = limit {
+                    let allowed = (asked as usize)
+                        .min((limit as usize).saturating_sub(running))
+                        .min(queued);
+                    prop_assert_eq!(
+                        claims.len(),
+                        allowed,
+                        "step {}: worker {} asked for {} with {} running under a limit of {} and {} queued",
+                        step,
+                        worker,
+                        asked,
+                        running,
+                        limit,
+                        queued
+                    );
+                }
                 for claim in &claims {
                     let expected = model.jobs.get(&claim.id).copied();
                     prop_assert_eq!(
@@ -406,10 +447,23 @@ async fn check(db: &TestDb, fleet: &mut Fleet, ops: &[Op]) -> Result<(), TestCas
 
 #[test]
 fn every_interleaving_keeps_one_live_run_per_job_and_refuses_stale_fences() {
+    run_model(None);
+}
+
+#[test]
+fn under_a_limit_every_claim_takes_exactly_what_the_live_runs_leave_room_for() {
+    run_model(Some(2));
+}
+
+fn run_model(limit: Option<u32>) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // Handles dropped while a failure unwinds still need the runtime.
     let _entered = runtime.enter();
     let db = runtime.block_on(TestDb::new());
+    if let Some(limit) = limit {
+        let limits = db.pq.queue(QUEUE).limits().max_running(limit).apply();
+        runtime.block_on(limits).unwrap();
+    }
     let fleet = std::cell::RefCell::new(runtime.block_on(Fleet::new(&db.pq)));
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -421,7 +475,7 @@ fn every_interleaving_keeps_one_live_run_per_job_and_refuses_stale_fences() {
         ..Config::default()
     });
     let result = runner.run(&proptest::collection::vec(op(), 1..40), |ops| {
-        runtime.block_on(check(&db, &mut fleet.borrow_mut(), &ops))
+        runtime.block_on(check(&db, &mut fleet.borrow_mut(), limit, &ops))
     });
     if let Err(error) = result {
         panic!("{error}");

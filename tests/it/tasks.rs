@@ -323,6 +323,7 @@ fn the_registry_lists_every_task_with_its_options_and_location() {
             on_cancel: pq::OnCancel::Cooperate,
             unique: None,
             cron: None,
+            flow: None,
         }
     );
     assert!(

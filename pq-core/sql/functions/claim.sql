@@ -22,7 +22,11 @@
 --
 -- A paused queue (`<table>_queues`) gives nothing. The claim reads it in a snapshot taken after
 -- its worker's lock, so that `pause`, which waits for every worker's lock, returns only once no
--- claim can take a job of the queue (`pause` in pq-core/src/admin.rs).
+-- claim can take a job of the queue (`pause` in pq-core/src/admin.rs). So does a limit.
+--
+-- A limited queue (migration 19: a policy of its own, or a task with one declared it) is
+-- claimed first, by `claim_limited` (sql/functions/claim_limited.sql), and never here; nor is
+-- a job with a flow key, whatever its queue. A queue without a policy costs what it did.
 --
 -- The update finds the locked rows by `ctid = ANY (array)`: one TID scan of them all, in the
 -- table's order. Joined on `ctid` instead (a TID scan per row), claims took two thirds longer
@@ -64,6 +68,9 @@ AS {{dollar}}
 DECLARE
     claim int8 := nextval({{literal:claims}});
     known text[];
+    closed text[];
+    limited_queues text[];
+    taken int4 := 0;
 BEGIN
     -- A claim holds its worker's advisory lock shared until it commits: a worker
     -- deregistering takes it exclusively, so it waits for a claim it abandoned half-way and
@@ -75,38 +82,48 @@ BEGIN
     IF NOT FOUND THEN
         RETURN;
     END IF;
+    SELECT array_agg(s.q_name), array_agg(s.q_name) FILTER (WHERE s.paused_at IS NULL)
+    INTO closed, limited_queues
+    FROM {{qualified:queues}} AS s
+    WHERE s.q_name = ANY (queues) AND (s.paused_at IS NOT NULL OR s.limited);
+    IF limited_queues IS NOT NULL THEN
+        RETURN QUERY SELECT * FROM {{qualified:claim_limited}}(worker, claim, known, limited_queues, want);
+        GET DIAGNOSTICS taken = ROW_COUNT;
+        IF taken >= want THEN
+            RETURN;
+        END IF;
+    END IF;
     RETURN QUERY
     WITH open AS MATERIALIZED (
         SELECT * FROM unnest(queues, after_expected, after_ready, after_id) AS q(name, e, r, i)
-        WHERE NOT EXISTS (SELECT FROM {{qualified:queues}} AS s
-            WHERE s.q_name = q.name AND s.paused_at IS NOT NULL)),
+        WHERE closed IS NULL OR q.name <> ALL (closed)),
     next AS MATERIALIZED (
         SELECT found.place
         FROM open AS q
         CROSS JOIN LATERAL (
             SELECT * FROM (SELECT j.ctid AS place FROM {{table}} AS j
              WHERE j.q_name = q.name AND j.state = 'queued'
-               AND (known IS NULL OR j.task = ANY (known))
+               AND (known IS NULL OR j.task = ANY (known)) AND j.flow IS NULL
                AND COALESCE(j.expected_at, 'infinity') < 'infinity'
                AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
                AND ROW(COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id)
                    > ROW(COALESCE(q.e, '-infinity'), COALESCE(q.r, '-infinity'),
                          COALESCE(q.i, -9223372036854775808))
              ORDER BY COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id
-             LIMIT want FOR UPDATE SKIP LOCKED) AS expected_first
+             LIMIT want - taken FOR UPDATE SKIP LOCKED) AS expected_first
             UNION ALL
             SELECT * FROM (SELECT j.ctid FROM {{table}} AS j
              WHERE j.q_name = q.name AND j.state = 'queued'
-               AND (known IS NULL OR j.task = ANY (known))
+               AND (known IS NULL OR j.task = ANY (known)) AND j.flow IS NULL
                AND COALESCE(j.expected_at, 'infinity') = 'infinity'
                AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
                AND ROW(GREATEST(j.schedule_at, j.enqueued_at), j.id)
                    > ROW(CASE WHEN q.e = 'infinity' THEN q.r ELSE '-infinity' END,
                          CASE WHEN q.e = 'infinity' THEN q.i ELSE -9223372036854775808 END)
              ORDER BY GREATEST(j.schedule_at, j.enqueued_at), j.id
-             LIMIT want FOR UPDATE SKIP LOCKED) AS the_rest
+             LIMIT want - taken FOR UPDATE SKIP LOCKED) AS the_rest
         ) AS found
-        LIMIT want)
+        LIMIT want - taken)
     UPDATE {{table}} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1,
         claim_id = claim, worker_id = worker, dequeued_at = statement_timestamp(),
         locked_until = NULL, unique_key = NULL

@@ -1,0 +1,145 @@
+-- The claim's limited path (see claim.sql, which calls it): up to `want` ready jobs of the
+-- `limited` queues (migration 19) for `worker` under `claim`, never more than their policies
+-- allow, counted over every worker of the fleet:
+--
+-- * a queue's `max_running`, and a task's (for the task, or for each of its flow keys);
+-- * a sequence: the jobs of one flow key run one at a time, in enqueue order (`block`: a job
+--   waiting to retry holds back the later ones; `skip`: it does not);
+-- * a rate (a queue's or a task's): GCRA, at most `burst` at once and `rate` per `per` after.
+--
+-- Exact, not eventually: the claims of one limited queue or one task with a policy take its
+-- advisory lock (`flows_lock`, then a hash of its name) until they commit, every claim in the
+-- same order, so that they never wait on each other in a circle. What they count is then read
+-- by a later statement, in a snapshot that sees every claim that held the lock before. No
+-- counter is written: what runs is counted, over the jobs running under a live lease (a dead
+-- worker's jobs stop counting when its heartbeat runs out, before their rescue), through the
+-- index of running jobs (`out_idx`), a read of what runs fleet-wide. Only a rate writes, its
+-- GCRA state (`tat`).
+--
+-- Candidates are read in dequeue order from the top of each queue, past the jobs of keys at
+-- their limit (a read of each of those: a key with a deep backlog at the front of its queue
+-- costs each claim a read past it), and capped in turn by key, by task and by queue. The rows
+-- are not locked while they are chosen (window functions cannot be): the claims that could
+-- take them hold the same locks, and the update checks again that each is still queued.
+--
+-- Planned as claim.sql's, once per connection, index scans only; without JIT, which the
+-- disabled scans' costs would call for, at a hundred milliseconds a claim.
+
+DROP FUNCTION IF EXISTS {{qualified:claim_limited}}(int8, int8, text[], text[], int4);
+
+CREATE FUNCTION {{qualified:claim_limited}}(
+    worker int8, claim int8, known text[], limited_queues text[], want int4)
+RETURNS TABLE (claim_id int8, id int8, attempts int4, rescues int4, row_version tid,
+               q_name text, task bytea, data bytea, enqueued_at timestamptz,
+               schedule_at timestamptz, expected_at timestamptz, timeout interval, meta bytea)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET jit = off
+SET work_mem = '16MB'
+AS {{dollar}}
+#variable_conflict use_column
+DECLARE
+    flow_tasks text[];
+BEGIN
+    SELECT array_agg(f.task) INTO flow_tasks FROM {{qualified:flows}} AS f
+    WHERE known IS NULL OR f.task = ANY (known);
+    PERFORM pg_advisory_xact_lock({{flows_lock}}, l.k)
+    FROM (SELECT DISTINCT hashtext(x) AS k
+          FROM unnest(ARRAY(SELECT 'queue ' || n FROM unnest(limited_queues) AS n)
+                      || ARRAY(SELECT 'task ' || n FROM unnest(flow_tasks) AS n)) AS x
+          ORDER BY 1) AS l;
+    RETURN QUERY
+    WITH live AS MATERIALIZED (
+        SELECT j.q_name, j.task, j.flow FROM {{table}} AS j
+        WHERE j.state = 'running' AND (j.q_name = ANY (limited_queues) OR j.flow IS NOT NULL)
+          AND EXISTS (SELECT FROM {{qualified:workers}} AS w
+                      WHERE w.id = j.worker_id AND w.expires_at > statement_timestamp())),
+    queue_room AS MATERIALIZED (
+        SELECT s.q_name,
+               LEAST(want,
+                     s.max_running - (SELECT count(*) FROM live WHERE live.q_name = s.q_name),
+                     floor((s.burst * (extract(epoch FROM s.per) / s.rate)
+                            - GREATEST(extract(epoch FROM s.tat - statement_timestamp()), 0))
+                           / (extract(epoch FROM s.per) / s.rate) + 1e-9)) AS room
+        FROM {{qualified:queues}} AS s WHERE s.q_name = ANY (limited_queues)),
+    task_room AS MATERIALIZED (
+        SELECT f.task, f.per_key, f.sequence,
+               CASE WHEN f.sequence IS NOT NULL THEN 1 WHEN f.per_key THEN f.max_running END
+                   AS key_limit,
+               LEAST(CASE WHEN NOT f.per_key AND f.sequence IS NULL THEN f.max_running
+                          - (SELECT count(*) FROM live WHERE live.task = f.task) END,
+                     floor((f.burst * (extract(epoch FROM f.per) / f.rate)
+                            - GREATEST(extract(epoch FROM f.tat - statement_timestamp()), 0))
+                           / (extract(epoch FROM f.per) / f.rate) + 1e-9)) AS room
+        FROM {{qualified:flows}} AS f WHERE f.task = ANY (flow_tasks)),
+    key_live AS MATERIALIZED (
+        SELECT live.task, live.flow, count(*) AS n FROM live
+        WHERE live.flow IS NOT NULL GROUP BY live.task, live.flow),
+    full_keys AS MATERIALIZED (
+        SELECT k.flow FROM key_live AS k JOIN task_room AS f ON f.task = k.task
+        WHERE k.n >= f.key_limit),
+    candidates AS MATERIALIZED (
+        SELECT c.* FROM queue_room AS q
+        CROSS JOIN LATERAL (
+            SELECT j.ctid AS place, j.id, j.q_name, j.task, j.flow,
+                   COALESCE(j.expected_at, 'infinity') AS e,
+                   GREATEST(j.schedule_at, j.enqueued_at) AS r
+            FROM {{table}} AS j
+            WHERE j.q_name = q.q_name AND j.state = 'queued'
+              AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
+              AND (known IS NULL OR j.task = ANY (known))
+              AND (j.flow IS NULL OR j.flow NOT IN (SELECT flow FROM full_keys))
+              AND NOT EXISTS (
+                  SELECT FROM task_room AS f
+                  WHERE f.task = j.task AND f.sequence IS NOT NULL AND j.flow IS NOT NULL
+                    AND EXISTS (SELECT FROM {{table}} AS s
+                                WHERE s.flow = j.flow AND s.state = 'queued' AND s.id < j.id
+                                  AND (f.sequence = 'block' OR s.attempts = 0)))
+            ORDER BY COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id
+            LIMIT GREATEST(LEAST(q.room, want), 0) * 4 + CASE WHEN q.room > 0 THEN 16 ELSE 0 END
+        ) AS c),
+    by_key AS (
+        SELECT c.place, c.id, c.q_name, c.task, c.flow, c.e, c.r FROM (
+            SELECT c.*, row_number() OVER (PARTITION BY c.flow ORDER BY c.e, c.r, c.id) AS n
+            FROM candidates AS c) AS c
+        LEFT JOIN task_room AS f ON f.task = c.task
+        LEFT JOIN key_live AS k ON k.flow = c.flow
+        WHERE c.flow IS NULL OR f.key_limit IS NULL OR c.n <= f.key_limit - COALESCE(k.n, 0)),
+    by_task AS (
+        SELECT c.place, c.id, c.q_name, c.task, c.flow, c.e, c.r FROM (
+            SELECT c.*, row_number() OVER (PARTITION BY c.task ORDER BY c.e, c.r, c.id) AS n
+            FROM by_key AS c) AS c
+        LEFT JOIN task_room AS f ON f.task = c.task
+        WHERE f.room IS NULL OR c.n <= f.room),
+    by_queue AS (
+        SELECT c.place, c.id, c.q_name, c.task, c.flow, c.e, c.r FROM (
+            SELECT c.*, row_number() OVER (PARTITION BY c.q_name ORDER BY c.e, c.r, c.id) AS n
+            FROM by_task AS c) AS c
+        JOIN queue_room AS q ON q.q_name = c.q_name
+        WHERE q.room IS NULL OR c.n <= q.room),
+    picked AS (SELECT c.place FROM by_queue AS c ORDER BY c.e, c.r, c.id LIMIT want),
+    claimed AS (
+        UPDATE {{table}} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1,
+            claim_id = claim, worker_id = worker, dequeued_at = statement_timestamp(),
+            locked_until = NULL, unique_key = NULL
+        WHERE j.ctid = ANY (ARRAY(SELECT place FROM picked)) AND j.state = 'queued'
+        RETURNING j.*, j.ctid AS place),
+    queue_rates AS (
+        UPDATE {{qualified:queues}} AS s
+        SET tat = GREATEST(s.tat, statement_timestamp()) + s.per / s.rate * c.n
+        FROM (SELECT c.q_name, count(*) AS n FROM claimed AS c GROUP BY c.q_name) AS c
+        WHERE s.q_name = c.q_name AND s.rate IS NOT NULL),
+    task_rates AS (
+        UPDATE {{qualified:flows}} AS f
+        SET tat = GREATEST(f.tat, statement_timestamp()) + f.per / f.rate * c.n
+        FROM (SELECT c.task, count(*) AS n FROM claimed AS c GROUP BY c.task) AS c
+        WHERE f.task = c.task AND f.rate IS NOT NULL)
+    SELECT claim, j.id, j.attempts, COALESCE(j.rescues, 0), j.place, j.q_name,
+        convert_to(j.task, 'SQL_ASCII'),
+        CASE WHEN pg_column_size(j.data) < 8192 THEN convert_to(j.data::text, 'SQL_ASCII') END,
+        j.enqueued_at, j.schedule_at, j.expected_at, j.timeout,
+        convert_to(j.meta::text, 'SQL_ASCII')
+    FROM claimed AS j;
+END
+{{dollar}};
