@@ -53,7 +53,7 @@ pub(crate) enum Command {
     /// Every registered worker: where it runs, its queues, its jobs running, its last heartbeat.
     Workers,
 
-    /// Pause or resume a queue.
+    /// Pause or resume a queue, or limit it.
     #[command(subcommand)]
     Queues(Queues),
 
@@ -175,6 +175,27 @@ pub(crate) enum Queues {
         /// The queue.
         queue: String,
     },
+
+    /// Set the queue's limits over every worker, at once and without a restart: how many of
+    /// its jobs run at once, how many start per period. Replaces its limits: a limit not
+    /// given is lifted (with none, the queue is no longer limited).
+    Limit {
+        /// The queue.
+        queue: String,
+        /// At most this many of its jobs running at once, over every worker.
+        #[arg(long)]
+        max_running: Option<u32>,
+        /// At most this many starting per period: 100/s, 10/m, 5/h, 30/10s.
+        #[arg(long)]
+        rate: Option<String>,
+        /// How many may start at once, for a rate (default: what it allows in 100 ms).
+        #[arg(long, requires = "rate")]
+        burst: Option<u32>,
+    },
+
+    /// Every limit: the queues' own, and the tasks' (from their `#[pq::task]` attributes),
+    /// with how many of their jobs run now.
+    Limits,
 }
 
 #[derive(Debug, Subcommand)]

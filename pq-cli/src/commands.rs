@@ -42,6 +42,13 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
         Command::Workers => workers(cli, &admin, out).await,
         Command::Queues(Queues::Pause { queue }) => pause(cli, &admin, queue, true, out).await,
         Command::Queues(Queues::Resume { queue }) => pause(cli, &admin, queue, false, out).await,
+        Command::Queues(Queues::Limit {
+            queue,
+            max_running,
+            rate,
+            burst,
+        }) => limit(cli, &pq, queue, *max_running, rate.as_deref(), *burst, out).await,
+        Command::Queues(Queues::Limits) => limits(cli, &admin, out).await,
         Command::Cron(command) => cron(cli, &admin, command, out).await,
         Command::Jobs(jobs) => match jobs {
             Jobs::List {
@@ -228,6 +235,95 @@ async fn pause(
         (false, true) => writeln!(out, "resumed {queue}")?,
         (false, false) => writeln!(out, "{queue} was not paused")?,
     }
+    Ok(())
+}
+
+/// Sets `queue`'s limits, lifting those not given.
+async fn limit(
+    cli: &Cli,
+    pq: &Pq,
+    queue: &str,
+    max_running: Option<u32>,
+    rate: Option<&str>,
+    burst: Option<u32>,
+    out: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let mut limits = pq.queue(queue).limits();
+    if let Some(max_running) = max_running {
+        limits = limits.max_running(max_running);
+    }
+    if let Some(rate) = rate {
+        limits = limits.rate(rate);
+    }
+    if let Some(burst) = burst {
+        limits = limits.burst(burst);
+    }
+    limits.apply().await?;
+    if cli.json {
+        return output::json(
+            out,
+            &json!({"queue": queue, "max_running": max_running, "rate": rate, "burst": burst}),
+        );
+    }
+    let mut said = Vec::new();
+    if let Some(max_running) = max_running {
+        said.push(format!("at most {max_running} running"));
+    }
+    if let Some(rate) = rate {
+        let burst = burst.map(|b| format!(", {b} at once")).unwrap_or_default();
+        said.push(format!("at most {rate}{burst}"));
+    }
+    match said.as_slice() {
+        [] => writeln!(out, "{queue} is no longer limited")?,
+        _ => writeln!(
+            out,
+            "limited {queue}: {}, over every worker",
+            said.join(", ")
+        )?,
+    }
+    Ok(())
+}
+
+/// Every policy, queues' and tasks', with what runs now.
+async fn limits(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let limits = admin.limits().await?;
+    if cli.json {
+        return output::json(out, &limits);
+    }
+    if limits.is_empty() {
+        writeln!(out, "no limits")?;
+        return Ok(());
+    }
+    let mut table = Table::new(&[
+        "KIND",
+        "NAME",
+        "QUEUE",
+        ">MAX RUNNING",
+        "RATE",
+        ">BURST",
+        ">RUNNING",
+    ]);
+    let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+    for limit in limits {
+        let max_running = match (limit.max_running, limit.per_key, limit.sequence) {
+            (_, _, Some(sequence)) => {
+                Some(format!("1 a key, in order ({sequence:?})").to_lowercase())
+            }
+            (Some(n), true, _) => Some(format!("{n} a key")),
+            (n, false, _) => n.map(|n| n.to_string()),
+            (None, true, _) => None,
+        };
+        table.row(vec![
+            limit.kind.to_owned(),
+            limit.name,
+            limit.queue,
+            or_dash(max_running),
+            or_dash(limit.rate),
+            or_dash(limit.burst.map(|b| b.to_string())),
+            limit.running.to_string(),
+        ]);
+    }
+    table.print(out)?;
     Ok(())
 }
 
@@ -695,6 +791,7 @@ async fn enqueue(
 ) -> anyhow::Result<()> {
     let mut default_queue = "default";
     let mut unique = None;
+    let mut flow = None;
     // A program that registers tasks knows their names and argument types; the standalone
     // `pq` registers none and writes whatever it is given.
     if !registry.is_empty() {
@@ -715,6 +812,8 @@ async fn enqueue(
             .options
             .unique
             .and_then(|on_conflict| Some(((definition.unique_key)(args)?, on_conflict)));
+        // So is one of a task with a flow policy.
+        flow = (definition.flow_key)(args);
     }
     let queue = queue.unwrap_or(default_queue);
     let mut job = NewJob::from_json(queue, args.to_owned())?.task(task);
@@ -723,6 +822,9 @@ async fn enqueue(
     }
     if let Some((key, on_conflict)) = unique {
         job = job.unique_key(key, on_conflict);
+    }
+    if let Some(key) = flow {
+        job = job.flow_key(key);
     }
     let enqueued = pq.enqueue(job).await?;
     let id = enqueued.id();

@@ -227,6 +227,57 @@ async fn workers_lists_each_registered_worker_with_its_running_jobs() {
 }
 
 #[tokio::test]
+async fn queues_limit_sets_shows_and_lifts_limits_and_refuses_bad_ones() {
+    let db = Db::new().await;
+    assert_eq!(
+        db.pq(&[
+            "queues",
+            "limit",
+            "mail",
+            "--max-running",
+            "3",
+            "--rate",
+            "10/s"
+        ])
+        .ok(),
+        "limited mail: at most 3 running, at most 10/s, over every worker\n"
+    );
+    let limits = db.pq(&["queues", "limits", "--json"]).json();
+    let mail = limits
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == "queue")
+        .unwrap();
+    assert_eq!(mail["name"], "mail");
+    assert_eq!(mail["max_running"], 3);
+    assert_eq!(mail["rate"], "10/s");
+    assert_eq!(
+        mail["burst"], 1,
+        "a rate's burst is what it allows in 100 ms"
+    );
+    for (bad, reason) in [
+        (["--max-running", "0"], "at least one"),
+        (["--rate", "0/s"], "at least one job"),
+        (["--rate", "many"], "jobs/period"),
+    ] {
+        let run = db.pq(&[&["queues", "limit", "mail"], &bad[..]].concat());
+        assert_eq!(run.output.status.code(), Some(1), "{}", run.stderr());
+        assert!(run.stderr().contains(reason), "{}", run.stderr());
+    }
+    assert_eq!(
+        db.pq(&["queues", "limit", "mail"]).ok(),
+        "mail is no longer limited\n"
+    );
+    let limits = db.pq(&["queues", "limits", "--json"]).json();
+    assert!(limits
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["kind"] != "queue"));
+}
+
+#[tokio::test]
 async fn status_shows_the_ready_jobs_no_live_worker_can_run() {
     let db = Db::new().await;
     let job = pq::NewJob::from_json("apples", "{}".into())

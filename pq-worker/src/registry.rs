@@ -24,6 +24,9 @@ pub struct TaskDefinition {
     /// The unique key of these JSON arguments, for a unique task (see [`Task::unique_key`]),
     /// as the task's calls key their jobs.
     pub unique_key: fn(&str) -> Option<String>,
+    /// The flow key of these JSON arguments, for a task with a flow policy (see
+    /// [`Task::flow_key`]), as the task's calls key their jobs.
+    pub flow_key: fn(&str) -> Option<String>,
 }
 
 impl TaskDefinition {
@@ -36,6 +39,7 @@ impl TaskDefinition {
             handler: handle::<T>,
             check_arguments: check_arguments::<T>,
             unique_key: unique_key::<T>,
+            flow_key: flow_key::<T>,
         }
     }
 }
@@ -43,6 +47,12 @@ impl TaskDefinition {
 fn unique_key<T: Task>(args: &str) -> Option<String> {
     let key = decode::<T>(args).ok()?.unique_key()?;
     Some(crate::task::stored_key(T::NAME, &key))
+}
+
+fn flow_key<T: Task>(args: &str) -> Option<String> {
+    T::OPTIONS.flow?;
+    let args = decode::<T>(args).ok()?;
+    Some(crate::task::flow_key(T::NAME, args.flow_key(), None))
 }
 
 fn decode<T: Task>(args: &str) -> Result<T, TaskError> {

@@ -529,16 +529,20 @@ impl<T: Task> TaskCall<T> {
             }
         }
         if T::OPTIONS.flow.is_some() {
-            let key = match self.flow_key {
-                Some(key) => stored_key(T::NAME, &serde_json::Value::String(key).to_string()),
-                None => match self.args.flow_key() {
-                    Some(key) => stored_key(T::NAME, &key),
-                    None => format!("[{}]", serde_json::Value::from(T::NAME)),
-                },
-            };
+            let key = flow_key(T::NAME, self.args.flow_key(), self.flow_key);
             job = job.flow_key(key);
         }
         Ok(job)
+    }
+}
+
+/// The flow key of a job of a task with a policy: the call's own key, or the JSON of the
+/// arguments its attribute names, within the task; `[task]` for a policy without keys.
+pub(crate) fn flow_key(task: &str, from_arguments: Option<String>, set: Option<String>) -> String {
+    match (set, from_arguments) {
+        (Some(key), _) => stored_key(task, &serde_json::Value::String(key).to_string()),
+        (None, Some(key)) => stored_key(task, &key),
+        (None, None) => format!("[{}]", serde_json::Value::from(task)),
     }
 }
 

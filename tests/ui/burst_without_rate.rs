@@ -1,0 +1,4 @@
+#[pq::task(burst = 5)]
+async fn report() {}
+
+fn main() {}

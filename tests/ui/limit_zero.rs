@@ -1,0 +1,4 @@
+#[pq::task(limit = 0)]
+async fn report() {}
+
+fn main() {}

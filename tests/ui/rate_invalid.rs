@@ -1,0 +1,4 @@
+#[pq::task(rate = "10/fortnight")]
+async fn report() {}
+
+fn main() {}
