@@ -275,6 +275,10 @@ pub struct Claimed {
     /// Claimed jobs whose rows hold what pq cannot read (written by other SQL): each must be
     /// failed with its reason, so that it fails alone.
     pub unreadable: Vec<(Claim, String)>,
+    /// Whether a limit of a limited queue held back jobs that were ready (a queue's or a
+    /// task's, see [`Queue::limits`](crate::Queue::limits)), and how soon to claim again: no
+    /// notification says when a limit has room again.
+    pub held_back: Option<Duration>,
 }
 
 /// A lease or retry delay in microseconds, at most [`MAX_DELAY`]: as good as never. Without the
@@ -315,9 +319,9 @@ impl Pq {
         let (names, expected, ready, after) = queues.arrays();
         // All the rows, not a stream: the claim commits after its last row, and a job must not
         // start before (its completion would not find it claimed).
-        let (rows, mut large) = self
+        let (rows, mut large, held_back) = self
             .with_connection("a claim", async |connection| {
-                let rows = sql
+                let mut rows = sql
                     .query(&sql.claim)
                     .bind(worker.0)
                     .bind(&names)
@@ -327,12 +331,16 @@ impl Pq {
                     .bind(&after)
                     .fetch_all(&mut *connection)
                     .await?;
+                let held_back = held_back(&mut rows)?;
                 let large = large_data(sql, connection, &rows).await?;
-                Ok((rows, large))
+                Ok((rows, large, held_back))
             })
             .await?;
         drop(names);
-        let mut claimed = Claimed::default();
+        let mut claimed = Claimed {
+            held_back,
+            ..Claimed::default()
+        };
         let mut taken = Vec::with_capacity(rows.len());
         let mut jobs = Vec::with_capacity(rows.len());
         let mut names = Names::default();
@@ -564,6 +572,22 @@ impl Pq {
 
 /// The data of the claimed jobs that the claim left out (large ones, see
 /// `sql/functions/claim.sql`), by id: read once they are claimed, as their bytes.
+/// Takes out the row by which the limited path says that a limit held back ready jobs
+/// (`claim_limited.sql`: no claim number), and answers how soon to claim again.
+fn held_back(rows: &mut Vec<PgRow>) -> Result<Option<Duration>> {
+    let Some(place) = rows
+        .iter()
+        .position(|row| matches!(row.try_get_unchecked::<Option<i64>, _>(0), Ok(None)))
+    else {
+        return Ok(None);
+    };
+    let again: Option<PgInterval> = rows.remove(place).try_get(11)?;
+    let micros = again.map_or(0, |again| again.microseconds);
+    Ok(Some(Duration::from_micros(
+        u64::try_from(micros).unwrap_or(0),
+    )))
+}
+
 async fn large_data(
     sql: &crate::sql::Statements,
     connection: &mut sqlx::PgConnection,

@@ -592,16 +592,7 @@ impl Statements {
                    AND COALESCE(j.state IN ('queued', 'running'), false) ORDER BY j.id), '{{}}') END \
              FROM before WHERE w.id = $1 \
              RETURNING before.expires_at < statement_timestamp() AS lapsed, \
-               COALESCE(w.cancel, '{{}}') AS cancel, \
-               (SELECT (extract(epoch FROM min(p)) * 1000000)::int8 \
-                FROM (SELECT LEAST(s.per / s.rate, interval '50 milliseconds') AS p \
-                      FROM {queues} AS s WHERE s.q_name = ANY (w.queues) AND s.limited \
-                      UNION ALL \
-                      SELECT LEAST(f.per / f.rate, interval '50 milliseconds') FROM {flows} AS f \
-                      WHERE f.rate IS NOT NULL AND f.q_name = ANY (w.queues) \
-                        AND (w.tasks IS NULL OR f.task = ANY (w.tasks))) AS l) AS limited_poll",
-            queues = table.qualified_derived("queues"),
-            flows = table.qualified_derived("flows"),
+               COALESCE(w.cancel, '{{}}') AS cancel"
         );
         let register_again = format!(
             "INSERT INTO {workers} (id, host, pid, queues, concurrency, version, tasks, expires_at) \

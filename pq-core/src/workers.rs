@@ -52,11 +52,6 @@ pub struct Heartbeat {
     ///
     /// [`Admin::cancel`]: crate::Admin::cancel
     pub cancel: Vec<JobId>,
-    /// Whether one of the worker's queues is limited (`Queue::limits`, or a task with a
-    /// policy): how soon to claim again when a claim came back short, since a limit, not an
-    /// empty queue, may have held jobs back (at most 50 ms, sooner for a fast rate). `None`
-    /// when none is.
-    pub limited_poll: Option<Duration>,
 }
 
 /// A worker as the table of workers shows it: [`Pq::workers`].
@@ -320,19 +315,16 @@ async fn beat(
     info: &WorkerInfo,
 ) -> Result<Heartbeat> {
     let sql = pq.statements().await?;
-    let beat: Option<(bool, Vec<i64>, Option<i64>)> = sql
+    let beat: Option<(bool, Vec<i64>)> = sql
         .query_as(&sql.heartbeat)
         .bind(worker.0)
         .bind(micros(info.lease))
         .fetch_optional(&mut *connection)
         .await?;
     match beat {
-        Some((lapsed, cancel, limited_poll)) => Ok(Heartbeat {
+        Some((lapsed, cancel)) => Ok(Heartbeat {
             lapsed,
             cancel: cancel.into_iter().map(JobId).collect(),
-            limited_poll: limited_poll
-                .and_then(|micros| u64::try_from(micros).ok())
-                .map(Duration::from_micros),
         }),
         None => {
             // Reaped: back under the same id, so that the jobs it still runs are its own.
@@ -350,7 +342,6 @@ async fn beat(
             Ok(Heartbeat {
                 lapsed: true,
                 cancel: Vec::new(),
-                limited_poll: None,
             })
         }
     }

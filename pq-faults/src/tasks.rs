@@ -229,3 +229,23 @@ pub async fn snoozer(ctx: TaskContext, key: i64, snoozes: i64) -> anyhow::Result
 pub async fn permanent(key: i64) -> anyhow::Result<()> {
     Err(pq::TaskError::permanent(format!("job {key}: the address bounced")).into())
 }
+
+/// The queue of the `limits` scenario, limited as a whole.
+pub const LIMITED_QUEUE: &str = "limited";
+
+/// One run at a time per `key` over every worker: records its start and its end, each with a
+/// statement of its own, so that the scenario can count what ran at once.
+#[pq::task(
+    queue = "limited",
+    name = "faults::limited",
+    limit_key = [key],
+    limit = 1,
+    max_retries = 25,
+    retry_in = "0s"
+)]
+pub async fn limited(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::Result<()> {
+    on_its_own(&ctx, record(&ctx, key, "start", None)).await?;
+    work(work_ms).await;
+    on_its_own(&ctx, record(&ctx, key, "end", None)).await?;
+    Ok(())
+}

@@ -28,9 +28,6 @@ pub(crate) struct Resources {
     pub keep_completed: bool,
     /// The requests to cancel this worker's running jobs.
     pub cancels: Arc<Cancels>,
-    /// While one of its queues is limited, how soon (µs) to claim again after a claim came
-    /// back short (a limit may have held jobs back); 0 while none is. Set by the heartbeat.
-    pub limited_poll: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Starts `job`, taken from `queue`, by its task's `definition` (`None`: a task this worker

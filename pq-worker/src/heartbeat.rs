@@ -2,7 +2,6 @@
 //! runs, hearing of the requests to cancel its jobs as it does, rescues the jobs of workers
 //! whose heartbeat ran out, and warns of jobs in its queues that no live worker can run.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ const RESCUE_BATCH: u32 = 1000;
 /// longest are at the front.
 const UNRUNNABLE_HEAD: u32 = 1000;
 
-/// Beats at once and every `info.lease / 3`, rescues every half lease (at least every second), and looks
+/// Beats every `info.lease / 3`, rescues every half lease (at least every second), and looks
 /// for jobs no worker can run every `warn_after` (at most every minute), until dropped. A
 /// failed beat was already tried again at once on a fresh connection; the next tick tries
 /// once more.
@@ -28,12 +27,11 @@ pub(crate) async fn keep_alive(
     info: WorkerInfo,
     max_rescues: u32,
     cancels: Arc<Cancels>,
-    limited_poll: Arc<AtomicU64>,
     warn_after: Duration,
 ) {
-    // The first beat is at once: it says whether the worker's queues are limited.
     let mut beat = tokio::time::interval(info.lease / 3);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat.tick().await;
     let mut rescue = tokio::time::interval((info.lease / 2).max(Duration::from_secs(1)));
     rescue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unrunnable = tokio::time::interval(warn_after.min(Duration::from_secs(60)));
@@ -42,9 +40,7 @@ pub(crate) async fn keep_alive(
     loop {
         tokio::select! {
             _ = beat.tick() => match pq.heartbeat(worker, &info).await {
-                Ok(Heartbeat { lapsed, cancel, limited_poll: poll }) => {
-                    let poll = poll.map_or(0, |poll| u64::try_from(poll.as_micros()).unwrap_or(u64::MAX));
-                    limited_poll.store(poll, Ordering::Relaxed);
+                Ok(Heartbeat { lapsed, cancel }) => {
                     if lapsed {
                         tracing::warn!(
                             worker = worker.0,

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -371,7 +371,6 @@ impl Worker {
                 own: own.clone(),
                 keep_completed: self.settings.keep_completed,
                 cancels: Arc::default(),
-                limited_poll: Arc::default(),
             }),
             worker,
             registry: Arc::new(registry),
@@ -529,6 +528,18 @@ struct Fetcher<'a> {
     claiming: tokio::sync::RwLock<()>,
     /// Set when a claim failed or was abandoned: it may have committed all the same.
     unsure: AtomicBool,
+    /// What the last claim said of its limited queues: a limit held back ready jobs, and how
+    /// soon to look again (µs, 1 at least); 0 if none did.
+    held_back: AtomicU64,
+}
+
+impl Fetcher<'_> {
+    fn held_back(&self) -> Option<Duration> {
+        match self.held_back.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
 }
 
 /// Marks the claims unsure unless disarmed: dropped with its claim, or on its error.
@@ -570,7 +581,6 @@ impl Run {
             info,
             self.settings.max_rescues,
             Arc::clone(&self.resources.cancels),
-            Arc::clone(&self.resources.limited_poll),
             self.settings.warn_unrunnable_after,
         ));
         if !self.periodic.is_empty() {
@@ -609,6 +619,7 @@ impl Run {
             backlog: Notify::new(),
             claiming: tokio::sync::RwLock::new(()),
             unsure: AtomicBool::new(false),
+            held_back: AtomicU64::new(0),
         };
         let (stopped, stop_backlog) = watch::channel(false);
         let mut jobs = JoinSet::new();
@@ -774,6 +785,8 @@ impl Run {
                             Err(error) => Err(error),
                         };
                         match claim {
+                            // Jobs a limit held back are not done: wait for them.
+                            Ok(0) if fetcher.held_back().is_some() => {}
                             Ok(0) => return,
                             Ok(_) => continue,
                             Err(_) => {
@@ -784,11 +797,10 @@ impl Run {
                         }
                     }
                 }
-                let limited_poll = self.resources.limited_poll.load(Ordering::Relaxed);
-                if limited_poll > 0 {
-                    // A limit, not an empty queue, may have held jobs back: look again soon,
-                    // whatever notifications say.
-                    wait = Duration::from_micros(limited_poll).max(MIN_LIMITED_POLL);
+                if let Some(held) = fetcher.held_back() {
+                    // A limit, not an empty queue, held jobs back: look again when it may have
+                    // room, whatever notifications say.
+                    wait = held.max(MIN_LIMITED_POLL);
                 } else {
                     // Registers this worker as waiting, so that every later put notifies; a
                     // put that committed before did not, and one more look finds it.
@@ -954,6 +966,10 @@ impl Run {
             [] => own.claim(self.worker, queues, limit).await?,
             only => own.claim_jobs(self.worker, only, limit).await?,
         };
+        let held_back = claimed.held_back.map_or(0, |again| {
+            u64::try_from(again.as_micros()).unwrap_or(u64::MAX).max(1)
+        });
+        fetcher.held_back.store(held_back, Ordering::Relaxed);
         let taken = claimed.jobs.len() + claimed.unreadable.len();
         {
             let mut in_flight = lock(fetcher.in_flight);

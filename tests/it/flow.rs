@@ -347,3 +347,40 @@ async fn bad_limits_are_refused_at_apply_with_the_reason() {
         .iter()
         .all(|l| l.kind != "queue"));
 }
+
+#[pq::task(queue = "paced")]
+async fn paced(ctx: TaskContext) {
+    record_run(&ctx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_worker_waits_for_the_jobs_a_limit_holds_back() {
+    let db = TestDb::new().await;
+    db.pq
+        .queue("paced")
+        .limits()
+        .rate("50/s")
+        .burst(5)
+        .apply()
+        .await
+        .unwrap();
+    let calls: pq::TaskBatch = (0..30).map(|_| paced()).collect();
+    let ids: Vec<JobId> = calls
+        .enqueue(&db.pq)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    let started = std::time::Instant::now();
+    burst(Worker::new(db.pq.clone()), "paced").await;
+    for id in ids {
+        assert_eq!(runs_of(&db.pq, id), 1);
+    }
+    // 5 at once, then 50 a second: the rest take half a second at least.
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+}

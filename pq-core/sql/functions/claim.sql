@@ -88,6 +88,8 @@ BEGIN
     WHERE s.q_name = ANY (queues) AND (s.paused_at IS NOT NULL OR s.limited);
     IF limited_queues IS NOT NULL THEN
         RETURN QUERY SELECT * FROM {{qualified:claim_limited}}(worker, claim, known, limited_queues, want);
+        -- Its rows, and the one that says a limit held jobs back, if it did: one job fewer
+        -- for the plain queues then.
         GET DIAGNOSTICS taken = ROW_COUNT;
         IF taken >= want THEN
             RETURN;

@@ -56,7 +56,7 @@ BEGIN
           AND EXISTS (SELECT FROM {{qualified:workers}} AS w
                       WHERE w.id = j.worker_id AND w.expires_at > statement_timestamp())),
     queue_room AS MATERIALIZED (
-        SELECT s.q_name,
+        SELECT s.q_name, s.per / s.rate AS emission,
                LEAST(want,
                      s.max_running - (SELECT count(*) FROM live WHERE live.q_name = s.q_name),
                      floor((s.burst * (extract(epoch FROM s.per) / s.rate)
@@ -64,7 +64,7 @@ BEGIN
                            / (extract(epoch FROM s.per) / s.rate) + 1e-9)) AS room
         FROM {{qualified:queues}} AS s WHERE s.q_name = ANY (limited_queues)),
     task_room AS MATERIALIZED (
-        SELECT f.task, f.per_key, f.sequence,
+        SELECT f.task, f.per_key, f.sequence, f.per / f.rate AS emission,
                CASE WHEN f.sequence IS NOT NULL THEN 1 WHEN f.per_key THEN f.max_running END
                    AS key_limit,
                LEAST(CASE WHEN NOT f.per_key AND f.sequence IS NULL THEN f.max_running
@@ -134,12 +134,29 @@ BEGIN
         UPDATE {{qualified:flows}} AS f
         SET tat = GREATEST(f.tat, statement_timestamp()) + f.per / f.rate * c.n
         FROM (SELECT c.task, count(*) AS n FROM claimed AS c GROUP BY c.task) AS c
-        WHERE f.task = c.task AND f.rate IS NOT NULL)
+        WHERE f.task = c.task AND f.rate IS NOT NULL),
+    -- Whether a limit held back a ready job (one the caps dropped, or a queue with no room
+    -- left that has one): then the claim ends with a row of its own, NULL but for how soon
+    -- to look again (in `timeout`), since no notification says when a limit has room again.
+    held AS (
+        SELECT LEAST(interval '50 milliseconds',
+                     (SELECT min(q.emission) FROM queue_room AS q),
+                     (SELECT min(f.emission) FROM task_room AS f)) AS again
+        WHERE (SELECT count(*) FROM candidates) > (SELECT count(*) FROM picked)
+           OR EXISTS (
+               SELECT FROM queue_room AS q WHERE q.room <= 0 AND EXISTS (
+                   SELECT FROM {{table}} AS j
+                   WHERE j.q_name = q.q_name AND j.state = 'queued'
+                     AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
+                     AND (known IS NULL OR j.task = ANY (known)))))
     SELECT claim, j.id, j.attempts, COALESCE(j.rescues, 0), j.place, j.q_name,
         convert_to(j.task, 'SQL_ASCII'),
         CASE WHEN pg_column_size(j.data) < 8192 THEN convert_to(j.data::text, 'SQL_ASCII') END,
         j.enqueued_at, j.schedule_at, j.expected_at, j.timeout,
         convert_to(j.meta::text, 'SQL_ASCII')
-    FROM claimed AS j;
+    FROM claimed AS j
+    UNION ALL
+    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, held.again, NULL
+    FROM held;
 END
 {{dollar}};

@@ -5,6 +5,7 @@ mod control;
 mod cron;
 mod database;
 mod hostile;
+mod limits;
 mod load;
 mod shutdown;
 
@@ -101,6 +102,11 @@ pub const SCENARIOS: &[Scenario] = &[
         |p, s, l| Box::pin(cron::cron(p, s, l)),
     ),
     (
+        "limits",
+        "a queue limit and a per-key limit over 4 workers, one SIGKILLed: never passed",
+        |p, s, l| Box::pin(limits::limits(p, s, l)),
+    ),
+    (
         "shutdown-hung",
         "SIGTERM to workers while the server hangs; a second SIGTERM stops at once",
         |p, s, l| Box::pin(shutdown::shutdown_hung(p, s, l)),
@@ -131,6 +137,8 @@ pub struct Profile {
     pub poison_among: u64,
     /// How long the `cron` scenario's workers fire their schedule.
     pub cron_run: Duration,
+    /// Jobs of the `limits` scenario (20 ms each, at most 6 at once).
+    pub limits_jobs: u64,
 }
 
 impl Profile {
@@ -154,6 +162,7 @@ impl Profile {
             good_jobs: 1_000,
             poison_among: 10_000,
             cron_run: Duration::from_secs(30),
+            limits_jobs: 1_500,
         }
     }
 
@@ -175,6 +184,7 @@ impl Profile {
             good_jobs: 5_000,
             poison_among: 40_000,
             cron_run: Duration::from_secs(180),
+            limits_jobs: 10_000,
         }
     }
 }
