@@ -5,6 +5,7 @@
 //! by default `postgres://postgres@127.0.0.1:5432/test`); `--quick` is the smoke test.
 
 mod baseline;
+mod limits;
 mod long_jobs;
 mod measure;
 mod migrations;
@@ -44,6 +45,9 @@ enum Command {
         schema: String,
         #[arg(long)]
         concurrency: usize,
+        /// The queue it works.
+        #[arg(long, default_value = tasks::QUEUE)]
+        queue: String,
     },
 }
 
@@ -105,11 +109,17 @@ enum Figure {
     Migrations,
     /// What a worker writes to keep 16 long jobs claimed (a lease of 3 s, jobs of 20 s).
     LongJobs,
+    /// Drains under limits (a queue's 64 running, 1,000 keys of one running each, 5,000/s)
+    /// beside the unlimited drain, and how closely they follow the limits.
+    Limits,
 }
 
 impl Bench {
     fn runs(&self, figure: Figure) -> bool {
-        let by_default = !matches!(figure, Figure::Migrations | Figure::LongJobs) || self.quick;
+        let by_default = !matches!(
+            figure,
+            Figure::Migrations | Figure::LongJobs | Figure::Limits
+        ) || self.quick;
         (self.only.is_empty() && by_default) || self.only.contains(&figure)
     }
 
@@ -128,7 +138,8 @@ fn main() -> Result<()> {
             url,
             schema,
             concurrency,
-        }) => runtime.block_on(workload::worker_process(&url, &schema, concurrency)),
+            queue,
+        }) => runtime.block_on(workload::worker_process(&url, &schema, concurrency, &queue)),
         None => runtime.block_on(run(cli.bench)),
     }
 }
@@ -280,6 +291,11 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
             )
             .await?,
         );
+    }
+    if bench.runs(Figure::Limits) {
+        report
+            .notes
+            .push(limits::limits(admin, &pq, bench.jobs).await?);
     }
     if bench.runs(Figure::Migrations) {
         report

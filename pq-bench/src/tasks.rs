@@ -33,6 +33,17 @@ pub async fn unique_noop(n: u32) {
     HANDLED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The keyed no-op's stable name, as the limits figure's fills write it.
+pub const KEYED: &str = "pq_bench::keyed";
+
+/// The no-op, one job running per key over every worker (the limits figure); on a queue of
+/// its own, which its policy makes limited.
+#[pq::task(name = "pq_bench::keyed", queue = "bench_keyed", limit_key = [key], limit = 1)]
+pub async fn keyed(key: u32) {
+    let _ = key;
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Reports the instant its handler started.
 #[pq::task(name = "pq_bench::probe", queue = "bench")]
 pub async fn probe(n: u32) {

@@ -48,6 +48,11 @@ impl PqTable {
         })
     }
 
+    /// A handle on the table.
+    pub async fn connect(&self) -> Result<Pq> {
+        connect(&self.url, &self.schema).await
+    }
+
     pub async fn truncate(&self, admin: &PgPool) -> Result<()> {
         sqlx::raw_sql(&format!("TRUNCATE {}; {FLUSH_STATS}", self.name))
             .execute(admin)
@@ -166,14 +171,32 @@ impl PqTable {
 
     /// Adds `jobs` ready no-op jobs to whatever the table holds.
     pub async fn add(&self, admin: &PgPool, jobs: u64) -> Result<()> {
+        self.add_to(admin, QUEUE, jobs, None).await
+    }
+
+    /// Adds `jobs` ready no-op jobs to `queue`; with `keys`, jobs of the keyed no-op over that
+    /// many keys, in turn.
+    pub async fn add_to(
+        &self,
+        admin: &PgPool,
+        queue: &str,
+        jobs: u64,
+        keys: Option<u64>,
+    ) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO {} (q_name, task, data) \
-             SELECT $1, $2, format('{{\"n\":%s}}', g)::json FROM generate_series(1, $3) AS g",
+            "INSERT INTO {} (q_name, task, data, flow) \
+             SELECT $1, CASE WHEN $4 > 0 THEN $5 ELSE $2 END, \
+               CASE WHEN $4 > 0 THEN format('{{\"key\":%s}}', g % $4) \
+                 ELSE format('{{\"n\":%s}}', g) END::json, \
+               CASE WHEN $4 > 0 THEN format('[%s,[%s]]', to_json($5::text), g % $4) END \
+             FROM generate_series(1, $3) AS g",
             self.name
         ))
-        .bind(QUEUE)
+        .bind(queue)
         .bind(NOOP)
         .bind(i64::try_from(jobs)?)
+        .bind(i64::try_from(keys.unwrap_or(0))?)
+        .bind(tasks::KEYED)
         .execute(admin)
         .await?;
         Ok(())
@@ -189,9 +212,23 @@ impl PqTable {
         concurrency: usize,
         jobs: u64,
     ) -> Result<(Measured, TableState)> {
+        self.drain_queue(admin, QUEUE, processes, concurrency, jobs)
+            .await
+    }
+
+    /// [`drain`](Self::drain) of `queue`.
+    pub async fn drain_queue(
+        &self,
+        admin: &PgPool,
+        queue: &str,
+        processes: usize,
+        concurrency: usize,
+        jobs: u64,
+    ) -> Result<(Measured, TableState)> {
         let mut workers = Vec::new();
         for _ in 0..processes {
-            workers.push(WorkerProcess::spawn(&self.url, &self.schema, concurrency).await?);
+            let worker = WorkerProcess::spawn(&self.url, &self.schema, concurrency, queue).await?;
+            workers.push(worker);
         }
         let probe = Probe::start(admin).await?;
         for worker in &mut workers {
@@ -323,10 +360,15 @@ struct WorkerProcess {
 }
 
 impl WorkerProcess {
-    async fn spawn(url: &str, schema: &str, concurrency: usize) -> Result<WorkerProcess> {
+    async fn spawn(
+        url: &str,
+        schema: &str,
+        concurrency: usize,
+        queue: &str,
+    ) -> Result<WorkerProcess> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(["worker", "--url", url, "--schema", schema])
-            .args(["--concurrency", &concurrency.to_string()])
+            .args(["--concurrency", &concurrency.to_string(), "--queue", queue])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -378,7 +420,12 @@ impl WorkerProcess {
 
 /// The `worker` command: connect, say `ready`, wait for `go`, work the queue to empty in burst
 /// mode, say how many jobs were run.
-pub async fn worker_process(url: &str, schema: &str, concurrency: usize) -> Result<()> {
+pub async fn worker_process(
+    url: &str,
+    schema: &str,
+    concurrency: usize,
+    queue: &str,
+) -> Result<()> {
     let pq = connect(url, schema).await?;
     // The worker's claimers, completer and lease tasks each use one.
     open_connections(&pq, 4).await?;
@@ -391,7 +438,7 @@ pub async fn worker_process(url: &str, schema: &str, concurrency: usize) -> Resu
         .await?;
     ensure!(go.trim_end() == "go", "expected go, got {go:?}");
     pq::Worker::new(pq.clone())
-        .queues([QUEUE])
+        .queues([queue])
         .concurrency(concurrency)
         .burst()
         .run()

@@ -821,7 +821,16 @@ impl Run {
                 }
             }
             drop(permits); // The slots no job took.
-            if claimed == 0 {
+                           // A limit that cut this claim short has no room for the next one before some of
+                           // the jobs it counts end: wait for ours, or for the time it gave.
+            let cut_short = match fetcher.held_back() {
+                Some(held) if claimed > 0 && claimed < wanted => {
+                    wait = held.max(MIN_LIMITED_POLL);
+                    true
+                }
+                _ => false,
+            };
+            if claimed == 0 || cut_short {
                 tokio::select! {
                     () = &mut wakeup => {}
                     () = &mut work_done => {}

@@ -16,9 +16,10 @@
 -- index of running jobs (`out_idx`), a read of what runs fleet-wide. Only a rate writes, its
 -- GCRA state (`tat`).
 --
--- Candidates are read in dequeue order from the top of each queue, past the jobs of keys at
--- their limit (a read of each of those: a key with a deep backlog at the front of its queue
--- costs each claim a read past it), and capped in turn by key, by task and by queue. The rows
+-- Candidates are read in dequeue order from the top of each queue, as many as its room (four
+-- times as many, where tasks with a policy may drop some), past the jobs of keys at their
+-- limit (a read of each of those: a key with a deep backlog at the front of its queue costs
+-- each claim a read past it), and capped in turn by key, by task and by queue. The rows
 -- are not locked while they are chosen (window functions cannot be): the claims that could
 -- take them hold the same locks, and the update checks again that each is still queued.
 --
@@ -97,7 +98,9 @@ BEGIN
                                 WHERE s.flow = j.flow AND s.state = 'queued' AND s.id < j.id
                                   AND (f.sequence = 'block' OR s.attempts = 0)))
             ORDER BY COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id
-            LIMIT GREATEST(LEAST(q.room, want), 0) * 4 + CASE WHEN q.room > 0 THEN 16 ELSE 0 END
+            LIMIT CASE WHEN q.room <= 0 THEN 0
+                       WHEN flow_tasks IS NULL THEN q.room
+                       ELSE LEAST(q.room, want) * 4 + 16 END
         ) AS c),
     by_key AS (
         SELECT c.place, c.id, c.q_name, c.task, c.flow, c.e, c.r FROM (
@@ -118,7 +121,7 @@ BEGIN
             FROM by_task AS c) AS c
         JOIN queue_room AS q ON q.q_name = c.q_name
         WHERE q.room IS NULL OR c.n <= q.room),
-    picked AS (SELECT c.place FROM by_queue AS c ORDER BY c.e, c.r, c.id LIMIT want),
+    picked AS (SELECT c.place, c.q_name FROM by_queue AS c ORDER BY c.e, c.r, c.id LIMIT want),
     claimed AS (
         UPDATE {{table}} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1,
             claim_id = claim, worker_id = worker, dequeued_at = statement_timestamp(),
@@ -144,7 +147,10 @@ BEGIN
                      (SELECT min(f.emission) FROM task_room AS f)) AS again
         WHERE (SELECT count(*) FROM candidates) > (SELECT count(*) FROM picked)
            OR EXISTS (
-               SELECT FROM queue_room AS q WHERE q.room <= 0 AND EXISTS (
+               SELECT FROM queue_room AS q
+               WHERE q.room < want
+                 AND q.room <= (SELECT count(*) FROM picked AS p WHERE p.q_name = q.q_name)
+                 AND EXISTS (
                    SELECT FROM {{table}} AS j
                    WHERE j.q_name = q.q_name AND j.state = 'queued'
                      AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
