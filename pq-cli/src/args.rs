@@ -196,6 +196,13 @@ pub(crate) enum Queues {
     /// Every limit: the queues' own, and the tasks' (from their `#[pq::task]` attributes),
     /// with how many of their jobs run now.
     Limits,
+
+    /// Forget a task's policy (limit, limit_key, sequence, rate), which its workers declared:
+    /// its jobs run without it until a worker whose program has it starts again.
+    ForgetPolicy {
+        /// The task's name.
+        task: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

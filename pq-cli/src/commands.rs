@@ -49,6 +49,17 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
             burst,
         }) => limit(cli, &pq, queue, *max_running, rate.as_deref(), *burst, out).await,
         Command::Queues(Queues::Limits) => limits(cli, &admin, out).await,
+        Command::Queues(Queues::ForgetPolicy { task }) => {
+            let forgotten = admin.forget_task_policy(task).await?;
+            if cli.json {
+                return output::json(out, &json!({"task": task, "forgotten": forgotten}));
+            }
+            match forgotten {
+                true => writeln!(out, "forgot {task}'s policy: its jobs run without it")?,
+                false => writeln!(out, "{task} has no policy")?,
+            }
+            Ok(())
+        }
         Command::Cron(command) => cron(cli, &admin, command, out).await,
         Command::Jobs(jobs) => match jobs {
             Jobs::List {
@@ -274,7 +285,7 @@ async fn limit(
         said.push(format!("at most {rate}{burst}"));
     }
     match said.as_slice() {
-        [] => writeln!(out, "{queue} is no longer limited")?,
+        [] => writeln!(out, "{queue} has no limits of its own")?,
         _ => writeln!(
             out,
             "limited {queue}: {}, over every worker",

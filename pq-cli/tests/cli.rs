@@ -267,7 +267,7 @@ async fn queues_limit_sets_shows_and_lifts_limits_and_refuses_bad_ones() {
     }
     assert_eq!(
         db.pq(&["queues", "limit", "mail"]).ok(),
-        "mail is no longer limited\n"
+        "mail has no limits of its own\n"
     );
     let limits = db.pq(&["queues", "limits", "--json"]).json();
     assert!(limits

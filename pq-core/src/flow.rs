@@ -287,23 +287,34 @@ pub struct LimitInfo {
 }
 
 impl Pq {
-    /// Declares tasks' policies, as a worker does for the tasks it registers: writes each
-    /// (and marks its queue limited), or deletes it where `policy` is `None`.
-    pub async fn declare_flows(&self, flows: &[FlowDeclaration]) -> Result<()> {
+    /// Declares tasks' policies, as a worker does for the tasks it registers, before it
+    /// claims: writes each, and marks limited the queues their jobs may be in (each task's
+    /// own, and `queues`, the worker's, where it has a task with a policy), so that its claims
+    /// of them take the limited path. A declaration without a policy lifts nothing (another
+    /// binary may still declare one; see [`Admin::forget_task_policy`](crate::Admin::forget_task_policy)):
+    /// returns those of them whose task has a policy in the table all the same.
+    pub async fn declare_flows(
+        &self,
+        flows: &[FlowDeclaration],
+        queues: &[String],
+    ) -> Result<Vec<String>> {
         if flows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let sql = self.statements().await?;
         let table = &sql.table;
         let declared: Vec<&FlowDeclaration> = flows.iter().filter(|f| f.policy.is_some()).collect();
-        let lifted: Vec<&str> = flows
+        let lacking: Vec<&str> = flows
             .iter()
             .filter(|f| f.policy.is_none())
             .map(|f| f.task.as_str())
             .collect();
+        let limited: Vec<&str> = match declared.is_empty() {
+            true => Vec::new(),
+            false => queues.iter().map(String::as_str).collect(),
+        };
         let statement = format!(
-            "WITH gone AS (DELETE FROM {flows} WHERE task = ANY ($9)), \
-             declared AS (INSERT INTO {flows} AS f (task, q_name, max_running, per_key, \
+            "WITH declared AS (INSERT INTO {flows} AS f (task, q_name, max_running, per_key, \
                  sequence, rate, per, burst) \
                SELECT t, q, m, k, s, r, p * interval '1 microsecond', b \
                FROM unnest($1::text[], $2::text[], $3::int4[], $4::bool[], $5::text[], \
@@ -313,10 +324,11 @@ impl Pq {
                  sequence = EXCLUDED.sequence, rate = EXCLUDED.rate, per = EXCLUDED.per, \
                  burst = EXCLUDED.burst, seen_at = statement_timestamp(), \
                  tat = CASE WHEN (f.rate, f.per) IS NOT DISTINCT FROM (EXCLUDED.rate, EXCLUDED.per) \
-                   THEN f.tat END) \
-             INSERT INTO {queues} AS s (q_name, limited) \
-             SELECT DISTINCT q, true FROM unnest($2::text[]) AS q \
-             ON CONFLICT (q_name) DO UPDATE SET limited = true WHERE NOT s.limited",
+                   THEN f.tat END), \
+             marked AS (INSERT INTO {queues} AS s (q_name, limited) \
+               SELECT DISTINCT q, true FROM unnest($2::text[] || $9::text[]) AS q \
+               ON CONFLICT (q_name) DO UPDATE SET limited = true WHERE NOT s.limited) \
+             SELECT task FROM {flows} WHERE task = ANY ($10) ORDER BY task",
             flows = table.qualified_derived("flows"),
             queues = table.qualified_derived("queues"),
         );
@@ -333,7 +345,7 @@ impl Pq {
                 .collect()
         };
         let tasks: Vec<&str> = declared.iter().map(|d| d.task.as_str()).collect();
-        let queues: Vec<&str> = declared.iter().map(|d| d.queue.as_str()).collect();
+        let task_queues: Vec<&str> = declared.iter().map(|d| d.queue.as_str()).collect();
         let max_running = int4(column(&|p| p.max_running.map(i64::from)));
         let keyed: Vec<bool> = declared
             .iter()
@@ -365,19 +377,20 @@ impl Pq {
             }
         }
         self.with_connection("declaring tasks' limits", async |connection| {
-            sql.query(&statement)
+            Ok(sql
+                .query_scalar(&statement)
                 .bind(&tasks)
-                .bind(&queues)
+                .bind(&task_queues)
                 .bind(&max_running)
                 .bind(&keyed)
                 .bind(&sequence)
                 .bind(&rates)
                 .bind(&pers)
                 .bind(&bursts)
-                .bind(&lifted)
-                .execute(connection)
-                .await?;
-            Ok(())
+                .bind(&limited)
+                .bind(&lacking)
+                .fetch_all(connection)
+                .await?)
         })
         .await
     }
@@ -426,6 +439,32 @@ impl crate::Admin {
             })
             .await?;
         self.hold_claims().await
+    }
+
+    /// Forgets a task's policy, which the workers that register the task declared: its jobs
+    /// run without it from the next claim, until a worker that has it starts. `false` if the
+    /// task had none. A worker whose program lacks a policy its task has in the table keeps
+    /// to it, and says so when it starts: a binary rolled back must not lift a sequence.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> Result<(), pq::Error> {
+    /// pq.admin().forget_task_policy("my_app::send_sms").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn forget_task_policy(&self, task: &str) -> Result<bool> {
+        let sql = self.pq().statements().await?;
+        let statement = format!(
+            "DELETE FROM {} WHERE task = $1",
+            sql.table.qualified_derived("flows")
+        );
+        let deleted = self
+            .pq()
+            .with_connection("forgetting a task's policy", async |connection| {
+                Ok(sql.query(&statement).bind(task).execute(connection).await?)
+            })
+            .await?;
+        self.hold_claims().await?;
+        Ok(deleted.rows_affected() > 0)
     }
 
     /// Every policy: the queues' own limits, then the tasks' policies, each with how many of

@@ -486,9 +486,9 @@ impl NewJob {
     /// task with a policy sets it itself (`#[pq::task(limit_key = [..])]`, `sequence = [..]`);
     /// the key is JSON `[task, values...]`. A job with a flow key is claimed only from a
     /// limited queue (see [`Admin::limit`](crate::Admin::limit)); it travels in the job's
-    /// meta, as `flow`. A key of over 1,000 bytes is stored as its MD5 digest.
+    /// meta, as `pq.flow`. A key of over 1,000 bytes is stored as its MD5 digest.
     pub fn flow_key(self, key: impl Into<String>) -> Self {
-        self.meta("flow", key.into())
+        self.meta("pq.flow", key.into())
     }
 
     /// Makes the job unique by `key` among waiting jobs (queued or scheduled, not running): if

@@ -291,8 +291,8 @@ impl Statements {
         let stored = |key: &str| {
             format!("CASE WHEN octet_length({key}) > 1000 THEN 'md5:' || md5({key}) ELSE {key} END")
         };
-        // A job's flow key (migration 19) travels in its meta, as `flow` (see `NewJob::flow_key`).
-        let flow = |meta: &str| stored(&format!("({meta}::jsonb ->> 'flow')"));
+        // A job's flow key (migration 19) travels in its meta, as `pq.flow` (see `NewJob::flow_key`).
+        let flow = |meta: &str| stored(&format!("({meta}::jsonb ->> 'pq.flow')"));
         // `$n * interval '1 microsecond'` turns a bound delay into an interval; a NULL delay
         // leaves the time NULL so that COALESCE falls through to the next choice.
         let put = format!(
@@ -442,7 +442,7 @@ impl Statements {
         // A claim, in a function whose plan is made once per connection
         // (`sql/functions/claim.sql`); the data of its large jobs, which it leaves out.
         let claim = format!(
-            "SELECT * FROM {}($1, $2, $3, $4, $5, $6)",
+            "SELECT * FROM {}($1, $2, $3, $4, $5, $6, true)",
             table.qualified_derived("claim")
         );
         // The claim of chosen jobs (a test's run of one job), ready ones only, paused queues

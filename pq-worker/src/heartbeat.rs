@@ -17,26 +17,21 @@ const RESCUE_BATCH: u32 = 1000;
 /// longest are at the front.
 const UNRUNNABLE_HEAD: u32 = 1000;
 
-/// Beats every `info.lease / 3`, rescues every half lease (at least every second), and looks
-/// for jobs no worker can run every `warn_after` (at most every minute), until dropped. A
-/// failed beat was already tried again at once on a fresh connection; the next tick tries
-/// once more.
+/// Beats every `info.lease / 3`, and rescues every half lease (at least every second), until
+/// dropped. A failed beat was already tried again at once on a fresh connection; the next tick
+/// tries once more.
 pub(crate) async fn keep_alive(
     pq: Pq,
     worker: WorkerId,
     info: WorkerInfo,
     max_rescues: u32,
     cancels: Arc<Cancels>,
-    warn_after: Duration,
 ) {
     let mut beat = tokio::time::interval(info.lease / 3);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
     let mut rescue = tokio::time::interval((info.lease / 2).max(Duration::from_secs(1)));
     rescue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut unrunnable = tokio::time::interval(warn_after.min(Duration::from_secs(60)));
-    unrunnable.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    unrunnable.tick().await;
     loop {
         tokio::select! {
             _ = beat.tick() => match pq.heartbeat(worker, &info).await {
@@ -56,18 +51,30 @@ pub(crate) async fn keep_alive(
                 Ok(rescued) => tracing::warn!(rescued, "pq: rescued jobs whose worker was lost"),
                 Err(error) => tracing::error!(%error, "pq: cannot rescue the jobs of lost workers"),
             },
-            _ = unrunnable.tick() => warn_unrunnable(&pq, &info.queues, warn_after).await,
         }
     }
 }
 
-/// Warns of the jobs of `queues` ready for `warn_after` or longer that no live worker can run.
-async fn warn_unrunnable(pq: &Pq, queues: &[String], warn_after: Duration) {
-    match pq
-        .admin()
-        .unrunnable_in(Some(queues), Some(UNRUNNABLE_HEAD))
-        .await
-    {
+/// Warns, every `warn_after` (at most every minute) until dropped, of the jobs of `queues`
+/// ready for `warn_after` or longer that no live worker can run. A task of its own, so that a
+/// slow look never holds back a heartbeat.
+pub(crate) async fn watch_unrunnable(pq: Pq, queues: Vec<String>, warn_after: Duration) {
+    let mut tick = tokio::time::interval(warn_after.min(Duration::from_secs(60)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let admin = pq.admin();
+    loop {
+        tick.tick().await;
+        let look = admin.unrunnable_in(Some(&queues), Some(UNRUNNABLE_HEAD));
+        match tokio::time::timeout(warn_after, look).await {
+            Ok(looked) => warn_unrunnable(looked, warn_after),
+            Err(_) => tracing::debug!("pq: the look for jobs no worker can run timed out"),
+        }
+    }
+}
+
+fn warn_unrunnable(looked: pq_core::Result<Vec<pq_core::Unrunnable>>, warn_after: Duration) {
+    match looked {
         Ok(groups) => {
             for group in groups {
                 if group.oldest_ready.is_some_and(|age| age >= warn_after) {

@@ -347,12 +347,7 @@ impl Worker {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             tasks: Some(registry.iter().map(|task| task.name.to_owned()).collect()),
         };
-        let Some(worker) = register(&own, &info, &mut stop).await? else {
-            return Ok(Report::default());
-        };
-        // Its tasks' flow policies, which the claims enforce; lifted for its tasks without one.
-        // Should this fail, their jobs wait (no claim takes a job with a flow key from a queue
-        // not marked limited), and the next worker to start declares them.
+        // Its tasks' flow policies, declared as it registers, before its first claim.
         let flows: Vec<FlowDeclaration> = registry
             .iter()
             .map(|task| FlowDeclaration {
@@ -361,9 +356,9 @@ impl Worker {
                 policy: task.options.flow,
             })
             .collect();
-        if let Err(error) = own.declare_flows(&flows).await {
-            tracing::error!(%error, "pq: cannot declare the tasks' limits; their jobs wait");
-        }
+        let Some(worker) = register(&own, &info, &flows, &mut stop).await? else {
+            return Ok(Report::default());
+        };
         let run = Run {
             periodic,
             resources: Arc::new(Resources {
@@ -386,6 +381,7 @@ impl Worker {
 async fn register(
     pq: &Pq,
     info: &WorkerInfo,
+    flows: &[FlowDeclaration],
     stop: &mut Stop,
 ) -> Result<Option<WorkerId>, WorkerError> {
     let mut backoff = Backoff::default();
@@ -393,6 +389,12 @@ async fn register(
         let registered = async {
             pq.check_schema().await?;
             warn_of_connection_budget(pq, info).await;
+            for task in pq.declare_flows(flows, &info.queues).await? {
+                tracing::warn!(
+                    task,
+                    "pq: this task has a policy in the table that this program's attribute lacks; it still applies (`pq queues forget-policy` lifts it)"
+                );
+            }
             pq.register_worker(info).await
         };
         let outcome = tokio::select! {
@@ -581,6 +583,10 @@ impl Run {
             info,
             self.settings.max_rescues,
             Arc::clone(&self.resources.cancels),
+        ));
+        keep_alive.spawn(crate::heartbeat::watch_unrunnable(
+            own.clone(),
+            self.settings.queues.clone(),
             self.settings.warn_unrunnable_after,
         ));
         if !self.periodic.is_empty() {
@@ -723,6 +729,8 @@ impl Run {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut backoff = Backoff::default();
         let mut idle = pq_core::IdleDelay::default();
+        // Claims in a row that took nothing while a limit held jobs back.
+        let mut held_in_a_row = 0;
         loop {
             while jobs.try_join_next().is_some() {}
             let permits = tokio::select! {
@@ -765,6 +773,9 @@ impl Run {
                 }
             };
             let mut wait = self.settings.poll_interval;
+            if claimed > 0 {
+                held_in_a_row = 0;
+            }
             if claimed == 0 {
                 if self.settings.burst {
                     // The backlog claimer's claim in flight locks the jobs it takes, which this
@@ -799,8 +810,11 @@ impl Run {
                 }
                 if let Some(held) = fetcher.held_back() {
                     // A limit, not an empty queue, held jobs back: look again when it may have
-                    // room, whatever notifications say.
-                    wait = held.max(MIN_LIMITED_POLL);
+                    // room, whatever notifications say; less often while it has none (another
+                    // worker's long jobs, a slow rate), up to the poll interval.
+                    wait = (held.max(MIN_LIMITED_POLL) * 2u32.pow(held_in_a_row.min(16)))
+                        .min(self.settings.poll_interval);
+                    held_in_a_row += 1;
                 } else {
                     // Registers this worker as waiting, so that every later put notifies; a
                     // put that committed before did not, and one more look finds it.

@@ -384,3 +384,116 @@ async fn a_burst_worker_waits_for_the_jobs_a_limit_holds_back() {
         started.elapsed()
     );
 }
+
+#[pq::task(queue = "slow_lane")]
+async fn slow_lane(ctx: TaskContext) {
+    record_run(&ctx);
+}
+
+#[pq::task(queue = "fast_lane")]
+async fn fast_lane(ctx: TaskContext) {
+    record_run(&ctx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_queue_does_not_hold_back_the_workers_other_queues() {
+    let db = TestDb::new().await;
+    db.pq
+        .queue("slow_lane")
+        .limits()
+        .rate("1/h")
+        .burst(1)
+        .apply()
+        .await
+        .unwrap();
+    let slow: pq::TaskBatch = (0..50).map(|_| slow_lane()).collect();
+    slow.enqueue(&db.pq).await.unwrap();
+    let fast: pq::TaskBatch = (0..200).map(|_| fast_lane()).collect();
+    let fast: Vec<JobId> = fast
+        .enqueue(&db.pq)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id())
+        .collect();
+    let worker = Running::start(
+        Worker::new(db.pq.clone())
+            .queues(["slow_lane", "fast_lane"])
+            .concurrency(1),
+    );
+    let pq = db.pq.clone();
+    wait_until(move || fast.iter().all(|&id| runs_of(&pq, id) == 1)).await;
+    worker.stop().await.unwrap().unwrap();
+    let left = db.pq.queue("slow_lane").len().await.unwrap();
+    assert_eq!(left, 49, "one slow job an hour");
+}
+
+/// Fails the first run of entry 1 of each account.
+#[pq::task(queue = "skipping", sequence = [account], on_failure = "skip", max_retries = 1, retry_in = "2s")]
+async fn skipping_entry(ctx: TaskContext, account: u32, n: u32) -> Result<(), String> {
+    if n == 1 && ctx.attempt() == 1 {
+        return Err("entry 1 fails once".into());
+    }
+    let mut ledgers = ledgers().lock().unwrap();
+    ledgers
+        .entry((ctx.pq().table(), account))
+        .or_default()
+        .push(n);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_skipping_sequence_goes_on_past_a_failed_job_which_runs_at_its_retry() {
+    let db = TestDb::new().await;
+    let calls: pq::TaskBatch = (0..4).map(|n| skipping_entry(7, n)).collect();
+    calls.enqueue(&db.pq).await.unwrap();
+    let fleet = fleet(&db.pq, "skipping", 2, 4).await;
+    drained(&db.pq, "skipping", fleet).await;
+    let ledgers = ledgers().lock().unwrap();
+    // Entry 1 failed; 2 and 3 went on meanwhile, and 1 ran at its retry, 2 s later.
+    assert_eq!(ledgers[&(db.pq.table(), 7)], [0, 2, 3, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_at_once_from_many_workers_never_take_more_than_the_limit_together() {
+    let db = TestDb::new().await;
+    db.pq
+        .queue("contended")
+        .limits()
+        .max_running(5)
+        .apply()
+        .await
+        .unwrap();
+    // Workers of different programs, each running tasks of its own: their claims choose
+    // different jobs, and only the limit's lock keeps them from taking 5 each.
+    let tasks: Vec<String> = (0..8).map(|n| format!("task {n}")).collect();
+    let jobs: Vec<pq::NewJob> = (0..80)
+        .map(|n| {
+            pq::NewJob::from_json("contended", "{}".into())
+                .unwrap()
+                .task(&tasks[n % 8])
+        })
+        .collect();
+    pq::Enqueue::enqueue_many(&db.pq, jobs).await.unwrap();
+    let mut claimers = Vec::new();
+    for task in &tasks {
+        let task = [task.as_str()];
+        let claimer = crate::support::Claimer::with_tasks(&db.pq, &["contended"], Some(&task));
+        claimers.push(claimer.await);
+    }
+    // Connections open first, so that the claims start together.
+    let open = futures_util::future::join_all((0..8).map(|_| db.pq.pool().acquire())).await;
+    drop(open);
+    for round in 0..5 {
+        let claims = claimers.iter_mut().map(|claimer| claimer.claim(5));
+        let taken: usize = futures_util::future::join_all(claims)
+            .await
+            .iter()
+            .map(Vec::len)
+            .sum();
+        let expected = if round == 0 { 5 } else { 0 };
+        assert_eq!(taken, expected, "round {round}: 8 claims at once");
+    }
+    let running = db.pq.admin().stats().await.unwrap()[0].running;
+    assert_eq!(running, 5);
+}

@@ -81,7 +81,7 @@ async fn a_function_whose_definition_changed_is_defined_again_and_the_others_are
     // As if an older pq had defined the claim: another text, and another function.
     execute(&format!(
         "UPDATE {functions} SET checksum = 'older' WHERE name = 'functions/claim.sql'; \
-             DROP FUNCTION {}(int8, text[], int4, timestamptz[], timestamptz[], int8[])",
+             DROP FUNCTION {}(int8, text[], int4, timestamptz[], timestamptz[], int8[], bool)",
         derived(&db.pq, "claim")
     ))
     .await;

@@ -257,12 +257,17 @@ pub struct Claimer {
 impl Claimer {
     /// A worker registered on `queues`, with a lease of a minute.
     pub async fn new(pq: &Pq, queues: &[&str]) -> Claimer {
+        Self::with_tasks(pq, queues, None).await
+    }
+
+    /// A worker registered on `queues` that runs only `tasks` (`None`: any).
+    pub async fn with_tasks(pq: &Pq, queues: &[&str], tasks: Option<&[&str]>) -> Claimer {
         let info = pq::protocol::WorkerInfo {
             queues: queues.iter().map(|q| (*q).to_owned()).collect(),
             concurrency: 100,
             lease: Duration::from_secs(60),
             version: "test".into(),
-            tasks: None,
+            tasks: tasks.map(|tasks| tasks.iter().map(|t| (*t).to_owned()).collect()),
         };
         let worker = pq.register_worker(&info).await.expect("register");
         let queues = pq::protocol::ClaimQueues::new(queues.iter().copied()).expect("queue names");

@@ -24,9 +24,10 @@
 -- its worker's lock, so that `pause`, which waits for every worker's lock, returns only once no
 -- claim can take a job of the queue (`pause` in pq-core/src/admin.rs). So does a limit.
 --
--- A limited queue (migration 19: a policy of its own, or a task with one declared it) is
--- claimed first, by `claim_limited` (sql/functions/claim_limited.sql), and never here; nor is
--- a job with a flow key, whatever its queue. A queue without a policy costs what it did.
+-- A limited queue (migration 19: a policy of its own, or a worker that registers a task with
+-- one works it) is claimed by `claim_limited` (sql/functions/claim_limited.sql), never here.
+-- A queue without a policy costs what it did: one more read of the table of queues, which
+-- the pause's read became.
 --
 -- The update finds the locked rows by `ctid = ANY (array)`: one TID scan of them all, in the
 -- table's order. Joined on `ctid` instead (a TID scan per row), claims took two thirds longer
@@ -51,10 +52,12 @@
 -- and `enable_sort` off that plan is the ordered index scan, whatever the statistics say.
 
 DROP FUNCTION IF EXISTS {{qualified:claim}}(int8, text[], int4, timestamptz[], timestamptz[], int8[]);
+DROP FUNCTION IF EXISTS {{qualified:claim}}(int8, text[], int4, timestamptz[], timestamptz[], int8[], bool);
 
 CREATE FUNCTION {{qualified:claim}}(
     worker int8, queues text[], want int4,
-    after_expected timestamptz[], after_ready timestamptz[], after_id int8[])
+    after_expected timestamptz[], after_ready timestamptz[], after_id int8[],
+    report_held bool DEFAULT false)
 RETURNS TABLE (claim_id int8, id int8, attempts int4, rescues int4, row_version tid,
                q_name text, task bytea, data bytea, enqueued_at timestamptz,
                schedule_at timestamptz, expected_at timestamptz, timeout interval, meta bytea)
@@ -71,6 +74,8 @@ DECLARE
     closed text[];
     limited_queues text[];
     taken int4 := 0;
+    more int4;
+    phase text;
 BEGIN
     -- A claim holds its worker's advisory lock shared until it commits: a worker
     -- deregistering takes it exclusively, so it waits for a claim it abandoned half-way and
@@ -86,14 +91,21 @@ BEGIN
     INTO closed, limited_queues
     FROM {{qualified:queues}} AS s
     WHERE s.q_name = ANY (queues) AND (s.paused_at IS NOT NULL OR s.limited);
-    IF limited_queues IS NOT NULL THEN
-        RETURN QUERY SELECT * FROM {{qualified:claim_limited}}(worker, claim, known, limited_queues, want);
-        -- Its rows, and the one that says a limit held jobs back, if it did: one job fewer
-        -- for the plain queues then.
-        GET DIAGNOSTICS taken = ROW_COUNT;
-        IF taken >= want THEN
-            RETURN;
-        END IF;
+    -- The limited path and the plain one take turns going first, as the worker turns its
+    -- queues: the one of its first queue goes first.
+    FOREACH phase IN ARRAY CASE
+        WHEN limited_queues IS NULL THEN ARRAY['plain']
+        WHEN queues[1] = ANY (limited_queues) THEN ARRAY['limited', 'plain']
+        ELSE ARRAY['plain', 'limited'] END
+    LOOP
+    EXIT WHEN taken >= want;
+    IF phase = 'limited' THEN
+        PERFORM set_config('pq.held', '', true);
+        RETURN QUERY SELECT * FROM {{qualified:claim_limited}}(
+            worker, claim, known, limited_queues, want - taken);
+        GET DIAGNOSTICS more = ROW_COUNT;
+        taken := taken + more;
+        CONTINUE;
     END IF;
     RETURN QUERY
     WITH open AS MATERIALIZED (
@@ -105,7 +117,7 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT * FROM (SELECT j.ctid AS place FROM {{table}} AS j
              WHERE j.q_name = q.name AND j.state = 'queued'
-               AND (known IS NULL OR j.task = ANY (known)) AND j.flow IS NULL
+               AND (known IS NULL OR j.task = ANY (known))
                AND COALESCE(j.expected_at, 'infinity') < 'infinity'
                AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
                AND ROW(COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id)
@@ -116,7 +128,7 @@ BEGIN
             UNION ALL
             SELECT * FROM (SELECT j.ctid FROM {{table}} AS j
              WHERE j.q_name = q.name AND j.state = 'queued'
-               AND (known IS NULL OR j.task = ANY (known)) AND j.flow IS NULL
+               AND (known IS NULL OR j.task = ANY (known))
                AND COALESCE(j.expected_at, 'infinity') = 'infinity'
                AND GREATEST(j.schedule_at, j.enqueued_at) <= statement_timestamp()
                AND ROW(GREATEST(j.schedule_at, j.enqueued_at), j.id)
@@ -135,5 +147,17 @@ BEGIN
         CASE WHEN pg_column_size(j.data) < 8192 THEN convert_to(j.data::text, 'SQL_ASCII') END,
         j.enqueued_at, j.schedule_at, j.expected_at, j.timeout,
         convert_to(j.meta::text, 'SQL_ASCII');
+    GET DIAGNOSTICS more = ROW_COUNT;
+    taken := taken + more;
+    END LOOP;
+    -- A caller that asks is told, by a row of its own without a claim number, that a limit
+    -- held back ready jobs, and how soon to look again (in `timeout`): no notification says
+    -- when a limit has room again. (Workers of an older pq do not ask.)
+    IF report_held AND limited_queues IS NOT NULL
+       AND COALESCE(current_setting('pq.held', true), '') <> '' THEN
+        RETURN QUERY SELECT NULL::int8, NULL::int8, NULL::int4, NULL::int4, NULL::tid,
+            NULL::text, NULL::bytea, NULL::bytea, NULL::timestamptz, NULL::timestamptz,
+            NULL::timestamptz, current_setting('pq.held')::interval, NULL::bytea;
+    END IF;
 END
 {{dollar}};

@@ -7,8 +7,8 @@
 --   waiting to retry holds back the later ones; `skip`: it does not);
 -- * a rate (a queue's or a task's): GCRA, at most `burst` at once and `rate` per `per` after.
 --
--- Exact, not eventually: the claims of one limited queue or one task with a policy take its
--- advisory lock (`flows_lock`, then a hash of its name) until they commit, every claim in the
+-- Exact, not eventually: the claims of one limited queue, and of each task with a policy whose
+-- queue it is, take its advisory lock (`flows_lock`, then a hash of its name) until they commit, every claim in the
 -- same order, so that they never wait on each other in a circle. What they count is then read
 -- by a later statement, in a snapshot that sees every claim that held the lock before. No
 -- counter is written: what runs is counted, over the jobs running under a live lease (a dead
@@ -43,8 +43,14 @@ AS {{dollar}}
 DECLARE
     flow_tasks text[];
 BEGIN
+    -- Counting in a later statement than the locks sees the claims before only in READ
+    -- COMMITTED, where each statement takes a snapshot of its own.
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pq: a claim of a limited queue needs READ COMMITTED, not %',
+            current_setting('transaction_isolation');
+    END IF;
     SELECT array_agg(f.task) INTO flow_tasks FROM {{qualified:flows}} AS f
-    WHERE known IS NULL OR f.task = ANY (known);
+    WHERE f.q_name = ANY (limited_queues) AND (known IS NULL OR f.task = ANY (known));
     PERFORM pg_advisory_xact_lock({{flows_lock}}, l.k)
     FROM (SELECT DISTINCT hashtext(x) AS k
           FROM unnest(ARRAY(SELECT 'queue ' || n FROM unnest(limited_queues) AS n)
@@ -53,7 +59,7 @@ BEGIN
     RETURN QUERY
     WITH live AS MATERIALIZED (
         SELECT j.q_name, j.task, j.flow FROM {{table}} AS j
-        WHERE j.state = 'running' AND (j.q_name = ANY (limited_queues) OR j.flow IS NOT NULL)
+        WHERE j.state = 'running' AND (j.q_name = ANY (limited_queues) OR j.task = ANY (flow_tasks))
           AND EXISTS (SELECT FROM {{qualified:workers}} AS w
                       WHERE w.id = j.worker_id AND w.expires_at > statement_timestamp())),
     queue_room AS MATERIALIZED (
@@ -94,9 +100,13 @@ BEGIN
               AND NOT EXISTS (
                   SELECT FROM task_room AS f
                   WHERE f.task = j.task AND f.sequence IS NOT NULL AND j.flow IS NOT NULL
-                    AND EXISTS (SELECT FROM {{table}} AS s
-                                WHERE s.flow = j.flow AND s.state = 'queued' AND s.id < j.id
-                                  AND (f.sequence = 'block' OR s.attempts = 0)))
+                    AND (EXISTS (SELECT FROM {{table}} AS s
+                                 WHERE s.flow = j.flow AND s.state = 'running')
+                         OR EXISTS (SELECT FROM {{table}} AS s
+                                 WHERE s.flow = j.flow AND s.state = 'queued' AND s.id < j.id
+                                   AND (f.sequence = 'block'
+                                        OR GREATEST(s.schedule_at, s.enqueued_at)
+                                           <= statement_timestamp()))))
             ORDER BY COALESCE(j.expected_at, 'infinity'), GREATEST(j.schedule_at, j.enqueued_at), j.id
             LIMIT CASE WHEN q.room <= 0 THEN 0
                        WHEN flow_tasks IS NULL THEN q.room
@@ -126,7 +136,10 @@ BEGIN
         UPDATE {{table}} AS j SET state = 'running', attempts = GREATEST(j.attempts, 0) + 1,
             claim_id = claim, worker_id = worker, dequeued_at = statement_timestamp(),
             locked_until = NULL, unique_key = NULL
-        WHERE j.ctid = ANY (ARRAY(SELECT place FROM picked)) AND j.state = 'queued'
+        WHERE j.ctid = ANY (ARRAY(
+            SELECT l.ctid FROM {{table}} AS l
+            WHERE l.ctid = ANY (ARRAY(SELECT place FROM picked)) AND l.state = 'queued'
+            FOR UPDATE SKIP LOCKED))
         RETURNING j.*, j.ctid AS place),
     queue_rates AS (
         UPDATE {{qualified:queues}} AS s
@@ -138,13 +151,12 @@ BEGIN
         SET tat = GREATEST(f.tat, statement_timestamp()) + f.per / f.rate * c.n
         FROM (SELECT c.task, count(*) AS n FROM claimed AS c GROUP BY c.task) AS c
         WHERE f.task = c.task AND f.rate IS NOT NULL),
-    -- Whether a limit held back a ready job (one the caps dropped, or a queue with no room
-    -- left that has one): then the claim ends with a row of its own, NULL but for how soon
-    -- to look again (in `timeout`), since no notification says when a limit has room again.
+    -- Whether a limit held back a ready job (one the caps dropped, or a queue whose room it
+    -- took up that has more), and how soon to look again: said in `pq.held`, for claim.sql.
     held AS (
-        SELECT LEAST(interval '50 milliseconds',
+        SELECT set_config('pq.held', LEAST(interval '50 milliseconds',
                      (SELECT min(q.emission) FROM queue_room AS q),
-                     (SELECT min(f.emission) FROM task_room AS f)) AS again
+                     (SELECT min(f.emission) FROM task_room AS f))::text, true)
         WHERE (SELECT count(*) FROM candidates) > (SELECT count(*) FROM picked)
            OR EXISTS (
                SELECT FROM queue_room AS q
@@ -161,8 +173,7 @@ BEGIN
         j.enqueued_at, j.schedule_at, j.expected_at, j.timeout,
         convert_to(j.meta::text, 'SQL_ASCII')
     FROM claimed AS j
-    UNION ALL
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, held.again, NULL
-    FROM held;
+    -- A condition on no row, evaluated once before the others: it runs `held`.
+    WHERE (SELECT count(*) FROM held) >= 0;
 END
 {{dollar}};
