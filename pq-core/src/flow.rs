@@ -216,6 +216,8 @@ impl QueueLimits {
         if let Ok(limits) = &mut self.limits {
             if jobs == 0 {
                 self.limits = Err(invalid("max_running 0", "a queue runs at least one job"));
+            } else if jobs > i32::MAX as u32 {
+                self.limits = Err(invalid(jobs.to_string(), "a limit is at most 2147483647"));
             } else {
                 limits.max_running = Some(jobs);
             }
@@ -239,6 +241,8 @@ impl QueueLimits {
         if let Ok(limits) = &mut self.limits {
             if jobs == 0 {
                 self.limits = Err(invalid("burst 0", "a burst lets at least one job start"));
+            } else if jobs > i32::MAX as u32 {
+                self.limits = Err(invalid(jobs.to_string(), "a burst is at most 2147483647"));
             } else {
                 limits.burst = Some(jobs);
             }
@@ -288,16 +292,12 @@ pub struct LimitInfo {
 
 impl Pq {
     /// Declares tasks' policies, as a worker does for the tasks it registers, before it
-    /// claims: writes each, and marks limited the queues their jobs may be in (each task's
-    /// own, and `queues`, the worker's, where it has a task with a policy), so that its claims
-    /// of them take the limited path. A declaration without a policy lifts nothing (another
-    /// binary may still declare one; see [`Admin::forget_task_policy`](crate::Admin::forget_task_policy)):
-    /// returns those of them whose task has a policy in the table all the same.
-    pub async fn declare_flows(
-        &self,
-        flows: &[FlowDeclaration],
-        queues: &[String],
-    ) -> Result<Vec<String>> {
+    /// claims: writes each, and marks each task's queue limited, so that claims of it take the
+    /// limited path (a queue without a policy keeps the plain one, whatever tasks its workers
+    /// know). A declaration without a policy lifts nothing (another binary may still declare
+    /// one; see [`Admin::forget_task_policy`](crate::Admin::forget_task_policy)): returns those
+    /// of them whose task has a policy in the table all the same.
+    pub async fn declare_flows(&self, flows: &[FlowDeclaration]) -> Result<Vec<String>> {
         if flows.is_empty() {
             return Ok(Vec::new());
         }
@@ -309,10 +309,6 @@ impl Pq {
             .filter(|f| f.policy.is_none())
             .map(|f| f.task.as_str())
             .collect();
-        let limited: Vec<&str> = match declared.is_empty() {
-            true => Vec::new(),
-            false => queues.iter().map(String::as_str).collect(),
-        };
         let statement = format!(
             "WITH declared AS (INSERT INTO {flows} AS f (task, q_name, max_running, per_key, \
                  sequence, rate, per, burst) \
@@ -326,9 +322,9 @@ impl Pq {
                  tat = CASE WHEN (f.rate, f.per) IS NOT DISTINCT FROM (EXCLUDED.rate, EXCLUDED.per) \
                    THEN f.tat END), \
              marked AS (INSERT INTO {queues} AS s (q_name, limited) \
-               SELECT DISTINCT q, true FROM unnest($2::text[] || $9::text[]) AS q \
+               SELECT DISTINCT q, true FROM unnest($2::text[]) AS q \
                ON CONFLICT (q_name) DO UPDATE SET limited = true WHERE NOT s.limited) \
-             SELECT task FROM {flows} WHERE task = ANY ($10) ORDER BY task",
+             SELECT task FROM {flows} WHERE task = ANY ($9) ORDER BY task",
             flows = table.qualified_derived("flows"),
             queues = table.qualified_derived("queues"),
         );
@@ -387,7 +383,6 @@ impl Pq {
                 .bind(&rates)
                 .bind(&pers)
                 .bind(&bursts)
-                .bind(&limited)
                 .bind(&lacking)
                 .fetch_all(connection)
                 .await?)

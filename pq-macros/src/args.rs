@@ -568,8 +568,8 @@ fn positive(key: Key, value: &Expr, errors: &mut Errors) -> Option<u32> {
     let message = match literal(value) {
         Some(Lit::Int(int)) => match int.base10_parse::<u32>() {
             Ok(0) => format!("`{key}` is at least 1: with 0, no job would ever start"),
-            Ok(n) => return Some(n),
-            Err(_) => format!("`{key}` is a whole number from 1 to {}", u32::MAX),
+            Ok(n) if n <= i32::MAX as u32 => return Some(n),
+            _ => format!("`{key}` is a whole number from 1 to {}", i32::MAX),
         },
         _ => format!(
             "`{key}` takes a whole number of jobs, like `{}`",

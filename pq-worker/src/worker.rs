@@ -389,7 +389,7 @@ async fn register(
         let registered = async {
             pq.check_schema().await?;
             warn_of_connection_budget(pq, info).await;
-            for task in pq.declare_flows(flows, &info.queues).await? {
+            for task in pq.declare_flows(flows).await? {
                 tracing::warn!(
                     task,
                     "pq: this task has a policy in the table that this program's attribute lacks; it still applies (`pq queues forget-policy` lifts it)"

@@ -300,8 +300,8 @@ async fn a_rate_never_lets_more_start_than_rate_times_period_plus_burst() {
         worker.stop().await.unwrap().unwrap();
     }
     let starts = starts().lock().unwrap()[&db.pq.table()].clone();
-    // In any window of a second, at most 20 + 4 started (the database's clock decides; the
-    // workers record theirs, a few milliseconds later, so the window is widened by 50 ms).
+    // In any window of a second, at most 20 + 4 started. The database's clock decides, and the
+    // workers record their own a few milliseconds later: the window is narrowed by 50 ms.
     for (n, first) in starts.iter().enumerate() {
         let within = starts[n..]
             .iter()

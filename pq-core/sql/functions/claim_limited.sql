@@ -117,7 +117,7 @@ BEGIN
             SELECT c.*, row_number() OVER (PARTITION BY c.flow ORDER BY c.e, c.r, c.id) AS n
             FROM candidates AS c) AS c
         LEFT JOIN task_room AS f ON f.task = c.task
-        LEFT JOIN key_live AS k ON k.flow = c.flow
+        LEFT JOIN key_live AS k ON k.flow = c.flow AND k.task = c.task
         WHERE c.flow IS NULL OR f.key_limit IS NULL OR c.n <= f.key_limit - COALESCE(k.n, 0)),
     by_task AS (
         SELECT c.place, c.id, c.q_name, c.task, c.flow, c.e, c.r FROM (
