@@ -46,7 +46,6 @@ const UNDECODABLE: &[(&str, &str, &str)] = &[
         r#"{"key": 1, "work_ms": 1e400}"#,
         "cannot decode the arguments of task `faults::plain`",
     ),
-    ("faults::nope", "{}", "no task named `faults::nope`"),
 ];
 
 pub async fn bad_input(profile: &Profile, _seed: u64, logs: &Path) -> Result<Report> {
@@ -112,6 +111,30 @@ pub async fn bad_input(profile: &Profile, _seed: u64, logs: &Path) -> Result<Rep
             .await?;
         ledger.expected_failures.insert(id, (*expected).to_owned());
     }
+    // A job of a task no worker knows waits for one that does (a rolling deploy), shown as
+    // such, instead of failing.
+    let unknown: i64 = sqlx::query_scalar(&insert)
+        .bind(QUEUE)
+        .bind("faults::nope")
+        .bind("{}")
+        .fetch_one(&env.db)
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = env.pq.admin().job(pq::JobId(unknown)).await?;
+    let waiting = job.is_some_and(|job| job.state == pq::JobState::Ready && job.attempts == 0);
+    let shown = env.pq.admin().unrunnable().await?;
+    let shown = shown
+        .iter()
+        .any(|group| group.task.as_deref() == Some("faults::nope") && group.jobs == 1);
+    report.line(format!(
+        "a job of a task no worker knows: waiting {waiting}, shown as unrunnable {shown}"
+    ));
+    report.check(
+        waiting && shown,
+        "a job of an unknown task waits, shown as unrunnable",
+    );
+    env.pq.admin().delete(pq::JobId(unknown)).await?;
+
     // A lone surrogate: PostgreSQL's `json` keeps the escape as written; serde refuses it.
     let surrogate = format!(
         r#"{{"key": {}, "text": "\ud800", "len": 3, "nul": false}}"#,
