@@ -114,8 +114,9 @@ async fn a_first_run_is_a_child_of_the_enqueue_and_its_retry_is_linked_to_it() {
         Some(&Value::from("pq"))
     );
 
-    let [first, retry] = &traces.named("process traced")[..] else {
-        panic!("two process spans")
+    let runs = traces.named("process traced");
+    let [first, retry] = &runs[..] else {
+        panic!("two process spans, not {}: {runs:#?}", runs.len())
     };
     for run in [first, retry] {
         assert_eq!(run.span_kind, SpanKind::Consumer);
