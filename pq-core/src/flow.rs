@@ -328,21 +328,16 @@ impl Pq {
             flows = table.qualified_derived("flows"),
             queues = table.qualified_derived("queues"),
         );
-        let column = |f: &dyn Fn(&FlowPolicy) -> Option<i64>| -> Vec<Option<i64>> {
-            declared
-                .iter()
-                .map(|d| d.policy.as_ref().and_then(f))
-                .collect()
-        };
-        let int4 = |values: Vec<Option<i64>>| -> Vec<Option<i32>> {
-            values
-                .into_iter()
-                .map(|v| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX)))
-                .collect()
-        };
         let tasks: Vec<&str> = declared.iter().map(|d| d.task.as_str()).collect();
         let task_queues: Vec<&str> = declared.iter().map(|d| d.queue.as_str()).collect();
-        let max_running = int4(column(&|p| p.max_running.map(i64::from)));
+        let max_running: Vec<Option<i32>> = declared
+            .iter()
+            .map(|d| {
+                d.policy
+                    .and_then(|p| p.max_running)
+                    .map(|n| i32::try_from(n).unwrap_or(i32::MAX))
+            })
+            .collect();
         let keyed: Vec<bool> = declared
             .iter()
             .map(|d| d.policy.is_some_and(|p| p.keyed))
