@@ -33,10 +33,15 @@ impl Traces {
             .build();
         let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("pq-test"));
         let subscriber = tracing_subscriber::registry().with(layer);
+        let default = tracing::subscriber::set_default(subscriber);
+        // A callsite another test's thread registered while this thread's subscriber was being
+        // set can keep the interest it had then, none: the runs' spans went unrecorded (in CI,
+        // under load). Asked again, every callsite sees this subscriber.
+        tracing::callsite::rebuild_interest_cache();
         Traces {
             exporter,
             _provider: provider,
-            _default: tracing::subscriber::set_default(subscriber),
+            _default: default,
         }
     }
 
