@@ -44,6 +44,16 @@ pub async fn keyed(key: u32) {
     HANDLED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The keyed and paced no-op's stable name, as the limits figure's fills write it.
+pub const KEY_PACED: &str = "pq_bench::key_paced";
+
+/// The no-op, 10 jobs a second per key over every worker (the limits figure).
+#[pq::task(name = "pq_bench::key_paced", queue = "bench_key_paced", limit_key = [key], rate = "10/s", burst = 1)]
+pub async fn key_paced(key: u32) {
+    let _ = key;
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Reports the instant its handler started.
 #[pq::task(name = "pq_bench::probe", queue = "bench")]
 pub async fn probe(n: u32) {

@@ -174,14 +174,14 @@ impl PqTable {
         self.add_to(admin, QUEUE, jobs, None).await
     }
 
-    /// Adds `jobs` ready no-op jobs to `queue`; with `keys`, jobs of the keyed no-op over that
-    /// many keys, in turn.
+    /// Adds `jobs` ready no-op jobs to `queue`; with `keyed`, jobs of that keyed task over
+    /// that many keys, in turn.
     pub async fn add_to(
         &self,
         admin: &PgPool,
         queue: &str,
         jobs: u64,
-        keys: Option<u64>,
+        keyed: Option<(&str, u64)>,
     ) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO {} (q_name, task, data, flow) \
@@ -195,8 +195,8 @@ impl PqTable {
         .bind(queue)
         .bind(NOOP)
         .bind(i64::try_from(jobs)?)
-        .bind(i64::try_from(keys.unwrap_or(0))?)
-        .bind(tasks::KEYED)
+        .bind(i64::try_from(keyed.map_or(0, |(_, keys)| keys))?)
+        .bind(keyed.map(|(task, _)| task))
         .execute(admin)
         .await?;
         Ok(())

@@ -329,7 +329,10 @@ async fn limits(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<(
             limit.name,
             limit.queue,
             or_dash(max_running),
-            or_dash(limit.rate),
+            or_dash(match limit.per_key {
+                true => limit.rate.map(|rate| format!("{rate} a key")),
+                false => limit.rate,
+            }),
             or_dash(limit.burst.map(|b| b.to_string())),
             limit.running.to_string(),
         ]);

@@ -19,6 +19,11 @@ fn peel(count: u32) {
     let _ = count;
 }
 
+#[pq::task(name = "cli::sms", queue = "sms", limit_key = [customer], limit = 1)]
+fn sms(customer: u32, text: String) {
+    let _ = (customer, text);
+}
+
 fn database_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
@@ -100,6 +105,25 @@ async fn enqueue_writes_a_registered_task_on_its_own_queue() {
 }
 
 #[tokio::test]
+async fn enqueue_puts_a_job_under_its_tasks_flow_key_as_a_call_does() {
+    let db = Db::new().await;
+
+    db.cli(&["enqueue", "cli::sms", r#"{"customer": 7, "text": "hi"}"#])
+        .await
+        .unwrap();
+    sms(7, "hi".into()).enqueue(&db.pq).await.unwrap();
+
+    let flows: Vec<Option<String>> =
+        sqlx::query_scalar(&format!("SELECT flow FROM {} ORDER BY id", db.pq.table()))
+            .fetch_all(db.pq.pool())
+            .await
+            .unwrap();
+    assert_eq!(flows.len(), 2);
+    assert!(flows[0].is_some(), "{flows:?}");
+    assert_eq!(flows[0], flows[1]);
+}
+
+#[tokio::test]
 async fn enqueue_refuses_an_unknown_task_name_and_lists_the_known_ones() {
     let db = Db::new().await;
 
@@ -111,7 +135,7 @@ async fn enqueue_refuses_an_unknown_task_name_and_lists_the_known_ones() {
 
     assert_eq!(
         err,
-        "no task is named `cli::eet` in this program; its tasks are: cli::eat, cli::never, cli::peel"
+        "no task is named `cli::eet` in this program; its tasks are: cli::eat, cli::never, cli::peel, cli::sms"
     );
     assert!(db.jobs().await.is_empty());
 }

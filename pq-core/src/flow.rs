@@ -136,12 +136,13 @@ pub struct FlowPolicy {
     /// How many of its jobs run at once, fleet-wide: for the task, or for each key if
     /// `keyed`.
     pub max_running: Option<u32>,
-    /// Whether its jobs are keyed (`limit_key`), `max_running` applying to each key.
+    /// Whether its jobs are keyed (`limit_key`), `max_running` and `rate` applying to each key.
     pub keyed: bool,
     /// For a sequence, what a failed job does to its key: the jobs of one key run one at a
     /// time, in enqueue order.
     pub sequence: Option<Sequence>,
-    /// How many of its jobs may start per period, with `burst` at once at most.
+    /// How many of its jobs may start per period (for each key, if `keyed`), with `burst` at
+    /// once at most.
     pub rate: Option<(u32, Duration)>,
     /// The burst of its rate (default: [`Rate::default_burst`]).
     pub burst: Option<u32>,
@@ -278,7 +279,7 @@ pub struct LimitInfo {
     pub queue: String,
     /// How many run at once, fleet-wide.
     pub max_running: Option<u32>,
-    /// Whether `max_running` counts per key (a task's `limit_key`).
+    /// Whether `max_running` and `rate` count per key (a task's `limit_key`).
     pub per_key: bool,
     /// A task's sequence, if it is one.
     pub sequence: Option<Sequence>,

@@ -570,24 +570,25 @@ impl Pq {
     }
 }
 
-/// The data of the claimed jobs that the claim left out (large ones, see
-/// `sql/functions/claim.sql`), by id: read once they are claimed, as their bytes.
 /// Takes out the row by which the limited path says that a limit held back ready jobs
-/// (`claim_limited.sql`: no claim number), and answers how soon to claim again.
+/// (`claim_limited.sql`: no claim number; claim.sql returns it last), and answers how soon to
+/// claim again.
 fn held_back(rows: &mut Vec<PgRow>) -> Result<Option<Duration>> {
-    let Some(place) = rows
-        .iter()
-        .position(|row| matches!(row.try_get_unchecked::<Option<i64>, _>(0), Ok(None)))
-    else {
+    let Some(last) = rows.last() else {
         return Ok(None);
     };
-    let again: Option<PgInterval> = rows.remove(place).try_get(11)?;
+    if !matches!(last.try_get_unchecked::<Option<i64>, _>(0), Ok(None)) {
+        return Ok(None);
+    }
+    let again: Option<PgInterval> = rows.pop().map(|row| row.try_get(11)).transpose()?.flatten();
     let micros = again.map_or(0, |again| again.microseconds);
     Ok(Some(Duration::from_micros(
         u64::try_from(micros).unwrap_or(0),
     )))
 }
 
+/// The data of the claimed jobs that the claim left out (large ones, see
+/// `sql/functions/claim.sql`), by id: read once they are claimed, as their bytes.
 async fn large_data(
     sql: &crate::sql::Statements,
     connection: &mut sqlx::PgConnection,

@@ -74,6 +74,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(18, "0018_worker_tasks.sql"),
     migration!(19, "0019_flow_control.sql"),
     migration!(20, "0020_flow_indexes.sql"),
+    migration!(21, "0021_key_rates.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.

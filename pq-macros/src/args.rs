@@ -315,10 +315,10 @@ impl TaskArgs {
                 }
             }
         }
-        if let (Some(path), None) = (self.path(Key::LimitBy), self.limit) {
+        if let (Some(path), None, None) = (self.path(Key::LimitBy), self.limit, self.rate) {
             errors.spanned(
                 path,
-                "`limit_key` says what a limit counts per key: add `limit = ..`, how many of a key's jobs run at once",
+                "`limit_key` says what a limit counts per key: add `limit = ..`, how many of a key's jobs run at once, or `rate = \"../s\"`, how many start per period",
             );
         }
         if self.sequence.is_some() {

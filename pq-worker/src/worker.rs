@@ -834,9 +834,10 @@ impl Run {
                     .unwrap_or_default();
                 }
             }
-            drop(permits); // The slots no job took.
-                           // A limit that cut this claim short has no room for the next one before some of
-                           // the jobs it counts end: wait for ours, or for the time it gave.
+            // The slots no job took.
+            drop(permits);
+            // A limit that cut this claim short has no room for the next one before some of
+            // the jobs it counts end: wait for ours, or for the time it gave.
             let cut_short = match fetcher.held_back() {
                 Some(held) if claimed > 0 && claimed < wanted => {
                     wait = held.max(MIN_LIMITED_POLL);

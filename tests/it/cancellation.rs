@@ -22,8 +22,15 @@ async fn states(pq: &Pq) -> Vec<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_whose_future_is_dropped_loses_no_job() {
     let db = TestDb::new().await;
-    let queue = db.pq.queue("dropped");
-    // Large jobs, so that a get spends a while receiving its row after the server took it.
+    // Large jobs, so that a get spends a while receiving its row after the server took it; their
+    // puts may take longer than the default bound under a loaded test run.
+    let pq = crate::support::builder()
+        .schema(&db.schema)
+        .statement_timeout(Duration::from_secs(60))
+        .connect(&crate::support::handle_url())
+        .await
+        .unwrap();
+    let queue = pq.queue("dropped");
     let payload = "x".repeat(4 << 20);
     let jobs = 24;
     for _ in 0..jobs {

@@ -273,6 +273,50 @@ async fn a_sequence_runs_each_keys_jobs_one_at_a_time_in_order_through_failures(
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_sequence_waits_for_its_head_scheduled_later() {
+    let db = TestDb::new().await;
+    ledger_entry(7, 0)
+        .schedule_at(Duration::from_millis(1500))
+        .enqueue(&db.pq)
+        .await
+        .unwrap();
+    ledger_entry(7, 1).enqueue(&db.pq).await.unwrap();
+    let fleet = fleet(&db.pq, "ledger", 1, 4).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ran = ledgers().lock().unwrap().get(&(db.pq.table(), 7)).cloned();
+    assert_eq!(ran, None, "the second entry waits for the first");
+    drained(&db.pq, "ledger", fleet).await;
+    assert_eq!(ledgers().lock().unwrap()[&(db.pq.table(), 7)], [0, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_key_past_a_thousand_bytes_is_kept_as_its_digest() {
+    let db = TestDb::new().await;
+    let long = |end: &str| format!("{}{end}", "k".repeat(3000));
+    for key in [long("a"), long("a"), long("b")] {
+        send_sms(1).flow_key(key).enqueue(&db.pq).await.unwrap();
+    }
+    let flows: Vec<String> =
+        sqlx::query_scalar(&format!("SELECT flow FROM {} ORDER BY id", db.pq.table()))
+            .fetch_all(&mut crate::support::direct().await)
+            .await
+            .unwrap();
+    let digests = flows
+        .iter()
+        .filter(|f| f.starts_with("md5:") && f.len() == 36);
+    assert_eq!(
+        digests.count(),
+        3,
+        "lengths {:?}",
+        flows.iter().map(String::len).collect::<Vec<_>>()
+    );
+    assert_eq!(flows[0], flows[1]);
+    assert_ne!(flows[1], flows[2]);
+    let fleet = fleet(&db.pq, "sms", 1, 4).await;
+    drained(&db.pq, "sms", fleet).await;
+}
+
 #[pq::task(queue = "metered")]
 async fn metered(ctx: TaskContext) {
     let mut starts = starts().lock().unwrap();
@@ -315,6 +359,57 @@ async fn a_rate_never_lets_more_start_than_rate_times_period_plus_burst() {
         "{} started in 3 s at 20/s",
         starts.len()
     );
+}
+
+#[pq::task(queue = "metered_keys", limit_key = [customer], rate = "10/s", burst = 2)]
+async fn metered_by_customer(ctx: TaskContext, customer: u32) {
+    let mut starts = starts().lock().unwrap();
+    starts
+        .entry(format!("{} customer {customer}", ctx.pq().table()))
+        .or_default()
+        .push(std::time::Instant::now());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_with_a_limit_key_holds_for_each_key_and_keys_start_side_by_side() {
+    let db = TestDb::new().await;
+    let calls: pq::TaskBatch = (0..120).map(|n| metered_by_customer(n % 3)).collect();
+    calls.enqueue(&db.pq).await.unwrap();
+    let fleet = fleet(&db.pq, "metered_keys", 2, 8).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for worker in fleet {
+        worker.stop().await.unwrap().unwrap();
+    }
+    let mut total = 0;
+    for customer in 0..3 {
+        let starts =
+            starts().lock().unwrap()[&format!("{} customer {customer}", db.pq.table())].clone();
+        for (n, first) in starts.iter().enumerate() {
+            let within = starts[n..]
+                .iter()
+                .filter(|t| t.duration_since(*first) < Duration::from_millis(950))
+                .count();
+            assert!(
+                within <= 12,
+                "customer {customer}: {within} started within a second"
+            );
+        }
+        total += starts.len();
+    }
+    // Three keys at 10/s each: far more than one rate of 10/s for the task would let start.
+    assert!(
+        total >= 60,
+        "{total} started in 3 s at 10/s for each of 3 keys"
+    );
+    // The keys' buckets: a row for each key at most.
+    let rows: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {}",
+        crate::support::derived(&db.pq, "key_rates")
+    ))
+    .fetch_one(&mut crate::support::direct().await)
+    .await
+    .unwrap();
+    assert!(rows <= 3, "{rows} rows");
 }
 
 #[tokio::test]

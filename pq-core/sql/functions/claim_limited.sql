@@ -5,7 +5,8 @@
 -- * a queue's `max_running`, and a task's (for the task, or for each of its flow keys);
 -- * a sequence: the jobs of one flow key run one at a time, in enqueue order (`block`: a job
 --   waiting to retry holds back the later ones; `skip`: it does not);
--- * a rate (a queue's or a task's): GCRA, at most `burst` at once and `rate` per `per` after.
+-- * a rate (a queue's, a task's, or each of its keys'): GCRA, at most `burst` at once and
+--   `rate` per `per` after.
 --
 -- Exact, not eventually: the claims of one limited queue, and of each task with a policy whose
 -- queue it is, take its advisory lock (`flows_lock`, then a hash of its name) until they commit, every claim in the
@@ -14,7 +15,7 @@
 -- counter is written: what runs is counted, over the jobs running under a live lease (a dead
 -- worker's jobs stop counting when its heartbeat runs out, before their rescue), through the
 -- index of running jobs (`out_idx`), a read of what runs fleet-wide. Only a rate writes, its
--- GCRA state (`tat`).
+-- GCRA state (`tat`, on its queue's or task's row, or a row of its key in `key_rates`).
 --
 -- Candidates are read in dequeue order from the top of each queue, as many as its room (four
 -- times as many, where tasks with a policy may drop some), past the jobs of keys at their
@@ -71,21 +72,36 @@ BEGIN
                            / (extract(epoch FROM s.per) / s.rate) + 1e-9)) AS room
         FROM {{qualified:queues}} AS s WHERE s.q_name = ANY (limited_queues)),
     task_room AS MATERIALIZED (
-        SELECT f.task, f.per_key, f.sequence, f.per / f.rate AS emission,
+        SELECT f.task, f.per_key, f.sequence, f.per / f.rate AS emission, f.burst,
+               f.per_key AND f.rate IS NOT NULL AS key_rate,
                CASE WHEN f.sequence IS NOT NULL THEN 1 WHEN f.per_key THEN f.max_running END
                    AS key_limit,
                LEAST(CASE WHEN NOT f.per_key AND f.sequence IS NULL THEN f.max_running
                           - (SELECT count(*) FROM live WHERE live.task = f.task) END,
+                     CASE WHEN NOT f.per_key THEN
                      floor((f.burst * (extract(epoch FROM f.per) / f.rate)
                             - GREATEST(extract(epoch FROM f.tat - statement_timestamp()), 0))
-                           / (extract(epoch FROM f.per) / f.rate) + 1e-9)) AS room
+                           / (extract(epoch FROM f.per) / f.rate) + 1e-9) END) AS room
         FROM {{qualified:flows}} AS f WHERE f.task = ANY (flow_tasks)),
+    -- The keys of per-key rates whose bucket is not full: how many each may start now, and
+    -- how soon one more.
+    key_rate_room AS MATERIALIZED (
+        SELECT r.flow, r.tat - (f.burst - 1) * f.emission - statement_timestamp() AS ready_in,
+               floor((f.burst * extract(epoch FROM f.emission)
+                              - extract(epoch FROM r.tat - statement_timestamp()))
+                             / extract(epoch FROM f.emission) + 1e-9) AS room
+        FROM task_room AS f
+        JOIN {{qualified:key_rates}} AS r
+          ON r.task = f.task AND r.tat > statement_timestamp()
+        WHERE f.key_rate),
     key_live AS MATERIALIZED (
         SELECT live.task, live.flow, count(*) AS n FROM live
         WHERE live.flow IS NOT NULL GROUP BY live.task, live.flow),
     full_keys AS MATERIALIZED (
         SELECT k.flow FROM key_live AS k JOIN task_room AS f ON f.task = k.task
-        WHERE k.n >= f.key_limit),
+        WHERE k.n >= f.key_limit
+        UNION ALL
+        SELECT r.flow FROM key_rate_room AS r WHERE r.room < 1),
     candidates AS MATERIALIZED (
         SELECT c.* FROM queue_room AS q
         CROSS JOIN LATERAL (
@@ -118,7 +134,10 @@ BEGIN
             FROM candidates AS c) AS c
         LEFT JOIN task_room AS f ON f.task = c.task
         LEFT JOIN key_live AS k ON k.flow = c.flow AND k.task = c.task
-        WHERE c.flow IS NULL OR f.key_limit IS NULL OR c.n <= f.key_limit - COALESCE(k.n, 0)),
+        LEFT JOIN key_rate_room AS r ON r.flow = c.flow
+        WHERE c.flow IS NULL
+           OR ((f.key_limit IS NULL OR c.n <= f.key_limit - COALESCE(k.n, 0))
+               AND (f.key_rate IS NOT TRUE OR c.n <= COALESCE(r.room, f.burst)))),
     by_task AS (
         SELECT c.place, c.id, c.q_name, c.task, c.flow, c.e, c.r FROM (
             SELECT c.*, row_number() OVER (PARTITION BY c.task ORDER BY c.e, c.r, c.id) AS n
@@ -150,14 +169,32 @@ BEGIN
         UPDATE {{qualified:flows}} AS f
         SET tat = GREATEST(f.tat, statement_timestamp()) + f.per / f.rate * c.n
         FROM (SELECT c.task, count(*) AS n FROM claimed AS c GROUP BY c.task) AS c
-        WHERE f.task = c.task AND f.rate IS NOT NULL),
+        WHERE f.task = c.task AND f.rate IS NOT NULL AND NOT f.per_key),
+    key_rates AS (
+        INSERT INTO {{qualified:key_rates}} AS r (flow, task, tat)
+        SELECT c.flow, c.task, statement_timestamp() + f.emission * count(*)
+        FROM claimed AS c JOIN task_room AS f ON f.task = c.task AND f.key_rate
+        WHERE c.flow IS NOT NULL GROUP BY c.flow, c.task, f.emission
+        ON CONFLICT (flow) DO UPDATE
+        SET tat = GREATEST(r.tat, statement_timestamp()) + (EXCLUDED.tat - statement_timestamp())),
+    -- A key whose bucket is full again needs no row: a few of them go with each claim (never
+    -- one this claim writes: a statement cannot change a row twice).
+    full_buckets AS (
+        DELETE FROM {{qualified:key_rates}} AS r
+        WHERE r.ctid = ANY (ARRAY(
+            SELECT x.ctid FROM {{qualified:key_rates}} AS x
+            WHERE x.task = ANY (flow_tasks) AND x.tat <= statement_timestamp()
+              AND x.flow NOT IN (SELECT c.flow FROM claimed AS c WHERE c.flow IS NOT NULL)
+            LIMIT 64))),
     -- Whether a limit held back a ready job (one the caps dropped, or a queue whose room it
     -- took up that has more), and how soon to look again: said in `pq.held`, for claim.sql.
     held AS (
         SELECT set_config('pq.held', LEAST(interval '50 milliseconds',
                      (SELECT min(q.emission) FROM queue_room AS q),
-                     (SELECT min(f.emission) FROM task_room AS f))::text, true)
+                     (SELECT min(f.emission) FROM task_room AS f WHERE NOT f.key_rate),
+                     (SELECT min(r.ready_in) FROM key_rate_room AS r WHERE r.room < 1))::text, true)
         WHERE (SELECT count(*) FROM candidates) > (SELECT count(*) FROM picked)
+           OR EXISTS (SELECT FROM key_rate_room AS r WHERE r.room < 1)
            OR EXISTS (
                SELECT FROM queue_room AS q
                WHERE q.room < want
