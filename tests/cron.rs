@@ -318,3 +318,32 @@ async fn a_periodic_call_with_a_bad_expression_or_zone_is_an_error_not_a_panic()
         .timezone("Nowhere/Else")
         .is_err());
 }
+
+#[pq::task(queue = "cron_keyed", sequence = [account])]
+async fn settle(account: u32) {
+    let _ = account;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_periodic_jobs_flow_key_is_its_calls() {
+    let db = TestDb::new().await;
+    let every_second = Schedule::new("* * * * * *").unwrap();
+    let worker = scheduler(db.pq.clone())
+        .schedule(every_second, settle(7))
+        .unwrap();
+    let running = Running::start(worker);
+    eventually(|| async { !fired(&db, name::<settle>()).await.is_empty() }).await;
+    running.stop().await.unwrap().unwrap();
+    settle(7).enqueue(&db.pq).await.unwrap();
+
+    let flows: Vec<Option<String>> = sqlx::query_scalar(&format!(
+        "SELECT DISTINCT flow FROM {} WHERE task = $1",
+        db.pq.table()
+    ))
+    .bind(name::<settle>())
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(flows.len(), 1, "one key for the fired jobs and the call: {flows:?}");
+    assert!(flows[0].is_some());
+}

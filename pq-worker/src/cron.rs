@@ -232,6 +232,11 @@ pub(crate) struct Periodic {
     pub queue: String,
     /// The job's arguments, as JSON text.
     pub data: String,
+    /// The task's flow key of such arguments ([`TaskDefinition::flow_key`]): its jobs are
+    /// keyed as its calls are.
+    ///
+    /// [`TaskDefinition::flow_key`]: crate::TaskDefinition::flow_key
+    pub flow_key: fn(&str) -> Option<String>,
 }
 
 impl Periodic {
@@ -240,6 +245,7 @@ impl Periodic {
         task: &'static str,
         queue: &'static str,
         cron: Cron,
+        flow_key: fn(&str) -> Option<String>,
     ) -> Result<Periodic, ScheduleError> {
         let schedule = Schedule::new(cron.expression)?
             .timezone(cron.timezone)?
@@ -250,6 +256,7 @@ impl Periodic {
             task,
             queue: queue.to_owned(),
             data: "{}".to_owned(),
+            flow_key,
         })
     }
 
@@ -270,7 +277,12 @@ impl Periodic {
 /// What to write for a schedule whose fire time came, as its stored definition says (a newer
 /// worker may have changed it): the jobs its policy gives, and its next fire time. `None` for a
 /// definition this worker cannot read (written by a newer pq, or by hand): another worker may.
-pub(crate) fn firing(due: &DueSchedule, now: DateTime<Utc>) -> Option<Firing> {
+/// `flow_key` keys the jobs of a task with a flow policy.
+pub(crate) fn firing(
+    due: &DueSchedule,
+    now: DateTime<Utc>,
+    flow_key: impl Fn(&DueSchedule) -> Option<String>,
+) -> Option<Firing> {
     let schedule = Schedule::new(&due.expression).and_then(|s| s.timezone(&due.timezone));
     let (Ok(schedule), Some(on_missed)) = (schedule, OnMissed::parse(&due.on_missed)) else {
         return None;
@@ -304,9 +316,14 @@ pub(crate) fn firing(due: &DueSchedule, now: DateTime<Utc>) -> Option<Firing> {
     };
     let mut jobs = Vec::with_capacity(fires.len());
     let mut fired = None;
+    let key = flow_key(due);
     for (fire, count) in fires {
         let data = due.data.clone();
-        match fired_job(&due.name, &due.task, &due.queue, data, fire, count) {
+        let job = fired_job(&due.name, &due.task, &due.queue, data, fire, count);
+        match job.map(|job| match &key {
+            Some(key) => job.flow_key(key.clone()),
+            None => job,
+        }) {
             Ok(job) => {
                 jobs.push(job);
                 fired = Some(fire);
@@ -378,7 +395,14 @@ async fn fire_until_stopped(pq: &Pq, schedules: &[Periodic]) {
         let mut left = Vec::new();
         let looked = pq
             .fire_schedules(&names, |due, now| {
-                let firing = firing(due, now);
+                // Keyed by the task this worker knows by that name (another program's
+                // definition of the schedule may name another).
+                let firing = firing(due, now, |due| {
+                    let known = schedules
+                        .iter()
+                        .find(|s| s.name == due.name && s.task == due.task);
+                    known.and_then(|s| (s.flow_key)(&due.data))
+                });
                 if firing.is_none() {
                     left.push(due.clone());
                 }

@@ -49,7 +49,7 @@ fn unique_key<T: Task>(args: &str) -> Option<String> {
     Some(crate::task::stored_key(T::NAME, &key))
 }
 
-fn flow_key<T: Task>(args: &str) -> Option<String> {
+pub(crate) fn flow_key<T: Task>(args: &str) -> Option<String> {
     T::OPTIONS.flow?;
     let args = decode::<T>(args).ok()?;
     Some(crate::task::flow_key(T::NAME, args.flow_key(), None))

@@ -248,7 +248,8 @@ impl Worker {
     /// does. The schedule's name (by default the task's, with the call's arguments when it has
     /// any) is its key in the table: workers that define one name share one schedule, and a
     /// worker given two of one name keeps the first. The call's arguments and queue make its
-    /// jobs; its other options (times, timeout, unique key) are not kept.
+    /// jobs, keyed as a call with those arguments is for a task with a flow policy; its other
+    /// options (times, timeout, unique key, a flow key of its own) are not kept.
     ///
     /// ```no_run
     /// #[pq::task]
@@ -284,6 +285,7 @@ impl Worker {
             task: T::NAME,
             queue: call.queue_name().to_string(),
             data,
+            flow_key: crate::registry::flow_key::<T>,
         });
         Ok(self)
     }
@@ -323,7 +325,12 @@ impl Worker {
         let mut periodic = std::mem::take(&mut self.settings.periodic);
         for definition in registry.iter() {
             if let Some(cron) = definition.options.cron {
-                match Periodic::of_task(definition.name, definition.options.queue, cron) {
+                match Periodic::of_task(
+                    definition.name,
+                    definition.options.queue,
+                    cron,
+                    definition.flow_key,
+                ) {
                     Ok(schedule) => periodic.push(schedule),
                     Err(error) => {
                         tracing::error!(task = definition.name, %error, "pq: cannot read a cron task's schedule")
