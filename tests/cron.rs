@@ -344,6 +344,10 @@ async fn a_periodic_jobs_flow_key_is_its_calls() {
     .fetch_all(db.pool())
     .await
     .unwrap();
-    assert_eq!(flows.len(), 1, "one key for the fired jobs and the call: {flows:?}");
+    assert_eq!(
+        flows.len(),
+        1,
+        "one key for the fired jobs and the call: {flows:?}"
+    );
     assert!(flows[0].is_some());
 }
