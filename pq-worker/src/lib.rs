@@ -34,7 +34,7 @@ pub use task::{
 };
 #[cfg(feature = "otel")]
 pub use trace::PARENT_WITHIN;
-pub use worker::{Worker, WorkerError, RECORDING};
+pub use worker::{Worker, WorkerError, PREFETCH_MOST, PREFETCH_WAIT, RECORDING};
 
 /// The message of a caught panic: its `&str` or `String` payload, if it has one.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {

@@ -1,5 +1,6 @@
 //! [`Worker`]: claims jobs of its queues and runs their tasks, up to `concurrency` at once.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,6 +82,8 @@ pub struct Worker {
 struct Settings {
     queues: Vec<String>,
     concurrency: usize,
+    /// Jobs claimed beyond the free slots, waiting for one; `None`: adapted to the jobs' pace.
+    prefetch: Option<usize>,
     burst: bool,
     lease: Duration,
     poll_interval: Duration,
@@ -106,6 +109,7 @@ impl Worker {
             settings: Settings {
                 queues: Vec::new(),
                 concurrency: 16,
+                prefetch: None,
                 burst: false,
                 lease: Duration::from_secs(30),
                 poll_interval,
@@ -130,12 +134,38 @@ impl Worker {
     }
 
     /// Runs at most this many jobs at once (default 16). A claim takes a job for each free
-    /// slot, in one statement for all the worker's queues, once half the slots are free or 5 ms
-    /// after the first one freed. A finished job whose outcome is still being recorded holds a
-    /// lease, of which the worker has [`RECORDING`] more: it never holds more than this many
-    /// running jobs and `RECORDING` finished ones, however fast they fail.
+    /// slot and each free place of the [`prefetch`](Worker::prefetch), in one statement for all
+    /// the worker's queues, once half of them are free or 5 ms after the first one freed. A
+    /// finished job whose outcome is still being recorded holds a lease, of which the worker
+    /// has [`RECORDING`] more: it never holds more than this many running jobs, the prefetched
+    /// ones and `RECORDING` finished ones, however fast they fail.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.settings.concurrency = concurrency.clamp(1, 100_000);
+        self
+    }
+
+    /// Claims this many jobs beyond its free slots (at most 100,000), instead of the default:
+    /// about [`PREFETCH_WAIT`] of work at the pace its jobs start, at most
+    /// [`PREFETCH_MOST`]. Prefetched jobs wait in the worker, under its heartbeat, and each
+    /// starts the moment a slot frees, in the order claimed, while the next claim is under
+    /// way: claims are larger and fewer, and slots are not left idle for a claim's round trip.
+    /// Short jobs then drain several times faster at a concurrency of 16 or 64; jobs that run
+    /// for long start too slowly for the default to keep any waiting.
+    ///
+    /// What it costs: a job waiting here is `running` in the table, so other workers cannot
+    /// take it, and counts against its queue's and task's limits; a more urgent job enqueued
+    /// meanwhile starts after those already waiting (by default, about `PREFETCH_WAIT` later).
+    /// A worker that stops gives back its waiting jobs at once. `prefetch(0)` claims only for
+    /// free slots.
+    ///
+    /// ```no_run
+    /// # async fn example(pq: pq::Pq) -> anyhow::Result<()> {
+    /// // Claim only what can start now, so that idle workers get the rest.
+    /// pq::Worker::new(pq).concurrency(8).prefetch(0).run().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn prefetch(mut self, jobs: usize) -> Self {
+        self.settings.prefetch = Some(jobs.min(100_000));
         self
     }
 
@@ -529,6 +559,10 @@ fn take_report(report: &Mutex<Report>) -> Report {
 /// What the worker's two claimers share.
 struct Fetcher<'a> {
     slots: Slots,
+    /// Claimed jobs waiting for a slot, in the order claimed.
+    waiting: Mutex<VecDeque<Waiting>>,
+    /// Woken when jobs were left waiting.
+    more_waiting: Notify,
     in_flight: &'a InFlight,
     outcomes: &'a mpsc::UnboundedSender<Recording>,
     /// Woken when a claim came back full: more is ready than one claim takes.
@@ -540,6 +574,21 @@ struct Fetcher<'a> {
     /// What the last claim said of its limited queues: a limit held back ready jobs, and how
     /// soon to look again (µs, 1 at least); 0 if none did.
     held_back: AtomicU64,
+}
+
+/// A claimed job waiting for a slot: its place, and its lease (dropped, the job is released).
+struct Waiting {
+    job: Job,
+    room: OwnedSemaphorePermit,
+    pending: Pending,
+}
+
+fn lock_waiting(
+    waiting: &Mutex<VecDeque<Waiting>>,
+) -> std::sync::MutexGuard<'_, VecDeque<Waiting>> {
+    waiting
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Fetcher<'_> {
@@ -626,7 +675,9 @@ impl Run {
         };
 
         let fetcher = Fetcher {
-            slots: Slots::new(self.settings.concurrency),
+            slots: Slots::new(self.settings.concurrency, self.settings.prefetch),
+            waiting: Mutex::default(),
+            more_waiting: Notify::new(),
             in_flight: &in_flight,
             outcomes: &outcomes,
             backlog: Notify::new(),
@@ -637,6 +688,8 @@ impl Run {
         let (stopped, stop_backlog) = watch::channel(false);
         let mut jobs = JoinSet::new();
         let mut backlog_jobs = JoinSet::new();
+        let mut waited_jobs = JoinSet::new();
+        let stop_starting = stop_backlog.clone();
 
         tokio::join!(
             async {
@@ -645,10 +698,13 @@ impl Run {
                 stopped.send_replace(true);
             },
             self.fetch_backlog(&fetcher, &mut backlog_jobs, &queues, stop_backlog),
+            self.start_waiting_jobs(&fetcher, &mut waited_jobs, stop_starting),
         );
+        // Jobs still waiting for a slot go back to the queue at once: dropped, their pending
+        // outcomes release them.
         drop(fetcher);
         tracing::info!(
-            running = jobs.len() + backlog_jobs.len(),
+            running = jobs.len() + backlog_jobs.len() + waited_jobs.len(),
             "pq: worker stopping; a second signal stops it at once"
         );
         // Let running jobs finish within the grace period; stop the rest, whose pending
@@ -657,17 +713,19 @@ impl Run {
             finished = tokio::time::timeout(self.settings.grace_period, async {
                 while jobs.join_next().await.is_some() {}
                 while backlog_jobs.join_next().await.is_some() {}
+                while waited_jobs.join_next().await.is_some() {}
             }) => finished.is_ok(),
             () = stop.next() => return self.stop_now(&in_flight, cleanup, &report),
         };
         if !finished {
             tracing::warn!(
-                stopped = jobs.len() + backlog_jobs.len(),
+                stopped = jobs.len() + backlog_jobs.len() + waited_jobs.len(),
                 "pq: grace period over, stopping running jobs"
             );
         }
         jobs.shutdown().await;
         backlog_jobs.shutdown().await;
+        waited_jobs.shutdown().await;
         drop(outcomes);
         // Everything from here ends by the flush deadline, whatever the database does.
         let deadline = tokio::time::Instant::now() + FLUSH_TIMEOUT;
@@ -908,33 +966,35 @@ impl Run {
         }
     }
 
-    /// Waits for a free slot, then for a good share of them (see [`GATHER_SLOTS`]), and for as
-    /// many leases; `None` once the worker closes its slots.
+    /// Waits for room for a job (a free slot, or a place to wait for one), then for a good share
+    /// of it (see [`GATHER_SLOTS`]), and for as many leases; `None` once the worker closes its
+    /// slots.
     async fn gather(&self, slots: &Slots) -> Option<Permits> {
-        let mut run = Arc::clone(&slots.run).acquire_owned().await.ok()?;
-        take_free(&slots.run, &mut run, usize::MAX);
+        slots.room();
+        let mut run = Arc::clone(&slots.room).acquire_owned().await.ok()?;
+        take_free(&slots.room, &mut run, usize::MAX);
         // Claim once a good share of the slots is free, not for the first free one: a claim
         // is a round trip and a commit whatever its size, and one claim of many jobs costs
         // the database far less than many claims of few. Slots of long jobs may not free up
         // soon, so the wait is short.
-        let share = self.settings.concurrency.div_ceil(2);
+        let share = slots.room().div_ceil(2);
         if run.num_permits() < share {
             let missing = u32::try_from(share - run.num_permits()).unwrap_or(u32::MAX);
             let more = tokio::time::timeout(
                 GATHER_SLOTS,
-                Arc::clone(&slots.run).acquire_many_owned(missing),
+                Arc::clone(&slots.room).acquire_many_owned(missing),
             );
             if let Ok(Ok(more)) = more.await {
                 run.merge(more);
             }
-            take_free(&slots.run, &mut run, usize::MAX);
+            take_free(&slots.room, &mut run, usize::MAX);
         }
         let mut lease = Arc::clone(&slots.lease).acquire_owned().await.ok()?;
         take_free(&slots.lease, &mut lease, run.num_permits());
         if let Some(unleased) = run.num_permits().checked_sub(lease.num_permits()) {
             drop(run.split(unleased));
         }
-        Some(Permits { run, lease })
+        Some(Permits { room: run, lease })
     }
 
     /// Claims a job for each slot of `permits`, from every queue in one statement, and starts
@@ -1009,37 +1069,99 @@ impl Run {
         }
         unsure.0 = None;
         for (claim, reason) in claimed.unreadable {
-            let (_run, lease) = permits.one();
+            let (_room, lease) = permits.one();
             Pending::new(claim, lease, fetcher.outcomes.clone())
                 .finish(give_up(claim, format!("cannot be read: {reason}")));
         }
+        {
+            let mut waiting = lock_waiting(&fetcher.waiting);
+            for job in claimed.jobs {
+                let Some(claim) = job.claim() else { continue };
+                let (room, lease) = permits.one();
+                let pending = Pending::new(claim, lease, fetcher.outcomes.clone());
+                waiting.push_back(Waiting { job, room, pending });
+            }
+        }
+        self.start_waiting(fetcher, jobs, None);
+        Ok(taken)
+    }
+
+    /// Starts the waiting jobs, in order, on the free slots: on `first` (a slot already
+    /// taken), then those free now. Leaves the rest to [`start_waiting_jobs`](Self::start_waiting_jobs).
+    fn start_waiting(
+        &self,
+        fetcher: &Fetcher<'_>,
+        jobs: &mut JoinSet<()>,
+        mut first: Option<OwnedSemaphorePermit>,
+    ) {
         let mut starting = Starting {
             metrics: None,
             inline: true,
             slow: false,
         };
-        for job in claimed.jobs {
-            let (run, lease) = permits.one();
-            self.start(fetcher, jobs, &mut starting, job, run, lease);
+        loop {
+            let Some(run) = first
+                .take()
+                .or_else(|| Arc::clone(&fetcher.slots.run).try_acquire_owned().ok())
+            else {
+                fetcher.more_waiting.notify_one();
+                return;
+            };
+            let Some(waiting) = lock_waiting(&fetcher.waiting).pop_front() else {
+                return;
+            };
+            fetcher.slots.started.fetch_add(1, Ordering::Relaxed);
+            self.start(jobs, &mut starting, waiting, run);
         }
-        Ok(taken)
     }
 
-    /// Runs `job` on the `run` slot, holding `lease` until its outcome is recorded. The
-    /// claimer polls it once itself: most short jobs end
-    /// there, without the cost of a task of their own (spawning, scheduling, waking another
-    /// thread), which for a short job is most of the worker's work. A job that waits, or that
-    /// the claimer cannot poll (see [`Starting`]), goes on in a task of its own.
-    fn start(
+    /// Starts each waiting job as a slot frees, until the worker stops.
+    async fn start_waiting_jobs(
         &self,
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
-        starting: &mut Starting,
-        job: Job,
-        run_slot: OwnedSemaphorePermit,
-        lease: OwnedSemaphorePermit,
+        mut stop: watch::Receiver<bool>,
     ) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stop| *stop) => return,
+                () = fetcher.more_waiting.notified() => {}
+            }
+            while !lock_waiting(&fetcher.waiting).is_empty() {
+                while jobs.try_join_next().is_some() {}
+                let run = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stop| *stop) => return,
+                    run = Arc::clone(&fetcher.slots.run).acquire_owned() => run,
+                };
+                let Ok(run) = run else { return };
+                self.start_waiting(fetcher, jobs, Some(run));
+            }
+        }
+    }
+
+    /// Runs a waiting job on the `run` slot, its lease held until its outcome is recorded. The
+    /// caller (a claimer, or the starter of waiting jobs) polls it once itself: most short
+    /// jobs end there, without the cost of a task of their own (spawning, scheduling, waking
+    /// another thread), which for a short job is most of the worker's work. A job that waits,
+    /// or that the caller cannot poll (see [`Starting`]), goes on in a task of its own.
+    fn start(
+        &self,
+        jobs: &mut JoinSet<()>,
+        starting: &mut Starting,
+        waiting: Waiting,
+        run: OwnedSemaphorePermit,
+    ) {
+        let Waiting { job, room, pending } = waiting;
         let Some(claim) = job.claim() else { return };
+        // Cancelled while it waited for a slot: it never starts, and its release ends it
+        // cancelled.
+        if self.resources.cancels.asked(claim.id) {
+            return;
+        }
+        // The job's slot, and its room among the claimed: both free once it has run.
+        let run_slot = (run, room);
         // Labels come from the worker's own queues and tasks, never from what a row says, so
         // that a table of odd rows cannot grow the metrics without bound. The application's
         // recorder registers them: should it panic, the job runs unmeasured.
@@ -1050,7 +1172,6 @@ impl Run {
             starting.metrics(&self.metrics, &queue, task)
         }))
         .unwrap_or_else(|_| Arc::new(TaskMetrics::noop()));
-        let pending = Pending::new(claim, lease, fetcher.outcomes.clone());
         if !starting.inline {
             // Its beginning too (decoding its arguments, calling the body) runs in its task,
             // beside the others, not on the claim's path.
@@ -1169,40 +1290,108 @@ const MIN_LIMITED_POLL: Duration = Duration::from_millis(5);
 /// being recorded: as many as the completer records in one round.
 pub const RECORDING: usize = 1000;
 
-/// What a job holds of its worker: a slot while its handler runs, and a lease from its claim
-/// until its outcome is recorded. A worker has `concurrency` slots and [`RECORDING`] more
-/// leases: a claim can then take new jobs while the outcomes of the last ones are being
-/// recorded (a round trip that would otherwise leave the slots idle: a fifth of a drain at
-/// concurrency 1000, a third at 64, BENCHMARKS.md), and no worker ever holds more than
-/// `concurrency + RECORDING` jobs.
+/// What a job holds of its worker: room from its claim until it has run (a slot's, or a place
+/// to wait for one), a slot while its handler runs, and a lease from its claim until its
+/// outcome is recorded. A worker has `concurrency` slots, room for its prefetch beside them,
+/// and [`RECORDING`] more leases than the most room it may have: a claim can then take new
+/// jobs while the outcomes of the last ones are being recorded (a round trip that would
+/// otherwise leave the slots idle: a fifth of a drain at concurrency 1000, a third at 64,
+/// BENCHMARKS.md), and no worker ever holds more than `concurrency + prefetch + RECORDING`
+/// jobs.
 struct Slots {
     run: Arc<Semaphore>,
+    /// Room for the jobs claimed and not yet run: the slots and the prefetch.
+    room: Arc<Semaphore>,
     lease: Arc<Semaphore>,
+    concurrency: usize,
+    prefetch: Mutex<Prefetch>,
+    /// How many jobs have started, for the pace.
+    started: AtomicU64,
 }
 
+/// A worker's prefetch: fixed, or adapted to the pace at which its jobs start.
+struct Prefetch {
+    now: usize,
+    most: usize,
+    adapts: bool,
+    /// When the pace was last measured, and how many jobs had started then.
+    since: Instant,
+    started: u64,
+    /// Jobs started a second, smoothed.
+    pace: f64,
+}
+
+/// How much work, at the pace its jobs start, a worker keeps claimed beyond its free slots by
+/// default ([`Worker::prefetch`]): what a more urgent job enqueued meanwhile waits for.
+pub const PREFETCH_WAIT: Duration = Duration::from_millis(10);
+
+/// The most jobs a worker keeps claimed beyond its free slots by default.
+pub const PREFETCH_MOST: usize = 1000;
+
 impl Slots {
-    fn new(concurrency: usize) -> Self {
+    fn new(concurrency: usize, prefetch: Option<usize>) -> Self {
+        let (now, most) = prefetch.map_or((0, PREFETCH_MOST), |fixed| (fixed, fixed));
         Self {
             run: Arc::new(Semaphore::new(concurrency)),
-            lease: Arc::new(Semaphore::new(concurrency.saturating_add(RECORDING))),
+            room: Arc::new(Semaphore::new(concurrency.saturating_add(now))),
+            lease: Arc::new(Semaphore::new(
+                concurrency.saturating_add(most).saturating_add(RECORDING),
+            )),
+            concurrency,
+            prefetch: Mutex::new(Prefetch {
+                now,
+                most,
+                adapts: prefetch.is_none(),
+                since: Instant::now(),
+                started: 0,
+                pace: 0.0,
+            }),
+            started: AtomicU64::new(0),
         }
+    }
+
+    /// The room there is now, the prefetch first adapted to the pace at which jobs started
+    /// since it last was (at most every [`PREFETCH_WAIT`]).
+    fn room(&self) -> usize {
+        let mut prefetch = self
+            .prefetch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let elapsed = prefetch.since.elapsed();
+        if prefetch.adapts && elapsed >= PREFETCH_WAIT {
+            let started = self.started.load(Ordering::Relaxed);
+            let pace = started.saturating_sub(prefetch.started) as f64 / elapsed.as_secs_f64();
+            prefetch.pace = (prefetch.pace + pace) / 2.0;
+            prefetch.since = Instant::now();
+            prefetch.started = started;
+            let wanted = (prefetch.pace * PREFETCH_WAIT.as_secs_f64()) as usize;
+            let wanted = wanted.min(prefetch.most);
+            if wanted > prefetch.now {
+                self.room.add_permits(wanted - prefetch.now);
+                prefetch.now = wanted;
+            } else {
+                // What is not free now is forgotten at a later look.
+                prefetch.now -= self.room.forget_permits(prefetch.now - wanted);
+            }
+        }
+        self.concurrency + prefetch.now
     }
 }
 
-/// Slots and as many leases, for the jobs of one claim.
+/// Room and as many leases, for the jobs of one claim.
 struct Permits {
-    run: OwnedSemaphorePermit,
+    room: OwnedSemaphorePermit,
     lease: OwnedSemaphorePermit,
 }
 
 impl Permits {
     fn count(&self) -> usize {
-        self.run.num_permits()
+        self.room.num_permits()
     }
 
-    /// A slot and a lease for one job of the claim.
+    /// Room and a lease for one job of the claim.
     fn one(&mut self) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
-        let taken = (self.run.split(1), self.lease.split(1));
+        let taken = (self.room.split(1), self.lease.split(1));
         match taken {
             (Some(run), Some(lease)) => (run, lease),
             _ => unreachable!("a claim takes at most one job for each slot and lease it has"),

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use pq::{Enqueue, JobId, NewJob, Pq, TaskContext, Worker};
 
-use crate::support::{burst, direct, record_run, runs_of, wait_until, Claimer, Running, TestDb};
+use crate::support::{
+    burst, direct, eventually, record_run, runs_of, wait_until, Claimer, Running, TestDb,
+};
 
 #[pq::task(queue = "work")]
 async fn succeed(ctx: TaskContext, expected_id: Option<i64>) -> anyhow::Result<()> {
@@ -514,6 +516,82 @@ async fn a_backlog_never_runs_more_jobs_at_once_than_the_concurrency() {
     assert_eq!(db.pq.queue("work").len().await.unwrap(), 0);
 }
 
+#[pq::task(queue = "prefetched")]
+async fn nap(ctx: TaskContext) {
+    enter(&ctx);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    leave(&ctx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetched_jobs_wait_for_a_slot_and_go_back_at_once_when_the_worker_stops() {
+    let db = TestDb::new().await;
+    let calls: pq::TaskBatch = (0..10).map(|_| nap()).collect();
+    calls.enqueue(&db.pq).await.unwrap();
+    let states = || async {
+        sqlx::query_as::<_, (String, i64)>(&format!(
+            "SELECT state::text, count(*) FROM {} GROUP BY 1 ORDER BY 1",
+            db.pq.table()
+        ))
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+    };
+    let worker = Running::start(
+        Worker::new(db.pq.clone())
+            .queues(["prefetched"])
+            .concurrency(2)
+            .prefetch(3),
+    );
+    // Two run; three more are claimed and wait for a slot.
+    eventually(|| async {
+        states().await == [("queued".to_owned(), 5), ("running".to_owned(), 5)]
+    })
+    .await;
+    let stopping = worker.stop();
+    // The three waiting go back at once, while the two running finish within the grace period.
+    eventually(|| async {
+        states().await == [("queued".to_owned(), 8), ("running".to_owned(), 2)]
+    })
+    .await;
+    assert!(
+        !stopping.is_finished(),
+        "the running jobs have not finished yet"
+    );
+    stopping.await.unwrap().unwrap();
+    assert_eq!(states().await, [("queued".to_owned(), 8)]);
+    let (now, most) = running().lock().unwrap()[&db.pq.table()];
+    assert_eq!(
+        (now, most),
+        (0, 2),
+        "never more than the concurrency at once"
+    );
+}
+
+#[pq::task(queue = "prefetched")]
+async fn noted(ctx: TaskContext) {
+    record_run(&ctx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_job_cancelled_while_it_waits_never_runs() {
+    let db = TestDb::new().await;
+    nap().enqueue(&db.pq).await.unwrap();
+    let waiting = noted().enqueue(&db.pq).await.unwrap();
+    let worker = Running::start(
+        Worker::new(db.pq.clone())
+            .queues(["prefetched"])
+            .concurrency(1)
+            .prefetch(1)
+            .lease(Duration::from_millis(900)),
+    );
+    eventually(|| async { db.state_of(waiting).await.as_deref() == Some("running") }).await;
+    assert!(db.pq.admin().cancel(waiting).await.unwrap());
+    eventually(|| async { db.state_of(waiting).await.as_deref() == Some("cancelled") }).await;
+    worker.stop().await.unwrap().unwrap();
+    assert_eq!(runs_of(&db.pq, waiting), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
 async fn a_handler_that_blocks_its_thread_does_not_hold_back_the_rest_of_its_claim() {
     let db = TestDb::new().await;
@@ -646,9 +724,11 @@ async fn fast_failing_jobs_hold_no_more_than_the_slots_and_one_round_of_outcomes
     .execute(db.pool())
     .await
     .unwrap();
-    let concurrency = 4;
+    let (concurrency, prefetch) = (4, 4);
     let worker = tokio::spawn(burst(
-        Worker::new(db.pq.clone()).concurrency(concurrency),
+        Worker::new(db.pq.clone())
+            .concurrency(concurrency)
+            .prefetch(prefetch),
         "failing",
     ));
     let mut most = 0;
@@ -665,8 +745,8 @@ async fn fast_failing_jobs_hold_no_more_than_the_slots_and_one_round_of_outcomes
     }
     worker.await.unwrap();
     // Claimed jobs hold a lease until their outcome is recorded, however fast they fail: at
-    // most the concurrency's slots and one round of outcomes on the way.
-    let bound = (concurrency + pq::RECORDING) as i64;
+    // most the concurrency's slots, the prefetched, and one round of outcomes on the way.
+    let bound = (concurrency + prefetch + pq::RECORDING) as i64;
     assert!(most <= bound, "{most} jobs leased at once");
     let failed: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {} WHERE state = 'failed'",
