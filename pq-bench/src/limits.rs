@@ -58,7 +58,7 @@ async fn drain(
     let drained = pq.drain_queue(admin, queue, 1, CONCURRENCY, jobs).await;
     stop.store(true, Ordering::Relaxed);
     let seen = sampler.await??;
-    let (measured, _) = drained?;
+    let (measured, _, _) = drained?;
     Ok((measured.rate(), seen))
 }
 

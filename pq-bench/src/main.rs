@@ -9,6 +9,7 @@ mod limits;
 mod long_jobs;
 mod measure;
 mod migrations;
+mod prefetch;
 mod report;
 mod tasks;
 mod workload;
@@ -112,13 +113,16 @@ enum Figure {
     /// Drains under limits (a queue's 64 running, 1,000 keys of one running each, 5,000/s)
     /// beside the unlimited drain, and how closely they follow the limits.
     Limits,
+    /// What the prefetch costs others: four processes' shares of a backlog of 1 ms jobs, and
+    /// how long an urgent job enqueued during a drain waits.
+    Prefetch,
 }
 
 impl Bench {
     fn runs(&self, figure: Figure) -> bool {
         let by_default = !matches!(
             figure,
-            Figure::Migrations | Figure::LongJobs | Figure::Limits
+            Figure::Migrations | Figure::LongJobs | Figure::Limits | Figure::Prefetch
         ) || self.quick;
         (self.only.is_empty() && by_default) || self.only.contains(&figure)
     }
@@ -296,6 +300,12 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         report
             .notes
             .push(limits::limits(admin, &pq, bench.jobs).await?);
+    }
+    if bench.runs(Figure::Prefetch) {
+        let samples = if bench.quick { 10 } else { 50 };
+        report
+            .notes
+            .push(prefetch::prefetch(admin, &pq, bench.jobs.min(20_000), samples).await?);
     }
     if bench.runs(Figure::Migrations) {
         report

@@ -54,6 +54,28 @@ pub async fn key_paced(key: u32) {
     HANDLED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The stable name of the task that runs for a while, as the prefetch figure's fills write it.
+pub const PAUSE: &str = "pq_bench::pause";
+
+/// Runs for `millis` and counts itself: an I/O-like job, for the prefetch figure's drains.
+#[pq::task(name = "pq_bench::pause", queue = "bench")]
+pub async fn pause(millis: u64) {
+    tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Where the urgent probe reports `(n, when its handler started)`; set by the prefetch figure.
+pub static URGENT: OnceLock<UnboundedSender<(u32, Instant)>> = OnceLock::new();
+
+/// Reports the instant its handler started, as `probe` does, for the prefetch figure.
+#[pq::task(name = "pq_bench::urgent", queue = "bench")]
+pub async fn urgent(n: u32) {
+    let now = Instant::now();
+    if let Some(started) = URGENT.get() {
+        let _ = started.send((n, now));
+    }
+}
+
 /// Reports the instant its handler started.
 #[pq::task(name = "pq_bench::probe", queue = "bench")]
 pub async fn probe(n: u32) {

@@ -212,11 +212,13 @@ impl PqTable {
         concurrency: usize,
         jobs: u64,
     ) -> Result<(Measured, TableState)> {
-        self.drain_queue(admin, QUEUE, processes, concurrency, jobs)
-            .await
+        let (measured, state, _) = self
+            .drain_queue(admin, QUEUE, processes, concurrency, jobs)
+            .await?;
+        Ok((measured, state))
     }
 
-    /// [`drain`](Self::drain) of `queue`.
+    /// [`drain`](Self::drain) of `queue`; also says how many jobs each process ran.
     pub async fn drain_queue(
         &self,
         admin: &PgPool,
@@ -224,7 +226,7 @@ impl PqTable {
         processes: usize,
         concurrency: usize,
         jobs: u64,
-    ) -> Result<(Measured, TableState)> {
+    ) -> Result<(Measured, TableState, Vec<u64>)> {
         let mut workers = Vec::new();
         for _ in 0..processes {
             let worker = WorkerProcess::spawn(&self.url, &self.schema, concurrency, queue).await?;
@@ -237,12 +239,12 @@ impl PqTable {
         // A worker retries a failing statement forever, silently here: a drain slower than
         // 1,000 jobs a second is taken for a stall.
         let limit = Duration::from_secs(60 + jobs / 1_000);
-        let handled = tokio::time::timeout(limit, async {
-            let mut handled = 0;
+        let shares = tokio::time::timeout(limit, async {
+            let mut shares = Vec::new();
             for worker in &mut workers {
-                handled += worker.handled().await?;
+                shares.push(worker.handled().await?);
             }
-            anyhow::Ok(handled)
+            anyhow::Ok(shares)
         })
         .await
         .map_err(|_| anyhow::anyhow!("the drain stalled: not done after {limit:?}"))??;
@@ -254,12 +256,13 @@ impl PqTable {
         }
         let measured = stopped.finish(admin, jobs).await?;
         let state = table_state(admin, &self.name).await?;
+        let handled: u64 = shares.iter().sum();
         ensure!(
             handled == jobs && state.rows == 0,
             "drain lost jobs: {handled} of {jobs} run, {} left in the table",
             state.rows
         );
-        Ok((measured, state))
+        Ok((measured, state, shares))
     }
 
     /// Enqueue-to-handler-start latency with an idle worker, over `samples` jobs put one at a

@@ -9,12 +9,12 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use pq_core::protocol::{Claim, ClaimQueues, WorkerInfo};
+use pq_core::protocol::{Claim, ClaimQueues, Failed, Failure, WorkerInfo};
 use pq_core::{FlowDeclaration, Job, JobId, Pq, Subscription, WorkerId};
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::complete::{give_up, lock, Completer, InFlight, Pending, Recording};
+use crate::complete::{give_up, lock, Completer, InFlight, Outcome, Pending, Recording};
 use crate::cron::{Periodic, Schedule, ScheduleError};
 use crate::execute::{self, Resources};
 use crate::metrics::{Registered, TaskMetrics};
@@ -1082,7 +1082,8 @@ impl Run {
                 waiting.push_back(Waiting { job, room, pending });
             }
         }
-        self.start_waiting(fetcher, jobs, None);
+        let mut starting = Starting::new();
+        self.start_waiting(fetcher, jobs, &mut starting, None);
         Ok(taken)
     }
 
@@ -1092,13 +1093,9 @@ impl Run {
         &self,
         fetcher: &Fetcher<'_>,
         jobs: &mut JoinSet<()>,
+        starting: &mut Starting,
         mut first: Option<OwnedSemaphorePermit>,
     ) {
-        let mut starting = Starting {
-            metrics: None,
-            inline: true,
-            slow: false,
-        };
         loop {
             let Some(run) = first
                 .take()
@@ -1111,7 +1108,7 @@ impl Run {
                 return;
             };
             fetcher.slots.started.fetch_add(1, Ordering::Relaxed);
-            self.start(jobs, &mut starting, waiting, run);
+            self.start(jobs, starting, waiting, run);
         }
     }
 
@@ -1128,6 +1125,9 @@ impl Run {
                 _ = stop.wait_for(|stop| *stop) => return,
                 () = fetcher.more_waiting.notified() => {}
             }
+            // One for all it starts until none waits: two slow first polls in a row, and the
+            // rest go to tasks of their own, as a claim's do.
+            let mut starting = Starting::new();
             while !lock_waiting(&fetcher.waiting).is_empty() {
                 while jobs.try_join_next().is_some() {}
                 let run = tokio::select! {
@@ -1136,7 +1136,7 @@ impl Run {
                     run = Arc::clone(&fetcher.slots.run).acquire_owned() => run,
                 };
                 let Ok(run) = run else { return };
-                self.start_waiting(fetcher, jobs, Some(run));
+                self.start_waiting(fetcher, jobs, &mut starting, Some(run));
             }
         }
     }
@@ -1155,9 +1155,13 @@ impl Run {
     ) {
         let Waiting { job, room, pending } = waiting;
         let Some(claim) = job.claim() else { return };
-        // Cancelled while it waited for a slot: it never starts, and its release ends it
-        // cancelled.
+        // Cancelled while it waited for a slot (as the last heartbeat heard): it never starts.
         if self.resources.cancels.asked(claim.id) {
+            pending.finish(Outcome::Failed(Failed {
+                claim,
+                error: "cancelled before it ran".into(),
+                then: Failure::Cancel,
+            }));
             return;
         }
         // The job's slot, and its room among the claimed: both free once it has run.
@@ -1256,6 +1260,14 @@ struct Starting {
 }
 
 impl Starting {
+    fn new() -> Self {
+        Self {
+            metrics: None,
+            inline: true,
+            slow: false,
+        }
+    }
+
     fn metrics(
         &mut self,
         registered: &Registered,
@@ -1312,6 +1324,8 @@ struct Slots {
 /// A worker's prefetch: fixed, or adapted to the pace at which its jobs start.
 struct Prefetch {
     now: usize,
+    /// The leases beyond the slots' and `RECORDING`: `now`, once those in use are back.
+    leased: usize,
     most: usize,
     adapts: bool,
     /// When the pace was last measured, and how many jobs had started then.
@@ -1335,11 +1349,12 @@ impl Slots {
             run: Arc::new(Semaphore::new(concurrency)),
             room: Arc::new(Semaphore::new(concurrency.saturating_add(now))),
             lease: Arc::new(Semaphore::new(
-                concurrency.saturating_add(most).saturating_add(RECORDING),
+                concurrency.saturating_add(now).saturating_add(RECORDING),
             )),
             concurrency,
             prefetch: Mutex::new(Prefetch {
                 now,
+                leased: now,
                 most,
                 adapts: prefetch.is_none(),
                 since: Instant::now(),
@@ -1366,12 +1381,19 @@ impl Slots {
             prefetch.started = started;
             let wanted = (prefetch.pace * PREFETCH_WAIT.as_secs_f64()) as usize;
             let wanted = wanted.min(prefetch.most);
+            // The leases follow, so that a worker keeps `RECORDING` beside its room. What is
+            // not free now is forgotten at a later look.
             if wanted > prefetch.now {
                 self.room.add_permits(wanted - prefetch.now);
                 prefetch.now = wanted;
             } else {
-                // What is not free now is forgotten at a later look.
                 prefetch.now -= self.room.forget_permits(prefetch.now - wanted);
+            }
+            if wanted > prefetch.leased {
+                self.lease.add_permits(wanted - prefetch.leased);
+                prefetch.leased = wanted;
+            } else {
+                prefetch.leased -= self.lease.forget_permits(prefetch.leased - wanted);
             }
         }
         self.concurrency + prefetch.now

@@ -590,6 +590,8 @@ async fn a_prefetched_job_cancelled_while_it_waits_never_runs() {
     eventually(|| async { db.state_of(waiting).await.as_deref() == Some("cancelled") }).await;
     worker.stop().await.unwrap().unwrap();
     assert_eq!(runs_of(&db.pq, waiting), 0);
+    let job = db.pq.admin().job(waiting).await.unwrap().unwrap();
+    assert_eq!(job.last_error.as_deref(), Some("cancelled before it ran"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
