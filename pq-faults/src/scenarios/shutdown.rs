@@ -13,10 +13,12 @@ use crate::procs::WorkerOptions;
 use crate::report::Report;
 
 /// Rounds of: 4 workers start on a queue that producers keep filling with jobs of up to 300 ms,
-/// and after 2.5 s all get SIGTERM. Each must exit 0; every job that was running at the signal
-/// must have finished (its effect written and the job completed), and none may be left
-/// running. A last set of workers drains the rest. Nothing is interrupted, so nothing may run
-/// twice.
+/// and after 2.5 s all get SIGTERM. Each must exit 0, before its grace period ends; every job
+/// that was running at the signal must have finished (its effect written and the job
+/// completed) or, claimed by a worker's prefetch and not started, be back in the queue
+/// untouched (its attempt given back, no effect: within the grace period no handler is cut
+/// short), and none may be left running. A last set of workers drains the rest. Nothing is
+/// interrupted, so nothing may run twice.
 pub async fn shutdown(profile: &Profile, _seed: u64, logs: &Path) -> Result<Report> {
     let mut report = Report::default();
     let mut env = Env::start("shutdown", logs).await?;
@@ -31,30 +33,42 @@ pub async fn shutdown(profile: &Profile, _seed: u64, logs: &Path) -> Result<Repo
     for round in 1..=profile.shutdown_rounds {
         let mut workers = start_workers(&mut env, 4, &options)?;
         tokio::time::sleep(Duration::from_millis(2500)).await;
-        let running: Vec<i64> = sqlx::query_scalar(&format!(
-            "SELECT id FROM {} WHERE state = 'running'",
+        let (running, attempts): (Vec<i64>, Vec<i32>) = sqlx::query_as::<_, (i64, i32)>(&format!(
+            "SELECT id, attempts FROM {} WHERE state = 'running'",
             env.table
         ))
         .fetch_all(&env.db)
-        .await?;
+        .await?
+        .into_iter()
+        .unzip();
         let slowest = env.stop_workers(&mut workers, &mut report).await?;
         let left_running = env.count("state = 'running'").await?;
-        let unfinished: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM unnest($1::int8[]) AS r(id) \
-             WHERE EXISTS (SELECT FROM {} q WHERE q.id = r.id) \
-                OR NOT EXISTS (SELECT FROM {} e WHERE e.job_id = r.id)",
-            env.table, env.effects
+        let (unfinished, given_back): (i64, i64) = sqlx::query_as(&format!(
+            "SELECT count(*) FILTER (WHERE NOT given_back AND (q.id IS NOT NULL OR NOT done)), \
+               count(*) FILTER (WHERE given_back) \
+             FROM unnest($1::int8[], $2::int4[]) AS r(id, attempts) \
+             LEFT JOIN {table} q ON q.id = r.id \
+             CROSS JOIN LATERAL (SELECT EXISTS (SELECT FROM {effects} e WHERE e.job_id = r.id) \
+               AS done) AS d \
+             CROSS JOIN LATERAL (SELECT COALESCE(q.state = 'queued' \
+               AND q.attempts = r.attempts - 1 AND NOT d.done, false) AS given_back) AS g",
+            table = env.table,
+            effects = env.effects
         ))
         .bind(&running)
+        .bind(&attempts)
         .fetch_one(&env.db)
         .await?;
         in_flight_total += running.len();
         report.line(format!(
-            "round {round}: SIGTERM with {} jobs running; all 4 workers exited within {} ms; {} of those jobs unfinished, {left_running} left running",
+            "round {round}: SIGTERM with {} jobs running; all 4 workers exited within {} ms; {given_back} of those prefetched and given back, {unfinished} unfinished, {left_running} left running",
             running.len(),
             slowest.as_millis(),
-            unfinished,
         ));
+        report.check(
+            slowest < options.grace,
+            format!("round {round}: a worker took the whole grace period"),
+        );
         report.check(
             left_running == 0,
             format!("round {round}: {left_running} jobs left running"),
