@@ -5,6 +5,7 @@
 //! by default `postgres://postgres@127.0.0.1:5432/test`); `--quick` is the smoke test.
 
 mod baseline;
+mod handlers;
 mod limits;
 mod long_jobs;
 mod measure;
@@ -116,13 +117,20 @@ enum Figure {
     /// What the prefetch costs others: four processes' shares of a backlog of 1 ms jobs, and
     /// how long an urgent job enqueued during a drain waits.
     Prefetch,
+    /// Handlers that await 1 ms and 10 ms, at concurrency 16 and 64, against what their slots
+    /// allow.
+    Handlers,
 }
 
 impl Bench {
     fn runs(&self, figure: Figure) -> bool {
         let by_default = !matches!(
             figure,
-            Figure::Migrations | Figure::LongJobs | Figure::Limits | Figure::Prefetch
+            Figure::Migrations
+                | Figure::LongJobs
+                | Figure::Limits
+                | Figure::Prefetch
+                | Figure::Handlers
         ) || self.quick;
         (self.only.is_empty() && by_default) || self.only.contains(&figure)
     }
@@ -300,6 +308,11 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         report
             .notes
             .push(limits::limits(admin, &pq, bench.jobs).await?);
+    }
+    if bench.runs(Figure::Handlers) {
+        report
+            .notes
+            .push(handlers::handlers(admin, &pq, bench.quick).await?);
     }
     if bench.runs(Figure::Prefetch) {
         let samples = if bench.quick { 10 } else { 50 };

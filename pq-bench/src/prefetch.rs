@@ -9,27 +9,16 @@ use sqlx::PgPool;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Notify;
 
-use crate::tasks::{self, PAUSE, QUEUE};
+use crate::tasks::{self, QUEUE};
 use crate::workload::PqTable;
 
 /// How long each job of the backlog runs.
 const JOB: Duration = Duration::from_millis(1);
 
-/// Adds `jobs` ready jobs of the 1 ms task.
+/// Empties the table, then adds `jobs` ready jobs of the 1 ms task.
 async fn fill(admin: &PgPool, pq: &PqTable, jobs: u64) -> Result<()> {
     pq.truncate(admin).await?;
-    sqlx::query(&format!(
-        "INSERT INTO {} (q_name, task, data) \
-         SELECT $1, $2, format('{{\"millis\":%s}}', $3::int8)::json FROM generate_series(1, $4)",
-        pq.name
-    ))
-    .bind(QUEUE)
-    .bind(PAUSE)
-    .bind(i64::try_from(JOB.as_millis())?)
-    .bind(i64::try_from(jobs)?)
-    .execute(admin)
-    .await?;
-    Ok(())
+    pq.add_pauses(admin, jobs, JOB).await
 }
 
 /// Enqueue-to-start times of `samples` urgent jobs (`expected_at` now, before every job of the

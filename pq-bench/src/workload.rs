@@ -174,6 +174,23 @@ impl PqTable {
         self.add_to(admin, QUEUE, jobs, None).await
     }
 
+    /// Adds `jobs` ready jobs that each run for `length` (`tasks::pause`).
+    pub async fn add_pauses(&self, admin: &PgPool, jobs: u64, length: Duration) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO {} (q_name, task, data) \
+             SELECT $1, $2, format('{{\"millis\":%s}}', $3::int8)::json \
+             FROM generate_series(1, $4)",
+            self.name
+        ))
+        .bind(QUEUE)
+        .bind(tasks::PAUSE)
+        .bind(i64::try_from(length.as_millis())?)
+        .bind(i64::try_from(jobs)?)
+        .execute(admin)
+        .await?;
+        Ok(())
+    }
+
     /// Adds `jobs` ready no-op jobs to `queue`; with `keyed`, jobs of that keyed task over
     /// that many keys, in turn.
     pub async fn add_to(

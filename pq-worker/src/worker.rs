@@ -970,31 +970,30 @@ impl Run {
     /// of it (see [`GATHER_SLOTS`]), and for as many leases; `None` once the worker closes its
     /// slots.
     async fn gather(&self, slots: &Slots) -> Option<Permits> {
-        slots.room();
-        let mut run = Arc::clone(&slots.room).acquire_owned().await.ok()?;
-        take_free(&slots.room, &mut run, usize::MAX);
-        // Claim once a good share of the slots is free, not for the first free one: a claim
+        let share = slots.room().div_ceil(2);
+        let mut room = Arc::clone(&slots.room).acquire_owned().await.ok()?;
+        take_free(&slots.room, &mut room, usize::MAX);
+        // Claim once a good share of the room is free, not for the first free place: a claim
         // is a round trip and a commit whatever its size, and one claim of many jobs costs
         // the database far less than many claims of few. Slots of long jobs may not free up
         // soon, so the wait is short.
-        let share = slots.room().div_ceil(2);
-        if run.num_permits() < share {
-            let missing = u32::try_from(share - run.num_permits()).unwrap_or(u32::MAX);
+        if room.num_permits() < share {
+            let missing = u32::try_from(share - room.num_permits()).unwrap_or(u32::MAX);
             let more = tokio::time::timeout(
                 GATHER_SLOTS,
                 Arc::clone(&slots.room).acquire_many_owned(missing),
             );
             if let Ok(Ok(more)) = more.await {
-                run.merge(more);
+                room.merge(more);
             }
-            take_free(&slots.room, &mut run, usize::MAX);
+            take_free(&slots.room, &mut room, usize::MAX);
         }
         let mut lease = Arc::clone(&slots.lease).acquire_owned().await.ok()?;
-        take_free(&slots.lease, &mut lease, run.num_permits());
-        if let Some(unleased) = run.num_permits().checked_sub(lease.num_permits()) {
-            drop(run.split(unleased));
+        take_free(&slots.lease, &mut lease, room.num_permits());
+        if let Some(unleased) = room.num_permits().checked_sub(lease.num_permits()) {
+            drop(room.split(unleased));
         }
-        Some(Permits { room: run, lease })
+        Some(Permits { room, lease })
     }
 
     /// Claims a job for each slot of `permits`, from every queue in one statement, and starts
@@ -1305,7 +1304,7 @@ pub const RECORDING: usize = 1000;
 /// What a job holds of its worker: room from its claim until it has run (a slot's, or a place
 /// to wait for one), a slot while its handler runs, and a lease from its claim until its
 /// outcome is recorded. A worker has `concurrency` slots, room for its prefetch beside them,
-/// and [`RECORDING`] more leases than the most room it may have: a claim can then take new
+/// and [`RECORDING`] more leases than room: a claim can then take new
 /// jobs while the outcomes of the last ones are being recorded (a round trip that would
 /// otherwise leave the slots idle: a fifth of a drain at concurrency 1000, a third at 64,
 /// BENCHMARKS.md), and no worker ever holds more than `concurrency + prefetch + RECORDING`
