@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use sqlx::PgPool;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::Notify;
 
 use crate::tasks::{self, QUEUE};
-use crate::workload::PqTable;
+use crate::workload::{started_at, PqTable};
 
 /// How long each job of the backlog runs.
 const JOB: Duration = Duration::from_millis(1);
@@ -57,15 +57,7 @@ async fn urgent_waits(
             .expected_at(Duration::ZERO)
             .enqueue(&handle)
             .await?;
-        let started_at = loop {
-            let (id, at) = tokio::time::timeout(Duration::from_secs(10), started.recv())
-                .await
-                .context("an urgent job did not start within 10 s")?
-                .context("the urgent jobs' channel closed")?;
-            if id == n {
-                break at;
-            }
-        };
+        let started_at = started_at(started, n).await?;
         waits.push(started_at.duration_since(put).as_secs_f64() * 1e3);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

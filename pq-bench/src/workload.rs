@@ -314,15 +314,7 @@ impl PqTable {
         for n in 0..samples {
             let put = Instant::now();
             tasks::probe(n).enqueue(&pq).await?;
-            let started_at = loop {
-                let (id, at) = tokio::time::timeout(Duration::from_secs(10), started.recv())
-                    .await
-                    .context("a probe job did not start within 10 s")?
-                    .context("the probe channel closed")?;
-                if id == n {
-                    break at;
-                }
-            };
+            let started_at = started_at(&mut started, n).await?;
             latencies.push(started_at.duration_since(put).as_secs_f64() * 1e3);
             // 5 to 15 ms apart, never in step with a timer.
             tokio::time::sleep(Duration::from_micros(5_000 + u64::from(n * 7_919 % 10_000))).await;
@@ -370,6 +362,22 @@ async fn open_connections(pq: &Pq, n: usize) -> Result<()> {
 /// Closes the pool, so that its backends exit and report their statistics.
 async fn close(pq: Pq) {
     pq.pool().close().await;
+}
+
+/// When probe `n` started, as it reported on `started` (within 10 s).
+pub async fn started_at(
+    started: &mut tokio::sync::mpsc::UnboundedReceiver<(u32, Instant)>,
+    n: u32,
+) -> Result<Instant> {
+    loop {
+        let (id, at) = tokio::time::timeout(Duration::from_secs(10), started.recv())
+            .await
+            .with_context(|| format!("probe {n} did not start within 10 s"))?
+            .context("the probes' channel closed")?;
+        if id == n {
+            return Ok(at);
+        }
+    }
 }
 
 /// A child `pq-bench worker` process: connected, then waiting for `go`.
