@@ -281,7 +281,7 @@ impl Periodic {
 pub(crate) fn firing(
     due: &DueSchedule,
     now: DateTime<Utc>,
-    flow_key: impl Fn(&DueSchedule) -> Option<String>,
+    flow_key: Option<&str>,
 ) -> Option<Firing> {
     let schedule = Schedule::new(&due.expression).and_then(|s| s.timezone(&due.timezone));
     let (Ok(schedule), Some(on_missed)) = (schedule, OnMissed::parse(&due.on_missed)) else {
@@ -316,12 +316,11 @@ pub(crate) fn firing(
     };
     let mut jobs = Vec::with_capacity(fires.len());
     let mut fired = None;
-    let key = flow_key(due);
     for (fire, count) in fires {
         let data = due.data.clone();
         let job = fired_job(&due.name, &due.task, &due.queue, data, fire, count);
-        match job.map(|job| match &key {
-            Some(key) => job.flow_key(key.clone()),
+        match job.map(|job| match flow_key {
+            Some(key) => job.flow_key(key),
             None => job,
         }) {
             Ok(job) => {
@@ -397,12 +396,11 @@ async fn fire_until_stopped(pq: &Pq, schedules: &[Periodic]) {
             .fire_schedules(&names, |due, now| {
                 // Keyed by the task this worker knows by that name (another program's
                 // definition of the schedule may name another).
-                let firing = firing(due, now, |due| {
-                    let known = schedules
-                        .iter()
-                        .find(|s| s.name == due.name && s.task == due.task);
-                    known.and_then(|s| (s.flow_key)(&due.data))
-                });
+                let known = schedules
+                    .iter()
+                    .find(|s| s.name == due.name && s.task == due.task);
+                let key = known.and_then(|s| (s.flow_key)(&due.data));
+                let firing = firing(due, now, key.as_deref());
                 if firing.is_none() {
                     left.push(due.clone());
                 }
