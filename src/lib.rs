@@ -65,7 +65,9 @@ pub mod __private {
     pub use serde_json;
 
     pub use pq_worker::private::{assert_argument, run_blocking, unique_key};
+
     pub use pq_worker::{
-        Backoff, BoxFuture, IntoTaskResult, OnCancel, Task, TaskDefinition, TaskOptions, TaskResult,
+        Backoff, BoxFuture, IntoTaskResult, OnCancel, Task, TaskDefinition, TaskError, TaskOptions,
+        UniqueTask,
     };
 }

@@ -12,6 +12,7 @@ mod measure;
 mod migrations;
 mod prefetch;
 mod report;
+mod results;
 mod tasks;
 mod workload;
 
@@ -120,6 +121,8 @@ enum Figure {
     /// Handlers that await 1 ms and 10 ms, at concurrency 16 and 64, against what their slots
     /// allow.
     Handlers,
+    /// Jobs whose task returns a value (kept with the job) beside plain jobs.
+    Results,
 }
 
 impl Bench {
@@ -131,6 +134,7 @@ impl Bench {
                 | Figure::Limits
                 | Figure::Prefetch
                 | Figure::Handlers
+                | Figure::Results
         ) || self.quick;
         (self.only.is_empty() && by_default) || self.only.contains(&figure)
     }
@@ -313,6 +317,12 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         report
             .notes
             .push(handlers::handlers(admin, &pq, bench.quick).await?);
+    }
+    if bench.runs(Figure::Results) {
+        let jobs = if bench.quick { 2_000 } else { bench.jobs };
+        report
+            .notes
+            .push(results::results(admin, &pq, jobs, bench.largest_concurrency()).await?);
     }
     if bench.runs(Figure::Prefetch) {
         let samples = if bench.quick { 10 } else { 50 };

@@ -54,6 +54,17 @@ pub async fn key_paced(key: u32) {
     HANDLED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// The stable name of the task that returns a value, as the results figure's fills write it.
+pub const SQUARE: &str = "pq_bench::square";
+
+/// Returns its argument squared, which its job keeps: the no-op with a result (the results
+/// figure).
+#[pq::task(name = "pq_bench::square", queue = "bench")]
+pub async fn square(n: u32) -> Result<u64, std::convert::Infallible> {
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+    Ok(u64::from(n) * u64::from(n))
+}
+
 /// The stable name of the task that runs for a while, as the prefetch figure's fills write it.
 pub const PAUSE: &str = "pq_bench::pause";
 

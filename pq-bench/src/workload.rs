@@ -176,15 +176,27 @@ impl PqTable {
 
     /// Adds `jobs` ready jobs that each run for `length` (`tasks::pause`).
     pub async fn add_pauses(&self, admin: &PgPool, jobs: u64, length: Duration) -> Result<()> {
+        let millis = length.as_millis();
+        self.add_of(
+            admin,
+            tasks::PAUSE,
+            &format!(r#"{{"millis":{millis}}}"#),
+            jobs,
+        )
+        .await
+    }
+
+    /// Adds `jobs` ready jobs of `task`, each with the arguments `data` (JSON, where `%s`
+    /// stands for the job's number).
+    pub async fn add_of(&self, admin: &PgPool, task: &str, data: &str, jobs: u64) -> Result<()> {
         sqlx::query(&format!(
             "INSERT INTO {} (q_name, task, data) \
-             SELECT $1, $2, format('{{\"millis\":%s}}', $3::int8)::json \
-             FROM generate_series(1, $4)",
+             SELECT $1, $2, format($3, g)::json FROM generate_series(1, $4) AS g",
             self.name
         ))
         .bind(QUEUE)
-        .bind(tasks::PAUSE)
-        .bind(i64::try_from(length.as_millis())?)
+        .bind(task)
+        .bind(data)
         .bind(i64::try_from(jobs)?)
         .execute(admin)
         .await?;
@@ -232,6 +244,7 @@ impl PqTable {
         let (measured, state, _) = self
             .drain_queue(admin, QUEUE, processes, concurrency, jobs)
             .await?;
+        ensure!(state.rows == 0, "{} plain jobs were kept", state.rows);
         Ok((measured, state))
     }
 
@@ -274,10 +287,16 @@ impl PqTable {
         let measured = stopped.finish(admin, jobs).await?;
         let state = table_state(admin, &self.name).await?;
         let handled: u64 = shares.iter().sum();
+        // Jobs that returned a value are kept, done.
+        let left: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {} WHERE state <> 'done'",
+            self.name
+        ))
+        .fetch_one(admin)
+        .await?;
         ensure!(
-            handled == jobs && state.rows == 0,
-            "drain lost jobs: {handled} of {jobs} run, {} left in the table",
-            state.rows
+            handled == jobs && left == 0,
+            "drain lost jobs: {handled} of {jobs} run, {left} left in the table"
         );
         Ok((measured, state, shares))
     }

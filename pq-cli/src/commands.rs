@@ -549,13 +549,23 @@ async fn show(cli: &Cli, admin: &Admin, id: JobId, out: &mut Vec<u8>) -> anyhow:
     if let Some(key) = &job.unique_key {
         writeln!(out, "{:<13} {key}", "unique key:")?;
     }
-    writeln!(out, "data:")?;
-    for line in serde_json::to_string_pretty(&job.data)?.lines() {
-        writeln!(out, "  {line}")?;
+    if job.expires_at.is_some() {
+        writeln!(
+            out,
+            "{:<13} {}",
+            "expires at:",
+            output::time(job.expires_at)
+        )?;
     }
-    if let Some(meta) = &job.meta {
-        writeln!(out, "meta:")?;
-        for line in serde_json::to_string_pretty(meta)?.lines() {
+    let documents = [
+        ("data", Some(&job.data)),
+        ("meta", job.meta.as_ref()),
+        ("result", job.result.as_ref()),
+    ];
+    for (name, document) in documents {
+        let Some(document) = document else { continue };
+        writeln!(out, "{name}:")?;
+        for line in serde_json::to_string_pretty(document)?.lines() {
             writeln!(out, "  {line}")?;
         }
     }

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use pq::protocol::{Claim, ClaimQueues, Failed, Failure, WorkerInfo};
+use pq::protocol::{Claim, ClaimQueues, Failed, Failure, Returned, WorkerInfo};
 use pq::{JobId, JobState, Pq};
 use serde_json::{json, Value};
 
@@ -480,6 +480,32 @@ async fn jobs_show_prints_every_column_and_the_error_history() {
     assert_eq!(json["state"], "failed");
     assert_eq!(json["attempts"], 1);
     assert_eq!(json["errors"][0]["error"], "connection refused");
+}
+
+#[tokio::test]
+async fn jobs_show_prints_a_result_and_when_it_expires() {
+    let db = Db::new().await;
+    let job = db.pq.queue("thumbs").put(&json!({"n": 1})).await.unwrap();
+    let claim = db.claim("thumbs", job).await;
+    let returned = Returned {
+        claim,
+        result: r#"{"width":200}"#.to_owned(),
+        keep: Some(Duration::from_secs(3600)),
+    };
+    let completed = db.pq.complete_results(&[returned]).await.unwrap();
+    assert_eq!(completed, [job]);
+
+    let shown = db.pq(&["jobs", "show", &id(job)]).ok();
+    let json = db.pq(&["jobs", "show", &id(job), "--json"]).json();
+
+    assert!(shown.contains("state:        done"), "{shown}");
+    assert!(shown.contains("expires at:"), "{shown}");
+    assert!(
+        shown.contains("result:\n  {\n    \"width\": 200\n  }"),
+        "{shown}"
+    );
+    assert_eq!(json["result"], json!({"width": 200}));
+    assert!(json["expires_at"].is_string(), "{json}");
 }
 
 #[tokio::test]

@@ -170,6 +170,11 @@ pub struct JobInfo {
     pub meta: Option<serde_json::Value>,
     /// Its unique key, while it waits (see [`NewJob::unique_key`](crate::NewJob::unique_key)).
     pub unique_key: Option<String>,
+    /// What its run returned, for a done job whose task returns a value (see
+    /// [`JobHandle`](crate::JobHandle)); [`Admin::job`] reads it, [`Admin::list`] does not.
+    pub result: Option<serde_json::Value>,
+    /// When the finished job is deleted: a job with a result is kept until then.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl JobInfo {
@@ -201,6 +206,14 @@ impl JobInfo {
         let state = text("state")?.unwrap_or_default();
         let errors = text("errors")?;
         let meta = text("meta")?;
+        let json = |value: Option<String>, what: &str| -> Result<Option<serde_json::Value>> {
+            value
+                .map(|value| {
+                    serde_json::from_str(&value)
+                        .map_err(|e| unreadable(format!("its {what} cannot be read as JSON: {e}")))
+                })
+                .transpose()
+        };
         Ok(Self {
             id: JobId(id),
             queue: text("q_name")?.unwrap_or_default(),
@@ -231,14 +244,10 @@ impl JobInfo {
                 })?,
                 None => Vec::new(),
             },
-            meta: match meta {
-                Some(meta) => Some(
-                    serde_json::from_str(&meta)
-                        .map_err(|e| unreadable(format!("its meta cannot be read as JSON: {e}")))?,
-                ),
-                None => None,
-            },
+            meta: json(meta, "meta")?,
             unique_key: text("unique_key")?,
+            result: json(text("result")?, "result")?,
+            expires_at: time("expires_at")?,
         })
     }
 }
@@ -380,7 +389,7 @@ const MAX_PRUNE_AGE: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
 
 /// The columns of a [`JobInfo`] from table alias `t`; the state as an operator sees it, ready or
 /// scheduled rather than queued, and a running job's lease its worker's.
-fn job_info_columns(workers: &str) -> String {
+fn job_info_columns(workers: &str, result: bool) -> String {
     format!(
         "t.id, {q_name} AS q_name, {task} AS task, {data} AS data, \
          {state} AS state, \
@@ -389,7 +398,7 @@ fn job_info_columns(workers: &str) -> String {
          COALESCE(t.locked_until, (SELECT w.expires_at FROM {workers} AS w \
            WHERE w.id = t.worker_id AND t.state = 'running')) AS locked_until, \
          t.finished_at, {last_error} AS last_error, {errors} AS errors, \
-         {meta} AS meta, {unique_key} AS unique_key",
+         {meta} AS meta, {unique_key} AS unique_key, {result} AS result, t.expires_at",
         q_name = as_bytes("t.q_name"),
         task = as_bytes("t.task"),
         data = as_bytes("t.data::text"),
@@ -401,6 +410,8 @@ fn job_info_columns(workers: &str) -> String {
         errors = as_bytes("t.errors::text"),
         meta = as_bytes("t.meta::text"),
         unique_key = as_bytes("t.unique_key"),
+        // A page of jobs leaves results out: each may be megabytes.
+        result = if result { as_bytes("t.result::text") } else { "NULL".to_owned() },
     )
 }
 
@@ -434,7 +445,9 @@ impl Statements {
         let table = &core.table;
         let t = table.qualified();
         let ready = JobState::Ready.condition();
-        let columns = job_info_columns(&table.qualified_derived("workers"));
+        let workers = table.qualified_derived("workers");
+        let columns = job_info_columns(&workers, false);
+        let with_result = job_info_columns(&workers, true);
         let count = |state: JobState| format!("count(*) FILTER (WHERE {})", state.condition());
         // Counting every row is inherently a scan of the table; it takes no lock that a worker
         // waits on. Pruning keeps it small. A job whose ready time is infinite (other SQL's) has
@@ -539,7 +552,7 @@ impl Statements {
             stats,
             oldest_ready,
             unrunnable,
-            job: format!("SELECT {columns} FROM {t} AS t WHERE id = $1"),
+            job: format!("SELECT {with_result} FROM {t} AS t WHERE id = $1"),
             list: format!("SELECT {columns} FROM {t} AS t WHERE id > "),
             // The filter's conditions follow.
             schedule_now: format!(

@@ -3,6 +3,8 @@
 //! Each message is complete on its own, cause included, so printing it with `{}` says it all;
 //! only [`Error::Database`] also exposes sqlx's error as its source.
 
+use crate::job::JobId;
+
 /// What can go wrong in pq. Match on the variant; the message says what to fix.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -173,6 +175,77 @@ pub enum Error {
         id: i64,
         /// What is wrong with its row.
         reason: String,
+    },
+
+    /// A job waited for ([`JobHandle::result`](crate::JobHandle::result)) failed for good, or
+    /// was cancelled: its last error.
+    #[error("job {id} {}: {error}", if *.cancelled { "was cancelled" } else { "failed" })]
+    JobFailed {
+        /// The job.
+        id: JobId,
+        /// Whether it was cancelled rather than failed.
+        cancelled: bool,
+        /// Its last error.
+        error: String,
+    },
+
+    /// A job waited for or looked up is not in the table.
+    #[error("job {id} is not in the table: it was never committed (wait for a job after the transaction that enqueued it commits), or it finished and its result expired, or it was deleted")]
+    NoSuchJob {
+        /// The job.
+        id: JobId,
+    },
+
+    /// A durable step (`TaskContext::step`) was run while the handler held the job's
+    /// transaction (the guard `ctx.transaction()` returns), which the step needs to record its
+    /// output: take the transaction inside the step's body, or drop it before the step.
+    #[error("step {name:?} cannot run while the handler holds the job's transaction: take `ctx.transaction()` inside the step, or drop it before")]
+    StepInTransaction {
+        /// The step.
+        name: String,
+    },
+
+    /// A durable step was begun while another step of the job ran (side by side, or one inside
+    /// the other): steps of one job share its transaction, so they run one at a time.
+    #[error(
+        "step {name:?} began while another step of the job ran: steps of one job run one at a time"
+    )]
+    StepsOverlap {
+        /// The step that began.
+        name: String,
+    },
+
+    /// A durable step completed after its job stopped being its run's: the run's lease ran out
+    /// and the job was rescued, or it was cancelled, retried or completed meanwhile. Nothing
+    /// was recorded, and the step's writes in the job's transaction were rolled back.
+    #[error("step {name:?} of job {id} completed after the job stopped being this run's (its lease ran out, or it was cancelled or retried): its writes were rolled back")]
+    StepLost {
+        /// The job.
+        id: JobId,
+        /// The step.
+        name: String,
+    },
+
+    /// What a durable step of a job recorded does not decode into the type the step returns
+    /// now: its type changed since the record was made.
+    #[error("cannot decode what step {name:?} of job {id} returned: {error}")]
+    DecodeStep {
+        /// The job.
+        id: JobId,
+        /// The step.
+        name: String,
+        /// What serde said.
+        error: serde_json::Error,
+    },
+
+    /// A job's result does not decode into the type its handle expects: the task's return
+    /// type changed since it ran, or other SQL wrote it.
+    #[error("cannot decode the result of job {id}: {error}")]
+    DecodeResult {
+        /// The job.
+        id: JobId,
+        /// What serde said.
+        error: serde_json::Error,
     },
 }
 

@@ -116,6 +116,17 @@ pub struct Failed {
     pub then: Failure,
 }
 
+/// A run that returned a value, to record with its job's completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Returned {
+    /// The run.
+    pub claim: Claim,
+    /// What it returned, as JSON text.
+    pub result: String,
+    /// How long the job is kept with it once done; `None`: until an operator deletes it.
+    pub keep: Option<Duration>,
+}
+
 /// Where a claim stopped in one queue's dequeue order: its last job's priority, ready time and
 /// id, as the dequeue index orders them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -461,6 +472,58 @@ impl Pq {
                 done.extend(self.complete(&mut *connection, &moved, keep).await?);
             }
             Ok(done)
+        })
+        .await
+    }
+
+    /// Completes claimed jobs whose runs returned a value on `executor`, in one statement: each
+    /// is kept `done` with its result for its [`keep`](Returned::keep) time, then a worker's
+    /// maintenance ([`expire`](Pq::expire)) deletes it. Returns the ids it completed; a job
+    /// missing from it was no longer this claim's.
+    pub async fn complete_returned<'e>(
+        &self,
+        executor: impl sqlx::PgExecutor<'e>,
+        returned: &[Returned],
+    ) -> Result<Vec<JobId>> {
+        let sql = self.statements().await?;
+        let mut sorted: Vec<&Returned> = returned.iter().collect();
+        sorted.sort_unstable_by_key(|returned| returned.claim.id);
+        let ids_column: Vec<i64> = sorted.iter().map(|r| r.claim.id.0).collect();
+        let numbers: Vec<i64> = sorted.iter().map(|r| r.claim.number).collect();
+        let results: Vec<&str> = sorted.iter().map(|r| r.result.as_str()).collect();
+        let keep: Vec<Option<i64>> = sorted.iter().map(|r| r.keep.map(micros)).collect();
+        let touched = sql
+            .query_scalar(&sql.complete_returned)
+            .bind(ids_column)
+            .bind(numbers)
+            .bind(results)
+            .bind(keep)
+            .fetch_one(executor)
+            .await?;
+        Ok(ids(touched))
+    }
+
+    /// Completes claimed jobs whose runs returned a value, as
+    /// [`complete_returned`](Pq::complete_returned) does, on a connection of pq's own.
+    pub async fn complete_results(&self, returned: &[Returned]) -> Result<Vec<JobId>> {
+        self.with_connection("a completion", async |connection| {
+            self.complete_returned(connection, returned).await
+        })
+        .await
+    }
+
+    /// Deletes up to `limit` finished jobs whose keep time ran out (a result's, see
+    /// [`complete_returned`](Pq::complete_returned)), oldest first; returns how many. Workers
+    /// run it as part of their maintenance.
+    pub async fn expire(&self, limit: u32) -> Result<u64> {
+        let sql = self.statements().await?;
+        self.with_connection("expiring finished jobs", async |connection| {
+            Ok(sql
+                .query(&sql.expire)
+                .bind(i64::from(limit))
+                .execute(connection)
+                .await?
+                .rows_affected())
         })
         .await
     }

@@ -17,8 +17,10 @@ mod migrate;
 mod pq;
 pub mod protocol;
 mod queue;
+mod results;
 mod schedules;
 mod sql;
+mod steps;
 mod timestamp;
 mod transaction;
 mod when;
@@ -40,6 +42,7 @@ pub use listen::Subscription;
 pub use migrate::{Function, Migration, FUNCTIONS, LATEST, MIGRATIONS};
 pub use pq::{Pq, PqBuilder, DEFAULT_GET_TIMEOUT, DEFAULT_STATEMENT_TIMEOUT};
 pub use queue::{IdleDelay, Put, PutMany, Queue};
+pub use results::JobHandle;
 pub use schedules::{
     fired_job, DueSchedule, Firing, ScheduleDefinition, ScheduleInfo, DECLARE_EVERY,
     FIRING_STALLS_AFTER, ORPHANED_AFTER,

@@ -75,6 +75,9 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(19, "0019_flow_control.sql"),
     migration!(20, "0020_flow_indexes.sql"),
     migration!(21, "0021_key_rates.sql"),
+    migration!(22, "0022_results.sql"),
+    migration!(23, "0023_expiry_index.sql"),
+    migration!(24, "0024_steps.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.

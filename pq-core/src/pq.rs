@@ -55,6 +55,8 @@ struct Inner {
     /// Set when the pool's URL is a transaction pooler's (see
     /// [`PqBuilder::transaction_pooler`]).
     pooler: Option<Arc<Pooler>>,
+    /// The jobs this handle's tasks wait for (see `JobHandle::result`).
+    waits: Arc<crate::results::Waits>,
 }
 
 /// A transaction pooler between pq and the server.
@@ -191,8 +193,13 @@ impl Pq {
                 get_timeout: self.inner.get_timeout,
                 statement_timeout: self.inner.statement_timeout,
                 pooler: self.inner.pooler.clone(),
+                waits: Arc::default(),
             }),
         }
+    }
+
+    pub(crate) fn waits(&self) -> &Arc<crate::results::Waits> {
+        &self.inner.waits
     }
 
     /// Whether the pool's connections go through a transaction pooler (see
@@ -572,6 +579,7 @@ impl PqBuilder {
                 get_timeout: self.get_timeout,
                 statement_timeout: self.statement_timeout,
                 pooler,
+                waits: Arc::default(),
             }),
         })
     }

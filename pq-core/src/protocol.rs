@@ -44,5 +44,5 @@
 //! [`Pq::rescue`]: crate::Pq::rescue
 //! [`Pq::deregister_worker`]: crate::Pq::deregister_worker
 
-pub use crate::lease::{Claim, ClaimQueues, Claimed, Failed, Failure, CURSOR_LIFETIME};
+pub use crate::lease::{Claim, ClaimQueues, Claimed, Failed, Failure, Returned, CURSOR_LIFETIME};
 pub use crate::workers::{Heartbeat, WorkerInfo};

@@ -218,6 +218,14 @@ pub(crate) struct Statements {
     pub complete_keep: String,
     pub complete_delete_by_row: String,
     pub complete_keep_by_row: String,
+    pub complete_returned: String,
+    pub outcomes: String,
+    pub status: String,
+    pub step_output: String,
+    pub record_step: String,
+    pub record_claimed_step: String,
+    pub sweep_steps: String,
+    pub expire: String,
     pub fail: String,
     pub snooze: String,
     pub cancel_running: String,
@@ -517,6 +525,63 @@ impl Statements {
         let complete_keep_by_row = touched(format!(
             "UPDATE {t} AS j SET {done} FROM {located} WHERE j.ctid = f.row AND {held}"
         ));
+        // Runs that returned a value ($3, JSON text), many at a time: kept done with it for
+        // their time ($4, in microseconds; NULL: for good). By id, not by row version: these
+        // are rarer than plain completions, and the primary key finds them all the same.
+        let complete_returned = touched(format!(
+            "UPDATE {t} AS j SET {done}, result = f.result::json, \
+               expires_at = statement_timestamp() + f.keep * interval '1 microsecond' \
+             FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[]) AS f(id, claim, result, keep) \
+             WHERE {held}"
+        ));
+        // What became of the jobs someone waits for (`JobHandle::outcome`): a row for each
+        // that exists, whatever its state; one missing is gone (expired, deleted) or was never
+        // committed.
+        let outcomes =
+            format!("SELECT id, state, result::text, last_error FROM {t} WHERE id = ANY($1)");
+        // A job's state as an operator names it (see `JobState`).
+        let status = format!(
+            "SELECT CASE WHEN state <> 'queued' THEN state \
+               WHEN {READY_AT} <= statement_timestamp() THEN 'ready' ELSE 'scheduled' END \
+             FROM {t} WHERE id = $1"
+        );
+        // Durable steps (migration 24): a step's output, its record (nothing when a run of the
+        // job recorded it first), and the records of jobs that will not run again, a bounded
+        // batch at a time.
+        let steps = table.qualified_derived("steps");
+        let step_output = format!("SELECT output::text FROM {steps} WHERE job = $1 AND name = $2");
+        let record_step = format!(
+            "INSERT INTO {steps} (job, name, output) VALUES ($1, $2, $3::json) \
+             ON CONFLICT DO NOTHING RETURNING true"
+        );
+        // The same, fenced by the run's claim ($4): only while the job is still running it,
+        // whose row stays locked until the record commits, so that no rescue, cancel or
+        // completion of another run passes it meanwhile. Says whether the claim held, and
+        // whether the record is this run's.
+        let record_claimed_step = format!(
+            "WITH held AS (SELECT id FROM {t} \
+               WHERE id = $1 AND claim_id = $4 AND COALESCE(state = 'running', false) FOR SHARE), \
+             recorded AS (INSERT INTO {steps} (job, name, output) \
+               SELECT id, $2, $3::json FROM held ON CONFLICT DO NOTHING RETURNING true) \
+             SELECT EXISTS (SELECT FROM held), EXISTS (SELECT FROM recorded)"
+        );
+        // A failed job keeps its records: an operator's retry of it skips the steps it
+        // completed.
+        let sweep_steps = format!(
+            "DELETE FROM {steps} AS s USING (SELECT o.job, o.name FROM {steps} AS o \
+               WHERE NOT EXISTS (SELECT FROM {t} AS j \
+                 WHERE j.id = o.job AND j.state IN ('queued', 'running', 'failed')) \
+               LIMIT $1 FOR UPDATE OF o SKIP LOCKED) AS ended \
+             WHERE s.job = ended.job AND s.name = ended.name"
+        );
+        // Finished jobs whose time ran out, oldest first, a bounded batch: the rows other
+        // sessions hold are left to the next round.
+        let expire = format!(
+            "WITH gone AS (SELECT id FROM {t} \
+               WHERE expires_at < statement_timestamp() AND state = 'done' \
+               ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+             DELETE FROM {t} AS j USING gone WHERE j.id = gone.id"
+        );
         // Failed attempts, many at a time: each with its error, and the delay before its next
         // attempt (NULL: it gave up). An `errors` history that other SQL left as something else
         // than a list still takes the entry (`||` wraps a scalar or an object).
@@ -695,6 +760,14 @@ impl Statements {
             complete_keep,
             complete_delete_by_row,
             complete_keep_by_row,
+            complete_returned,
+            outcomes,
+            status,
+            step_output,
+            record_step,
+            record_claimed_step,
+            sweep_steps,
+            expire,
             fail,
             snooze,
             cancel_running,

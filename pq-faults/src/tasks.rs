@@ -249,3 +249,30 @@ pub async fn limited(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::Result
     on_its_own(&ctx, record(&ctx, key, "end", None)).await?;
     Ok(())
 }
+
+/// The queue of the `steps` scenario's jobs.
+pub const STEPS_QUEUE: &str = "steps";
+
+/// Two durable steps, each of which notes with a statement of its own that its body ran
+/// (`ran first`, `ran second`), works, and records its effect (`first`, `second`) in the job's
+/// transaction, which the step commits with its record. A step whose effect committed never
+/// runs again: no `ran` note of it comes after its effect.
+#[pq::task(
+    queue = "steps",
+    name = "faults::stepped",
+    max_retries = 25,
+    retry_in = "0s"
+)]
+pub async fn stepped(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::Result<()> {
+    for (step, ran) in [("first", "ran first"), ("second", "ran second")] {
+        ctx.step(step, || async {
+            on_its_own(&ctx, record(&ctx, key, ran, None)).await?;
+            work(work_ms).await;
+            let mut tx = ctx.transaction().await?;
+            record(&ctx, key, step, None).execute(&mut *tx).await?;
+            anyhow::Ok(())
+        })
+        .await?;
+    }
+    Ok(())
+}

@@ -40,6 +40,8 @@ pub(crate) struct TaskArgs {
     /// A rate: jobs per period.
     pub(crate) rate: Option<(u32, Duration)>,
     pub(crate) burst: Option<u32>,
+    /// How long a job whose task returns a value keeps it.
+    pub(crate) keep_result: Option<Duration>,
     /// Where each argument was written, for errors that concern two of them.
     spans: Vec<(Key, Path)>,
 }
@@ -105,10 +107,11 @@ enum Key {
     OnFailure,
     Rate,
     Burst,
+    KeepResult,
 }
 
 impl Key {
-    const ALL: [Key; 22] = [
+    const ALL: [Key; 23] = [
         Key::Queue,
         Key::Name,
         Key::ScheduleAt,
@@ -131,6 +134,7 @@ impl Key {
         Key::OnFailure,
         Key::Rate,
         Key::Burst,
+        Key::KeepResult,
     ];
 
     fn as_str(self) -> &'static str {
@@ -157,6 +161,7 @@ impl Key {
             Key::OnFailure => "on_failure",
             Key::Rate => "rate",
             Key::Burst => "burst",
+            Key::KeepResult => "keep_result",
         }
     }
 
@@ -185,6 +190,7 @@ impl Key {
             Key::OnFailure => r#"on_failure = "skip""#,
             Key::Rate => r#"rate = "100/s""#,
             Key::Burst => "burst = 20",
+            Key::KeepResult => r#"keep_result = "7d""#,
         }
     }
 
@@ -278,6 +284,7 @@ impl TaskArgs {
             Key::OnFailure => self.on_failure = on_failure(value, errors),
             Key::Rate => self.rate = rate(value, errors),
             Key::Burst => self.burst = positive(key, value, errors),
+            Key::KeepResult => self.keep_result = nonzero(key, value, errors),
         }
     }
 
@@ -291,7 +298,12 @@ impl TaskArgs {
 
     /// Checks what depends on the function (the parameters `unique` names) or on two arguments
     /// at once. `parameters` are the task's arguments, those the worker supplies left out.
-    pub(crate) fn check(&self, parameters: &[&syn::Ident], errors: &mut Errors) {
+    pub(crate) fn check(
+        &self,
+        parameters: &[&syn::Ident],
+        returns_value: bool,
+        errors: &mut Errors,
+    ) {
         let listed: Vec<String> = parameters.iter().map(|p| format!("`{p}`")).collect();
         let lists = [
             (Key::Unique, &self.unique),
@@ -335,6 +347,12 @@ impl TaskArgs {
             errors.spanned(
                 path,
                 "`on_failure` says what a failed job does to its sequence: add `sequence = [..]`",
+            );
+        }
+        if let (Some(path), false) = (self.path(Key::KeepResult), returns_value) {
+            errors.spanned(
+                path,
+                "`keep_result` says how long a job keeps the value its task returns, and this task returns none: return `Result<T, E>` with a `T` other than `()`",
             );
         }
         if let (Some(path), None) = (self.path(Key::Burst), self.rate) {
@@ -807,7 +825,7 @@ mod tests {
                 "unknown argument `queues`; expected one of `queue`, `name`, `schedule_at`, \
               `expected_at`, `max_retries`, `retry_in`, `backoff`, `timeout`, `on_cancel`, \
               `unique`, `on_conflict`, `debounce`, `debounce_max`, `cron`, `timezone`, \
-              `on_missed`, `limit`, `limit_key`, `sequence`, `on_failure`, `rate`, `burst`"
+              `on_missed`, `limit`, `limit_key`, `sequence`, `on_failure`, `rate`, `burst`, `keep_result`"
             ]
         );
     }

@@ -11,7 +11,7 @@ use syn::{Attribute, ItemFn};
 
 use crate::args::{Backoff, OnCancel, OnConflict, OnFailure, OnMissed, TaskArgs};
 use crate::errors::Errors;
-use crate::signature::{Signature, Supplied};
+use crate::signature::{Output, Signature, Supplied};
 
 /// The whole macro: `args` are the attribute's arguments, `item` the function it is on.
 ///
@@ -35,7 +35,17 @@ pub(crate) fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     let signature = Signature::parse(&function.sig, &mut errors);
     let parameters: Vec<_> = signature.arguments.iter().map(|a| &a.name).collect();
-    args.check(&parameters, &mut errors);
+    match signature.output() {
+        // Refused already, by `Signature::parse`.
+        Output::Returned(syn::Type::ImplTrait(_)) => {}
+        Output::Returned(returned) => errors.spanned(
+            returned,
+            "a task returns `()`, `Result<(), E>` or `Result<T, E>` (or an alias with `T` first, such as `anyhow::Result<T>`), spelled out, so that whether its job keeps a result, and of which type, shows here",
+        ),
+        Output::Nothing | Output::Value(_) => {}
+    }
+    let returns_value = !matches!(signature.output(), Output::Nothing);
+    args.check(&parameters, returns_value, &mut errors);
     match errors.finish() {
         Ok(()) => expand(&args, &function, &signature),
         Err(error) => with_compile_error(error, item),
@@ -130,7 +140,22 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
         }
     };
     let options = options(args);
-    let execute = execute(task, signature);
+    // A task that returns a value answers a handle to wait for it, which its job keeps. Its
+    // type as the return type spells it, where it does: a return type the task cannot have is
+    // then reported once, where `execute` converts it.
+    let (output, enqueued) = match (signature.output(), &args.unique) {
+        (Output::Nothing, Some(_)) => (quote!(()), quote!(::pq::Enqueued)),
+        (Output::Nothing, None) => (quote!(()), quote!(::pq::JobId)),
+        (Output::Value(value), _) => (value.to_token_stream(), quote!(::pq::JobHandle<#value>)),
+        (Output::Returned(returned), _) => {
+            let output = quote_spanned! {returned.span()=>
+                <#returned as ::pq::__private::IntoTaskResult>::Output
+            };
+            let handle = quote_spanned!(returned.span()=> ::pq::JobHandle<#output>);
+            (output, handle)
+        }
+    };
+    let execute = execute(task, signature, &output);
     // A unique task's enqueue tells a new job from a waiting one; its key is the JSON of the
     // parameters `unique` names, in that order.
     let unique = args.unique.as_ref().map(|names| {
@@ -152,10 +177,12 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
                 }
             }
         });
-    let enqueued = match unique {
-        Some(_) => quote!(::pq::Enqueued),
-        None => quote!(::pq::JobId),
-    };
+    let unique_task = args.unique.as_ref().map(|_| {
+        quote! {
+            #(#cfg)*
+            impl ::pq::__private::UniqueTask for #task {}
+        }
+    });
     let location = quote_spanned! {sig.ident.span()=>
         ::core::concat!(::core::file!(), ":", ::core::line!())
     };
@@ -189,6 +216,7 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
             const NAME: &'static str = #name;
             const OPTIONS: ::pq::__private::TaskOptions = #options;
             type Enqueued = #enqueued;
+            type Output = #output;
             #execute
             #unique
             #flow_key
@@ -201,6 +229,8 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
         #vis fn #task(#(#names: #types),*) -> ::pq::TaskCall<#task> {
             ::pq::TaskCall::new(#task { #(#names),* })
         }
+
+        #unique_task
 
         #(#cfg)*
         ::pq::__private::inventory::submit! {
@@ -315,6 +345,9 @@ fn options(args: &TaskArgs) -> TokenStream {
     } else {
         default("flow")
     };
+    let keep_result = args
+        .keep_result
+        .map_or_else(|| default("keep_result"), duration);
     quote! {
         ::pq::__private::TaskOptions {
             queue: #queue,
@@ -326,6 +359,7 @@ fn options(args: &TaskArgs) -> TokenStream {
             timeout: #timeout,
             on_cancel: #on_cancel,
             unique: #unique,
+            keep_result: #keep_result,
             cron: #cron,
             flow: #flow,
         }
@@ -339,7 +373,7 @@ fn duration(duration: Duration) -> TokenStream {
 
 /// `Task::execute`: unpacks the stored arguments and runs the body, on a blocking thread for a
 /// plain function.
-fn execute(task: &syn::Ident, signature: &Signature) -> TokenStream {
+fn execute(task: &syn::Ident, signature: &Signature, output: &TokenStream) -> TokenStream {
     // Hygienic, so that an argument named `ctx` does not shadow it.
     let ctx = syn::Ident::new("ctx", Span::mixed_site());
     let names: Vec<_> = signature.arguments.iter().map(|a| &a.name).collect();
@@ -349,29 +383,44 @@ fn execute(task: &syn::Ident, signature: &Signature) -> TokenStream {
         Some(Supplied::JobId) => (quote!(#ctx), Some(quote!(#ctx.job_id(),))),
     };
     let call = quote!(#task::run(#ctx_arg #(#names),*));
-    // `<R as IntoTaskResult>` carries the return type's tokens, so that an unsupported one is
-    // reported there.
+    // The conversion is spanned on the return type, so that one it cannot have is reported
+    // there: `<R as IntoTaskResult>` carries its tokens, and the `let` the value's type.
+    let span = signature
+        .output
+        .as_ref()
+        .map_or_else(Span::call_site, |output| output.span());
     let into_task_result = match &signature.output {
-        Some(output) => quote_spanned! {output.span()=>
-            <#output as ::pq::__private::IntoTaskResult>::into_task_result
+        Some(returned) => quote_spanned! {span=>
+            <#returned as ::pq::__private::IntoTaskResult>::into_task_result
         },
         None => quote!(::pq::__private::IntoTaskResult::into_task_result),
     };
+    let converted = |value: TokenStream| {
+        quote_spanned! {span=>
+            let result: ::core::result::Result<#output, ::pq::__private::TaskError> = #value;
+            result
+        }
+    };
     let run = if let Some(asyncness) = &signature.asyncness {
+        let converted = converted(quote_spanned!(span=> #into_task_result(#call.await)));
         // Spanned on the function's `async`, where a body that is not `Send` is reported.
         quote_spanned! {asyncness.span=>
-            ::std::boxed::Box::pin(async move { #into_task_result(#call.await) })
+            ::std::boxed::Box::pin(async move { #converted })
         }
     } else {
-        quote! {
-            ::std::boxed::Box::pin(::pq::__private::run_blocking(move || #into_task_result(#call)))
-        }
+        let converted = converted(quote_spanned! {span=>
+            ::pq::__private::run_blocking(move || #into_task_result(#call)).await
+        });
+        quote!(::std::boxed::Box::pin(async move { #converted }))
     };
     quote! {
         fn execute(
             self,
             #ctx_param: ::pq::TaskContext,
-        ) -> ::pq::__private::BoxFuture<'static, ::pq::__private::TaskResult> {
+        ) -> ::pq::__private::BoxFuture<
+            'static,
+            ::core::result::Result<#output, ::pq::__private::TaskError>,
+        > {
             let #task { #(#names),* } = self;
             #run
         }

@@ -47,6 +47,7 @@ use proc_macro::TokenStream;
 /// | `cron` | a recurring task's schedule, five fields (minute hour day-of-month month day-of-week) or six (seconds first), `"0 3 * * *"`, checked at compile time (see [Recurring tasks](#recurring-tasks)) | none |
 /// | `timezone` | the IANA time zone its `cron` is read in, `"Europe/Berlin"`, checked at compile time | `"UTC"` |
 /// | `on_missed` | what fire times missed while no worker ran come to: `"coalesce"` (one run, told how many it stands for), `"catch_up"` (a run each, the latest 100 at most) or `"skip"` (none; only a fire time found within a minute runs) | `"coalesce"` |
+/// | `keep_result` | for a task returning `Result<T, E>`, how long its job is kept `done` with what the run returned, `"7d"` | `"1d"` |
 ///
 /// Durations are strings in the format of the [`humantime`](https://docs.rs/humantime) crate,
 /// which pq also uses to parse durations at run time: numbers with units, such as `"90s"`,
@@ -64,7 +65,10 @@ use proc_macro::TokenStream;
 ///   'static` (`String`, not `&str`).
 /// - **Return type.** Nothing, or `Result<(), E>` for any `E: Display` (`anyhow::Result<()>`,
 ///   your own error type...). An `Err` fails the attempt, and the job is retried if it has
-///   retries left.
+///   retries left. `Result<T, E>` with a `T: Serialize` other than `()` (`anyhow::Result<T>`)
+///   makes the job keep what a run returns, for `keep_result` (a day by default): enqueueing a
+///   call then answers a `pq::JobHandle<T>`, which waits for it. The type is spelled out, so
+///   that which it is shows in the signature: an alias without parameters is refused.
 /// - **`async fn` or `fn`.** An `async fn` runs on the worker's runtime; a plain `fn` runs on
 ///   tokio's blocking thread pool, so it may block.
 /// - **Not supported**, each a compile error at the offending token: generic or lifetime
@@ -201,8 +205,11 @@ use proc_macro::TokenStream;
 ///         backoff: pq::TaskOptions::DEFAULT.backoff,
 ///         timeout: pq::TaskOptions::DEFAULT.timeout,
 ///         on_cancel: pq::TaskOptions::DEFAULT.on_cancel,
+///         // ...
 ///     };
-///     fn execute(self, ctx: pq::TaskContext) -> pq::BoxFuture<'static, pq::TaskResult> {
+///     type Enqueued = pq::JobId; // a `pq::JobHandle<T>` for a task returning `Result<T, E>`
+///     type Output = ();
+///     fn execute(self, ctx: pq::TaskContext) -> pq::BoxFuture<'static, Result<(), pq::TaskError>> {
 ///         let eat { kind, count } = self;
 ///         // A plain `fn` is run by `run_blocking(move || ...)` instead.
 ///         Box::pin(async move { eat::run(ctx, kind, count).await.into_task_result() })

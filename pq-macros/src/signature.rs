@@ -54,6 +54,16 @@ impl Supplied {
     }
 }
 
+/// What a task's run returns when it succeeds (see [`Signature::output`]).
+pub(crate) enum Output<'a> {
+    /// Nothing: its job keeps no result.
+    Nothing,
+    /// This type, spelled in the return type.
+    Value(&'a Type),
+    /// What this return type's `IntoTaskResult` says.
+    Returned(&'a Type),
+}
+
 /// One stored argument: a field of the task's struct and a key of the job's JSON object.
 pub(crate) struct Argument {
     pub(crate) name: Ident,
@@ -107,7 +117,7 @@ impl Signature {
                 if let Type::ImplTrait(_) = **ty {
                     errors.spanned(
                         ty,
-                        "a task cannot return `impl Trait`; return `()` or `Result<(), E>` where `E: Display`",
+                        "a task cannot return `impl Trait`; return `()` or `Result<T, E>` where `E: Display`",
                     );
                 }
                 Some((**ty).clone())
@@ -119,6 +129,37 @@ impl Signature {
             arguments,
             output,
             asyncness: signature.asyncness,
+        }
+    }
+
+    /// What a successful run returns, as the return type spells it: nothing for none, `()`,
+    /// `Result<(), E>` and `TaskResult`; the `T` of `Result<T, E>` (or of an alias with `T` first,
+    /// `anyhow::Result<T>`); for any other type (an alias without parameters, a bare type),
+    /// which the macro refuses, the type itself.
+    pub(crate) fn output(&self) -> Output<'_> {
+        let is_unit = |ty: &Type| matches!(ty, Type::Tuple(tuple) if tuple.elems.is_empty());
+        let Some(ty) = &self.output else {
+            return Output::Nothing;
+        };
+        if is_unit(ty) {
+            return Output::Nothing;
+        }
+        let Type::Path(path) = ty else {
+            return Output::Returned(ty);
+        };
+        match path.path.segments.last() {
+            Some(last) if last.ident == "TaskResult" && last.arguments.is_empty() => {
+                Output::Nothing
+            }
+            Some(syn::PathSegment {
+                arguments: syn::PathArguments::AngleBracketed(args),
+                ..
+            }) => match args.args.first() {
+                Some(syn::GenericArgument::Type(value)) if is_unit(value) => Output::Nothing,
+                Some(syn::GenericArgument::Type(value)) => Output::Value(value),
+                _ => Output::Returned(ty),
+            },
+            _ => Output::Returned(ty),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use foldhash::HashSet;
-use pq_core::protocol::{Claim, Failed, Failure};
+use pq_core::protocol::{Claim, Failed, Failure, Returned};
 use pq_core::Pq;
 
 use crate::cancel::Cancels;
@@ -16,6 +16,10 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 
 /// At most this many outcomes are recorded per round.
 const BATCH: usize = 1000;
+
+/// At most this many bytes of results go in one statement: a round of large ones takes
+/// several, each well within what PostgreSQL takes as one parameter.
+const RESULTS_BYTES: usize = 32 << 20;
 
 /// The claims a worker holds and has not recorded an outcome for: released at shutdown if
 /// never recorded. Each job is added and removed once, so the set hashes with foldhash, seeded
@@ -31,6 +35,8 @@ pub(crate) fn lock(in_flight: &InFlight) -> std::sync::MutexGuard<'_, HashSet<Cl
 pub(crate) enum Outcome {
     /// The body returned `Ok`: complete the job (batched with others).
     Succeeded(Claim),
+    /// The body returned a value its job keeps: complete the job with it (batched too).
+    Returned(Returned),
     /// Completed in the handler's own transaction, committed.
     Committed(Claim),
     /// Nothing to record: its claim was lost, and another worker runs the job.
@@ -49,6 +55,7 @@ impl Outcome {
             | Outcome::Committed(claim)
             | Outcome::Recorded(claim)
             | Outcome::Release(claim) => *claim,
+            Outcome::Returned(returned) => returned.claim,
             Outcome::Failed(failed) => failed.claim,
         }
     }
@@ -123,7 +130,7 @@ impl Completer {
     pub async fn run(self, mut outcomes: mpsc::UnboundedReceiver<Recording>) {
         let mut batch = Vec::with_capacity(BATCH);
         while outcomes.recv_many(&mut batch, BATCH).await > 0 {
-            let unsettled = self.record(&batch).await;
+            let unsettled = self.record(&mut batch).await;
             {
                 let mut in_flight = lock(&self.in_flight);
                 for recording in &batch {
@@ -150,15 +157,26 @@ impl Completer {
     /// Records a batch; returns the claims it could not settle (record, or find lost): their
     /// statement failed for good, and they stay in flight, to be released when the worker
     /// stops. Nearly always none, so nothing is hashed for the others.
-    async fn record(&self, batch: &[Recording]) -> HashSet<Claim> {
+    async fn record(&self, batch: &mut [Recording]) -> HashSet<Claim> {
         let mut unsettled = HashSet::default();
         let mut succeeded = Vec::new();
+        let mut returned = Vec::new();
         let mut failed = Vec::new();
         let mut released = Vec::new();
         let mut committed = 0;
-        for recording in batch {
+        for recording in batch.iter_mut() {
+            // A result is moved out, not copied: the outcome keeps its claim.
+            if let Outcome::Returned(run) = &mut recording.outcome {
+                returned.push(Returned {
+                    claim: run.claim,
+                    result: std::mem::take(&mut run.result),
+                    keep: run.keep,
+                });
+                continue;
+            }
             match &recording.outcome {
                 Outcome::Succeeded(claim) => succeeded.push(*claim),
+                Outcome::Returned(_) => {}
                 Outcome::Committed(_) => committed += 1,
                 Outcome::Recorded(_) => {}
                 Outcome::Failed(failure) => failed.push(failure.clone()),
@@ -187,6 +205,37 @@ impl Completer {
                     self.report().succeeded(completed.len());
                 }
                 None => unsettled.extend(succeeded),
+            }
+        }
+        // In statements of at most `RESULTS_BYTES` of results each (one result may be more).
+        let mut rest = returned.as_slice();
+        while !rest.is_empty() {
+            let mut bytes = 0;
+            let size = rest
+                .iter()
+                .take_while(|run| {
+                    bytes += run.result.len();
+                    bytes <= RESULTS_BYTES
+                })
+                .count()
+                .max(1);
+            let (statement, next) = rest.split_at(size);
+            rest = next;
+            match retrying("complete jobs with their results", || {
+                self.pq.complete_results(statement)
+            })
+            .await
+            {
+                Some(completed) => {
+                    if completed.len() < statement.len() {
+                        tracing::warn!(
+                            lost = statement.len() - completed.len(),
+                            "pq: some jobs finished after their worker was declared lost; another worker runs them again"
+                        );
+                    }
+                    self.report().succeeded(completed.len());
+                }
+                None => unsettled.extend(statement.iter().map(|run| run.claim)),
             }
         }
         self.report().succeeded(committed);

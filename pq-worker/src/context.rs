@@ -1,10 +1,13 @@
 //! [`TaskContext`]: what a running task knows about its job, and the job's own transaction.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use pq_core::{Job, JobId, Pq};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use sqlx::{PgConnection, Postgres};
 
 use crate::cancel::Cancels;
@@ -36,11 +39,15 @@ pub struct TaskContext {
     /// for each job that may run at once.
     transactions: Pq,
     job_id: JobId,
+    /// The run's claim number, which fences its step records; none outside a worker.
+    claim: Option<i64>,
     queue: Arc<str>,
     task: Cow<'static, str>,
     attempt: u32,
     enqueued_at: DateTime<Utc>,
     transaction: JobTransaction,
+    /// Held by the step that runs: steps of one job run one at a time (see [`TaskContext::step`]).
+    step: Arc<Mutex<()>>,
     /// Where a request to cancel the job arrives; none outside a worker.
     cancels: Option<Arc<Cancels>>,
     /// The job's meta (see [`pq_core::NewJob::meta`]): a recurring job's fire time.
@@ -55,11 +62,13 @@ impl TaskContext {
             transactions: pq.clone(),
             pq,
             job_id,
+            claim: None,
             queue: queue.into(),
             task: Cow::Owned(task.to_owned()),
             attempt: 1,
             enqueued_at: Utc::now(),
             transaction: JobTransaction::default(),
+            step: Arc::default(),
             cancels: None,
             meta: None,
         }
@@ -89,11 +98,13 @@ impl TaskContext {
             pq: resources.pq.clone(),
             transactions: resources.own.clone(),
             job_id: job.id(),
+            claim: job.claim().map(|claim| claim.number),
             queue,
             task: Cow::Borrowed(task),
             attempt: job.attempts(),
             enqueued_at: job.enqueued_at(),
             transaction: JobTransaction::default(),
+            step: Arc::default(),
             cancels: Some(Arc::clone(&resources.cancels)),
             meta: job.meta().map(Arc::from),
         }
@@ -199,6 +210,8 @@ impl TaskContext {
     /// The job's own database transaction, begun on first call. The worker commits it together
     /// with the job's completion, so the handler's writes in it happen exactly once: they are
     /// rolled back if the handler fails, panics, or its worker dies or loses the job's lease.
+    /// A durable [`step`](Self::step) commits it earlier, with the step's record, fenced the
+    /// same way; the next call begins another.
     ///
     /// ```no_run
     /// #[pq::task(max_retries = 5)]
@@ -219,6 +232,134 @@ impl TaskContext {
         Ok(MutexGuard::map(slot, |tx| {
             &mut **tx.as_mut().expect("the transaction was just begun")
         }))
+    }
+
+    /// Runs step `name` of the job once: a later run of the job (a retry, a run after its
+    /// worker was lost) returns what the step returned the first time it completed, without
+    /// running `body` again. Steps are known by name, not by position, so reordering them
+    /// between deploys never hands one another's output; a name must be unique within the job.
+    ///
+    /// What the step returned is recorded as it completes: in the job's transaction when the
+    /// handler has one open (see [`transaction`](Self::transaction)), which is then committed
+    /// with the record, so the step's writes there happen exactly once, even when a later step
+    /// fails; else at once, alone. A step that fails records nothing and runs again on the next
+    /// run. A body whose effect lies outside the database (a payment, a mail) may still run
+    /// twice, should its worker die between the effect and the record. A run that lost its
+    /// job meanwhile (its lease ran out and another worker took it, or it was cancelled)
+    /// records nothing and gets [`pq_core::Error::StepLost`], its writes rolled back. Steps of
+    /// one job run one at a time: a step begun while another runs (side by side, or one inside
+    /// another) fails at once with [`pq_core::Error::StepsOverlap`]. Records are
+    /// deleted once the job is done or cancelled; a job that failed for good keeps them, so
+    /// that an operator's retry skips the steps it completed.
+    ///
+    /// ```no_run
+    /// # struct Gateway; impl Gateway { async fn charge(&self, _: i64) -> anyhow::Result<String> { Ok(String::new()) } }
+    /// # static GATEWAY: Gateway = Gateway;
+    /// # async fn mail(_: &str) -> anyhow::Result<()> { Ok(()) }
+    /// #[pq::task(max_retries = 5)]
+    /// async fn checkout(ctx: pq::TaskContext, order: i64) -> anyhow::Result<()> {
+    ///     let receipt = ctx.step("charge", || GATEWAY.charge(order)).await?; // once
+    ///     ctx.step("ship", || async {
+    ///         let mut tx = ctx.transaction().await?;
+    ///         sqlx::query("UPDATE orders SET shipped = true WHERE id = $1")
+    ///             .bind(order)
+    ///             .execute(&mut *tx)
+    ///             .await?;
+    ///         anyhow::Ok(())
+    ///     })
+    ///     .await?; // its write and its record commit together
+    ///     ctx.step("mail", || mail(&receipt)).await?; // a retry of this step skips the others
+    ///     Ok(())
+    /// }
+    /// ```
+    pub async fn step<T, E, F, Fut>(&self, name: &str, body: F) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned,
+        E: From<pq_core::Error>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        // Two steps side by side would share the job's transaction, and the first to finish
+        // would commit the other's writes unrecorded.
+        let _one = self
+            .step
+            .try_lock()
+            .map_err(|_| pq_core::Error::StepsOverlap {
+                name: name.to_owned(),
+            })?;
+        if let Some(output) = self.recorded(name).await? {
+            return Ok(self.decode_step(name, &output)?);
+        }
+        let value = body().await?;
+        let output = serde_json::to_string(&value).map_err(pq_core::Error::Encode)?;
+        let open = self.slot(name)?.take();
+        let recorded = match open {
+            // Dropped, rolled back, on an error: a lost run's writes must not stay.
+            Some(mut tx) => {
+                let recorded = self
+                    .transactions
+                    .record_step(Some(&mut *tx), self.job_id, self.claim, name, &output)
+                    .await?;
+                if recorded {
+                    tx.commit().await.map_err(pq_core::Error::from)?;
+                }
+                // Else dropped, rolled back: the run that recorded the step first made its
+                // writes, and these must not be made twice.
+                recorded
+            }
+            None => {
+                self.transactions
+                    .record_step(None, self.job_id, self.claim, name, &output)
+                    .await?
+            }
+        };
+        // Every run returns the step's output as recorded, the first as the later ones.
+        let output = match recorded {
+            true => output,
+            false => self
+                .recorded(name)
+                .await?
+                .ok_or_else(|| pq_core::Error::StepLost {
+                    id: self.job_id,
+                    name: name.to_owned(),
+                })?,
+        };
+        Ok(self.decode_step(name, &output)?)
+    }
+
+    /// What step `name` of the job returned, if a run recorded it: read in the job's
+    /// transaction when one is open.
+    async fn recorded(&self, name: &str) -> Result<Option<String>, pq_core::Error> {
+        let mut slot = self.slot(name)?;
+        let transaction = slot.as_mut().map(|tx| &mut **tx);
+        self.transactions
+            .step_output(transaction, self.job_id, name)
+            .await
+    }
+
+    /// The job's transaction slot, which a step uses: refused while the handler holds the
+    /// transaction, which would wait for the step, and the step for it, for ever.
+    fn slot(
+        &self,
+        name: &str,
+    ) -> Result<MutexGuard<'_, Option<sqlx::Transaction<'static, Postgres>>>, pq_core::Error> {
+        self.transaction
+            .try_lock()
+            .map_err(|_| pq_core::Error::StepInTransaction {
+                name: name.to_owned(),
+            })
+    }
+
+    fn decode_step<T: DeserializeOwned>(
+        &self,
+        name: &str,
+        output: &str,
+    ) -> Result<T, pq_core::Error> {
+        serde_json::from_str(output).map_err(|error| pq_core::Error::DecodeStep {
+            id: self.job_id,
+            name: name.to_owned(),
+            error,
+        })
     }
 
     /// Takes the handler's transaction, if it asked for one.

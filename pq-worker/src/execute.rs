@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use pq_core::protocol::{Claim, Failed, Failure};
+use pq_core::protocol::{Claim, Failed, Failure, Returned};
 use pq_core::{Job, Pq};
 use tracing::instrument::{Instrument, Instrumented};
 
@@ -17,7 +17,7 @@ use crate::context::TaskContext;
 use crate::metrics::{self, TaskMetrics};
 use crate::registry::TaskDefinition;
 use crate::retry::retry_delay;
-use crate::task::{BoxFuture, OnCancel, TaskError, TaskOptions, TaskResult, Then};
+use crate::task::{BoxFuture, OnCancel, RunResult, TaskError, TaskOptions, Then};
 
 /// What the worker lends a job's run: the application's handle, and the worker's own pool for
 /// the job's transaction.
@@ -116,7 +116,7 @@ fn metric(outcome: &Outcome) -> metrics::Outcome {
 
 /// A job whose body has been called: what deciding its outcome needs.
 struct Running {
-    body: BoxFuture<'static, TaskResult>,
+    body: BoxFuture<'static, RunResult>,
     /// When the run is stopped, and its limit.
     deadline: Option<(tokio::time::Instant, Duration)>,
     ctx: TaskContext,
@@ -172,7 +172,7 @@ impl Running {
         // without looking ends as it would have.
         let cancelled = match &result {
             None => true,
-            Some(Ok(Ok(()))) => cancels.told(claim.id),
+            Some(Ok(Ok(_))) => cancels.told(claim.id),
             Some(_) => cancels.asked(claim.id),
         };
         let Some(result) = result.filter(|_| !cancelled) else {
@@ -195,23 +195,37 @@ impl Running {
             ))),
         };
         let outcome = match result {
-            Ok(()) => match self.ctx.take_transaction().await {
-                None => {
-                    tracing::debug!(elapsed = ?self.started.elapsed(), "pq: job succeeded");
-                    Outcome::Succeeded(claim)
+            Ok(result) => {
+                // A job that returned a value keeps it: for good where the worker keeps
+                // completed jobs, else for its task's time.
+                let returned = result.map(|result| Returned {
+                    claim,
+                    result,
+                    keep: (!self.resources.keep_completed).then_some(self.options.keep_result),
+                });
+                match self.ctx.take_transaction().await {
+                    None => {
+                        tracing::debug!(elapsed = ?self.started.elapsed(), "pq: job succeeded");
+                        match returned {
+                            None => Outcome::Succeeded(claim),
+                            Some(returned) => Outcome::Returned(returned),
+                        }
+                    }
+                    // Boxed: its statements make a large future, and every job's task would
+                    // carry it.
+                    Some(tx) => {
+                        Box::pin(commit_with_completion(
+                            &self.resources.own,
+                            tx,
+                            claim,
+                            returned,
+                            self.resources.keep_completed,
+                            |error| then(error, Then::Policy),
+                        ))
+                        .await
+                    }
                 }
-                // Boxed: its statements make a large future, and every job's task would carry it.
-                Some(tx) => {
-                    Box::pin(commit_with_completion(
-                        &self.resources.own,
-                        tx,
-                        claim,
-                        self.resources.keep_completed,
-                        |error| then(error, Then::Policy),
-                    ))
-                    .await
-                }
-            },
+            }
             Err(error) => {
                 // The handler's own writes, if any, are rolled back with its transaction.
                 drop(self.ctx.take_transaction().await);
@@ -228,9 +242,9 @@ impl Running {
 
 /// Runs `body`, catching its panic, until its `deadline` (and its limit) if it has one.
 async fn within(
-    body: BoxFuture<'static, TaskResult>,
+    body: BoxFuture<'static, RunResult>,
     deadline: Option<(tokio::time::Instant, Duration)>,
-) -> std::thread::Result<TaskResult> {
+) -> std::thread::Result<RunResult> {
     let body = AssertUnwindSafe(body).catch_unwind();
     match deadline {
         None => body.await,
@@ -256,10 +270,14 @@ async fn commit_with_completion(
     pq: &Pq,
     mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
     claim: Claim,
+    returned: Option<Returned>,
     keep_completed: bool,
     then: impl FnOnce(&str) -> Failure,
 ) -> Outcome {
-    let completed = pq.complete(&mut *tx, &[claim], keep_completed).await;
+    let completed = match returned {
+        None => pq.complete(&mut *tx, &[claim], keep_completed).await,
+        Some(returned) => pq.complete_returned(&mut *tx, &[returned]).await,
+    };
     let committed = match completed {
         Ok(ids) if ids.contains(&claim.id) => tx.commit().await.map_err(pq_core::Error::from),
         Ok(_) => {

@@ -1,6 +1,7 @@
 //! Keeps a worker's registration alive, one statement every third of its lease whatever it
 //! runs, hearing of the requests to cancel its jobs as it does, rescues the jobs of workers
-//! whose heartbeat ran out, and warns of jobs in its queues that no live worker can run.
+//! whose heartbeat ran out, deletes the finished jobs whose results expired and the step records
+//! of ended jobs (a task of its own), and warns of jobs in its queues that no live worker can run.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,53 @@ pub(crate) async fn keep_alive(
                 Ok(rescued) => tracing::warn!(rescued, "pq: rescued jobs whose worker was lost"),
                 Err(error) => tracing::error!(%error, "pq: cannot rescue the jobs of lost workers"),
             },
+        }
+    }
+}
+
+/// How long one round of [`maintain`] deletes for, at most, batch after batch.
+const MAINTENANCE_ROUND: Duration = Duration::from_secs(5);
+
+/// Deletes, every `every` until dropped, the finished jobs whose results expired and the step
+/// records of ended jobs, a batch of 1,000 after another until none is left or the round's
+/// time is up. A task of its own, so that a long round never holds back a heartbeat; every
+/// worker runs it, their batches skipping the rows another holds.
+pub(crate) async fn maintain(pq: Pq, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let round = tokio::time::Instant::now() + MAINTENANCE_ROUND;
+        let expired = batches(round, || pq.expire(RESCUE_BATCH)).await;
+        let swept = batches(round, || pq.sweep_steps(RESCUE_BATCH)).await;
+        match (expired, swept) {
+            (Ok(expired), Ok(swept)) if expired + swept > 0 => {
+                tracing::debug!(
+                    expired,
+                    swept,
+                    "pq: deleted expired jobs and ended jobs' step records"
+                );
+            }
+            (Ok(_), Ok(_)) => {}
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!(%error, "pq: cannot delete expired jobs or ended jobs' step records");
+            }
+        }
+    }
+}
+
+/// Runs `batch` until it deletes less than a whole batch, or `until`; returns how many rows.
+async fn batches<F, Fut>(until: tokio::time::Instant, mut batch: F) -> pq_core::Result<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = pq_core::Result<u64>>,
+{
+    let mut total = 0;
+    loop {
+        let deleted = batch().await?;
+        total += deleted;
+        if deleted < u64::from(RESCUE_BATCH) || tokio::time::Instant::now() >= until {
+            return Ok(total);
         }
     }
 }

@@ -26,11 +26,11 @@ pub mod testing;
 pub use batch::TaskBatch;
 pub use context::TaskContext;
 pub use cron::{Cron, OnMissed, Schedule, ScheduleError, MAX_CATCH_UP, ON_TIME};
-pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition};
+pub use registry::{DuplicateTask, Handler, Registry, TaskDefinition, MAX_RESULT};
 pub use report::{Report, RunError, MAX_ERRORS};
 pub use task::{
-    Backoff, BoxFuture, FromEnqueued, IntoTaskResult, OnCancel, Task, TaskCall, TaskError,
-    TaskOptions, TaskResult,
+    Backoff, BoxFuture, FromEnqueued, IntoTaskResult, OnCancel, RunResult, Task, TaskCall,
+    TaskError, TaskOptions, TaskResult, UniqueTask,
 };
 #[cfg(feature = "otel")]
 pub use trace::PARENT_WITHIN;

@@ -3,7 +3,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::task::{IntoTaskResult, TaskError, TaskResult};
+use crate::task::{IntoTaskResult, TaskError};
 
 /// A task argument is stored as JSON in the job, so it must round-trip through serde and move
 /// to the worker's thread.
@@ -20,7 +20,7 @@ impl<T: Serialize + DeserializeOwned + Send + 'static> TaskArgument for T {}
 pub const fn assert_argument<T: TaskArgument>() {}
 
 /// Runs a plain (non-async) task body on tokio's blocking thread pool.
-pub async fn run_blocking<R, F>(body: F) -> TaskResult
+pub async fn run_blocking<R, F>(body: F) -> Result<R::Output, TaskError>
 where
     F: FnOnce() -> R + Send + 'static,
     R: IntoTaskResult + Send + 'static,

@@ -3,10 +3,14 @@
 use foldhash::HashMap;
 
 use crate::context::TaskContext;
-use crate::task::{BoxFuture, Task, TaskError, TaskOptions, TaskResult};
+use crate::task::{BoxFuture, FromEnqueued, RunResult, Task, TaskError, TaskOptions};
+
+/// The largest result a job keeps, as JSON: 16 MiB. A larger one fails its run for good, rather
+/// than the statement that completes a whole batch of jobs.
+pub const MAX_RESULT: usize = 16 << 20;
 
 /// Decodes a job's JSON arguments and runs the task's body.
-pub type Handler = fn(TaskContext, &str) -> Result<BoxFuture<'static, TaskResult>, TaskError>;
+pub type Handler = fn(TaskContext, &str) -> Result<BoxFuture<'static, RunResult>, TaskError>;
 
 /// One task as registered at link time by `#[pq::task]`.
 #[derive(Debug, Clone, Copy)]
@@ -67,8 +71,30 @@ fn decode<T: Task>(args: &str) -> Result<T, TaskError> {
 fn handle<T: Task>(
     ctx: TaskContext,
     args: &str,
-) -> Result<BoxFuture<'static, TaskResult>, TaskError> {
-    Ok(decode::<T>(args)?.execute(ctx))
+) -> Result<BoxFuture<'static, RunResult>, TaskError> {
+    Ok(decode::<T>(args)?.execute_job(ctx))
+}
+
+/// What a job of task `T` keeps of a run's `result`: its output as JSON, where the task
+/// answers its enqueue with a handle to wait for it; nothing for other tasks.
+pub(crate) fn kept<T: Task>(result: Result<T::Output, TaskError>) -> RunResult {
+    let output = result?;
+    if !T::Enqueued::KEEPS_RESULT {
+        return Ok(None);
+    }
+    match serde_json::to_string(&output) {
+        Ok(json) if json.len() > MAX_RESULT => Err(TaskError::permanent(format!(
+            "the result of task `{}` is {} bytes, more than the {MAX_RESULT} a job keeps: store it elsewhere and return where",
+            T::NAME,
+            json.len()
+        ))),
+        Ok(json) => Ok(Some(json)),
+        // Encoding fails the same way every time: no retry can help.
+        Err(error) => Err(TaskError::permanent(format!(
+            "cannot encode the result of task `{}` as JSON: {error}",
+            T::NAME
+        ))),
+    }
 }
 
 fn check_arguments<T: Task>(args: &str) -> Result<(), TaskError> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use futures_util::{FutureExt, TryFutureExt};
-use pq_core::{Enqueue, Enqueued, IntoWhen, JobId, NewJob, OnConflict, When};
+use pq_core::{Enqueue, Enqueued, IntoWhen, JobHandle, JobId, NewJob, OnConflict, When};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tracing::Instrument;
@@ -21,6 +21,10 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What running a task once yields: `Ok(())`, or the error that makes the attempt a failure.
 pub type TaskResult = Result<(), TaskError>;
+
+/// What running a job once yields, as the worker records it: the run's result as JSON text
+/// when its job keeps one ([`FromEnqueued::KEEPS_RESULT`]), or its error.
+pub type RunResult = Result<Option<String>, TaskError>;
 
 /// Why one attempt of a task failed, as recorded on the job, and what should follow: by
 /// default the task's retry policy decides; [`permanent`](TaskError::permanent),
@@ -136,8 +140,17 @@ impl TaskError {
                 any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
                     .and_then(|e| e.downcast_ref::<TaskError>())
             });
+        let pq_error = || {
+            any.downcast_ref::<pq_core::Error>().or_else(|| {
+                any.downcast_ref::<anyhow::Error>()
+                    .and_then(|e| e.downcast_ref::<pq_core::Error>())
+            })
+        };
         Self {
-            then: inner.map_or(Then::Policy, |inner| inner.then),
+            then: inner.map_or_else(
+                || pq_error().map_or(Then::Policy, then_of),
+                |inner| inner.then,
+            ),
             // `{:#}` gives anyhow's whole chain of causes on one line; other types ignore the flag.
             message: format!("{error:#}"),
         }
@@ -150,6 +163,30 @@ fn delay_of(delay: impl IntoWhen) -> Result<Duration, String> {
         Ok(When::In(delay)) => Ok(delay),
         Ok(When::At(at)) => Ok((at - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO)),
         Err(error) => Err(error.to_string()),
+    }
+}
+
+/// A database error in a handler (a durable step's record, say): a failure the task's retry
+/// policy handles, as any other.
+impl From<pq_core::Error> for TaskError {
+    fn from(error: pq_core::Error) -> Self {
+        Self {
+            then: then_of(&error),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// What a pq error met by a handler asks for: a mistake in the handler's code (a step taken
+/// while holding the transaction, a step's output that cannot be encoded or no longer
+/// decodes) fails the job for good, as every retry would; anything else is the policy's.
+fn then_of(error: &pq_core::Error) -> Then {
+    match error {
+        pq_core::Error::StepInTransaction { .. }
+        | pq_core::Error::StepsOverlap { .. }
+        | pq_core::Error::DecodeStep { .. }
+        | pq_core::Error::Encode(_) => Then::GiveUp,
+        _ => Then::Policy,
     }
 }
 
@@ -194,6 +231,9 @@ pub struct TaskOptions {
     /// For a unique task (`#[pq::task(unique = [..])]`), what a call does when a job with its
     /// key is waiting already (see [`NewJob::unique_key`]); `None` for other tasks.
     pub unique: Option<OnConflict>,
+    /// How long a job whose task returns a value is kept `done` with its result (default a
+    /// day; see [`JobHandle`]). A worker that keeps completed jobs keeps these for good.
+    pub keep_result: Duration,
     /// For a recurring task (`#[pq::task(cron = "..")]`), its schedule; `None` for others.
     pub cron: Option<crate::cron::Cron>,
     /// Its flow policy (`limit`, `limit_key`, `sequence`, `rate`, `burst`), enforced by the
@@ -223,6 +263,7 @@ impl TaskOptions {
         timeout: None,
         on_cancel: OnCancel::Cooperate,
         unique: None,
+        keep_result: Duration::from_secs(24 * 3600),
         cron: None,
         flow: None,
     };
@@ -247,12 +288,29 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     /// The task's defaults from its attribute.
     const OPTIONS: TaskOptions;
 
-    /// What [`TaskCall::enqueue`] answers: a [`JobId`], or for a unique task an [`Enqueued`],
-    /// which tells a new job from the one that was waiting with the same key.
+    /// What [`TaskCall::enqueue`] answers: a [`JobHandle`] for a task that returns a value
+    /// (its job keeps it as its result), else a [`JobId`], or for a unique task an
+    /// [`Enqueued`], which tells a new job from the one that was waiting with the same key.
     type Enqueued: FromEnqueued;
 
+    /// What a successful run returns: stored as the job's result when [`Enqueued`] is a
+    /// [`JobHandle`], which waits for it.
+    ///
+    /// [`Enqueued`]: Task::Enqueued
+    type Output: Serialize + Send + 'static;
+
     /// Runs the task's body with these arguments.
-    fn execute(self, ctx: TaskContext) -> BoxFuture<'static, TaskResult>;
+    fn execute(self, ctx: TaskContext) -> BoxFuture<'static, Result<Self::Output, TaskError>>;
+
+    /// Runs the task's body as a worker does: its result as its job keeps it (see
+    /// [`RunResult`]).
+    fn execute_job(self, ctx: TaskContext) -> BoxFuture<'static, RunResult>
+    where
+        Self: Sized,
+    {
+        let run = self.execute(ctx);
+        Box::pin(async move { crate::registry::kept::<Self>(run.await) })
+    }
 
     /// The unique key of these arguments, for a unique task: the JSON of the parameters its
     /// attribute names. `None` for other tasks.
@@ -267,10 +325,26 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     }
 }
 
-/// What an enqueue can answer: the id alone, or the whole [`Enqueued`].
+/// A task with a `unique` key: its calls may set [`TaskCall::unique_key`] and
+/// [`TaskCall::on_conflict`]. Implemented by the macro.
+pub trait UniqueTask: Task {}
+
+/// What an enqueue can answer: the id alone, the whole [`Enqueued`], or a [`JobHandle`] to
+/// wait for the job's result.
 pub trait FromEnqueued: Send + 'static {
+    /// Whether the job keeps its run's result: only a handle can wait for it.
+    const KEEPS_RESULT: bool = false;
+
     /// This answer, from what the enqueue did.
     fn from_enqueued(enqueued: Enqueued) -> Self;
+}
+
+impl<T: Send + 'static> FromEnqueued for JobHandle<T> {
+    const KEEPS_RESULT: bool = true;
+
+    fn from_enqueued(enqueued: Enqueued) -> Self {
+        JobHandle::enqueued(enqueued)
+    }
 }
 
 impl FromEnqueued for JobId {
@@ -285,25 +359,33 @@ impl FromEnqueued for Enqueued {
     }
 }
 
-/// What a task's function may return: `()` or `Result<(), E>` for any `E: Display`
-/// (`anyhow::Error`, `Box<dyn Error>`, your own error type...).
+/// What a task's function may return: `()`, or `Result<T, E>` for any `E: Display`
+/// (`anyhow::Error`, `Box<dyn Error>`, your own error type...) and a `T` that is `()` or, for a
+/// task whose job keeps its result, `Serialize`.
 #[diagnostic::on_unimplemented(
-    message = "a task must return `()` or `Result<(), E>` where `E: Display`, not `{Self}`",
+    message = "a task must return `()` or `Result<T, E>` where `E: Display`, not `{Self}`",
     label = "unsupported return type"
 )]
 pub trait IntoTaskResult {
+    /// What a successful run returns.
+    type Output;
+
     /// Converts the function's return value into the attempt's outcome.
-    fn into_task_result(self) -> TaskResult;
+    fn into_task_result(self) -> Result<Self::Output, TaskError>;
 }
 
 impl IntoTaskResult for () {
-    fn into_task_result(self) -> TaskResult {
+    type Output = ();
+
+    fn into_task_result(self) -> Result<(), TaskError> {
         Ok(())
     }
 }
 
-impl<E: fmt::Display + 'static> IntoTaskResult for Result<(), E> {
-    fn into_task_result(self) -> TaskResult {
+impl<T, E: fmt::Display + 'static> IntoTaskResult for Result<T, E> {
+    type Output = T;
+
+    fn into_task_result(self) -> Result<T, TaskError> {
         self.map_err(TaskError::from_handler)
     }
 }
@@ -338,7 +420,7 @@ pub struct TaskCall<T: Task> {
     flow_key: Option<String>,
 }
 
-impl<T: Task<Enqueued = Enqueued>> TaskCall<T> {
+impl<T: UniqueTask> TaskCall<T> {
     /// Keys this call's job by `key` instead of the parameters the task's `unique` names
     /// (within the task: two tasks never share a key). Keys built from arguments are their
     /// JSON, so arguments that encode differently each time (a `HashMap`'s order) make poor
@@ -424,7 +506,7 @@ impl<T: Task> TaskCall<T> {
     /// assert!(greet("Ada".into()).run_with(ctx).await.is_err());
     /// # }
     /// ```
-    pub async fn run_with(self, ctx: TaskContext) -> TaskResult {
+    pub async fn run_with(self, ctx: TaskContext) -> Result<T::Output, TaskError> {
         self.args.execute(ctx).await
     }
 

@@ -640,6 +640,10 @@ impl Run {
             self.settings.max_rescues,
             Arc::clone(&self.resources.cancels),
         ));
+        keep_alive.spawn(crate::heartbeat::maintain(
+            own.clone(),
+            (self.settings.lease / 2).max(Duration::from_secs(1)),
+        ));
         keep_alive.spawn(crate::heartbeat::watch_unrunnable(
             own.clone(),
             self.settings.queues.clone(),

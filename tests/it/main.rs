@@ -29,6 +29,8 @@ mod poison;
 mod pooler;
 mod proxy;
 mod queue;
+mod results;
+mod steps;
 mod support;
 mod tasks;
 mod testing;

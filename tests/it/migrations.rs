@@ -107,8 +107,8 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
                (q_name, schedule_at, COALESCE(expected_at, 'infinity'), id) WHERE state = 'queued'; \
              ALTER TABLE {t} DROP COLUMN claim_id, DROP COLUMN worker_id, DROP COLUMN rescues, \
                DROP COLUMN timeout, DROP COLUMN snoozes, DROP COLUMN meta, DROP COLUMN unique_key, \
-               DROP COLUMN flow; \
-             DROP TABLE {workers}; DROP TABLE {queues}; DROP TABLE {schedules}; DROP TABLE {flows}; DROP TABLE {key_rates}; \
+               DROP COLUMN flow, DROP COLUMN result, DROP COLUMN expires_at; \
+             DROP TABLE {workers}; DROP TABLE {queues}; DROP TABLE {schedules}; DROP TABLE {flows}; DROP TABLE {key_rates}; DROP TABLE {steps}; \
              DROP SEQUENCE {claims}; \
              DELETE FROM {migrations} WHERE version >= 10; DELETE FROM {functions}; \
              INSERT INTO {t} (q_name, data) SELECT 'big', '1' FROM generate_series(1, {rows});",
@@ -118,6 +118,7 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
             schedules = name("schedules"),
             flows = name("flows"),
             key_rates = name("key_rates"),
+            steps = name("steps"),
             claims = name("claims"),
             migrations = name("migrations"),
             functions = name("functions"),

@@ -112,6 +112,16 @@ pub async fn eventually<F: std::future::Future<Output = bool>>(mut condition: im
     panic!("condition not met within 30 s");
 }
 
+/// Waits for a handle's result, for at most a minute.
+pub async fn result_of<T: serde::de::DeserializeOwned>(
+    db: &TestDb,
+    handle: pq::JobHandle<T>,
+) -> Result<T, pq::Error> {
+    tokio::time::timeout(Duration::from_secs(60), handle.result(&db.pq))
+        .await
+        .expect("the job has an outcome within a minute")
+}
+
 /// Runs `worker` on `queue` until nothing is ready there.
 pub async fn burst(worker: Worker, queue: &str) {
     tokio::time::timeout(

@@ -322,6 +322,7 @@ fn the_registry_lists_every_task_with_its_options_and_location() {
             timeout: Some(Duration::from_secs(300)),
             on_cancel: pq::OnCancel::Cooperate,
             unique: None,
+            keep_result: Duration::from_secs(24 * 3600),
             cron: None,
             flow: None,
         }

@@ -33,7 +33,11 @@ async fn run(name: &str, job_id: i64, args: &str) -> Result<(), String> {
     let pq = pq::Pq::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy handle");
     let ctx = pq::TaskContext::new(pq, pq::JobId::from(job_id), name, "orchard");
     let outcome = (task.handler)(ctx, args).map_err(|e| e.to_string())?;
-    outcome.await.map_err(|e| e.to_string())
+    // A task that returns nothing stores no result.
+    outcome
+        .await
+        .map(|result| assert_eq!(result, None))
+        .map_err(|e| e.to_string())
 }
 
 fn main() {

@@ -8,6 +8,7 @@ mod hostile;
 mod limits;
 mod load;
 mod shutdown;
+mod steps;
 
 use std::future::Future;
 use std::path::Path;
@@ -107,6 +108,11 @@ pub const SCENARIOS: &[Scenario] = &[
         |p, s, l| Box::pin(limits::limits(p, s, l)),
     ),
     (
+        "steps",
+        "jobs of two durable steps over 2 workers, 3 SIGKILLed in turn: no step runs again",
+        |p, s, l| Box::pin(steps::steps(p, s, l)),
+    ),
+    (
         "shutdown-hung",
         "SIGTERM to workers while the server hangs; a second SIGTERM stops at once",
         |p, s, l| Box::pin(shutdown::shutdown_hung(p, s, l)),
@@ -139,6 +145,8 @@ pub struct Profile {
     pub cron_run: Duration,
     /// Jobs of the `limits` scenario (20 ms each, at most 6 at once).
     pub limits_jobs: u64,
+    /// Jobs of the `steps` scenario (two steps of 40 ms each).
+    pub steps_jobs: u64,
 }
 
 impl Profile {
@@ -163,6 +171,7 @@ impl Profile {
             poison_among: 10_000,
             cron_run: Duration::from_secs(30),
             limits_jobs: 1_500,
+            steps_jobs: 1_500,
         }
     }
 
@@ -185,6 +194,7 @@ impl Profile {
             poison_among: 40_000,
             cron_run: Duration::from_secs(180),
             limits_jobs: 10_000,
+            steps_jobs: 6_000,
         }
     }
 }
