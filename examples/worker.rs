@@ -1,5 +1,5 @@
-//! Tasks and a worker: enqueue typed tasks by calling them, then run them, with a retry and a
-//! failure along the way.
+//! Tasks and a worker: enqueue typed tasks by calling them, then run them, with a retry, a
+//! failure and a result along the way.
 //!
 //! Run with `cargo run --example worker` (PostgreSQL at `DATABASE_URL`, by default
 //! `postgres://postgres@127.0.0.1:5432/test`).
@@ -48,6 +48,12 @@ fn bake(job_id: pq::JobId, pie: String) -> Result<(), String> {
     Err(format!("the oven is cold ({pie})"))
 }
 
+/// Weighs apples: its job keeps the weight, which the enqueuer waits for.
+#[pq::task(queue = "apples")]
+async fn weigh(apples: u32) -> anyhow::Result<f64> {
+    Ok(f64::from(apples) * 0.15)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let url = std::env::var("DATABASE_URL")
@@ -67,12 +73,17 @@ async fn main() -> anyhow::Result<()> {
     pick("the old tree".into()).enqueue(&pq).await?;
     let bake_id = bake("apple".into()).enqueue(&pq).await?;
 
+    let weight = weigh(12).enqueue(&pq).await?; // a pq::JobHandle<f64>
+
     // Work for four seconds, long enough for the retries, then shut down gracefully. A real
     // worker binary runs `pq::Worker::new(pq).run().await?` and stops on SIGINT or SIGTERM.
-    let report = pq::Worker::new(pq.clone())
-        .shutdown_on(tokio::time::sleep(std::time::Duration::from_secs(4)))
-        .run()
-        .await?;
+    let worker = tokio::spawn(
+        pq::Worker::new(pq.clone())
+            .shutdown_on(tokio::time::sleep(std::time::Duration::from_secs(4)))
+            .run(),
+    );
+    println!("12 apples weigh {:.2} kg", weight.result(&pq).await?);
+    let report = worker.await??;
     println!("the worker's runs: {report}");
 
     if let Some(job) = pq.admin().job(bake_id).await? {
