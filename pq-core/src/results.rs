@@ -245,6 +245,9 @@ impl Pq {
             if let Ok(outcome) = receiver.await {
                 return outcome;
             }
+            // The poll ended unanswered (its runtime shut down): a turn before another, so
+            // that a runtime shutting down drops this wait rather than spin it.
+            tokio::task::yield_now().await;
         }
     }
 }
