@@ -19,7 +19,7 @@ use sqlx::{Postgres, QueryBuilder, Row};
 use crate::error::{Error, Result};
 use crate::job::{check_queue_name, JobId};
 use crate::pq::Pq;
-use crate::sql::{as_bytes, EXPECTED, READY_AT};
+use crate::sql::{as_bytes, EXPECTED, OPERATOR_STATE, READY_AT};
 use crate::timestamp::Timestamp;
 
 /// The state of a job as an operator sees it. The table stores `queued` for both
@@ -402,10 +402,7 @@ fn job_info_columns(workers: &str, result: bool) -> String {
         q_name = as_bytes("t.q_name"),
         task = as_bytes("t.task"),
         data = as_bytes("t.data::text"),
-        state = as_bytes(&format!(
-            "CASE WHEN t.state <> 'queued' THEN t.state \
-                  WHEN {READY_AT} > statement_timestamp() THEN 'scheduled' ELSE 'ready' END"
-        )),
+        state = as_bytes(OPERATOR_STATE),
         last_error = as_bytes("t.last_error"),
         errors = as_bytes("t.errors::text"),
         meta = as_bytes("t.meta::text"),

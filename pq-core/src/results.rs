@@ -65,17 +65,6 @@ impl<T> JobHandle<T> {
         }
     }
 
-    /// A unique task's answer: `duplicate` when the job is the one that was waiting with the
-    /// call's key already.
-    #[doc(hidden)]
-    pub fn enqueued(enqueued: crate::Enqueued) -> Self {
-        Self {
-            id: enqueued.id(),
-            duplicate: enqueued.is_duplicate(),
-            output: PhantomData,
-        }
-    }
-
     /// The job's id.
     pub fn id(&self) -> JobId {
         self.id
@@ -151,6 +140,18 @@ impl<T> fmt::Debug for JobHandle<T> {
 impl<T> fmt::Display for JobHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.id.fmt(f)
+    }
+}
+
+/// What an enqueue did, as a handle: a duplicate when the job is the one that was waiting with
+/// a unique call's key already.
+impl<T> From<crate::Enqueued> for JobHandle<T> {
+    fn from(enqueued: crate::Enqueued) -> Self {
+        Self {
+            id: enqueued.id(),
+            duplicate: enqueued.is_duplicate(),
+            output: PhantomData,
+        }
     }
 }
 

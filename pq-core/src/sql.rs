@@ -247,6 +247,12 @@ pub(crate) struct Statements {
 /// delayed job, a retry). The dequeue index orders by it (migration 0011).
 pub(crate) const READY_AT: &str = "GREATEST(schedule_at, enqueued_at)";
 
+/// A job's state as an operator names it (`JobState`): `ready` or `scheduled` rather than
+/// `queued`, by whether its ready time has passed. Its columns from table alias `t`.
+pub(crate) const OPERATOR_STATE: &str = "CASE WHEN t.state <> 'queued' THEN t.state \
+    WHEN GREATEST(t.schedule_at, t.enqueued_at) > statement_timestamp() THEN 'scheduled' \
+    ELSE 'ready' END";
+
 /// A job's priority in the dequeue index: its `expected_at`, with the jobs expected at no time
 /// after all the others.
 pub(crate) const EXPECTED: &str = "COALESCE(expected_at, 'infinity')";
@@ -540,11 +546,7 @@ impl Statements {
         let outcomes =
             format!("SELECT id, state, result::text, last_error FROM {t} WHERE id = ANY($1)");
         // A job's state as an operator names it (see `JobState`).
-        let status = format!(
-            "SELECT CASE WHEN state <> 'queued' THEN state \
-               WHEN {READY_AT} <= statement_timestamp() THEN 'ready' ELSE 'scheduled' END \
-             FROM {t} WHERE id = $1"
-        );
+        let status = format!("SELECT {OPERATOR_STATE} FROM {t} AS t WHERE id = $1");
         // Durable steps (migration 24): a step's output, its record (nothing when a run of the
         // job recorded it first), and the records of jobs that will not run again, a bounded
         // batch at a time.

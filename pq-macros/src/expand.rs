@@ -141,19 +141,12 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
     };
     let options = options(args);
     // A task that returns a value answers a handle to wait for it, which its job keeps. Its
-    // type as the return type spells it, where it does: a return type the task cannot have is
-    // then reported once, where `execute` converts it.
+    // type as the return type spells it: one the task cannot have is then reported once,
+    // where `execute` converts it. (`task` refused a return type that spells no value type.)
     let (output, enqueued) = match (signature.output(), &args.unique) {
-        (Output::Nothing, Some(_)) => (quote!(()), quote!(::pq::Enqueued)),
-        (Output::Nothing, None) => (quote!(()), quote!(::pq::JobId)),
         (Output::Value(value), _) => (value.to_token_stream(), quote!(::pq::JobHandle<#value>)),
-        (Output::Returned(returned), _) => {
-            let output = quote_spanned! {returned.span()=>
-                <#returned as ::pq::__private::IntoTaskResult>::Output
-            };
-            let handle = quote_spanned!(returned.span()=> ::pq::JobHandle<#output>);
-            (output, handle)
-        }
+        (Output::Nothing | Output::Returned(_), Some(_)) => (quote!(()), quote!(::pq::Enqueued)),
+        (Output::Nothing | Output::Returned(_), None) => (quote!(()), quote!(::pq::JobId)),
     };
     let execute = execute(task, signature, &output);
     // A unique task's enqueue tells a new job from a waiting one; its key is the JSON of the

@@ -60,7 +60,7 @@ pub(crate) enum Output<'a> {
     Nothing,
     /// This type, spelled in the return type.
     Value(&'a Type),
-    /// What this return type's `IntoTaskResult` says.
+    /// A type that spells no value type (an alias without parameters, a bare type): refused.
     Returned(&'a Type),
 }
 

@@ -165,18 +165,14 @@ impl Completer {
         let mut released = Vec::new();
         let mut committed = 0;
         for recording in batch.iter_mut() {
-            // A result is moved out, not copied: the outcome keeps its claim.
-            if let Outcome::Returned(run) = &mut recording.outcome {
-                returned.push(Returned {
+            match &mut recording.outcome {
+                Outcome::Succeeded(claim) => succeeded.push(*claim),
+                // A result is moved out, not copied: the outcome keeps its claim.
+                Outcome::Returned(run) => returned.push(Returned {
                     claim: run.claim,
                     result: std::mem::take(&mut run.result),
                     keep: run.keep,
-                });
-                continue;
-            }
-            match &recording.outcome {
-                Outcome::Succeeded(claim) => succeeded.push(*claim),
-                Outcome::Returned(_) => {}
+                }),
                 Outcome::Committed(_) => committed += 1,
                 Outcome::Recorded(_) => {}
                 Outcome::Failed(failure) => failed.push(failure.clone()),
@@ -195,15 +191,7 @@ impl Completer {
             })
             .await
             {
-                Some(completed) => {
-                    if completed.len() < succeeded.len() {
-                        tracing::warn!(
-                            lost = succeeded.len() - completed.len(),
-                            "pq: some jobs finished after their worker was declared lost; another worker runs them again"
-                        );
-                    }
-                    self.report().succeeded(completed.len());
-                }
+                Some(completed) => self.completed(succeeded.len(), completed.len()),
                 None => unsettled.extend(succeeded),
             }
         }
@@ -226,15 +214,7 @@ impl Completer {
             })
             .await
             {
-                Some(completed) => {
-                    if completed.len() < statement.len() {
-                        tracing::warn!(
-                            lost = statement.len() - completed.len(),
-                            "pq: some jobs finished after their worker was declared lost; another worker runs them again"
-                        );
-                    }
-                    self.report().succeeded(completed.len());
-                }
+                Some(completed) => self.completed(statement.len(), completed.len()),
                 None => unsettled.extend(statement.iter().map(|run| run.claim)),
             }
         }
@@ -263,6 +243,17 @@ impl Completer {
             }
         }
         unsettled
+    }
+
+    /// Reports `completed` of `asked` completions; the rest were no longer their claim's.
+    fn completed(&self, asked: usize, completed: usize) {
+        if completed < asked {
+            tracing::warn!(
+                lost = asked - completed,
+                "pq: some jobs finished after their worker was declared lost; another worker runs them again"
+            );
+        }
+        self.report().succeeded(completed);
     }
 
     fn report(&self) -> std::sync::MutexGuard<'_, Report> {

@@ -56,6 +56,9 @@ pub(crate) async fn keep_alive(
     }
 }
 
+/// How many rows one statement of [`maintain`] deletes, at most.
+const MAINTENANCE_BATCH: u32 = 1000;
+
 /// How long one round of [`maintain`] deletes for, at most, batch after batch.
 const MAINTENANCE_ROUND: Duration = Duration::from_secs(5);
 
@@ -69,8 +72,8 @@ pub(crate) async fn maintain(pq: Pq, every: Duration) {
     loop {
         tick.tick().await;
         let round = tokio::time::Instant::now() + MAINTENANCE_ROUND;
-        let expired = batches(round, || pq.expire(RESCUE_BATCH)).await;
-        let swept = batches(round, || pq.sweep_steps(RESCUE_BATCH)).await;
+        let expired = batches(round, || pq.expire(MAINTENANCE_BATCH)).await;
+        let swept = batches(round, || pq.sweep_steps(MAINTENANCE_BATCH)).await;
         match (expired, swept) {
             (Ok(expired), Ok(swept)) if expired + swept > 0 => {
                 tracing::debug!(
@@ -97,7 +100,7 @@ where
     loop {
         let deleted = batch().await?;
         total += deleted;
-        if deleted < u64::from(RESCUE_BATCH) || tokio::time::Instant::now() >= until {
+        if deleted < u64::from(MAINTENANCE_BATCH) || tokio::time::Instant::now() >= until {
             return Ok(total);
         }
     }

@@ -130,31 +130,29 @@ impl TaskError {
     /// carries inside (a `TaskError` itself, or one inside an `anyhow::Error` or a boxed error).
     fn from_handler<E: fmt::Display + 'static>(error: E) -> Self {
         let any: &dyn std::any::Any = &error;
-        let inner = any
-            .downcast_ref::<TaskError>()
-            .or_else(|| {
-                any.downcast_ref::<anyhow::Error>()
-                    .and_then(|e| e.downcast_ref::<TaskError>())
-            })
-            .or_else(|| {
-                any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
-                    .and_then(|e| e.downcast_ref::<TaskError>())
-            });
-        let pq_error = || {
-            any.downcast_ref::<pq_core::Error>().or_else(|| {
-                any.downcast_ref::<anyhow::Error>()
-                    .and_then(|e| e.downcast_ref::<pq_core::Error>())
-            })
+        let then = match within::<TaskError>(any) {
+            Some(inner) => inner.then,
+            None => within::<pq_core::Error>(any).map_or(Then::Policy, then_of),
         };
         Self {
-            then: inner.map_or_else(
-                || pq_error().map_or(Then::Policy, then_of),
-                |inner| inner.then,
-            ),
+            then,
             // `{:#}` gives anyhow's whole chain of causes on one line; other types ignore the flag.
             message: format!("{error:#}"),
         }
     }
+}
+
+/// The `E` that a handler's error is, or carries inside an `anyhow::Error` or a boxed error.
+fn within<E: std::error::Error + Send + Sync + 'static>(any: &dyn std::any::Any) -> Option<&E> {
+    any.downcast_ref::<E>()
+        .or_else(|| {
+            any.downcast_ref::<anyhow::Error>()
+                .and_then(|e| e.downcast_ref::<E>())
+        })
+        .or_else(|| {
+            any.downcast_ref::<Box<dyn std::error::Error + Send + Sync>>()
+                .and_then(|e| e.downcast_ref::<E>())
+        })
 }
 
 /// A delay from now (a time already past is no delay), or why it cannot be read.
@@ -343,7 +341,7 @@ impl<T: Send + 'static> FromEnqueued for JobHandle<T> {
     const KEEPS_RESULT: bool = true;
 
     fn from_enqueued(enqueued: Enqueued) -> Self {
-        JobHandle::enqueued(enqueued)
+        JobHandle::from(enqueued)
     }
 }
 

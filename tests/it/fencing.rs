@@ -1,9 +1,11 @@
-//! A run that is no longer its job's live one changes nothing: its completion, failure or
-//! release is refused, whatever happened to the job's attempt count since (a release, a
+//! A run that is no longer its job's live one changes nothing: its completion (with a result
+//! or without), failure or release is refused, whatever happened to the job's attempt count since (a release, a
 //! rescue, an operator's retry).
 
-use pq::protocol::Failure;
-use pq::JobState;
+use std::time::Duration;
+
+use pq::protocol::{Failure, Returned};
+use pq::{JobHandle, JobState};
 
 use crate::support::{complete, failed, Claimer, TestDb};
 
@@ -19,15 +21,28 @@ async fn a_late_completion_after_a_release_and_a_reclaim_is_refused() {
     assert_eq!(pq.release(&[stale]).await.unwrap(), [id]);
     let live = second.claim_one(id).await;
 
-    // The first worker's late completion must not delete the job the second one runs.
+    // The first worker's late completion must not delete the job the second one runs, nor a
+    // late result complete it, batched or in the handler's transaction.
     assert!(complete(pq, &[stale], false).await.is_empty());
+    let returned = |claim| Returned {
+        claim,
+        result: "1".to_owned(),
+        keep: Some(Duration::from_secs(60)),
+    };
+    let late = pq.complete_results(&[returned(stale)]).await.unwrap();
+    assert!(late.is_empty());
+    let mut tx = pq.pool().begin().await.unwrap();
+    let late = pq.complete_returned(&mut *tx, &[returned(stale)]).await;
+    assert!(late.unwrap().is_empty());
+    drop(tx);
     let failure = failed(stale, "late", Failure::GiveUp);
     assert!(pq.fail(&[failure]).await.unwrap().is_empty());
     assert!(pq.release(&[stale]).await.unwrap().is_empty());
     let job = pq.admin().job(id).await.unwrap().expect("still there");
     assert_eq!((job.state, job.attempts), (JobState::Running, 1));
 
-    assert_eq!(complete(pq, &[live], false).await, [id]);
+    assert_eq!(pq.complete_results(&[returned(live)]).await.unwrap(), [id]);
+    assert_eq!(JobHandle::<u32>::new(id).result(pq).await.unwrap(), 1);
 }
 
 #[tokio::test]
