@@ -132,6 +132,23 @@ impl Env {
         Ok((ledger, deepest))
     }
 
+    /// Waits until `worker` is registered and alive (at most `timeout`): it then listens for
+    /// its signals.
+    pub async fn wait_registered(&self, worker: &Proc, timeout: Duration) -> Result<()> {
+        let pid = i32::try_from(worker.pid)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let workers = self.pq.admin().workers().await?;
+            if workers.iter().any(|w| w.pid == pid && w.alive) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not register within {timeout:?}", worker.name);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until no job is queued or running (at most `timeout`), riding out database errors.
     /// Gives up early when no job has finished for a minute: workers that cannot claim (a
     /// broken statement, say) only log, and would otherwise keep a run waiting for nothing.

@@ -86,7 +86,12 @@ pub async fn control(profile: &Profile, _seed: u64, logs: &Path) -> Result<Repor
         gone.is_some(),
         "the killed worker is still listed after 90 s",
     );
-    workers.extend(start_workers(&mut env, 1, &options)?);
+    let replacement = env.fleet.worker(&options)?;
+    // Registered before it is stopped: a SIGTERM that comes before the worker listens for it
+    // (a debug binary starting up) kills it, which would fail the scenario for nothing.
+    env.wait_registered(&replacement, Duration::from_secs(60))
+        .await?;
+    workers.push(replacement);
 
     let (ledger, _) = env
         .wait_producers(&mut producers, allowance(profile.shutdown_jobs))
