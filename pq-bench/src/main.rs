@@ -14,6 +14,7 @@ mod prefetch;
 mod report;
 mod results;
 mod tasks;
+mod workflows;
 mod workload;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -123,6 +124,8 @@ enum Figure {
     Handlers,
     /// Jobs whose task returns a value (kept with the job) beside plain jobs.
     Results,
+    /// Fan-outs of 1,000 jobs with their fan-in, beside as many jobs without edges.
+    Workflows,
 }
 
 impl Bench {
@@ -135,6 +138,7 @@ impl Bench {
                 | Figure::Prefetch
                 | Figure::Handlers
                 | Figure::Results
+                | Figure::Workflows
         ) || self.quick;
         (self.only.is_empty() && by_default) || self.only.contains(&figure)
     }
@@ -323,6 +327,12 @@ async fn figures(admin: &PgPool, bench: &Bench, schema: &str) -> Result<Report> 
         report
             .notes
             .push(results::results(admin, &pq, jobs, bench.largest_concurrency()).await?);
+    }
+    if bench.runs(Figure::Workflows) {
+        let workflows = if bench.quick { 2 } else { 20 };
+        report
+            .notes
+            .push(workflows::workflows(admin, &pq, workflows, bench.largest_concurrency()).await?);
     }
     if bench.runs(Figure::Prefetch) {
         let samples = if bench.quick { 10 } else { 50 };

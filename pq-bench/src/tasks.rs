@@ -101,3 +101,10 @@ pub async fn probe(n: u32) {
 pub async fn sleeper(millis: u64) {
     tokio::time::sleep(std::time::Duration::from_millis(millis)).await;
 }
+
+/// Sums its parents' results: the fan-in of the workflows figure.
+#[pq::task(name = "pq_bench::total", queue = "bench")]
+pub async fn total(#[parents] squares: Vec<u64>) -> Result<u64, std::convert::Infallible> {
+    HANDLED.fetch_add(1, Ordering::Relaxed);
+    Ok(squares.iter().sum())
+}

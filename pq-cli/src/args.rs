@@ -65,6 +65,10 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Cron(Cron),
 
+    /// Workflows: jobs that wait for others (pq::Workflow).
+    #[command(subcommand)]
+    Flows(Flows),
+
     /// Delete done, failed and cancelled jobs that finished long enough ago, in batches.
     Prune {
         /// How long ago they finished, such as 7d, 12h or 90m.
@@ -206,13 +210,23 @@ pub(crate) enum Queues {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum Flows {
+    /// A workflow's jobs, each with its state and the parents it waits for.
+    Show {
+        /// The workflow's id (`pq jobs show` prints a job's).
+        id: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum Jobs {
     /// Jobs matching the filters, by id, a page at a time.
     List {
         #[command(flatten)]
         filter: Filter,
 
-        /// Only jobs in this state: ready, scheduled, running, done, failed or cancelled.
+        /// Only jobs in this state: waiting, ready, scheduled, running, done, failed or
+        /// cancelled.
         #[arg(long)]
         state: Option<JobState>,
 

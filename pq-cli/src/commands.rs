@@ -3,11 +3,11 @@
 use std::io::Write;
 
 use anyhow::{bail, Context as _};
-use pq_core::{Admin, Enqueue, JobId, JobInfo, JobState, NewJob, Pq};
+use pq_core::{Admin, DependencyInfo, Enqueue, JobId, JobInfo, JobState, NewJob, Pq, WorkflowId};
 use pq_worker::{Registry, Worker};
 use serde_json::json;
 
-use crate::args::{ids, Cli, Command, Cron, Filter, Jobs, Queues};
+use crate::args::{ids, Cli, Command, Cron, Filter, Flows, Jobs, Queues};
 use crate::output::{self, Progress, Table};
 
 /// The pool of a one-shot command: one statement at a time.
@@ -88,6 +88,7 @@ pub(crate) async fn run(cli: &Cli, registry: &Registry, out: &mut Vec<u8>) -> an
             }
             Jobs::Delete { ids: list } => act(cli, &admin, Action::Delete, &ids(list), out).await,
         },
+        Command::Flows(Flows::Show { id }) => flow(cli, &admin, WorkflowId(*id), out).await,
         Command::Prune {
             older_than,
             batch_size,
@@ -181,6 +182,7 @@ async fn status(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<(
         ">FAILED",
         ">DONE",
         ">CANCELLED",
+        ">WAITING",
         "OLDEST READY",
         "PAUSED",
     ]);
@@ -193,6 +195,7 @@ async fn status(cli: &Cli, admin: &Admin, out: &mut Vec<u8>) -> anyhow::Result<(
             queue.failed.to_string(),
             queue.done.to_string(),
             queue.cancelled.to_string(),
+            queue.waiting.to_string(),
             output::age(queue.oldest_ready),
             if queue.paused { "yes" } else { "-" }.to_owned(),
         ]);
@@ -517,8 +520,13 @@ async fn show(cli: &Cli, admin: &Admin, id: JobId, out: &mut Vec<u8>) -> anyhow:
     let Some(job) = admin.job(id).await? else {
         bail!("no job has id {id}");
     };
+    let edges = admin.dependencies(id).await?;
     if cli.json {
-        return output::json(out, &job);
+        let mut shown = serde_json::to_value(&job)?;
+        let (parents, children): (Vec<_>, Vec<_>) = edges.iter().partition(|e| e.child == id);
+        shown["parents"] = serde_json::to_value(parents)?;
+        shown["children"] = serde_json::to_value(children)?;
+        return output::json(out, &shown);
     }
     let fields = [
         ("id", job.id.to_string()),
@@ -557,6 +565,31 @@ async fn show(cli: &Cli, admin: &Admin, id: JobId, out: &mut Vec<u8>) -> anyhow:
             output::time(job.expires_at)
         )?;
     }
+    // Each parent with how it ended, each child with whether this job's outcome reached it.
+    let listed = |jobs: Vec<String>| {
+        if jobs.is_empty() {
+            "-".to_owned()
+        } else {
+            jobs.join(", ")
+        }
+    };
+    if !edges.is_empty() {
+        let parents = edges
+            .iter()
+            .filter(|edge| edge.child == id)
+            .map(|edge| format!("{} ({})", edge.parent, outcome(edge)))
+            .collect();
+        let children = edges
+            .iter()
+            .filter(|edge| edge.parent == id)
+            .map(|edge| edge.child.to_string())
+            .collect();
+        writeln!(out, "{:<13} {}", "parents:", listed(parents))?;
+        writeln!(out, "{:<13} {}", "children:", listed(children))?;
+        if let Some(workflow) = edges.iter().find_map(|edge| edge.workflow) {
+            writeln!(out, "{:<13} {workflow}", "workflow:")?;
+        }
+    }
     let documents = [
         ("data", Some(&job.data)),
         ("meta", job.meta.as_ref()),
@@ -581,6 +614,53 @@ async fn show(cli: &Cli, admin: &Admin, id: JobId, out: &mut Vec<u8>) -> anyhow:
             )?;
         }
     }
+    Ok(())
+}
+
+/// How an edge's parent ended, as `jobs show` and `flows show` print it.
+fn outcome(edge: &DependencyInfo) -> &'static str {
+    edge.outcome.map_or("not ended", JobState::as_str)
+}
+
+/// A workflow's jobs, by id, each with its state and the parents it waits for.
+async fn flow(cli: &Cli, admin: &Admin, id: WorkflowId, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let Some(workflow) = admin.workflow(id).await? else {
+        bail!("no workflow has id {id} (or it has no edges left)");
+    };
+    if cli.json {
+        return output::json(out, &workflow);
+    }
+    let mut ids: Vec<JobId> = workflow
+        .edges
+        .iter()
+        .flat_map(|edge| [edge.parent, edge.child])
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut table = Table::new(&[">ID", "TASK", "STATE", "AFTER", "LAST ERROR"]);
+    for job in ids {
+        let info = workflow.jobs.iter().find(|info| info.id == job);
+        let after: Vec<String> = workflow
+            .edges
+            .iter()
+            .filter(|edge| edge.child == job)
+            .map(|edge| format!("{} ({})", edge.parent, outcome(edge)))
+            .collect();
+        table.row(vec![
+            job.to_string(),
+            info.and_then(|info| info.task.clone())
+                .unwrap_or_else(|| "-".to_owned()),
+            info.map_or_else(|| "gone".to_owned(), |info| info.state.to_string()),
+            if after.is_empty() {
+                "-".to_owned()
+            } else {
+                after.join(", ")
+            },
+            info.and_then(|info| info.last_error.as_deref())
+                .map_or_else(|| "-".to_owned(), |e| output::truncate(e, ERROR_WIDTH)),
+        ]);
+    }
+    table.print(out)?;
     Ok(())
 }
 

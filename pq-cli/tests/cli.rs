@@ -365,6 +365,7 @@ async fn status_shows_each_queue_counted_by_state_in_aligned_columns() {
             "FAILED",
             "DONE",
             "CANCELLED",
+            "WAITING",
             "OLDEST",
             "READY",
             "PAUSED"
@@ -458,7 +459,10 @@ async fn jobs_list_refuses_an_unknown_state() {
 
     let err = db.pq(&["jobs", "list", "--state", "lost"]).fails();
 
-    assert!(err.contains("expected one of ready, scheduled"), "{err}");
+    assert!(
+        err.contains("expected one of waiting, ready, scheduled"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -506,6 +510,67 @@ async fn jobs_show_prints_a_result_and_when_it_expires() {
     );
     assert_eq!(json["result"], json!({"width": 200}));
     assert!(json["expires_at"].is_string(), "{json}");
+}
+
+#[tokio::test]
+async fn jobs_show_and_flows_show_print_parents_children_and_states() {
+    let db = Db::new().await;
+    let mut graph = pq::Graph::new();
+    let a = graph.add(pq::NewJob::new("flows", &1).unwrap());
+    let b = graph.add(pq::NewJob::new("flows", &2).unwrap());
+    let c = graph.add(pq::NewJob::new("flows", &3).unwrap());
+    for (parent, child) in [(a, b), (a, c), (b, c)] {
+        graph.edge(pq::Edge {
+            parent: pq::Parent::New(parent),
+            child,
+            input: pq::Input::Nothing,
+            on_failure: pq::OnParentFailure::Fail,
+        });
+    }
+    let written = db.pq.enqueue_graph(graph).await.unwrap();
+    let [a, b, c] = written.jobs[..] else {
+        panic!()
+    };
+    let claim = db.claim("flows", a).await;
+    assert_eq!(db.pq.complete_claims(&[claim], true).await.unwrap(), [a]);
+
+    let shown = db.pq(&["jobs", "show", &id(b)]).ok();
+    assert!(shown.contains("state:        ready"), "{shown}");
+    assert!(
+        shown.contains(&format!("parents:      {a} (done)")),
+        "{shown}"
+    );
+    assert!(shown.contains(&format!("children:     {c}\n")), "{shown}");
+    assert!(
+        shown.contains(&format!("workflow:     {}", written.workflow)),
+        "{shown}"
+    );
+    let json = db.pq(&["jobs", "show", &id(c), "--json"]).json();
+    assert_eq!(json["state"], "waiting");
+    assert_eq!(json["parents"].as_array().unwrap().len(), 2, "{json}");
+    assert_eq!(json["children"], json!([]));
+
+    let flow = db
+        .pq(&["flows", "show", &written.workflow.to_string()])
+        .ok();
+    let lines: Vec<Vec<&str>> = flow
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        ["ID", "TASK", "STATE", "AFTER", "LAST", "ERROR"],
+        "{flow}"
+    );
+    assert_eq!(lines[1][..4], [id(a).as_str(), "-", "done", "-"], "{flow}");
+    assert_eq!(lines[2][..3], [id(b).as_str(), "-", "ready"], "{flow}");
+    assert_eq!(lines[3][..3], [id(c).as_str(), "-", "waiting"], "{flow}");
+    assert!(
+        flow.contains(&format!("{a} (done), {b} (not ended)")),
+        "{flow}"
+    );
+    let err = db.pq(&["flows", "show", "999999"]).fails();
+    assert!(err.contains("no workflow has id 999999"), "{err}");
 }
 
 #[tokio::test]

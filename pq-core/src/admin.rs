@@ -28,6 +28,8 @@ use crate::timestamp::Timestamp;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobState {
+    /// Waiting for its parents to end (see [`Graph`](crate::Graph)); ready once they have.
+    Waiting,
     /// Queued, and may be handed out now.
     Ready,
     /// Queued, not to be handed out before its `schedule_at`.
@@ -44,7 +46,8 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in the order a job goes through them.
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 7] = [
+        JobState::Waiting,
         JobState::Scheduled,
         JobState::Ready,
         JobState::Running,
@@ -53,9 +56,10 @@ impl JobState {
         JobState::Cancelled,
     ];
 
-    /// Its name: `ready`, `scheduled`, `running`, `done`, `failed` or `cancelled`.
+    /// Its name: `waiting`, `ready`, `scheduled`, `running`, `done`, `failed` or `cancelled`.
     pub fn as_str(self) -> &'static str {
         match self {
+            JobState::Waiting => "waiting",
             JobState::Ready => "ready",
             JobState::Scheduled => "scheduled",
             JobState::Running => "running",
@@ -69,6 +73,7 @@ impl JobState {
     /// planner can match the partial indexes whose predicates name the states.
     fn condition(self) -> &'static str {
         match self {
+            JobState::Waiting => "state = 'waiting'",
             JobState::Ready => {
                 "state = 'queued' AND GREATEST(schedule_at, enqueued_at) <= statement_timestamp()"
             }
@@ -92,7 +97,7 @@ impl fmt::Display for JobState {
 /// A string that names no [`JobState`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown job state {0:?}, expected one of ready, scheduled, running, done, failed, cancelled"
+    "unknown job state {0:?}, expected one of waiting, ready, scheduled, running, done, failed, cancelled"
 )]
 pub struct ParseJobStateError(pub String);
 
@@ -181,7 +186,7 @@ impl JobInfo {
     /// Decodes a row by column name. What other SQL may have written that pq cannot read (a
     /// time out of range, text that is not UTF-8, a state pq does not know, data or an error
     /// history serde cannot read) is [`Error::Unreadable`], never a panic.
-    fn from_row(row: &PgRow) -> Result<Self> {
+    pub(crate) fn from_row(row: &PgRow) -> Result<Self> {
         let id: i64 = row.try_get("id")?;
         let unreadable = |reason: String| Error::Unreadable { id, reason };
         let text = |column: &str| -> Result<Option<String>> {
@@ -270,6 +275,8 @@ pub struct QueueStats {
     pub failed: u64,
     /// Jobs cancelled.
     pub cancelled: u64,
+    /// Jobs waiting for their parents to end.
+    pub waiting: u64,
     /// How long the oldest ready job has been ready: how far behind the workers are.
     #[serde(rename = "oldest_ready_seconds", serialize_with = "as_seconds")]
     pub oldest_ready: Option<Duration>,
@@ -389,7 +396,7 @@ const MAX_PRUNE_AGE: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
 
 /// The columns of a [`JobInfo`] from table alias `t`; the state as an operator sees it, ready or
 /// scheduled rather than queued, and a running job's lease its worker's.
-fn job_info_columns(workers: &str, result: bool) -> String {
+pub(crate) fn job_info_columns(workers: &str, result: bool) -> String {
     format!(
         "t.id, {q_name} AS q_name, {task} AS task, {data} AS data, \
          {state} AS state, \
@@ -453,9 +460,9 @@ impl Statements {
         let stats = format!(
             "SELECT {}, COALESCE(c.ready, 0), COALESCE(c.scheduled, 0), COALESCE(c.running, 0), \
                COALESCE(c.done, 0), COALESCE(c.failed, 0), COALESCE(c.cancelled, 0), c.age, \
-               p.q_name IS NOT NULL \
+               p.q_name IS NOT NULL, COALESCE(c.waiting, 0) \
              FROM (SELECT q_name, {} AS ready, {} AS scheduled, {} AS running, {} AS done, \
-                 {} AS failed, {} AS cancelled, \
+                 {} AS failed, {} AS cancelled, {} AS waiting, \
                  EXTRACT(EPOCH FROM statement_timestamp() \
                    - min({READY_AT}) FILTER (WHERE {ready} AND isfinite({READY_AT})))::float8 AS age \
                FROM {t} GROUP BY q_name) AS c \
@@ -469,6 +476,7 @@ impl Statements {
             count(JobState::Done),
             count(JobState::Failed),
             count(JobState::Cancelled),
+            count(JobState::Waiting),
             queues = table.qualified_derived("queues"),
         );
         // Two reads of the dequeue index, each stopped after a bounded number of entries: the
@@ -568,11 +576,11 @@ impl Statements {
             cancel: format!(
                 "WITH job AS ( \
                    SELECT id, state, worker_id FROM {t} \
-                   WHERE id = $1 AND state IN ('queued', 'running') FOR NO KEY UPDATE), \
+                   WHERE id = $1 AND state IN ('queued', 'waiting', 'running') FOR NO KEY UPDATE), \
                  queued AS ( \
                    UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp(), \
-                     unique_key = NULL \
-                   FROM job WHERE j.id = job.id AND job.state = 'queued' RETURNING j.id), \
+                     unique_key = NULL, waits = NULL \
+                   FROM job WHERE j.id = job.id AND job.state <> 'running' RETURNING j.id), \
                  asked AS ( \
                    UPDATE {workers} AS w SET cancel = CASE \
                      WHEN job.id = ANY (COALESCE(w.cancel, '{{}}')) THEN w.cancel \
@@ -588,14 +596,14 @@ impl Statements {
             cancel_batch: (
                 format!(
                     "WITH batch AS (SELECT id, state, worker_id FROM {t} \
-                       WHERE state IN ('queued', 'running') AND id > "
+                       WHERE state IN ('queued', 'waiting', 'running') AND id > "
                 ),
                 format!(
                     " FOR NO KEY UPDATE), \
                      queued AS ( \
                        UPDATE {t} AS j SET state = 'cancelled', finished_at = statement_timestamp(), \
-                         unique_key = NULL \
-                       FROM batch WHERE j.id = batch.id AND batch.state = 'queued' RETURNING j.id), \
+                         unique_key = NULL, waits = NULL \
+                       FROM batch WHERE j.id = batch.id AND batch.state <> 'running' RETURNING j.id), \
                      asked AS ( \
                        UPDATE {workers} AS w SET cancel = ARRAY( \
                          SELECT DISTINCT c FROM unnest(COALESCE(w.cancel, '{{}}') || r.ids) AS c \
@@ -659,7 +667,7 @@ impl Statements {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Admin {
-    pq: Pq,
+    pub(crate) pq: Pq,
     /// Rendered on first use, once the table's schema is known.
     sql: std::sync::Arc<tokio::sync::OnceCell<Statements>>,
 }
@@ -765,6 +773,7 @@ impl Admin {
                     cancelled: count(row, 6)?,
                     oldest_ready: seconds(row.try_get(7)?),
                     paused: row.try_get(8)?,
+                    waiting: count(row, 9)?,
                 })
             })
             .collect()
@@ -979,7 +988,8 @@ impl Admin {
     }
 
     /// Cancels a job that has not ended: it stays in the table, `cancelled`, and never runs
-    /// again. A ready or scheduled job is cancelled at once. A running job is cancelled by its
+    /// again. A waiting, ready or scheduled job is cancelled at once (its children then settle
+    /// as their policy for a cancelled parent says). A running job is cancelled by its
     /// worker, which hears of it at its next heartbeat (within a third of its lease, 10 s by
     /// default): the run is told through `ctx.cancelled()` (its `TaskContext`), or stopped at once for a
     /// task with `on_cancel = "abort"`; either way its transaction is rolled back and it is
@@ -1195,9 +1205,30 @@ impl Admin {
         Ok(ids.into_iter().map(JobId).collect())
     }
 
-    /// Deletes a job that is not running; `false` if there is no such job.
+    /// Deletes a job that is not running; `false` if there is no such job. A job that others
+    /// wait for is cancelled first, so that they settle as their policy says.
     pub async fn delete(&self, id: JobId) -> Result<bool> {
-        self.one_job("deleting a job", |sql| &sql.delete, id).await
+        let sql = self.sql().await?;
+        let deleted = self
+            .pq
+            .with_connection("deleting a job", async |connection| {
+                let mut tx = sqlx::Connection::begin(connection).await?;
+                sql.core
+                    .query(&sql.core.cancel_parent)
+                    .bind(id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                let done = sql
+                    .core
+                    .query(&sql.delete)
+                    .bind(id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected())
+            })
+            .await?;
+        Ok(deleted == 1)
     }
 
     async fn one_job(
@@ -1303,7 +1334,10 @@ mod tests {
             );
         }
         let err = "queued".parse::<JobState>().unwrap_err().to_string();
-        assert!(err.contains("expected one of ready, scheduled"), "{err}");
+        assert!(
+            err.contains("expected one of waiting, ready, scheduled"),
+            "{err}"
+        );
     }
 
     #[test]

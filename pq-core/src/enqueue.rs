@@ -5,6 +5,7 @@ use std::future::Future;
 use sqlx::PgConnection;
 
 use crate::error::Result;
+use crate::graph::{Graph, WrittenGraph};
 use crate::job::{Enqueued, NewJob};
 use crate::pq::Pq;
 use crate::queue::{insert, insert_jobs, insert_warm};
@@ -40,6 +41,10 @@ pub trait Enqueue<'c> {
         self,
         jobs: Vec<NewJob>,
     ) -> impl Future<Output = Result<Vec<Enqueued>>> + Send + 'c;
+
+    /// Writes `graph`: its jobs and the edges from their parents, all or nothing (see
+    /// [`Pq::enqueue_graph`]).
+    fn enqueue_graph(self, graph: Graph) -> impl Future<Output = Result<WrittenGraph>> + Send + 'c;
 }
 
 impl<'c> Enqueue<'c> for &'c Pq {
@@ -54,6 +59,10 @@ impl<'c> Enqueue<'c> for &'c Pq {
         })
         .await
     }
+
+    fn enqueue_graph(self, graph: Graph) -> impl Future<Output = Result<WrittenGraph>> + Send + 'c {
+        self.enqueue_graph(graph)
+    }
 }
 
 impl<'c> Enqueue<'c> for &'c mut Transaction {
@@ -63,6 +72,10 @@ impl<'c> Enqueue<'c> for &'c mut Transaction {
 
     async fn enqueue_many(self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         self.write_jobs(jobs).await
+    }
+
+    async fn enqueue_graph(self, graph: Graph) -> Result<WrittenGraph> {
+        self.write_graph(graph).await
     }
 }
 
@@ -85,5 +98,11 @@ impl<'c> Enqueue<'c> for OnConnection<'c> {
 
     async fn enqueue_many(self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>> {
         insert_jobs(self.pq.statements().await?, self.connection, jobs).await
+    }
+
+    async fn enqueue_graph(self, graph: Graph) -> Result<WrittenGraph> {
+        graph
+            .write(self.pq.statements().await?, self.connection)
+            .await
     }
 }

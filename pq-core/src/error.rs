@@ -47,6 +47,14 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// A [`Graph`](crate::Graph) (a workflow) that cannot be written: an edge to a job not in
+    /// it, a parent added after its child, an edge given twice, a job with a unique key.
+    #[error("invalid workflow: {reason}")]
+    InvalidGraph {
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A queue name that cannot be stored.
     #[error("invalid queue name {name:?}: {reason}")]
     InvalidQueueName {

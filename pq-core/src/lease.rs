@@ -410,12 +410,13 @@ impl Pq {
         Ok(claimed)
     }
 
-    /// Marks these claimed jobs done on `executor` (the handler's own transaction, say), in one
-    /// statement: deleted, or kept in the `done` state when `keep` is set. Returns the ids it
-    /// completed; a job missing from it was no longer this claim's.
-    pub async fn complete<'e>(
+    /// Marks these claimed jobs done on `connection` (the handler's own transaction, say), in
+    /// one statement: deleted, or kept in the `done` state when `keep` is set (a job that
+    /// others wait for is always kept). Returns the ids it completed; a job missing from it was
+    /// no longer this claim's.
+    pub async fn complete(
         &self,
-        executor: impl sqlx::PgExecutor<'e>,
+        connection: &mut sqlx::PgConnection,
         claims: &[Claim],
         keep: bool,
     ) -> Result<Vec<JobId>> {
@@ -425,14 +426,32 @@ impl Pq {
         } else {
             &sql.complete_delete
         };
-        let (_, ids_column, numbers) = columns(claims);
-        let touched = sql
+        let (sorted, ids_column, numbers) = columns(claims);
+        let mut done = ids(sql
             .query_scalar(statement)
             .bind(ids_column)
             .bind(numbers)
-            .fetch_one(executor)
-            .await?;
-        Ok(ids(touched))
+            .fetch_one(&mut *connection)
+            .await?);
+        if done.len() < claims.len() && !keep {
+            // A job that became a parent while this statement ran (an edge added to it, which
+            // waited for it) was passed over by both of its branches: the next statement's
+            // snapshot sees it. A job lost to its claim is missed again, at the cost of a
+            // statement.
+            let found: std::collections::HashSet<JobId> = done.iter().copied().collect();
+            let (missed, numbers): (Vec<i64>, Vec<i64>) = sorted
+                .iter()
+                .filter(|claim| !found.contains(&claim.id))
+                .map(|claim| (claim.id.0, claim.number))
+                .unzip();
+            done.extend(ids(sql
+                .query_scalar(statement)
+                .bind(missed)
+                .bind(numbers)
+                .fetch_one(&mut *connection)
+                .await?));
+        }
+        Ok(done)
     }
 
     /// Completes a batch of claims, as [`complete`](Pq::complete) does, on a connection of

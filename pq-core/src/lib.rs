@@ -10,6 +10,7 @@ mod connections;
 mod enqueue;
 mod error;
 mod flow;
+mod graph;
 mod job;
 mod lease;
 mod listen;
@@ -25,6 +26,7 @@ mod timestamp;
 mod transaction;
 mod when;
 mod workers;
+mod workflows;
 
 pub use admin::{
     Admin, AttemptError, Batch, JobFilter, JobInfo, JobState, Page, ParseJobStateError, QueueStats,
@@ -36,6 +38,7 @@ pub use flow::{
     FlowDeclaration, FlowPolicy, LimitInfo, Limits, QueueLimits, Rate, Sequence, MAX_RATE_PERIOD,
     MAX_RATE_PER_SECOND,
 };
+pub use graph::{Edge, Graph, Input, OnParentFailure, Parent, WorkflowId, WrittenGraph};
 pub use job::{Enqueued, Job, JobId, NewJob, OnConflict};
 pub use lease::MAX_SNOOZES;
 pub use listen::Subscription;
@@ -50,3 +53,4 @@ pub use schedules::{
 pub use transaction::Transaction;
 pub use when::{parse_duration, IntoWhen, When, MAX_DELAY};
 pub use workers::{WorkerId, WorkerRow};
+pub use workflows::{DependencyInfo, WorkflowInfo};

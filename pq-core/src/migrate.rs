@@ -78,6 +78,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(22, "0022_results.sql"),
     migration!(23, "0023_expiry_index.sql"),
     migration!(24, "0024_steps.sql"),
+    migration!(25, "0025_dependencies.sql"),
 ];
 
 /// The newest migration: what this pq's statements need, and the newest it knows.
@@ -107,6 +108,7 @@ pub const FUNCTIONS: &[Function] = &[
     function!("claim_limited.sql"),
     function!("notify.sql"),
     function!("wait.sql"),
+    function!("settle.sql"),
 ];
 
 /// How long a migration's transaction waits for a lock before it gives up and tries again: a

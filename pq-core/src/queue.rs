@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_core::Stream;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgExecutor, Row};
@@ -169,16 +170,23 @@ impl Queue {
         Ok(self.len().await? == 0)
     }
 
-    /// Removes every job of this queue, whatever its state; returns how many.
+    /// Removes every job of this queue, whatever its state; returns how many. Its jobs that
+    /// others wait for are cancelled first, so that those settle as their policy says.
     pub async fn clear(&self) -> Result<u64> {
         let sql = self.pq.statements().await?;
         self.pq
             .with_connection("clearing a queue", async |connection| {
+                let mut tx = Connection::begin(connection).await?;
+                sql.query(&sql.cancel_parents_of_queue)
+                    .bind(&*self.name)
+                    .execute(&mut *tx)
+                    .await?;
                 let done = sql
                     .query(&sql.clear)
                     .bind(&*self.name)
-                    .execute(connection)
+                    .execute(&mut *tx)
                     .await?;
+                tx.commit().await?;
                 Ok(done.rows_affected())
             })
             .await
@@ -673,6 +681,63 @@ async fn write_groups(
     Ok(answers)
 }
 
+/// Jobs as the arrays of a statement that writes many: one array a column.
+pub(crate) struct JobColumns {
+    pub queues: Vec<String>,
+    pub tasks: Vec<Option<String>>,
+    pub data: Vec<String>,
+    pub schedule_at: Vec<Option<DateTime<Utc>>>,
+    pub schedule_in: Vec<Option<i64>>,
+    pub expected_at: Vec<Option<DateTime<Utc>>>,
+    pub expected_in: Vec<Option<i64>>,
+    pub timeouts: Vec<Option<i64>>,
+    pub metas: Vec<Option<String>>,
+    /// Each job's unique key.
+    pub keys: Vec<Option<String>>,
+    /// Whether any job sets a time, a timeout or meta.
+    pub detailed: bool,
+}
+
+pub(crate) fn job_columns(rows: Vec<NewJob>) -> JobColumns {
+    let n = rows.len();
+    let mut columns = JobColumns {
+        queues: Vec::with_capacity(n),
+        tasks: Vec::with_capacity(n),
+        data: Vec::with_capacity(n),
+        schedule_at: Vec::with_capacity(n),
+        schedule_in: Vec::with_capacity(n),
+        expected_at: Vec::with_capacity(n),
+        expected_in: Vec::with_capacity(n),
+        timeouts: Vec::with_capacity(n),
+        metas: Vec::with_capacity(n),
+        keys: Vec::with_capacity(n),
+        detailed: false,
+    };
+    for job in rows {
+        let meta = job.meta_json();
+        let scheduled = job.scheduled();
+        columns.detailed |= scheduled.is_some()
+            || job.expected_at.is_some()
+            || job.timeout.is_some()
+            || meta.is_some();
+        columns.schedule_at.push(scheduled.and_then(When::at));
+        columns
+            .schedule_in
+            .push(scheduled.and_then(When::in_micros));
+        columns.expected_at.push(job.expected_at.and_then(When::at));
+        columns
+            .expected_in
+            .push(job.expected_at.and_then(When::in_micros));
+        columns.timeouts.push(job.timeout.map(crate::lease::micros));
+        columns.metas.push(meta);
+        columns.keys.push(job.unique.map(|(key, _)| key));
+        columns.queues.push(job.queue);
+        columns.tasks.push(job.task);
+        columns.data.push(job.data);
+    }
+    columns
+}
+
 /// Writes `rows` in one statement: with keys meeting waiting jobs as `unique` says (its code
 /// and bound), or plain. Answers each row in order (`None` for a row the statement did not
 /// return).
@@ -683,35 +748,19 @@ async fn write_rows(
     unique: Option<(i32, Option<i64>)>,
 ) -> Result<Vec<Option<Enqueued>>> {
     let n = rows.len();
-    let mut queues = Vec::with_capacity(n);
-    let mut tasks = Vec::with_capacity(n);
-    let mut data = Vec::with_capacity(n);
-    let (mut schedule_at, mut schedule_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let (mut expected_at, mut expected_in) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let mut timeouts = Vec::with_capacity(n);
-    let mut metas = Vec::with_capacity(n);
-    let mut keys = Vec::new();
-    let mut detailed = false;
-    for job in rows {
-        let meta = job.meta_json();
-        let scheduled = job.scheduled();
-        detailed |= scheduled.is_some()
-            || job.expected_at.is_some()
-            || job.timeout.is_some()
-            || meta.is_some();
-        schedule_at.push(scheduled.and_then(When::at));
-        schedule_in.push(scheduled.and_then(When::in_micros));
-        expected_at.push(job.expected_at.and_then(When::at));
-        expected_in.push(job.expected_at.and_then(When::in_micros));
-        timeouts.push(job.timeout.map(crate::lease::micros));
-        metas.push(meta);
-        if unique.is_some() {
-            keys.push(job.unique.map(|(key, _)| key));
-        }
-        queues.push(job.queue);
-        tasks.push(job.task);
-        data.push(job.data);
-    }
+    let JobColumns {
+        queues,
+        tasks,
+        data,
+        schedule_at,
+        schedule_in,
+        expected_at,
+        expected_in,
+        timeouts,
+        metas,
+        keys,
+        detailed,
+    } = job_columns(rows);
     let Some((code, bound)) = unique else {
         let query = if detailed {
             sql.query_scalar(&sql.put_jobs)

@@ -202,12 +202,19 @@ pub(crate) struct Statements {
     pub put_jobs_now: String,
     pub put_unique: String,
     pub put_jobs_unique: String,
+    pub put_graph: String,
+    pub lock_parents: String,
+    pub put_edges: String,
+    pub settle_ended: String,
+    pub sweep_edges: String,
     pub get: String,
     pub give_back: String,
     pub fail_unreadable: String,
     pub wait: String,
     pub len: String,
     pub clear: String,
+    pub cancel_parent: String,
+    pub cancel_parents_of_queue: String,
     pub update_data: String,
     pub claim: String,
     pub claimed_data: String,
@@ -397,6 +404,59 @@ impl Statements {
             key = stored("k"),
             flow = flow("mt"),
         );
+        // A graph's jobs (`put_jobs`' arrays, then $10: how many parents each waits for, $11:
+        // whether it has children): a job that waits is `waiting`, and only the queues of
+        // those that do not are notified.
+        let notified_ready = notified_by(&format!(
+            "(SELECT bool_or({notify}(q)) FROM (SELECT DISTINCT q \
+               FROM unnest($1::text[], $10::int4[]) AS r(q, w) WHERE w = 0) AS queues)"
+        ));
+        let put_graph = format!(
+            "INSERT INTO {t} (q_name, task, data, schedule_at, expected_at, timeout, meta, flow, \
+               state, waits, releases) \
+             SELECT q, task, d::json, \
+               COALESCE(s_at, statement_timestamp() + s_in * interval '1 microsecond', '-infinity'), \
+               COALESCE(e_at, statement_timestamp() + e_in * interval '1 microsecond'), \
+               limit_us * interval '1 microsecond', m::jsonb, {flow}, \
+               CASE WHEN w > 0 THEN 'waiting' ELSE 'queued' END, NULLIF(w, 0), NULLIF(r, false) \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::int8[], \
+               $6::timestamptz[], $7::int8[], $8::int8[], $9::text[], $10::int4[], $11::bool[]) \
+               AS j(q, task, d, s_at, s_in, e_at, e_in, limit_us, m, w, r) \
+             RETURNING id, (SELECT {notified_ready}) AS notified",
+            flow = flow("m"),
+        );
+        // Parents already in the table ($1), locked in id order until the graph commits.
+        let lock_parents =
+            format!("SELECT id, state FROM {t} WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE");
+        // A graph's edges (parent, child, policy, slot, position), under a new workflow id,
+        // which it returns; parents already in the table that have not ended ($6) now release.
+        let after = table.qualified_derived("after");
+        let put_edges = format!(
+            "WITH workflow AS (SELECT nextval({workflows}) AS id), \
+             edges AS (INSERT INTO {after} (parent, child, workflow, policy, slot, position) \
+               SELECT p, c, workflow.id, policy, slot, position \
+               FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int4[]) \
+                 AS e(p, c, policy, slot, position), workflow), \
+             marked AS (UPDATE {t} SET releases = true WHERE id = ANY($6) AND releases IS NULL) \
+             SELECT id FROM workflow",
+            workflows = quote_literal(&table.qualified_derived("workflows")),
+        );
+        // Parents already in the table that had ended, or are gone (succeeded), when their
+        // child was added: settled at once, in id order.
+        let settle_ended = format!(
+            "SELECT {settle}(p.id, COALESCE(j.state, 'done'), j.result, j.last_error) \
+             FROM unnest($1::int8[]) AS p(id) LEFT JOIN {t} AS j ON j.id = p.id ORDER BY p.id",
+            settle = table.qualified_derived("settle"),
+        );
+        // Edges neither of whose jobs is in the table any more, a bounded batch at a time: the
+        // rest show a job's parents and children, and a workflow's graph, while they are.
+        let sweep_edges = format!(
+            "DELETE FROM {after} AS a USING (SELECT o.parent, o.child FROM {after} AS o \
+               WHERE NOT EXISTS (SELECT FROM {t} AS j WHERE j.id = o.child) \
+                 AND NOT EXISTS (SELECT FROM {t} AS j WHERE j.id = o.parent) \
+               LIMIT $1 FOR UPDATE OF o SKIP LOCKED) AS gone \
+             WHERE a.parent = gone.parent AND a.child = gone.child"
+        );
         let put_jobs_now = format!(
             "INSERT INTO {t} (q_name, task, data, schedule_at) \
              SELECT q, task, d::json, '-infinity' \
@@ -518,7 +578,17 @@ impl Statements {
             )
         };
         let done = "state = 'done', worker_id = NULL, finished_at = statement_timestamp()";
-        let complete_delete = touched(format!("DELETE FROM {t} AS j USING {claims} WHERE {held}"));
+        // A parent is kept `done` rather than deleted, so that the trigger of migration 25
+        // settles its children, and expires at once: the workers' maintenance deletes it.
+        let complete_delete = format!(
+            "WITH kept AS (UPDATE {t} AS j SET {done}, expires_at = statement_timestamp() \
+               FROM {claims} WHERE {held} AND j.releases \
+               RETURNING j.id), \
+             gone AS (DELETE FROM {t} AS j USING {claims} WHERE {held} AND j.releases IS NULL \
+               RETURNING j.id) \
+             SELECT COALESCE(array_agg(id), '{{}}') \
+             FROM (SELECT id FROM kept UNION ALL SELECT id FROM gone) AS touched"
+        );
         let complete_keep = touched(format!("UPDATE {t} AS j SET {done} {fenced}"));
         // The worker's batches find their rows by the `ctid` their claim returned, a TID scan
         // per job rather than a primary key lookup: a running job's row does not move (nothing
@@ -526,7 +596,8 @@ impl Statements {
         // this misses by id.
         let located = "unnest($1::int8[], $2::int8[], $3::tid[]) AS f(id, claim, row)";
         let complete_delete_by_row = touched(format!(
-            "DELETE FROM {t} AS j USING {located} WHERE j.ctid = f.row AND {held}"
+            "DELETE FROM {t} AS j USING {located} \
+             WHERE j.ctid = f.row AND {held} AND j.releases IS NULL"
         ));
         let complete_keep_by_row = touched(format!(
             "UPDATE {t} AS j SET {done} FROM {located} WHERE j.ctid = f.row AND {held}"
@@ -700,6 +771,8 @@ impl Statements {
              FROM lost WHERE j.id = lost.id \
              RETURNING j.q_name, j.state = 'queued'"
         );
+        let cancelled_parent = "state = 'cancelled', finished_at = statement_timestamp(), \
+            last_error = 'deleted before it ran', waits = NULL";
         Self {
             prepared,
             notify: "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q".to_owned(),
@@ -712,6 +785,16 @@ impl Statements {
                  WHERE q_name = $1 AND state = 'queued' AND {READY_AT} <= statement_timestamp()"
             ),
             clear: format!("DELETE FROM {t} WHERE q_name = $1"),
+            // Parents that have not ended are cancelled before a delete, so that their
+            // children settle (migration 25 has no trigger on DELETE).
+            cancel_parent: format!(
+                "UPDATE {t} SET {cancelled_parent} \
+                 WHERE id = $1 AND releases AND state IN ('queued', 'waiting')"
+            ),
+            cancel_parents_of_queue: format!(
+                "UPDATE {t} SET {cancelled_parent} \
+                 WHERE q_name = $1 AND releases AND state IN ('queued', 'waiting')"
+            ),
             update_data: format!("UPDATE {t} SET data = $2::json WHERE id = $1"),
             // A worker that stops deletes its row once no claim of its is running (claims hold
             // its lock shared, see `sql/functions/claim.sql`), then gives back whatever it still
@@ -750,6 +833,11 @@ impl Statements {
             put_jobs_now,
             put_unique,
             put_jobs_unique,
+            put_graph,
+            lock_parents,
+            put_edges,
+            settle_ended,
+            sweep_edges,
             get,
             give_back,
             fail_unreadable,

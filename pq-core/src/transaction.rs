@@ -116,6 +116,12 @@ impl Transaction {
         insert_jobs(sql, self.tx(), jobs).await
     }
 
+    pub(crate) async fn write_graph(&mut self, graph: crate::Graph) -> Result<crate::WrittenGraph> {
+        let queue = self.queue.clone();
+        let sql = queue.pq().statements().await?;
+        graph.write(sql, self.tx()).await
+    }
+
     /// Makes everything done in the transaction permanent.
     pub async fn commit(mut self) -> Result<()> {
         self.took = false;

@@ -157,16 +157,19 @@ impl Env {
         let deadline = Instant::now() + timeout;
         let (mut fewest, mut progressed) = (i64::MAX, Instant::now());
         loop {
-            match self.count("state IN ('queued', 'running')").await {
+            match self.count("state IN ('waiting', 'queued', 'running')").await {
                 Ok(0) => return Ok(()),
                 Ok(left) if left < fewest => (fewest, progressed) = (left, Instant::now()),
                 Ok(left) if progressed.elapsed() > STALL => bail!(
-                    "stalled: {left} jobs queued or running and none finished for {STALL:?}; see the workers' logs"
+                    "stalled: {left} jobs waiting, queued or running and none finished for {STALL:?}; see the workers' logs"
                 ),
                 _ => {}
             }
             if Instant::now() > deadline {
-                let left = self.count("state IN ('queued', 'running')").await.ok();
+                let left = self
+                    .count("state IN ('waiting', 'queued', 'running')")
+                    .await
+                    .ok();
                 bail!("jobs still queued or running after {timeout:?}: {left:?}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

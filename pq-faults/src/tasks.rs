@@ -276,3 +276,68 @@ pub async fn stepped(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::Result
     }
     Ok(())
 }
+
+/// The queue of the `workflows` scenario's jobs.
+pub const WORKFLOWS_QUEUE: &str = "workflows";
+
+/// A diamond's top: returns `key * 10`, its effect recorded in the job's transaction.
+#[pq::task(
+    queue = "workflows",
+    name = "faults::top",
+    max_retries = 25,
+    retry_in = "0s"
+)]
+pub async fn top(ctx: TaskContext, key: i64, work_ms: u32) -> anyhow::Result<i64> {
+    diamond_part(&ctx, key, "top", work_ms).await?;
+    Ok(key * 10)
+}
+
+/// A diamond's side: its parent's result plus `add`.
+#[pq::task(
+    queue = "workflows",
+    name = "faults::side",
+    max_retries = 25,
+    retry_in = "0s"
+)]
+pub async fn side(
+    ctx: TaskContext,
+    #[parent] top: i64,
+    key: i64,
+    add: i64,
+    work_ms: u32,
+) -> anyhow::Result<i64> {
+    let kind = if add == 1 { "left" } else { "right" };
+    diamond_part(&ctx, key, kind, work_ms).await?;
+    Ok(top + add)
+}
+
+/// A diamond's bottom: takes both sides' results, and fails for good unless they are what
+/// the top and sides computed.
+#[pq::task(
+    queue = "workflows",
+    name = "faults::bottom",
+    max_retries = 25,
+    retry_in = "0s"
+)]
+pub async fn bottom(
+    ctx: TaskContext,
+    #[parents] sides: Vec<i64>,
+    key: i64,
+    work_ms: u32,
+) -> anyhow::Result<()> {
+    if sides != [key * 10 + 1, key * 10 + 2] {
+        return Err(pq::TaskError::permanent(format!("job {key}: got {sides:?}")).into());
+    }
+    diamond_part(&ctx, key, "bottom", work_ms).await
+}
+
+/// Notes that this part began (`ran <kind>`, a statement of its own), works, and records its
+/// effect (`<kind>`) in the job's transaction.
+async fn diamond_part(ctx: &TaskContext, key: i64, kind: &str, work_ms: u32) -> anyhow::Result<()> {
+    let ran = format!("ran {kind}");
+    on_its_own(ctx, record(ctx, key, &ran, None)).await?;
+    work(work_ms).await;
+    let mut tx = ctx.transaction().await?;
+    record(ctx, key, kind, None).execute(&mut *tx).await?;
+    Ok(())
+}

@@ -11,7 +11,7 @@ use syn::{Attribute, ItemFn};
 
 use crate::args::{Backoff, OnCancel, OnConflict, OnFailure, OnMissed, TaskArgs};
 use crate::errors::Errors;
-use crate::signature::{Output, Signature, Supplied};
+use crate::signature::{is_ours, FromParent, Output, Signature, Supplied};
 
 /// The whole macro: `args` are the attribute's arguments, `item` the function it is on.
 ///
@@ -61,6 +61,19 @@ fn with_errors(errors: Errors, item: TokenStream) -> TokenStream {
 
 fn with_compile_error(error: syn::Error, item: TokenStream) -> TokenStream {
     let error = error.into_compile_error();
+    // Without the parameters' `#[parent]` and `#[parents]`, which only this macro knows: the
+    // compiler would report them too, beside the real error.
+    let item = match syn::parse2::<ItemFn>(item.clone()) {
+        Ok(mut function) => {
+            for input in &mut function.sig.inputs {
+                if let syn::FnArg::Typed(input) = input {
+                    input.attrs.retain(|attribute| !is_ours(attribute));
+                }
+            }
+            function.to_token_stream()
+        }
+        Err(_) => item,
+    };
     quote!(#error #item)
 }
 
@@ -120,18 +133,75 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
         body,
     } = Attributes::sort(attrs);
     let task = &sig.ident;
-    let names: Vec<_> = signature.arguments.iter().map(|a| &a.name).collect();
     let types: Vec<_> = signature.arguments.iter().map(|a| &a.ty).collect();
     // Spanned on the parameter, where serde's derives report a type that is not (de)serializable.
-    let fields = names.iter().zip(&types).map(|(name, ty)| {
+    // An argument from parents' results is absent until its job is released, so its field
+    // is an `Option` (the argument's own, for an optional result).
+    let fields = signature.arguments.iter().map(|argument| {
+        let (name, ty) = (&argument.name, &argument.ty);
         let doc = format!("The task's `{}` argument.", name.unraw());
-        quote_spanned!(name.span()=> #[doc = #doc] pub #name: #ty)
+        match &argument.from_parent {
+            None => quote_spanned!(name.span()=> #[doc = #doc] pub #name: #ty),
+            Some(from) => {
+                let field = if awaits_result(from) {
+                    quote!(::core::option::Option<#ty>)
+                } else {
+                    quote!(#ty)
+                };
+                quote_spanned! {name.span()=>
+                    #[doc = #doc]
+                    #[serde(default, skip_serializing_if = "::core::option::Option::is_none")]
+                    pub #name: #field
+                }
+            }
+        }
     });
 
-    let run = syn::Signature {
+    let mut run = syn::Signature {
         ident: format_ident!("run", span = sig.ident.span()),
         ..sig.clone()
     };
+    for input in &mut run.inputs {
+        if let syn::FnArg::Typed(input) = input {
+            input.attrs.retain(|attribute| !is_ours(attribute));
+        }
+    }
+    // The call function takes what gives each result in place of the result itself: a node of
+    // a workflow or a job's handle, whose type says what it returns.
+    let call_params = signature.arguments.iter().map(|argument| {
+        let (name, ty) = (&argument.name, &argument.ty);
+        match &argument.from_parent {
+            None => quote!(#name: #ty),
+            Some(FromParent {
+                many: false,
+                output,
+                ..
+            }) => {
+                quote_spanned!(ty.span()=> #name: impl ::pq::ResultOf<#output>)
+            }
+            Some(FromParent {
+                many: true, output, ..
+            }) => quote_spanned! {ty.span()=>
+                #name: impl ::core::iter::IntoIterator<Item = impl ::pq::ResultOf<#output>>
+            },
+        }
+    });
+    let call_fields = signature.arguments.iter().map(|argument| {
+        let name = &argument.name;
+        match &argument.from_parent {
+            None => quote!(#name),
+            Some(_) => quote!(#name: ::core::option::Option::None),
+        }
+    });
+    let call_inputs = signature.arguments.iter().filter_map(|argument| {
+        let name = &argument.name;
+        let key = name.unraw().to_string();
+        match &argument.from_parent {
+            None => None,
+            Some(FromParent { many: false, .. }) => Some(quote!(.__from_parent(#key, #name))),
+            Some(FromParent { many: true, .. }) => Some(quote!(.__from_parents(#key, #name))),
+        }
+    });
     let name = match &args.name {
         Some(name) => name.to_token_stream(),
         None => {
@@ -219,8 +289,8 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
         #(#cfg)*
         #(#deprecated)*
         #(#lints)*
-        #vis fn #task(#(#names: #types),*) -> ::pq::TaskCall<#task> {
-            ::pq::TaskCall::new(#task { #(#names),* })
+        #vis fn #task(#(#call_params),*) -> ::pq::TaskCall<#task> {
+            ::pq::TaskCall::new(#task { #(#call_fields),* }) #(#call_inputs)*
         }
 
         #unique_task
@@ -359,6 +429,12 @@ fn options(args: &TaskArgs) -> TokenStream {
     }
 }
 
+/// Whether an argument from parents needs its results to run: all but an optional single
+/// result, whose field is the argument's own `Option`.
+fn awaits_result(from: &FromParent) -> bool {
+    from.many || !from.optional
+}
+
 fn duration(duration: Duration) -> TokenStream {
     let (secs, nanos) = (duration.as_secs(), duration.subsec_nanos());
     quote!(::core::time::Duration::new(#secs, #nanos))
@@ -376,6 +452,23 @@ fn execute(task: &syn::Ident, signature: &Signature, output: &TokenStream) -> To
         Some(Supplied::JobId) => (quote!(#ctx), Some(quote!(#ctx.job_id(),))),
     };
     let call = quote!(#task::run(#ctx_arg #(#names),*));
+    // A result a parent did not give refuses the run for good: the job was released without
+    // it (enqueued without its workflow, or a parent that kept no result).
+    let unwraps = signature.arguments.iter().filter_map(|argument| {
+        let from = argument.from_parent.as_ref().filter(|from| awaits_result(from))?;
+        let name = &argument.name;
+        let message = format!(
+            "argument `{}` takes {}, which this job does not have: it was enqueued outside its workflow, or a parent kept no result",
+            name.unraw(),
+            if from.many { "its parents' results" } else { "its parent's result" },
+        );
+        Some(quote! {
+            let ::core::option::Option::Some(#name) = #name else {
+                return ::core::result::Result::Err(::pq::__private::TaskError::permanent(#message));
+            };
+        })
+    });
+    let unwraps = quote!(#(#unwraps)*);
     // The conversion is spanned on the return type, so that one it cannot have is reported
     // there: `<R as IntoTaskResult>` carries its tokens, and the `let` the value's type.
     let span = signature
@@ -398,13 +491,13 @@ fn execute(task: &syn::Ident, signature: &Signature, output: &TokenStream) -> To
         let converted = converted(quote_spanned!(span=> #into_task_result(#call.await)));
         // Spanned on the function's `async`, where a body that is not `Send` is reported.
         quote_spanned! {asyncness.span=>
-            ::std::boxed::Box::pin(async move { #converted })
+            ::std::boxed::Box::pin(async move { #unwraps #converted })
         }
     } else {
         let converted = converted(quote_spanned! {span=>
             ::pq::__private::run_blocking(move || #into_task_result(#call)).await
         });
-        quote!(::std::boxed::Box::pin(async move { #converted }))
+        quote!(::std::boxed::Box::pin(async move { #unwraps #converted }))
     };
     quote! {
         fn execute(

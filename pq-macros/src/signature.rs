@@ -68,6 +68,93 @@ pub(crate) enum Output<'a> {
 pub(crate) struct Argument {
     pub(crate) name: Ident,
     pub(crate) ty: Type,
+    /// Whether it takes a parent's result (`#[parent]`) or its parents' (`#[parents]`),
+    /// rather than a value given to the call.
+    pub(crate) from_parent: Option<FromParent>,
+}
+
+/// An argument filled with parents' results when its job becomes ready.
+pub(crate) struct FromParent {
+    /// One parent's result, or a list of several (`#[parents]`, a fan-in).
+    pub(crate) many: bool,
+    /// The type a parent returns: the argument's, or its list's items', without an `Option`.
+    pub(crate) output: Type,
+    /// Whether the argument is an `Option` (of the result, or of the list's items, a list of
+    /// `Option`s): a parent that failed or kept no result then gives `None`, and the job still
+    /// runs; otherwise it refuses to run without every result.
+    pub(crate) optional: bool,
+}
+
+/// The type inside `Wrapper<T>` when `ty` is one, going by the last segment of its path.
+fn inside<'a>(ty: &'a Type, wrapper: &str) -> Option<&'a Type> {
+    let Type::Path(path) = ty else {
+        return None;
+    };
+    let last = path.path.segments.last()?;
+    match &last.arguments {
+        PathArguments::AngleBracketed(args) if last.ident == wrapper && args.args.len() == 1 => {
+            match args.args.first() {
+                Some(GenericArgument::Type(inner)) => Some(inner),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether `input` is marked `#[parent]` or `#[parents]`, and what that makes of it.
+fn from_parent(input: &PatType, errors: &mut Errors) -> Option<FromParent> {
+    let mut found = None;
+    for attribute in &input.attrs {
+        let many = if attribute.path().is_ident("parent") {
+            false
+        } else if attribute.path().is_ident("parents") {
+            true
+        } else {
+            continue;
+        };
+        if let Err(error) = attribute.meta.require_path_only() {
+            errors.push(error);
+        }
+        if found.is_some() {
+            errors.spanned(
+                attribute,
+                "an argument takes one `#[parent]` or `#[parents]`",
+            );
+            continue;
+        }
+        let ty = &*input.ty;
+        let item = if many {
+            match inside(ty, "Vec") {
+                Some(item) => item,
+                None => {
+                    errors.spanned(
+                        ty,
+                        "a `#[parents]` argument is a `Vec` of what its parents return, in the \
+                         order they were given",
+                    );
+                    continue;
+                }
+            }
+        } else {
+            ty
+        };
+        let (output, optional) = match inside(item, "Option") {
+            Some(inner) => (inner.clone(), true),
+            None => (item.clone(), false),
+        };
+        found = Some(FromParent {
+            many,
+            output,
+            optional,
+        });
+    }
+    found
+}
+
+/// The attributes of a parameter that the macro reads, which the compiler must not see.
+pub(crate) fn is_ours(attribute: &syn::Attribute) -> bool {
+    attribute.path().is_ident("parent") || attribute.path().is_ident("parents")
 }
 
 impl Signature {
@@ -212,9 +299,11 @@ fn argument(input: &FnArg, errors: &mut Errors) -> Option<Argument> {
             return None;
         }
     };
+    let from_parent = from_parent(input, errors);
     storable.then(|| Argument {
         name,
         ty: (*input.ty).clone(),
+        from_parent,
     })
 }
 

@@ -275,7 +275,7 @@ async fn commit_with_completion(
     then: impl FnOnce(&str) -> Failure,
 ) -> Outcome {
     let completed = match returned {
-        None => pq.complete(&mut *tx, &[claim], keep_completed).await,
+        None => pq.complete(&mut tx, &[claim], keep_completed).await,
         Some(returned) => pq.complete_returned(&mut *tx, &[returned]).await,
     };
     let committed = match completed {

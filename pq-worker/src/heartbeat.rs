@@ -62,8 +62,8 @@ const MAINTENANCE_BATCH: u32 = 1000;
 /// How long one round of [`maintain`] deletes for, at most, batch after batch.
 const MAINTENANCE_ROUND: Duration = Duration::from_secs(5);
 
-/// Deletes, every `every` until dropped, the finished jobs whose results expired and the step
-/// records of ended jobs, a batch of 1,000 after another until none is left or the round's
+/// Deletes, every `every` until dropped, the finished jobs whose results expired, the step
+/// records of ended jobs and the edges of gone ones, a batch of 1,000 after another until none is left or the round's
 /// time is up. A task of its own, so that a long round never holds back a heartbeat; every
 /// worker runs it, their batches skipping the rows another holds.
 pub(crate) async fn maintain(pq: Pq, every: Duration) {
@@ -74,17 +74,19 @@ pub(crate) async fn maintain(pq: Pq, every: Duration) {
         let round = tokio::time::Instant::now() + MAINTENANCE_ROUND;
         let expired = batches(round, || pq.expire(MAINTENANCE_BATCH)).await;
         let swept = batches(round, || pq.sweep_steps(MAINTENANCE_BATCH)).await;
-        match (expired, swept) {
-            (Ok(expired), Ok(swept)) if expired + swept > 0 => {
+        let edges = batches(round, || pq.sweep_edges(MAINTENANCE_BATCH)).await;
+        match (expired, swept, edges) {
+            (Ok(expired), Ok(swept), Ok(edges)) if expired + swept + edges > 0 => {
                 tracing::debug!(
                     expired,
                     swept,
-                    "pq: deleted expired jobs and ended jobs' step records"
+                    edges,
+                    "pq: deleted expired jobs, ended jobs' step records and gone jobs' edges"
                 );
             }
-            (Ok(_), Ok(_)) => {}
-            (Err(error), _) | (_, Err(error)) => {
-                tracing::error!(%error, "pq: cannot delete expired jobs or ended jobs' step records");
+            (Ok(_), Ok(_), Ok(_)) => {}
+            (Err(error), _, _) | (_, Err(error), _) | (_, _, Err(error)) => {
+                tracing::error!(%error, "pq: cannot delete expired jobs, step records or edges");
             }
         }
     }

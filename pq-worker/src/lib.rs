@@ -17,6 +17,7 @@ mod shutdown;
 mod task;
 mod trace;
 mod worker;
+mod workflow;
 
 pub mod metrics;
 #[doc(hidden)]
@@ -35,6 +36,9 @@ pub use task::{
 #[cfg(feature = "otel")]
 pub use trace::PARENT_WITHIN;
 pub use worker::{Worker, WorkerError, PREFETCH_MOST, PREFETCH_WAIT, RECORDING};
+#[doc(hidden)]
+pub use workflow::Target;
+pub use workflow::{After, EnqueuedWorkflow, Node, ResultOf, Workflow};
 
 /// The message of a caught panic: its `&str` or `String` payload, if it has one.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {

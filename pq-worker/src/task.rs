@@ -15,6 +15,7 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::context::TaskContext;
+use crate::workflow::Parents;
 
 /// A boxed, sendable future, as returned by [`Task::execute`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -416,6 +417,8 @@ pub struct TaskCall<T: Task> {
     on_conflict: Option<OnConflict>,
     /// The flow key, where the call sets it.
     flow_key: Option<String>,
+    /// The jobs it waits for (see [`TaskCall::after`]).
+    pub(crate) parents: Parents,
 }
 
 impl<T: UniqueTask> TaskCall<T> {
@@ -480,6 +483,7 @@ impl<T: Task> TaskCall<T> {
             unique_key: None,
             on_conflict: None,
             flow_key: None,
+            parents: Parents::default(),
         }
     }
 
@@ -565,29 +569,49 @@ impl<T: Task> TaskCall<T> {
         // `Send` inside a task body (rust-lang/rust#100013), where follow-ups are enqueued.
         // Its span begins when it is first polled, under whatever span is current then.
         let queue = self.queue.clone();
-        let job = self.into_job();
-        futures_util::future::lazy(move |_| {
-            let span = crate::trace::send(&queue, T::NAME);
-            let written = match job {
-                Ok(job) => Either::Left(target.enqueue(crate::trace::carry(&span, job))),
+        if self.waits() {
+            let written = match self.into_graph() {
+                Ok(graph) => Either::Left(target.enqueue_graph(graph)),
                 Err(error) => Either::Right(std::future::ready(Err(error))),
             };
-            let sent = span.clone();
-            written
-                .map_ok(move |enqueued| {
-                    sent.record("messaging.message.id", enqueued.id().0);
-                    if !enqueued.is_duplicate() {
-                        crate::metrics::job_enqueued(T::NAME, queue);
-                    }
-                    T::Enqueued::from_enqueued(enqueued)
-                })
-                .instrument(span)
-        })
-        .flatten()
+            return Either::Left(written.map_ok(move |written| {
+                crate::metrics::job_enqueued(T::NAME, queue);
+                T::Enqueued::from_enqueued(Enqueued::New(written.jobs[0]))
+            }));
+        }
+        let job = self.into_job();
+        Either::Right(
+            futures_util::future::lazy(move |_| {
+                let span = crate::trace::send(&queue, T::NAME);
+                let written = match job {
+                    Ok(job) => Either::Left(target.enqueue(crate::trace::carry(&span, job))),
+                    Err(error) => Either::Right(std::future::ready(Err(error))),
+                };
+                let sent = span.clone();
+                written
+                    .map_ok(move |enqueued| {
+                        sent.record("messaging.message.id", enqueued.id().0);
+                        if !enqueued.is_duplicate() {
+                            crate::metrics::job_enqueued(T::NAME, queue);
+                        }
+                        T::Enqueued::from_enqueued(enqueued)
+                    })
+                    .instrument(span)
+            })
+            .flatten(),
+        )
     }
 
     /// The job this call writes.
     pub fn into_job(self) -> Result<NewJob, pq_core::Error> {
+        if self.waits() {
+            return Err(pq_core::Error::InvalidGraph {
+                reason: format!(
+                    "a call of {} waits for other jobs: enqueue it alone, or add it to a pq::Workflow",
+                    T::NAME
+                ),
+            });
+        }
         let args = serde_json::to_string(&self.args).map_err(pq_core::Error::Encode)?;
         let mut job = NewJob::from_json(&self.queue, args)?.task(T::NAME);
         if let Some(when) = self.schedule_at {

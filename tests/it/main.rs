@@ -12,6 +12,7 @@ mod admin;
 mod cancellation;
 mod connections;
 mod control;
+mod dependencies;
 mod errors;
 mod faults;
 mod fencing;

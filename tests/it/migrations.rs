@@ -75,6 +75,7 @@ async fn a_function_whose_definition_changed_is_defined_again_and_the_others_are
             "functions/claim.sql",
             "functions/claim_limited.sql",
             "functions/notify.sql",
+            "functions/settle.sql",
             "functions/wait.sql"
         ]
     );
@@ -102,12 +103,14 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
     let t = pq.table();
     let name = |suffix| derived(pq, suffix);
     execute(&format!(
-            "DROP INDEX {ready}; \
+            "DROP FUNCTION {released}() CASCADE; DROP TABLE {after}; DROP SEQUENCE {workflows}; \
+             DROP INDEX {ready}; \
              CREATE INDEX queue_dequeue_idx ON {t} \
                (q_name, schedule_at, COALESCE(expected_at, 'infinity'), id) WHERE state = 'queued'; \
              ALTER TABLE {t} DROP COLUMN claim_id, DROP COLUMN worker_id, DROP COLUMN rescues, \
                DROP COLUMN timeout, DROP COLUMN snoozes, DROP COLUMN meta, DROP COLUMN unique_key, \
-               DROP COLUMN flow, DROP COLUMN result, DROP COLUMN expires_at; \
+               DROP COLUMN flow, DROP COLUMN result, DROP COLUMN expires_at, \
+               DROP COLUMN waits, DROP COLUMN releases; \
              DROP TABLE {workers}; DROP TABLE {queues}; DROP TABLE {schedules}; DROP TABLE {flows}; DROP TABLE {key_rates}; DROP TABLE {steps}; \
              DROP SEQUENCE {claims}; \
              DELETE FROM {migrations} WHERE version >= 10; DELETE FROM {functions}; \
@@ -119,6 +122,9 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
             flows = name("flows"),
             key_rates = name("key_rates"),
             steps = name("steps"),
+            released = name("released"),
+            after = name("after"),
+            workflows = name("workflows"),
             claims = name("claims"),
             migrations = name("migrations"),
             functions = name("functions"),

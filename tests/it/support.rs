@@ -48,7 +48,7 @@ pub async fn direct() -> sqlx::PgConnection {
 /// a transaction pooler needs.
 pub async fn complete(pq: &Pq, claims: &[pq::protocol::Claim], keep: bool) -> Vec<JobId> {
     let mut tx = pq.pool().begin().await.expect("begin");
-    let done = pq.complete(&mut *tx, claims, keep).await.expect("complete");
+    let done = pq.complete(&mut tx, claims, keep).await.expect("complete");
     tx.commit().await.expect("commit");
     done
 }

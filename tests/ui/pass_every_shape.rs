@@ -78,6 +78,28 @@ mod nested {
     }
 }
 
+/// Takes its parent's result; a plain function, so the parent's arrives on a blocking thread.
+#[pq::task]
+fn weigh_one(#[parent] apple: Apple, scale: f32) -> Result<f32, String> {
+    Ok(apple.weight * scale)
+}
+
+/// Takes every parent's result, and tolerates a failed one.
+#[pq::task]
+async fn total(
+    ctx: pq::TaskContext,
+    #[parents] weights: Vec<Option<f32>>,
+    #[parent] first: Option<f32>,
+) -> anyhow::Result<f32> {
+    println!("job {}: {first:?}", ctx.job_id());
+    Ok(weights.into_iter().flatten().sum())
+}
+
+#[pq::task]
+async fn pick(kind: String) -> anyhow::Result<Apple> {
+    Ok(Apple { kind, weight: 0.2 })
+}
+
 fn main() {
     let call: pq::TaskCall<eat> = eat("Cox".into(), 3)
         .schedule_at("1m")
@@ -123,8 +145,17 @@ fn main() {
     shadows::run("a".into(), "b".into(), 1).unwrap();
     nested::inside::run(1).unwrap();
 
+    let mut workflow = pq::Workflow::new();
+    let apple = workflow.add(pick("Cox".into()));
+    let weights: Vec<pq::Node<f32>> = (0..3).map(|_| workflow.add(weigh_one(apple, 2.0))).collect();
+    let _ = workflow.add(
+        total(&weights, weights[0])
+            .after(apple)
+            .on_parent_failure(pq::OnParentFailure::Run),
+    );
+
     let registry = pq::Registry::from_inventory().expect("no duplicate names");
-    assert_eq!(registry.len(), 8);
+    assert_eq!(registry.len(), 11);
     assert_eq!(
         registry.get("fruit::weigh").unwrap().options.retry_in,
         std::time::Duration::ZERO

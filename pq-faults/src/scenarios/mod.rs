@@ -9,6 +9,7 @@ mod limits;
 mod load;
 mod shutdown;
 mod steps;
+mod workflows;
 
 use std::future::Future;
 use std::path::Path;
@@ -113,6 +114,11 @@ pub const SCENARIOS: &[Scenario] = &[
         |p, s, l| Box::pin(steps::steps(p, s, l)),
     ),
     (
+        "workflows",
+        "diamond workflows over 2 workers, 3 SIGKILLed in turn: every edge honoured, every part once",
+        |p, s, l| Box::pin(workflows::workflows(p, s, l)),
+    ),
+    (
         "shutdown-hung",
         "SIGTERM to workers while the server hangs; a second SIGTERM stops at once",
         |p, s, l| Box::pin(shutdown::shutdown_hung(p, s, l)),
@@ -147,6 +153,8 @@ pub struct Profile {
     pub limits_jobs: u64,
     /// Jobs of the `steps` scenario (two steps of 40 ms each).
     pub steps_jobs: u64,
+    /// Diamonds of the `workflows` scenario (four jobs of 20 ms each).
+    pub diamonds: u64,
 }
 
 impl Profile {
@@ -172,6 +180,7 @@ impl Profile {
             cron_run: Duration::from_secs(30),
             limits_jobs: 1_500,
             steps_jobs: 1_500,
+            diamonds: 500,
         }
     }
 
@@ -195,6 +204,7 @@ impl Profile {
             cron_run: Duration::from_secs(180),
             limits_jobs: 10_000,
             steps_jobs: 6_000,
+            diamonds: 3_000,
         }
     }
 }

@@ -1,0 +1,60 @@
+-- Dependencies: a job may wait for others, its parents, and become ready in the transaction
+-- that records the outcome of the last of them (no resolver in the background, no lag).
+--
+-- A waiting job has state `waiting` and counts in `waits` the parents whose outcome it has
+-- not had yet; a parent has `releases` set. Both are NULL for every other job and for the rows
+-- already there (no rewrite). The claim reads `state = 'queued'` only, so a waiting job is
+-- never handed out, and sits in none of the claim's indexes.
+--
+-- `<table>_after` holds the edges: one row per parent and child, with the child's policy for a
+-- parent that fails or is cancelled, the argument of the child that takes the parent's result
+-- (`slot`, with its place in a list for a fan-in), and, once the parent has ended, its outcome
+-- and its result. The edges of one `Workflow` share its id, drawn from `<table>_workflows`.
+--
+-- A parent's outcome is recorded by the trigger below, whatever statement ends it: a worker's
+-- completion, failure or cancellation, a rescue that gives up, an operator's cancel. Its WHEN
+-- clause is false for every job that releases none, so a plain job's statements call no
+-- function (see `settle` in sql/functions/settle.sql for what it does). A job is deleted only
+-- once it has ended, except by pq's completions, which keep a parent `done` rather than
+-- delete it, and by an operator's delete or clear, which cancel a parent first: a trigger on
+-- DELETE would cost every plain completion a fetch of its row.
+--
+-- Locks: ADD COLUMN without a default takes ACCESS EXCLUSIVE on the queue table for an instant,
+-- whatever its size (CREATE TRIGGER a weaker lock, in the same transaction); the runner waits
+-- at most 2 s for it (lock_timeout) and tries again. The new table and sequence lock nothing
+-- of the queue's.
+
+ALTER TABLE {{table}} ADD COLUMN waits integer, ADD COLUMN releases boolean;
+
+CREATE SEQUENCE {{qualified:workflows}};
+
+CREATE TABLE {{qualified:after}} (
+    parent   bigint  NOT NULL,
+    child    bigint  NOT NULL,
+    workflow bigint,
+    policy   text    NOT NULL DEFAULT 'fail' CHECK (policy IN ('fail', 'run', 'cancel')),
+    slot     text,
+    position integer,
+    outcome  text    CHECK (outcome IN ('done', 'failed', 'cancelled')),
+    result   json,
+    error    text,
+    PRIMARY KEY (parent, child)
+);
+
+CREATE INDEX {{name:after_child_idx}} ON {{qualified:after}} (child);
+CREATE INDEX {{name:after_workflow_idx}} ON {{qualified:after}} (workflow) WHERE workflow IS NOT NULL;
+
+-- Defined here, not in sql/functions/, because the trigger needs it to exist; it only hands
+-- the ended parent to `settle`, which is.
+CREATE FUNCTION {{qualified:released}}() RETURNS trigger LANGUAGE plpgsql AS {{dollar}}
+BEGIN
+    PERFORM {{qualified:settle}}(NEW.id, NEW.state, NEW.result, NEW.last_error);
+    RETURN NULL;
+END
+{{dollar}};
+
+CREATE TRIGGER {{name:released}} AFTER UPDATE OF state ON {{table}}
+    FOR EACH ROW
+    WHEN (OLD.releases AND NEW.state IN ('done', 'failed', 'cancelled')
+          AND OLD.state IN ('queued', 'running', 'waiting'))
+    EXECUTE FUNCTION {{qualified:released}}();
