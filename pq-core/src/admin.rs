@@ -636,7 +636,12 @@ impl Statements {
                 "UPDATE {} SET paused_at = NULL WHERE q_name = $1 AND paused_at IS NOT NULL",
                 table.qualified_derived("queues"),
             ),
-            delete: format!("DELETE FROM {t} WHERE id = $1 AND state <> 'running'"),
+            // Not a job that others wait for and has not ended (`Admin::delete` cancels it
+            // first): deleted, it would leave them waiting.
+            delete: format!(
+                "DELETE FROM {t} WHERE id = $1 AND state <> 'running' \
+                   AND NOT (COALESCE(releases, false) AND state IN ('queued', 'waiting'))"
+            ),
             prune_batch,
             core,
         }
@@ -1213,6 +1218,8 @@ impl Admin {
             .pq
             .with_connection("deleting a job", async |connection| {
                 let mut tx = sqlx::Connection::begin(connection).await?;
+                // Settled now, not at the commit: by then the job is gone.
+                sqlx::Executor::execute(&mut *tx, "SET CONSTRAINTS ALL IMMEDIATE").await?;
                 sql.core
                     .query(&sql.core.cancel_parent)
                     .bind(id.0)

@@ -273,7 +273,6 @@ impl Graph {
             slots.push(slot);
             positions.push(position);
         }
-        let marked: Vec<i64> = existing.iter().copied().filter(in_flight).collect();
         let workflow: i64 = sql
             .query_scalar(&sql.put_edges)
             .bind(&parents)
@@ -281,7 +280,7 @@ impl Graph {
             .bind(&policies)
             .bind(&slots)
             .bind(&positions)
-            .bind(&marked)
+            .bind(&existing)
             .fetch_one(&mut *tx)
             .await?;
         // Parents that ended already (or are gone) count at once, as their triggers would.

@@ -434,10 +434,7 @@ impl Pq {
             .fetch_one(&mut *connection)
             .await?);
         if done.len() < claims.len() && !keep {
-            // A job that became a parent while this statement ran (an edge added to it, which
-            // waited for it) was passed over by both of its branches: the next statement's
-            // snapshot sees it. A job lost to its claim is missed again, at the cost of a
-            // statement.
+            // The parents among them (and the jobs lost to their claim, missed again).
             let found: std::collections::HashSet<JobId> = done.iter().copied().collect();
             let (missed, numbers): (Vec<i64>, Vec<i64>) = sorted
                 .iter()
@@ -445,7 +442,7 @@ impl Pq {
                 .map(|claim| (claim.id.0, claim.number))
                 .unzip();
             done.extend(ids(sql
-                .query_scalar(statement)
+                .query_scalar(&sql.complete_parents)
                 .bind(missed)
                 .bind(numbers)
                 .fetch_one(&mut *connection)
@@ -511,8 +508,8 @@ impl Pq {
         let numbers: Vec<i64> = sorted.iter().map(|r| r.claim.number).collect();
         let results: Vec<&str> = sorted.iter().map(|r| r.result.as_str()).collect();
         let keep: Vec<Option<i64>> = sorted.iter().map(|r| r.keep.map(micros)).collect();
-        let touched = sql
-            .query_scalar(&sql.complete_returned)
+        let (touched, _notified): (Vec<i64>, Option<bool>) = sql
+            .query_as(&sql.complete_returned)
             .bind(ids_column)
             .bind(numbers)
             .bind(results)

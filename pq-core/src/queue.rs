@@ -177,6 +177,8 @@ impl Queue {
         self.pq
             .with_connection("clearing a queue", async |connection| {
                 let mut tx = Connection::begin(connection).await?;
+                // Settled now, not at the commit: by then the parents are gone.
+                sqlx::Executor::execute(&mut *tx, "SET CONSTRAINTS ALL IMMEDIATE").await?;
                 sql.query(&sql.cancel_parents_of_queue)
                     .bind(&*self.name)
                     .execute(&mut *tx)

@@ -3,8 +3,11 @@
 //!
 //! A wait costs nothing when nobody waits: no notification is sent for a finished job, and
 //! completions write nothing more for it. While some task of the process waits, one poll reads
-//! the state of every job waited for in one statement, a few milliseconds apart at first and
-//! less often while nothing finishes, however many tasks wait.
+//! the state of every job waited for in one statement, however many tasks wait: woken by the
+//! notification that completions with results send while a process is registered as waiting
+//! for results (as puts notify waiting consumers), and a few milliseconds apart at first, up to
+//! 200 ms apart while nothing finishes, for every other outcome (a failure, a cancel) and for a
+//! notification missed.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -19,6 +22,13 @@ use crate::admin::JobState;
 use crate::error::{Error, Result};
 use crate::job::JobId;
 use crate::pq::Pq;
+
+/// What completions with results notify, as puts notify a queue's name: no queue's name can
+/// be it, since it begins with a control character.
+pub(crate) const RESULTS: &str = "\u{1}pq results";
+
+/// How often the poll renews its registration as waiting for results, which lasts 10 s.
+const REGISTER_EVERY: Duration = Duration::from_secs(5);
 
 /// The poll's first pause, after a wait begins or a job waited for finishes.
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
@@ -256,7 +266,25 @@ impl Pq {
 /// Reads the outcome of every job waited for, one statement a round, until no wait is left.
 async fn poll(pq: Pq, mut polling: Polling) {
     let mut pause = FIRST_PAUSE;
+    // Woken by completions with results; without a listener (behind a transaction pooler
+    // without a direct URL) never, and the pauses alone bound a wait.
+    let woken = match pq.listener().await {
+        Ok(listener) => listener.subscribe(&[RESULTS]).await.ok(),
+        Err(_) => None,
+    };
+    let mut registered: Option<tokio::time::Instant> = None;
     loop {
+        if woken.is_some() && registered.is_none_or(|at| at.elapsed() >= REGISTER_EVERY) {
+            // Failing, the pauses still bound every wait: tried again next round.
+            if pq.register_waiting(&[RESULTS]).await.is_ok() {
+                registered = Some(tokio::time::Instant::now());
+            }
+        }
+        let notified = woken.as_ref().map(|woken| {
+            let mut notified = Box::pin(Arc::clone(woken).notified_owned());
+            notified.as_mut().enable();
+            notified
+        });
         let ids: Vec<i64> = {
             let mut inner = pq.waits().lock();
             inner.waiting.retain(|_, waits| {
@@ -320,7 +348,14 @@ async fn poll(pq: Pq, mut polling: Polling) {
                 }
             }
         }
-        tokio::time::sleep(pause).await;
+        match notified {
+            Some(notified) => {
+                if tokio::time::timeout(pause, notified).await.is_ok() {
+                    pause = FIRST_PAUSE;
+                }
+            }
+            None => tokio::time::sleep(pause).await,
+        }
     }
 }
 

@@ -78,6 +78,12 @@ impl TableName {
         format!("pq.claim_{:016x}_", fnv1a(self.qualified().as_bytes()))
     }
 
+    /// The setting that lists, for the rest of a transaction, the parents it ended and has
+    /// not settled yet (see `sql/functions/settle.sql`).
+    pub fn ended_setting(&self) -> String {
+        format!("pq.ended_{:016x}", fnv1a(self.qualified().as_bytes()))
+    }
+
     /// The advisory lock that orders puts and waiting consumers (see
     /// `sql/functions/wait.sql`).
     pub fn wait_lock_key(&self) -> i64 {
@@ -173,6 +179,7 @@ pub(crate) fn render(template: &str, table: &TableName) -> String {
             None if key == "wait_lock" => table.wait_lock_key().to_string(),
             None if key == "dollar" => table.dollar_quote(),
             None if key == "claim_cursor" => quote_literal(&table.claim_cursor()),
+            None if key == "ended" => quote_literal(&table.ended_setting()),
             None if key == "claims_lock" => table.claims_lock_key().to_string(),
             None if key == "flows_lock" => table.flows_lock_key().to_string(),
             Some(("name", suffix)) => table.derived(suffix),
@@ -222,6 +229,7 @@ pub(crate) struct Statements {
     pub claims_over: String,
     pub claim_jobs: String,
     pub complete_delete: String,
+    pub complete_parents: String,
     pub complete_keep: String,
     pub complete_delete_by_row: String,
     pub complete_keep_by_row: String,
@@ -429,25 +437,25 @@ impl Statements {
         let lock_parents =
             format!("SELECT id, state FROM {t} WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE");
         // A graph's edges (parent, child, policy, slot, position), under a new workflow id,
-        // which it returns; parents already in the table that have not ended ($6) now release.
+        // which it returns, but for those from the jobs already in the table ($6): of these,
+        // the ones that have not ended now release.
         let after = table.qualified_derived("after");
         let put_edges = format!(
             "WITH workflow AS (SELECT nextval({workflows}) AS id), \
              edges AS (INSERT INTO {after} (parent, child, workflow, policy, slot, position) \
-               SELECT p, c, workflow.id, policy, slot, position \
+               SELECT p, c, CASE WHEN NOT p = ANY($6) THEN workflow.id END, policy, slot, \
+                 position \
                FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int4[]) \
                  AS e(p, c, policy, slot, position), workflow), \
-             marked AS (UPDATE {t} SET releases = true WHERE id = ANY($6) AND releases IS NULL) \
+             marked AS (UPDATE {t} SET releases = true \
+               WHERE id = ANY($6) AND state IN ('queued', 'running', 'waiting') \
+                 AND releases IS NULL) \
              SELECT id FROM workflow",
             workflows = quote_literal(&table.qualified_derived("workflows")),
         );
         // Parents already in the table that had ended, or are gone (succeeded), when their
-        // child was added: settled at once, in id order.
-        let settle_ended = format!(
-            "SELECT {settle}(p.id, COALESCE(j.state, 'done'), j.result, j.last_error) \
-             FROM unnest($1::int8[]) AS p(id) LEFT JOIN {t} AS j ON j.id = p.id ORDER BY p.id",
-            settle = table.qualified_derived("settle"),
-        );
+        // child was added: settled at once (`sql/functions/settle.sql`).
+        let settle_ended = format!("SELECT {}($1)", table.qualified_derived("settle_ended"));
         // Edges neither of whose jobs is in the table any more, a bounded batch at a time: the
         // rest show a job's parents and children, and a workflow's graph, while they are.
         let sweep_edges = format!(
@@ -578,17 +586,17 @@ impl Statements {
             )
         };
         let done = "state = 'done', worker_id = NULL, finished_at = statement_timestamp()";
-        // A parent is kept `done` rather than deleted, so that the trigger of migration 25
-        // settles its children, and expires at once: the workers' maintenance deletes it.
-        let complete_delete = format!(
-            "WITH kept AS (UPDATE {t} AS j SET {done}, expires_at = statement_timestamp() \
-               FROM {claims} WHERE {held} AND j.releases \
-               RETURNING j.id), \
-             gone AS (DELETE FROM {t} AS j USING {claims} WHERE {held} AND j.releases IS NULL \
-               RETURNING j.id) \
-             SELECT COALESCE(array_agg(id), '{{}}') \
-             FROM (SELECT id FROM kept UNION ALL SELECT id FROM gone) AS touched"
-        );
+        let complete_delete = touched(format!(
+            "DELETE FROM {t} AS j USING {claims} WHERE {held} AND j.releases IS NULL"
+        ));
+        // A parent is kept `done` rather than deleted, so that the triggers of migration 25
+        // settle its children, and expires at once: the workers' maintenance deletes it. Run
+        // for the jobs a deleting completion missed, in a statement of its own, whose
+        // snapshot sees a parent that gained its child while that one waited for its row.
+        let complete_parents = touched(format!(
+            "UPDATE {t} AS j SET {done}, expires_at = statement_timestamp() \
+             FROM {claims} WHERE {held} AND j.releases"
+        ));
         let complete_keep = touched(format!("UPDATE {t} AS j SET {done} {fenced}"));
         // The worker's batches find their rows by the `ctid` their claim returned, a TID scan
         // per job rather than a primary key lookup: a running job's row does not move (nothing
@@ -605,12 +613,20 @@ impl Statements {
         // Runs that returned a value ($3, JSON text), many at a time: kept done with it for
         // their time ($4, in microseconds; NULL: for good). By id, not by row version: these
         // are rarer than plain completions, and the primary key finds them all the same.
-        let complete_returned = touched(format!(
-            "UPDATE {t} AS j SET {done}, result = f.result::json, \
+        //
+        // Their handles' waits are woken by a notification on the results' own name, sent
+        // as a put's, only while some process waits (`poll` in pq-core/src/results.rs).
+        let results_notified = notified_by(&format!(
+            "{notify}({})",
+            quote_literal(crate::results::RESULTS)
+        ));
+        let complete_returned = format!(
+            "WITH touched AS (UPDATE {t} AS j SET {done}, result = f.result::json, \
                expires_at = statement_timestamp() + f.keep * interval '1 microsecond' \
              FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[]) AS f(id, claim, result, keep) \
-             WHERE {held}"
-        ));
+             WHERE {held} RETURNING j.id) \
+             SELECT COALESCE(array_agg(id), '{{}}'), (SELECT {results_notified}) FROM touched"
+        );
         // What became of the jobs someone waits for (`JobHandle::outcome`): a row for each
         // that exists, whatever its state; one missing is gone (expired, deleted) or was never
         // committed.
@@ -772,7 +788,7 @@ impl Statements {
              RETURNING j.q_name, j.state = 'queued'"
         );
         let cancelled_parent = "state = 'cancelled', finished_at = statement_timestamp(), \
-            last_error = 'deleted before it ran', waits = NULL";
+            last_error = 'deleted before it ended', waits = NULL";
         Self {
             prepared,
             notify: "SELECT pg_notify($1, q) FROM unnest($2::text[]) AS q".to_owned(),
@@ -784,16 +800,22 @@ impl Statements {
                 "SELECT count(*) FROM {t} \
                  WHERE q_name = $1 AND state = 'queued' AND {READY_AT} <= statement_timestamp()"
             ),
-            clear: format!("DELETE FROM {t} WHERE q_name = $1"),
+            // A job that others wait for and has not ended is left (its cancel is below):
+            // deleted, it would leave them waiting.
+            clear: format!(
+                "DELETE FROM {t} WHERE q_name = $1 \
+                   AND NOT (COALESCE(releases, false) AND state IN ('queued', 'waiting', 'running'))"
+            ),
             // Parents that have not ended are cancelled before a delete, so that their
             // children settle (migration 25 has no trigger on DELETE).
             cancel_parent: format!(
                 "UPDATE {t} SET {cancelled_parent} \
                  WHERE id = $1 AND releases AND state IN ('queued', 'waiting')"
             ),
+            // Running ones too: their workers' outcomes are then refused.
             cancel_parents_of_queue: format!(
-                "UPDATE {t} SET {cancelled_parent} \
-                 WHERE q_name = $1 AND releases AND state IN ('queued', 'waiting')"
+                "UPDATE {t} SET {cancelled_parent}, worker_id = NULL, locked_until = NULL \
+                 WHERE q_name = $1 AND releases AND state IN ('queued', 'waiting', 'running')"
             ),
             update_data: format!("UPDATE {t} SET data = $2::json WHERE id = $1"),
             // A worker that stops deletes its row once no claim of its is running (claims hold
@@ -847,6 +869,7 @@ impl Statements {
             claims_over,
             claim_jobs,
             complete_delete,
+            complete_parents,
             complete_keep,
             complete_delete_by_row,
             complete_keep_by_row,

@@ -186,11 +186,16 @@ fn expand(args: &TaskArgs, function: &ItemFn, signature: &Signature) -> TokenStr
             },
         }
     });
+    // A list starts empty, so that a fan-in of no parents runs with none; a single result
+    // starts absent, and arrives when the job is released.
     let call_fields = signature.arguments.iter().map(|argument| {
         let name = &argument.name;
         match &argument.from_parent {
             None => quote!(#name),
-            Some(_) => quote!(#name: ::core::option::Option::None),
+            Some(FromParent { many: true, .. }) => {
+                quote!(#name: ::core::option::Option::Some(::std::vec::Vec::new()))
+            }
+            Some(FromParent { many: false, .. }) => quote!(#name: ::core::option::Option::None),
         }
     });
     let call_inputs = signature.arguments.iter().filter_map(|argument| {

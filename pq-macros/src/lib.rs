@@ -63,6 +63,13 @@ use proc_macro::TokenStream;
 ///   one of the task's arguments, stored in the job as a JSON object keyed by parameter name.
 ///   Each is a plain name with an owned type that is `Serialize + DeserializeOwned + Send +
 ///   'static` (`String`, not `&str`).
+/// - **Parents' results.** An argument marked `#[parent]` takes the result of a job its job
+///   waits for: the call function takes, in its place, an `impl pq::ResultOf<T>` (a
+///   `pq::Node<T>` of a `pq::Workflow`, or a `pq::JobHandle<T>`), so a parent of another type
+///   does not compile. `#[parents] xs: Vec<T>` takes a list of them, in order (a fan-in). An
+///   `Option<T>` (or a `Vec<Option<T>>`) takes a parent that returns `T`, and gets `None` for
+///   one that failed when the job runs anyway (`OnParentFailure::Run`); to take a parent that
+///   returns `Option<U>` itself, write `Option<Option<U>>`.
 /// - **Return type.** Nothing, or `Result<(), E>` for any `E: Display` (`anyhow::Result<()>`,
 ///   your own error type...). An `Err` fails the attempt, and the job is retried if it has
 ///   retries left. `Result<T, E>` with a `T: Serialize` other than `()` (`anyhow::Result<T>`)

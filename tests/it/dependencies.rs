@@ -257,10 +257,16 @@ async fn two_parents_ending_at_once_release_their_child_once() {
     let child = workflow.add(tolerate([a, b]));
     let enqueued = workflow.enqueue(&db.pq).await.unwrap();
 
+    // Parents are settled as their transaction commits; the first settles now, holding the
+    // child's row until it commits.
     let mut first = db.pool().begin().await.unwrap();
+    sqlx::query("SET CONSTRAINTS ALL IMMEDIATE")
+        .execute(&mut *first)
+        .await
+        .unwrap();
     end(&mut first, &table, enqueued.job(a), "1").await;
-    // The second parent's end waits for the first's transaction on the child's row, then
-    // counts from what it committed.
+    // The second parent's commit waits for the first's on the child's row, then counts from
+    // what it committed, and takes both results.
     let second = tokio::spawn({
         let (pool, table, b) = (db.pool().clone(), table.clone(), enqueued.job(b));
         async move {
@@ -272,7 +278,7 @@ async fn two_parents_ending_at_once_release_their_child_once() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         !second.is_finished(),
-        "the second parent waits on the child's row"
+        "the second parent's commit waits on the child's row"
     );
     assert_eq!(
         db.state_of(enqueued.job(child)).await.as_deref(),
@@ -443,4 +449,146 @@ async fn a_parent_completed_while_it_gains_a_child_is_kept_done_and_releases_it(
         None,
         "cleared with its queue"
     );
+}
+
+/// A graph of plain jobs on `queue`, each waiting for the places `edges` give.
+fn graph(
+    queue: &str,
+    jobs: usize,
+    edges: &[(usize, usize)],
+    on_failure: OnParentFailure,
+) -> pq::Graph {
+    let mut graph = pq::Graph::new();
+    for n in 0..jobs {
+        graph.add(pq::NewJob::new(queue, &n).unwrap());
+    }
+    for &(parent, child) in edges {
+        graph.edge(pq::Edge {
+            parent: pq::Parent::New(parent),
+            child,
+            input: pq::Input::Nothing,
+            on_failure,
+        });
+    }
+    graph
+}
+
+#[tokio::test]
+async fn a_failure_cascades_down_a_long_chain_in_one_commit() {
+    let db = TestDb::new().await;
+    let edges: Vec<_> = (1..600).map(|n| (n - 1, n)).collect();
+    let chain = db
+        .pq
+        .enqueue_graph(graph("chain", 600, &edges, OnParentFailure::Fail))
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "UPDATE {} SET state = 'failed', last_error = 'broke' WHERE id = $1",
+        db.pq.table()
+    ))
+    .bind(chain.jobs[0].0)
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let last = db.pq.admin().job(chain.jobs[599]).await.unwrap().unwrap();
+    assert_eq!(last.state, JobState::Failed);
+    let error = last.last_error.unwrap();
+    assert!(
+        error.starts_with(&format!("parent job {} failed", chain.jobs[598])),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn an_edge_added_to_an_ended_parent_counts_for_its_own_child_only() {
+    let db = TestDb::new().await;
+    let (p, q) = (
+        square(2).enqueue(&db.pq).await.unwrap(),
+        square(3).schedule_at("1h").enqueue(&db.pq).await.unwrap(),
+    );
+    let mut claimer = crate::support::Claimer::new(&db.pq, &["flows"]).await;
+    let claim = claimer.claim_one(p.id()).await;
+    let returned = pq::protocol::Returned {
+        claim,
+        result: "4".into(),
+        keep: None,
+    };
+    assert_eq!(db.pq.complete_results(&[returned]).await.unwrap(), [p.id()]);
+    // Waits for q alone, p counted.
+    let first = tolerate([p, q]).enqueue(&db.pq).await.unwrap();
+    assert_eq!(first.status(&db.pq).await.unwrap(), JobState::Waiting);
+    // Another child of p, added now, is counted at once; the first still waits for q.
+    let second = after_one(p).enqueue(&db.pq).await.unwrap();
+    assert_eq!(second.status(&db.pq).await.unwrap(), JobState::Ready);
+    assert_eq!(first.status(&db.pq).await.unwrap(), JobState::Waiting);
+}
+
+#[tokio::test]
+async fn a_fan_in_of_no_parents_runs_with_none() {
+    let db = TestDb::new().await;
+    let none: [pq::Node<u64>; 0] = [];
+    let mut workflow = Workflow::new();
+    let total = workflow.add(sum(none));
+    let enqueued = workflow.enqueue(&db.pq).await.unwrap();
+    let running = Running::start(worker(&db));
+    let (_, squares) = result_of(&db, enqueued.handle(total)).await.unwrap();
+    running.stop().await.unwrap().unwrap();
+    assert!(squares.is_empty());
+}
+
+#[tokio::test]
+async fn cancelling_a_workflow_spares_jobs_enqueued_before_it() {
+    let db = TestDb::new().await;
+    let outside = note("outside".into())
+        .schedule_at("1h")
+        .enqueue(&db.pq)
+        .await
+        .unwrap();
+    let mut workflow = Workflow::new();
+    let bad = workflow.add(break_down("a flat".into()));
+    let inside = workflow.add(
+        note("inside".into())
+            .after(bad)
+            .after(outside)
+            .on_parent_failure(OnParentFailure::CancelWorkflow),
+    );
+    let enqueued = workflow.enqueue(&db.pq).await.unwrap();
+    let running = Running::start(worker(&db));
+    let error = result_of(&db, enqueued.handle(inside)).await.unwrap_err();
+    running.stop().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            error,
+            Error::JobFailed {
+                cancelled: true,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(outside.status(&db.pq).await.unwrap(), JobState::Scheduled);
+}
+
+#[tokio::test]
+async fn clearing_a_queue_settles_the_children_of_its_parents_even_running_ones() {
+    let db = TestDb::new().await;
+    let parent = tick().queue("elsewhere").enqueue(&db.pq).await.unwrap();
+    let child = note("never".into())
+        .after(parent)
+        .enqueue(&db.pq)
+        .await
+        .unwrap();
+    let mut claimer = crate::support::Claimer::new(&db.pq, &["elsewhere"]).await;
+    let claim = claimer.claim_one(parent).await;
+    assert_eq!(db.pq.queue("elsewhere").clear().await.unwrap(), 1);
+    assert_eq!(db.state_of(parent).await, None);
+    let error = child.result(&db.pq).await.unwrap_err();
+    assert!(
+        error.to_string().contains("deleted before it ended"),
+        "{error}"
+    );
+    // The run's outcome is refused.
+    assert!(crate::support::complete(&db.pq, &[claim], false)
+        .await
+        .is_empty());
 }

@@ -103,7 +103,8 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
     let t = pq.table();
     let name = |suffix| derived(pq, suffix);
     execute(&format!(
-            "DROP FUNCTION {released}() CASCADE; DROP TABLE {after}; DROP SEQUENCE {workflows}; \
+            "DROP FUNCTION {noted}() CASCADE; DROP FUNCTION {settled}() CASCADE; \
+             DROP TABLE {after}; DROP SEQUENCE {workflows}; \
              DROP INDEX {ready}; \
              CREATE INDEX queue_dequeue_idx ON {t} \
                (q_name, schedule_at, COALESCE(expected_at, 'infinity'), id) WHERE state = 'queued'; \
@@ -122,7 +123,8 @@ async fn back_to_migration_9(db: &TestDb, rows: i64) {
             flows = name("flows"),
             key_rates = name("key_rates"),
             steps = name("steps"),
-            released = name("released"),
+            noted = name("note_ended"),
+            settled = name("settle_noted"),
             after = name("after"),
             workflows = name("workflows"),
             claims = name("claims"),

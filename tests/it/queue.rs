@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::support::{database_url, unique_schema, Claimer, TestDb};
+use crate::support::{channel_of, database_url, unique_schema, Claimer, TestDb};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Apple {
@@ -749,19 +749,6 @@ async fn a_job_inserted_by_sql_wakes_a_waiting_get_through_the_notify_function()
         .unwrap()
         .unwrap();
     assert_eq!(job.id().0, id);
-}
-
-async fn channel_of(db: &TestDb) -> String {
-    let source: String = sqlx::query_scalar(
-        "SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-         WHERE n.nspname = $1 AND p.proname = 'queue_notify'",
-    )
-    .bind(&db.schema)
-    .fetch_one(db.pool())
-    .await
-    .unwrap();
-    let start = source.find("'pq_").unwrap() + 1;
-    source[start..start + 19].to_owned()
 }
 
 async fn count_rows(db: &TestDb) -> i64 {

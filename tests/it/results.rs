@@ -307,3 +307,62 @@ async fn a_handle_of_the_wrong_type_fails_to_decode_saying_which_job() {
         "{error}"
     );
 }
+
+/// Hears, within `within`, a notification whose payload is `payload` (others are passed over).
+async fn hears(listener: &mut sqlx::postgres::PgListener, payload: &str, within: Duration) -> bool {
+    tokio::time::timeout(within, async {
+        loop {
+            let heard = listener.recv().await.unwrap();
+            if heard.payload() == payload {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn completions_with_results_notify_only_while_a_process_waits_for_one() {
+    const RESULTS: &str = "\u{1}pq results";
+    let db = TestDb::new().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&crate::support::database_url())
+        .await
+        .unwrap();
+    listener
+        .listen(&crate::support::channel_of(&db).await)
+        .await
+        .unwrap();
+
+    // Nobody waits: the completion sends nothing. (Completed by hand: a worker's own wait
+    // for jobs, at the same instant, makes a put or a completion notify whatever it finds.)
+    let first = resize("a".into(), 1).enqueue(&db.pq).await.unwrap();
+    let mut claimer = crate::support::Claimer::new(&db.pq, &["results"]).await;
+    let claim = claimer.claim_one(first.id()).await;
+    let returned = pq::protocol::Returned {
+        claim,
+        result: r#"{"name":"a","width":1}"#.into(),
+        keep: None,
+    };
+    assert_eq!(
+        db.pq.complete_results(&[returned]).await.unwrap(),
+        [first.id()]
+    );
+    assert!(!hears(&mut listener, RESULTS, Duration::from_millis(500)).await);
+
+    // A wait registers its process: the completion wakes it.
+    let handle = resize("b".into(), 2)
+        .schedule_at("1h")
+        .enqueue(&db.pq)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let pq = db.pq.clone();
+        async move { handle.result(&pq).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // registered
+    assert!(db.pq.admin().schedule_job_now(handle.id()).await.unwrap());
+    burst(worker(&db), "results").await;
+    assert!(hears(&mut listener, RESULTS, Duration::from_secs(10)).await);
+    assert_eq!(waiting.await.unwrap().unwrap().width, 2);
+}

@@ -354,3 +354,17 @@ pub fn derived(pq: &Pq, suffix: &str) -> String {
     let table = pq.table();
     format!("{}_{suffix}\"", &table[..table.len() - 1])
 }
+
+/// The LISTEN/NOTIFY channel of `db`'s table, as its notify function names it.
+pub async fn channel_of(db: &TestDb) -> String {
+    let source: String = sqlx::query_scalar(
+        "SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+         WHERE n.nspname = $1 AND p.proname = 'queue_notify'",
+    )
+    .bind(&db.schema)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    let start = source.find("'pq_").unwrap() + 1;
+    source[start..start + 19].to_owned()
+}

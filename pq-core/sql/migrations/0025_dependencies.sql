@@ -11,13 +11,16 @@
 -- (`slot`, with its place in a list for a fan-in), and, once the parent has ended, its outcome
 -- and its result. The edges of one `Workflow` share its id, drawn from `<table>_workflows`.
 --
--- A parent's outcome is recorded by the trigger below, whatever statement ends it: a worker's
--- completion, failure or cancellation, a rescue that gives up, an operator's cancel. Its WHEN
--- clause is false for every job that releases none, so a plain job's statements call no
--- function (see `settle` in sql/functions/settle.sql for what it does). A job is deleted only
--- once it has ended, except by pq's completions, which keep a parent `done` rather than
--- delete it, and by an operator's delete or clear, which cancel a parent first: a trigger on
--- DELETE would cost every plain completion a fetch of its row.
+-- A parent's outcome is recorded by the triggers below, whatever statement ends it: a worker's
+-- completion, failure or cancellation, a rescue that gives up, an operator's cancel. The
+-- first notes the parent in a setting of the transaction as the statement ends it; the
+-- second, deferred to the commit, settles every parent noted, together (`settle_ended` in
+-- sql/functions/settle.sql): a batch of completions costs a few statements, not a few per
+-- parent. Their WHEN clauses are false for every job that releases none, so a plain job's
+-- statements queue no event and call no function. A job is deleted only once it has ended,
+-- except by pq's completions, which keep a parent `done` rather than delete it, and by an
+-- operator's delete or clear, which cancel a parent first: a trigger on DELETE would cost
+-- every plain completion a fetch of its row.
 --
 -- Locks: ADD COLUMN without a default takes ACCESS EXCLUSIVE on the queue table for an instant,
 -- whatever its size (CREATE TRIGGER a weaker lock, in the same transaction); the runner waits
@@ -44,17 +47,38 @@ CREATE TABLE {{qualified:after}} (
 CREATE INDEX {{name:after_child_idx}} ON {{qualified:after}} (child);
 CREATE INDEX {{name:after_workflow_idx}} ON {{qualified:after}} (workflow) WHERE workflow IS NOT NULL;
 
--- Defined here, not in sql/functions/, because the trigger needs it to exist; it only hands
--- the ended parent to `settle`, which is.
-CREATE FUNCTION {{qualified:released}}() RETURNS trigger LANGUAGE plpgsql AS {{dollar}}
+-- Defined here, not in sql/functions/, because the triggers need them to exist. The first
+-- notes the ended parent in the transaction's setting {{ended}}; the second hands what is
+-- noted to `settle_ended`, which is in sql/functions/, and clears it.
+CREATE FUNCTION {{qualified:note_ended}}() RETURNS trigger LANGUAGE plpgsql AS {{dollar}}
 BEGIN
-    PERFORM {{qualified:settle}}(NEW.id, NEW.state, NEW.result, NEW.last_error);
+    PERFORM set_config({{ended}}, coalesce(current_setting({{ended}}, true), '') || NEW.id || ',',
+                       true);
     RETURN NULL;
 END
 {{dollar}};
 
-CREATE TRIGGER {{name:released}} AFTER UPDATE OF state ON {{table}}
+CREATE FUNCTION {{qualified:settle_noted}}() RETURNS trigger LANGUAGE plpgsql AS {{dollar}}
+DECLARE
+    noted text := current_setting({{ended}}, true);
+BEGIN
+    IF coalesce(noted, '') <> '' THEN
+        PERFORM set_config({{ended}}, '', true);
+        PERFORM {{qualified:settle_ended}}(string_to_array(rtrim(noted, ','), ',')::bigint[]);
+    END IF;
+    RETURN NULL;
+END
+{{dollar}};
+
+CREATE TRIGGER {{name:ended}} AFTER UPDATE OF state ON {{table}}
     FOR EACH ROW
     WHEN (OLD.releases AND NEW.state IN ('done', 'failed', 'cancelled')
           AND OLD.state IN ('queued', 'running', 'waiting'))
-    EXECUTE FUNCTION {{qualified:released}}();
+    EXECUTE FUNCTION {{qualified:note_ended}}();
+
+CREATE CONSTRAINT TRIGGER {{name:settled}} AFTER UPDATE OF state ON {{table}}
+    DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW
+    WHEN (OLD.releases AND NEW.state IN ('done', 'failed', 'cancelled')
+          AND OLD.state IN ('queued', 'running', 'waiting'))
+    EXECUTE FUNCTION {{qualified:settle_noted}}();
