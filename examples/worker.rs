@@ -1,5 +1,5 @@
 //! Tasks and a worker: enqueue typed tasks by calling them, then run them, with a retry, a
-//! failure and a result along the way.
+//! failure, a result and a small workflow along the way.
 //!
 //! Run with `cargo run --example worker` (PostgreSQL at `DATABASE_URL`, by default
 //! `postgres://postgres@127.0.0.1:5432/test`).
@@ -54,6 +54,12 @@ async fn weigh(apples: u32) -> anyhow::Result<f64> {
     Ok(f64::from(apples) * 0.15)
 }
 
+/// Adds up what its parents weighed, once every one of them has: a fan-in.
+#[pq::task(queue = "apples")]
+async fn total(#[parents] weights: Vec<f64>) -> anyhow::Result<f64> {
+    Ok(weights.iter().sum())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let url = std::env::var("DATABASE_URL")
@@ -75,6 +81,12 @@ async fn main() -> anyhow::Result<()> {
 
     let weight = weigh(12).enqueue(&pq).await?; // a pq::JobHandle<f64>
 
+    // Three crates weighed, then their total: it waits for all three, and takes their weights.
+    let mut workflow = pq::Workflow::new();
+    let crates = [10, 20, 30].map(|apples| workflow.add(weigh(apples)));
+    let sum = workflow.add(total(crates));
+    let weighed = workflow.enqueue(&pq).await?;
+
     // Work for four seconds, long enough for the retries, then shut down gracefully. A real
     // worker binary runs `pq::Worker::new(pq).run().await?` and stops on SIGINT or SIGTERM.
     let worker = tokio::spawn(
@@ -83,6 +95,11 @@ async fn main() -> anyhow::Result<()> {
             .run(),
     );
     println!("12 apples weigh {:.2} kg", weight.result(&pq).await?);
+    let crates = weighed.handle(sum).result(&pq).await?;
+    println!(
+        "three crates weigh {crates:.2} kg (workflow {})",
+        weighed.id()
+    );
     let report = worker.await??;
     println!("the worker's runs: {report}");
 

@@ -1217,21 +1217,18 @@ impl Admin {
         let deleted = self
             .pq
             .with_connection("deleting a job", async |connection| {
-                let mut tx = sqlx::Connection::begin(connection).await?;
-                // Settled now, not at the commit: by then the job is gone.
-                sqlx::Executor::execute(&mut *tx, "SET CONSTRAINTS ALL IMMEDIATE").await?;
+                // Committed before the delete: its children settle at that commit, by its row.
                 sql.core
                     .query(&sql.core.cancel_parent)
                     .bind(id.0)
-                    .execute(&mut *tx)
+                    .execute(&mut *connection)
                     .await?;
                 let done = sql
                     .core
                     .query(&sql.delete)
                     .bind(id.0)
-                    .execute(&mut *tx)
+                    .execute(connection)
                     .await?;
-                tx.commit().await?;
                 Ok(done.rows_affected())
             })
             .await?;

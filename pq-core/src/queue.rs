@@ -176,19 +176,17 @@ impl Queue {
         let sql = self.pq.statements().await?;
         self.pq
             .with_connection("clearing a queue", async |connection| {
-                let mut tx = Connection::begin(connection).await?;
-                // Settled now, not at the commit: by then the parents are gone.
-                sqlx::Executor::execute(&mut *tx, "SET CONSTRAINTS ALL IMMEDIATE").await?;
+                // Committed before the delete: their children settle at that commit, by the
+                // parents' rows.
                 sql.query(&sql.cancel_parents_of_queue)
                     .bind(&*self.name)
-                    .execute(&mut *tx)
+                    .execute(&mut *connection)
                     .await?;
                 let done = sql
                     .query(&sql.clear)
                     .bind(&*self.name)
-                    .execute(&mut *tx)
+                    .execute(connection)
                     .await?;
-                tx.commit().await?;
                 Ok(done.rows_affected())
             })
             .await

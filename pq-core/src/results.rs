@@ -189,6 +189,9 @@ pub(crate) struct Waits {
 struct WaitsInner {
     waiting: HashMap<JobId, Vec<oneshot::Sender<Result<Outcome>>>>,
     polling: bool,
+    /// When the process last registered as waiting for results: kept across polls, so that
+    /// waits one after another do not each register again.
+    registered: Option<tokio::time::Instant>,
     /// Whether a wait began since the poll's last round: the next comes soon again.
     began: bool,
 }
@@ -272,14 +275,24 @@ async fn poll(pq: Pq, mut polling: Polling) {
         Ok(listener) => listener.subscribe(&[RESULTS]).await.ok(),
         Err(_) => None,
     };
-    let mut registered: Option<tokio::time::Instant> = None;
+    let mut first = true;
     loop {
-        if woken.is_some() && registered.is_none_or(|at| at.elapsed() >= REGISTER_EVERY) {
-            // Failing, the pauses still bound every wait: tried again next round.
-            if pq.register_waiting(&[RESULTS]).await.is_ok() {
-                registered = Some(tokio::time::Instant::now());
-            }
+        // Registered after the first read (which may answer every wait at once), and renewed
+        // as it runs out. Failing, the pauses still bound every wait: tried again next round.
+        let renew = {
+            let inner = pq.waits().lock();
+            inner
+                .registered
+                .is_none_or(|at| at.elapsed() >= REGISTER_EVERY)
+        };
+        if woken.is_some()
+            && renew
+            && !std::mem::take(&mut first)
+            && pq.register_waiting(&[RESULTS]).await.is_ok()
+        {
+            pq.waits().lock().registered = Some(tokio::time::Instant::now());
         }
+        let read_at = tokio::time::Instant::now();
         let notified = woken.as_ref().map(|woken| {
             let mut notified = Box::pin(Arc::clone(woken).notified_owned());
             notified.as_mut().enable();
@@ -351,7 +364,10 @@ async fn poll(pq: Pq, mut polling: Polling) {
         match notified {
             Some(notified) => {
                 if tokio::time::timeout(pause, notified).await.is_ok() {
+                    // Woken by any completion with a result, of jobs waited for or not: at
+                    // most one read per first pause, however many arrive.
                     pause = FIRST_PAUSE;
+                    tokio::time::sleep_until(read_at + FIRST_PAUSE).await;
                 }
             }
             None => tokio::time::sleep(pause).await,

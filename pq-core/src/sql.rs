@@ -437,14 +437,14 @@ impl Statements {
         let lock_parents =
             format!("SELECT id, state FROM {t} WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE");
         // A graph's edges (parent, child, policy, slot, position), under a new workflow id,
-        // which it returns, but for those from the jobs already in the table ($6): of these,
-        // the ones that have not ended now release.
+        // which it returns; those from the jobs already in the table ($6) are marked external,
+        // and of these jobs the ones that have not ended now release.
         let after = table.qualified_derived("after");
         let put_edges = format!(
             "WITH workflow AS (SELECT nextval({workflows}) AS id), \
-             edges AS (INSERT INTO {after} (parent, child, workflow, policy, slot, position) \
-               SELECT p, c, CASE WHEN NOT p = ANY($6) THEN workflow.id END, policy, slot, \
-                 position \
+             edges AS (INSERT INTO {after} (parent, child, workflow, external, policy, slot, \
+                 position) \
+               SELECT p, c, workflow.id, NULLIF(p = ANY($6), false), policy, slot, position \
                FROM unnest($1::int8[], $2::int8[], $3::text[], $4::text[], $5::int4[]) \
                  AS e(p, c, policy, slot, position), workflow), \
              marked AS (UPDATE {t} SET releases = true \
@@ -455,7 +455,10 @@ impl Statements {
         );
         // Parents already in the table that had ended, or are gone (succeeded), when their
         // child was added: settled at once (`sql/functions/settle.sql`).
-        let settle_ended = format!("SELECT {}($1)", table.qualified_derived("settle_ended"));
+        let settle_ended = format!(
+            "SELECT {}($1, NULL)",
+            table.qualified_derived("settle_ended")
+        );
         // Edges neither of whose jobs is in the table any more, a bounded batch at a time: the
         // rest show a job's parents and children, and a workflow's graph, while they are.
         let sweep_edges = format!(

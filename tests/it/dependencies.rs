@@ -592,3 +592,71 @@ async fn clearing_a_queue_settles_the_children_of_its_parents_even_running_ones(
         .await
         .is_empty());
 }
+
+#[tokio::test]
+async fn deleting_the_head_of_a_long_chain_fails_it_all_and_a_parent_gone_keeps_its_outcome() {
+    let db = TestDb::new().await;
+    let edges: Vec<_> = (1..600).map(|n| (n - 1, n)).collect();
+    let chain = db
+        .pq
+        .enqueue_graph(graph("chain", 600, &edges, OnParentFailure::Fail))
+        .await
+        .unwrap();
+    assert!(db.pq.admin().delete(chain.jobs[0]).await.unwrap());
+    let last = db.pq.admin().job(chain.jobs[599]).await.unwrap().unwrap();
+    assert_eq!(last.state, JobState::Failed);
+
+    // A parent that failed and was deleted before its transaction committed: its child fails.
+    let pair = db
+        .pq
+        .enqueue_graph(graph("pair", 2, &[(0, 1)], OnParentFailure::Fail))
+        .await
+        .unwrap();
+    let mut tx = db.pool().begin().await.unwrap();
+    for statement in [
+        "UPDATE {t} SET state = 'failed', last_error = 'broke' WHERE id = $1",
+        "DELETE FROM {t} WHERE id = $1",
+    ] {
+        sqlx::query(&statement.replace("{t}", &db.pq.table()))
+            .bind(pair.jobs[0].0)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    assert_eq!(db.state_of(pair.jobs[1]).await.as_deref(), Some("failed"));
+}
+
+#[tokio::test]
+async fn a_job_enqueued_before_the_workflow_failing_cancels_the_workflow_all_the_same() {
+    let db = TestDb::new().await;
+    let outside = break_down("outside".into()).enqueue(&db.pq).await.unwrap();
+    let mut workflow = Workflow::new();
+    let root = workflow.add(note("root".into()).schedule_at("1h"));
+    let child = workflow.add(
+        note("child".into())
+            .after(outside)
+            .on_parent_failure(OnParentFailure::CancelWorkflow),
+    );
+    let sibling = workflow.add(note("sibling".into()).after(root));
+    let enqueued = workflow.enqueue(&db.pq).await.unwrap();
+    let running = Running::start(worker(&db));
+    let error = result_of(&db, enqueued.handle(child)).await.unwrap_err();
+    running.stop().await.unwrap().unwrap();
+    assert!(
+        matches!(
+            error,
+            Error::JobFailed {
+                cancelled: true,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    for node in [root, sibling] {
+        assert_eq!(
+            enqueued.handle(node).status(&db.pq).await.unwrap(),
+            JobState::Cancelled
+        );
+    }
+}

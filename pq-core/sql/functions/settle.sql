@@ -90,6 +90,7 @@ CREATE OR REPLACE FUNCTION {{qualified:settle}}(parent_id bigint, parent_state t
 LANGUAGE plpgsql AS {{dollar}}
 DECLARE
     children bigint[];
+    cancelling bigint[];
     doomed_workflows bigint[];
     released bigint[];
     queues text[];
@@ -105,32 +106,36 @@ BEGIN
         UPDATE {{qualified:after}} AS a SET outcome = parent_state,
             error = coalesce(parent_error, parent_state)
         WHERE a.parent = parent_id AND a.outcome IS NULL
-        RETURNING a.child, a.policy, a.workflow)
-    SELECT array_agg(child), array_agg(DISTINCT workflow) FILTER (WHERE policy = 'cancel')
-    INTO children, doomed_workflows
+        RETURNING a.child, a.policy)
+    SELECT array_agg(child), array_agg(child) FILTER (WHERE policy = 'cancel')
+    INTO children, cancelling
     FROM settled;
     IF children IS NULL THEN
         RETURN;
     END IF;
+    SELECT array_agg(DISTINCT w.workflow) INTO doomed_workflows
+    FROM {{qualified:after}} AS w
+    WHERE w.child = ANY (cancelling) AND w.workflow IS NOT NULL;
 
     -- Its waiting children, locked in id order before anything reads them.
     PERFORM FROM {{table}} AS t
     WHERE t.id = ANY (children) AND t.state = 'waiting'
     ORDER BY t.id FOR UPDATE;
 
-    -- A workflow's jobs are its edges' children and the parents it wrote (an edge from a job
-    -- enqueued before has no workflow).
+    -- A workflow's jobs are its edges' children and the parents it wrote, not the jobs
+    -- enqueued before it that it waits for.
     UPDATE {{table}} AS j SET state = 'cancelled', waits = NULL, unique_key = NULL,
         finished_at = statement_timestamp(),
         last_error = format('cancelled: job %s of its workflow %s', parent_id,
             CASE parent_state WHEN 'failed' THEN 'failed' ELSE 'was cancelled' END)
     FROM (SELECT t.id FROM {{table}} AS t
-          WHERE t.id IN (SELECT unnest(ARRAY[w.parent, w.child]) FROM {{qualified:after}} AS w
+          WHERE t.id IN (SELECT w.child FROM {{qualified:after}} AS w
                          WHERE w.workflow = ANY (doomed_workflows)
                          UNION ALL
-                         SELECT a.child FROM {{qualified:after}} AS a
-                         WHERE a.parent = parent_id AND a.child = ANY (children)
-                           AND a.policy = 'cancel')
+                         SELECT w.parent FROM {{qualified:after}} AS w
+                         WHERE w.workflow = ANY (doomed_workflows) AND w.external IS NULL
+                         UNION ALL
+                         SELECT unnest(cancelling))
             AND t.state IN ('waiting', 'queued')
           ORDER BY t.id FOR UPDATE) AS doomed
     WHERE j.id = doomed.id;
@@ -166,10 +171,12 @@ BEGIN
 END
 {{dollar}};
 
--- The parents $1 that the transaction ended, noted by the trigger of migration 25: those that
--- succeeded together, the others one by one. A parent no longer in the table counts as
--- succeeded, with no result.
-CREATE OR REPLACE FUNCTION {{qualified:settle_ended}}(ended bigint[]) RETURNS void
+-- Parents $1 that ended, settled by how their rows say they ended: those that succeeded
+-- together, the others one by one. One no longer in the table is taken to have ended as $2
+-- says (`done` when nothing is known: it succeeded and kept no result, or its result
+-- expired); one that is in it again (retried before the commit) settles when it ends again.
+CREATE OR REPLACE FUNCTION {{qualified:settle_ended}}(ended bigint[], noted text[])
+RETURNS void
 LANGUAGE plpgsql AS {{dollar}}
 DECLARE
     parent record;
@@ -178,17 +185,30 @@ DECLARE
 BEGIN
     SELECT array_agg(e.id ORDER BY e.id), array_agg(j.result ORDER BY e.id)
     INTO done_ids, done_results
-    FROM (SELECT DISTINCT id FROM unnest(ended) AS id) AS e
+    FROM unnest(ended, noted) AS e(id, noted)
     LEFT JOIN {{table}} AS j ON j.id = e.id
-    WHERE j.state IS NULL OR j.state = 'done';
+    WHERE coalesce(j.state, e.noted, 'done') = 'done';
     IF done_ids IS NOT NULL THEN
         PERFORM {{qualified:settle_done}}(done_ids, done_results);
     END IF;
     FOR parent IN
-        SELECT j.id, j.state, j.last_error FROM {{table}} AS j
-        WHERE j.id = ANY (ended) AND j.state IN ('failed', 'cancelled') ORDER BY j.id
+        SELECT e.id, coalesce(j.state, e.noted) AS state, j.last_error
+        FROM unnest(ended, noted) AS e(id, noted)
+        LEFT JOIN {{table}} AS j ON j.id = e.id
+        WHERE coalesce(j.state, e.noted) IN ('failed', 'cancelled')
+        ORDER BY e.id
     LOOP
         PERFORM {{qualified:settle}}(parent.id, parent.state, NULL, parent.last_error);
     END LOOP;
 END
+{{dollar}};
+
+-- What the deferred trigger of migration 25 found noted (`id:state,` a parent, in the order
+-- they ended; a parent noted twice by its last note).
+CREATE OR REPLACE FUNCTION {{qualified:settle_noted_parents}}(noted text) RETURNS void
+LANGUAGE sql AS {{dollar}}
+    SELECT {{qualified:settle_ended}}(array_agg(id ORDER BY id), array_agg(state ORDER BY id))
+    FROM (SELECT DISTINCT ON (id) split_part(n, ':', 1)::bigint AS id, split_part(n, ':', 2) AS state
+          FROM unnest(string_to_array(rtrim(noted, ','), ',')) WITH ORDINALITY AS x(n, place)
+          ORDER BY id, place DESC) AS parents
 {{dollar}};

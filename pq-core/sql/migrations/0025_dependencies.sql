@@ -9,7 +9,9 @@
 -- `<table>_after` holds the edges: one row per parent and child, with the child's policy for a
 -- parent that fails or is cancelled, the argument of the child that takes the parent's result
 -- (`slot`, with its place in a list for a fan-in), and, once the parent has ended, its outcome
--- and its result. The edges of one `Workflow` share its id, drawn from `<table>_workflows`.
+-- and its result. The edges of one `Workflow` share its id, drawn from `<table>_workflows`;
+-- `external` marks an edge from a job enqueued before the workflow, which is not one of its
+-- jobs.
 --
 -- A parent's outcome is recorded by the triggers below, whatever statement ends it: a worker's
 -- completion, failure or cancellation, a rescue that gives up, an operator's cancel. The
@@ -35,6 +37,7 @@ CREATE TABLE {{qualified:after}} (
     parent   bigint  NOT NULL,
     child    bigint  NOT NULL,
     workflow bigint,
+    external boolean,
     policy   text    NOT NULL DEFAULT 'fail' CHECK (policy IN ('fail', 'run', 'cancel')),
     slot     text,
     position integer,
@@ -48,12 +51,13 @@ CREATE INDEX {{name:after_child_idx}} ON {{qualified:after}} (child);
 CREATE INDEX {{name:after_workflow_idx}} ON {{qualified:after}} (workflow) WHERE workflow IS NOT NULL;
 
 -- Defined here, not in sql/functions/, because the triggers need them to exist. The first
--- notes the ended parent in the transaction's setting {{ended}}; the second hands what is
--- noted to `settle_ended`, which is in sql/functions/, and clears it.
+-- notes the ended parent and how it ended (`id:state,`) in the transaction's setting
+-- {{ended}}; the second hands what is noted to `settle_noted_parents`, which is in
+-- sql/functions/, and clears it.
 CREATE FUNCTION {{qualified:note_ended}}() RETURNS trigger LANGUAGE plpgsql AS {{dollar}}
 BEGIN
-    PERFORM set_config({{ended}}, coalesce(current_setting({{ended}}, true), '') || NEW.id || ',',
-                       true);
+    PERFORM set_config({{ended}},
+        coalesce(current_setting({{ended}}, true), '') || NEW.id || ':' || NEW.state || ',', true);
     RETURN NULL;
 END
 {{dollar}};
@@ -64,7 +68,7 @@ DECLARE
 BEGIN
     IF coalesce(noted, '') <> '' THEN
         PERFORM set_config({{ended}}, '', true);
-        PERFORM {{qualified:settle_ended}}(string_to_array(rtrim(noted, ','), ',')::bigint[]);
+        PERFORM {{qualified:settle_noted_parents}}(noted);
     END IF;
     RETURN NULL;
 END
