@@ -192,7 +192,8 @@ BEGIN
         PERFORM {{qualified:settle_done}}(done_ids, done_results);
     END IF;
     FOR parent IN
-        SELECT e.id, coalesce(j.state, e.noted) AS state, j.last_error
+        SELECT e.id, coalesce(j.state, e.noted) AS state,
+            CASE WHEN j.id IS NULL THEN 'it was deleted' ELSE j.last_error END AS last_error
         FROM unnest(ended, noted) AS e(id, noted)
         LEFT JOIN {{table}} AS j ON j.id = e.id
         WHERE coalesce(j.state, e.noted) IN ('failed', 'cancelled')
