@@ -308,6 +308,16 @@ pub(crate) fn columns(claims: &[Claim]) -> (Vec<Claim>, Vec<i64>, Vec<i64>) {
     (sorted, ids, numbers)
 }
 
+/// The claims of `claims` whose job is not in `done`: those a statement passed over.
+fn missed(claims: &[Claim], done: &[JobId]) -> Vec<Claim> {
+    let found: std::collections::HashSet<JobId> = done.iter().copied().collect();
+    claims
+        .iter()
+        .filter(|claim| !found.contains(&claim.id))
+        .copied()
+        .collect()
+}
+
 /// The ids a fenced statement returned, as its one array.
 fn ids(ids: Vec<i64>) -> Vec<JobId> {
     ids.into_iter().map(JobId).collect()
@@ -435,12 +445,7 @@ impl Pq {
             .await?);
         if done.len() < claims.len() && !keep {
             // The parents among them (and the jobs lost to their claim, missed again).
-            let found: std::collections::HashSet<JobId> = done.iter().copied().collect();
-            let (missed, numbers): (Vec<i64>, Vec<i64>) = sorted
-                .iter()
-                .filter(|claim| !found.contains(&claim.id))
-                .map(|claim| (claim.id.0, claim.number))
-                .unzip();
+            let (_, missed, numbers) = columns(&missed(&sorted, &done));
             done.extend(ids(sql
                 .query_scalar(&sql.complete_parents)
                 .bind(missed)
@@ -479,12 +484,7 @@ impl Pq {
                     .await?)
             };
             if done.len() < claims.len() {
-                let found: std::collections::HashSet<JobId> = done.iter().copied().collect();
-                let moved: Vec<Claim> = sorted
-                    .iter()
-                    .filter(|claim| !found.contains(&claim.id))
-                    .copied()
-                    .collect();
+                let moved = missed(&sorted, &done);
                 done.extend(self.complete(&mut *connection, &moved, keep).await?);
             }
             Ok(done)

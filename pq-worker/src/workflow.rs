@@ -109,10 +109,11 @@ pub(crate) struct Parents {
 }
 
 impl<T: Task> TaskCall<T> {
-    /// Runs this call's job only after `parent` has succeeded: a [`Node`] of the workflow it
-    /// is added to, or a job already enqueued. Call it once per parent; the job becomes ready
-    /// in the transaction that ends its last parent. Nothing of the parent's result is passed
-    /// (a `#[parent]` argument takes that).
+    /// Runs this call's job only after `parent` has ended (and, unless
+    /// [`on_parent_failure`](TaskCall::on_parent_failure) says otherwise, succeeded): a
+    /// [`Node`] of the workflow it is added to, or a job already enqueued. Call it once per
+    /// parent; the job becomes ready in the transaction that ends its last parent. Nothing of
+    /// the parent's result is passed (a `#[parent]` argument takes that).
     ///
     /// ```no_run
     /// #[pq::task]
